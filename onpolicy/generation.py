@@ -1,0 +1,110 @@
+"""Generation: the current policy, served by one in-process vLLM engine, samples K responses per prompt.
+
+The engine is built once per job and receives each round's new weights in place (`load_weights`), through
+vLLM's own `reload_weights`: ~0.2 s for a 135M model on CPU, against 5-60 s to rebuild an engine. It runs in
+this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that the weights can be handed over without a copy through
+another process, and its KV cache is bounded: vLLM's CPU build otherwise sizes it from all free RAM and starves
+the trainer beside it. The engine is seeded once: per-request seeds crash vLLM's CPU build on split prefills.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+import torch  # noqa: E402
+
+from onpolicy.config import GenerationConfig  # noqa: E402
+from onpolicy.errors import OnpolicyError  # noqa: E402
+from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
+
+
+class VLLMGenerator:
+    """Samples `num_samples` responses per prompt with a vLLM engine that lives for the whole job."""
+
+    def __init__(self, model_path: str, tokenizer: Any, config: GenerationConfig) -> None:
+        from vllm import LLM
+
+        self.config = config
+        self.tokenizer = tokenizer
+        on_gpu = torch.cuda.is_available()
+        kwargs: dict[str, Any] = {"gpu_memory_utilization": config.gpu_memory_utilization} if on_gpu else {}
+        try:
+            self.llm = LLM(
+                model=model_path,
+                tokenizer=model_path,
+                dtype=config.dtype,
+                seed=config.seed,
+                max_model_len=config.max_model_len,
+                kv_cache_memory_bytes=int(config.kv_cache_gib * 1024**3),
+                enforce_eager=config.enforce_eager,
+                enable_prefix_caching=True,
+                **kwargs,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise OnpolicyError(f"vLLM could not start on {model_path}: {exc}") from exc
+        self.engine_dtype = self.llm.model_config.dtype
+
+    def prompt_token_ids(self, record: PromptRecord) -> list[int]:
+        """The prompt as the policy sees it: its chat template applied, ready for the assistant's turn."""
+        text = self.tokenizer.apply_chat_template(list(record.messages), tokenize=False, add_generation_prompt=True)
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def generate(self, records: Sequence[PromptRecord]) -> tuple[list[SampleGroup], list[PromptRecord]]:
+        """One group of samples per prompt that fits the engine; the prompts that did not fit are returned apart
+        (or refused, with `long_prompts: error`)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        budget = self.config.max_model_len - self.config.max_new_tokens
+        fitting: list[tuple[PromptRecord, list[int]]] = []
+        too_long: list[PromptRecord] = []
+        for record in records:
+            ids = self.prompt_token_ids(record)
+            if len(ids) > budget:
+                if self.config.long_prompts == "error":
+                    raise OnpolicyError(
+                        f"prompt {record.id!r} is {len(ids)} tokens long; with max_new_tokens="
+                        f"{self.config.max_new_tokens} the engine (max_model_len={self.config.max_model_len}) takes "
+                        f"at most {budget}. Shorten it, raise generation.max_model_len, or set "
+                        "generation.long_prompts=skip"
+                    )
+                too_long.append(record)
+            else:
+                fitting.append((record, ids))
+        if not fitting:
+            return [], too_long
+
+        params = SamplingParams(
+            n=self.config.num_samples,
+            temperature=self.config.temperature,
+            top_p=self.config.top_p,
+            max_tokens=self.config.max_new_tokens,
+            logprobs=0,  # the sampled token's own log-prob
+        )
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in fitting], params, use_tqdm=False)
+        groups = [
+            SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(_sample(c) for c in out.outputs))
+            for (record, ids), out in zip(fitting, outputs)
+        ]
+        return groups, too_long
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Put new policy weights (HF names) into the running engine, in place, and drop cached prefixes that the
+        old weights computed."""
+        weights = ((name, tensor.detach().to(self.engine_dtype)) for name, tensor in named_tensors)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+
+
+def _sample(completion: Any) -> Sample:
+    logprobs = tuple(step[token].logprob for step, token in zip(completion.logprobs or (), completion.token_ids))
+    return Sample(
+        text=completion.text,
+        token_ids=tuple(completion.token_ids),
+        logprobs=logprobs,
+        finish_reason="length" if completion.finish_reason == "length" else "stop",
+    )

@@ -1,0 +1,90 @@
+"""Prompt sources: a JSONL, Parquet or text file, or a list in the config, read into `PromptRecord`s.
+
+A record's prompt is its `prompts.field` (default "prompt") as a string, or a `messages` list of chat turns
+ending with a user turn. Its other fields are kept as metadata (rewards see them); `id` names it, else its
+position. The order is shuffled once with the run's seed and each round takes the next `per_round` prompts,
+wrapping around.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import random
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from onpolicy.config import PromptsConfig
+from onpolicy.errors import OnpolicyError
+from onpolicy.types import PromptRecord
+
+
+def load_prompts(config: PromptsConfig, seed: int = 0) -> list[PromptRecord]:
+    """All prompts of the run, in the order rounds will take them."""
+    if config.items is not None:
+        raw, source = list(config.items), "prompts.items"
+    else:
+        raw, source = _read_file(pathlib.Path(config.path)), config.path
+    records = [_to_record(item, i, config, source) for i, item in enumerate(raw)]
+    if not records:
+        raise OnpolicyError(f"{source} holds no prompts")
+    if config.shuffle:
+        random.Random(seed).shuffle(records)
+    return records
+
+
+def prompts_for_round(records: Sequence[PromptRecord], round_index: int, per_round: int | None) -> list[PromptRecord]:
+    """The prompts of round `round_index` (0-based): the next `per_round` of the order, wrapping around."""
+    if per_round is None:
+        return list(records)
+    start = round_index * per_round
+    return [records[(start + i) % len(records)] for i in range(per_round)]
+
+
+def _read_file(path: pathlib.Path) -> list[Any]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = []
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise OnpolicyError(f"{path}, line {n}: not valid JSON ({exc.msg})") from None
+            return rows
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            return pq.read_table(path).to_pylist()
+        if suffix in {".txt", ".text"}:
+            return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise OnpolicyError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
+    raise OnpolicyError(f"prompt file {path}: unknown format '{suffix}' (use .jsonl, .parquet or .txt)")
+
+
+def _to_record(item: Any, index: int, config: PromptsConfig, source: str) -> PromptRecord:
+    where = f"{source}, prompt {index + 1}"
+    if isinstance(item, str):
+        item = {config.field: item}
+    if not isinstance(item, Mapping):
+        raise OnpolicyError(f"{where}: expected a string or a record, got {type(item).__name__}")
+    metadata = {k: v for k, v in item.items() if k not in {config.field, "messages", "id"}}
+    if isinstance(item.get("messages"), list):
+        messages = [dict(m) for m in item["messages"]]
+        if not messages or not all(isinstance(m, Mapping) and {"role", "content"} <= set(m) for m in messages):
+            raise OnpolicyError(f"{where}: 'messages' must be a list of {{role, content}} turns")
+        if messages[-1]["role"] != "user":
+            raise OnpolicyError(f"{where}: the last message must be the user's turn")
+    elif isinstance(item.get(config.field), str) and item[config.field].strip():
+        messages = [{"role": "user", "content": item[config.field]}]
+    else:
+        raise OnpolicyError(
+            f"{where}: no prompt text: expected a non-empty string field '{config.field}' or a 'messages' list "
+            f"(fields present: {', '.join(map(str, item)) or 'none'}); set prompts.field to the right column"
+        )
+    if config.system_prompt is not None and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": config.system_prompt})
+    prompt_id = str(item.get("id", index))
+    return PromptRecord(id=prompt_id, messages=tuple(messages), metadata=metadata)

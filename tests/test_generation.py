@@ -1,0 +1,83 @@
+"""The real vLLM engine on a tiny random Llama: sampling, per-sample records, long prompts, in-place weight sync."""
+
+import pytest
+import torch
+
+from onpolicy.config import GenerationConfig
+from onpolicy.errors import OnpolicyError
+from onpolicy.types import PromptRecord
+
+
+def _record(i: int, text: str) -> PromptRecord:
+    return PromptRecord(id=str(i), messages=({"role": "user", "content": text},))
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    from onpolicy.generation import VLLMGenerator
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    config = GenerationConfig(num_samples=4, max_new_tokens=12, max_model_len=128, kv_cache_gib=0.25, seed=1)
+    return VLLMGenerator(str(tiny_model_path), tokenizer, config)
+
+
+def test_samples_k_responses_per_prompt_with_their_records(generator):
+    records = [_record(0, "Who are you?"), _record(1, "What is the capital of France?")]
+    groups, too_long = generator.generate(records)
+    assert too_long == []
+    assert [g.record.id for g in groups] == ["0", "1"]
+    for group in groups:
+        assert len(group.samples) == 4
+        assert group.prompt_token_ids == tuple(generator.prompt_token_ids(group.record))
+        for sample in group.samples:
+            assert 1 <= len(sample.token_ids) <= 12
+            assert len(sample.logprobs) == len(sample.token_ids)
+            assert all(lp <= 0.0 for lp in sample.logprobs)
+            assert sample.finish_reason in {"stop", "length"}
+            assert sample.truncated == (sample.finish_reason == "length")
+            # vLLM holds back a trailing incomplete UTF-8 character, so the text is a prefix of the decoded ids
+            assert generator.tokenizer.decode(sample.token_ids, skip_special_tokens=True).startswith(sample.text)
+    # a random model rarely emits its end token within 12 tokens: most samples are cut
+    assert any(s.truncated for g in groups for s in g.samples)
+
+
+def test_prompts_too_long_for_the_engine_are_set_apart(generator):
+    long = _record(9, "word " * 200)
+    groups, too_long = generator.generate([_record(0, "Hi"), long])
+    assert [g.record.id for g in groups] == ["0"]
+    assert too_long == [long]
+
+
+def test_prompts_too_long_can_be_refused(generator):
+    strict = generator.config.model_copy(update={"long_prompts": "error"})
+    original, generator.config = generator.config, strict
+    try:
+        with pytest.raises(OnpolicyError, match="prompt '9' is .* tokens long"):
+            generator.generate([_record(9, "word " * 200)])
+    finally:
+        generator.config = original
+
+
+def test_new_weights_reach_the_running_engine(generator, tiny_model_path):
+    from transformers import AutoModelForCausalLM
+    from vllm import SamplingParams
+
+    greedy = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0)
+    prompt = [{"prompt_token_ids": generator.prompt_token_ids(_record(0, "Who are you?"))}]
+    before = generator.llm.generate(prompt, greedy, use_tqdm=False)[0].outputs[0]
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    generator.load_weights(model.state_dict().items())
+    after = generator.llm.generate(prompt, greedy, use_tqdm=False)[0].outputs[0]
+    assert after.token_ids != before.token_ids or after.logprobs[0] != before.logprobs[0]
+
+    # and back: the original weights give the original greedy answer
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    generator.load_weights(original.state_dict().items())
+    restored = generator.llm.generate(prompt, greedy, use_tqdm=False)[0].outputs[0]
+    assert restored.token_ids == before.token_ids
