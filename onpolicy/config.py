@@ -109,6 +109,11 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
     lr_scheduler_type: str = Field("constant", description="Schedule within a round (transformers' names).")
     warmup_steps: int = Field(0, ge=0, description="Warm-up steps at the start of each round.")
+    bf16: bool = Field(
+        False,
+        description="bf16 autocast in training and reference passes (TRL's default is on; here off: exact fp32 "
+        "numbers on CPU, where autocast shifts log-probs by ~1e-3 per sequence).",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Any other trl.DPOConfig field, passed through as is."
     )

@@ -26,6 +26,7 @@ OWNED_FIELDS = {
     "max_grad_norm": "train.max_grad_norm",
     "lr_scheduler_type": "train.lr_scheduler_type",
     "warmup_steps": "train.warmup_steps",
+    "bf16": "train.bf16",
     "seed": "seed",
     "output_dir": "--run-dir",
     "report_to": "wandb.mode",

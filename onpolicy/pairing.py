@@ -1,0 +1,57 @@
+"""Pairing: each group of scored samples becomes at most one best-vs-worst preference pair.
+
+Chosen is the highest-reward sample, rejected the lowest (the first in sampling order among equals, so the
+choice carries no length or position preference of its own). A group gives no pair, counted by reason, when:
+- `too_few_scored`: fewer than two of its samples have a usable reward;
+- `tie`: best and worst score the same (no signal to learn from);
+- `below_margin`: the gap is under `min_margin`;
+- `identical`: best and worst are the same text (a noisy reward scored one response twice, differently).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from onpolicy.types import Pair, PairingResult, ScoredGroup
+
+DROP_REASONS = ("too_few_scored", "tie", "below_margin", "identical")
+
+
+def build_pairs(groups: Sequence[ScoredGroup], min_margin: float = 0.0) -> PairingResult:
+    pairs = []
+    dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+    for group in groups:
+        pair, reason = best_vs_worst(group, min_margin)
+        if pair is None:
+            dropped[reason] += 1
+        else:
+            pairs.append(pair)
+    return PairingResult(pairs=tuple(pairs), dropped=dict(dropped))
+
+
+def best_vs_worst(group: ScoredGroup, min_margin: float = 0.0) -> tuple[Pair | None, str | None]:
+    """The group's pair, or None and the reason it has none."""
+    valid = group.valid
+    if len(valid) < 2:
+        return None, "too_few_scored"
+    best_index, best = max(valid, key=lambda item: item[1])  # max/min keep the first of equals
+    worst_index, worst = min(valid, key=lambda item: item[1])
+    gap = best - worst
+    if gap <= 0:
+        return None, "tie"
+    if gap < min_margin:
+        return None, "below_margin"
+    samples = group.group.samples
+    if samples[best_index].text == samples[worst_index].text:
+        return None, "identical"
+    record = group.group.record
+    pair = Pair(
+        prompt_id=record.id,
+        messages=record.messages,
+        chosen=samples[best_index].text,
+        rejected=samples[worst_index].text,
+        chosen_reward=best,
+        rejected_reward=worst,
+    )
+    return pair, None

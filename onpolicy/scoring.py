@@ -1,0 +1,50 @@
+"""Scoring: every sample gets a reward from the configured reward backend.
+
+A reward that raises on a group, returns NaN/inf or marks a response failed does not stop the run: those
+samples are excluded from pairing and counted by kind, and the first message of each kind is kept so the round
+can say what went wrong.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from onpolicy.types import SampleGroup, ScoredGroup
+from reward import Failed, GroupReward
+from reward.registry import check_score
+
+
+def score_groups(
+    reward: GroupReward, groups: Sequence[SampleGroup]
+) -> tuple[list[ScoredGroup], Counter[str], list[str]]:
+    """Scored groups; excluded samples counted by kind ("error", "nonfinite", "invalid", ...); and one line per
+    kind with an example reason, for the user."""
+    scored = []
+    excluded: Counter[str] = Counter()
+    examples: dict[str, str] = {}
+    for group in groups:
+        texts = [s.text for s in group.samples]
+        try:
+            scores = list(reward.score_group(group.record.reward_view(), texts))
+            if len(scores) != len(texts):
+                raise ValueError(f"returned {len(scores)} scores for {len(texts)} responses")
+        except Exception as exc:
+            scores = [Failed(f"raised {type(exc).__name__}: {exc}", "error")] * len(texts)
+        rewards: list[float | None] = []
+        failures: list[str | None] = []
+        for score in map(check_score, scores):
+            if isinstance(score, Failed):
+                excluded[score.kind] += 1
+                examples.setdefault(score.kind, score.reason)
+                rewards.append(None)
+                failures.append(score.reason)
+            else:
+                rewards.append(score)
+                failures.append(None)
+        scored.append(ScoredGroup(group=group, rewards=tuple(rewards), failures=tuple(failures)))
+    messages = [
+        f"reward {reward.name!r}: {n} sample(s) excluded ({kind}), e.g. {examples[kind]}"
+        for kind, n in sorted(excluded.items())
+    ]
+    return scored, excluded, messages

@@ -1,0 +1,176 @@
+"""How a reward is named: a built-in by its registered name, or user code by import path.
+
+- `contains`, `forbids`, `length`, ...: built-ins, registered here once each (a second registration under the
+  same name is an error, not a silent override).
+- `package.module:function` or `path/to/file.py:function`: a per-response function
+  `function(completion: str, prompt: dict, **args) -> float`. It is called once per response; if it raises or
+  returns NaN/inf, that response is left out and counted, never scored 0.
+- `package.module:Class` (or a factory function marked with `group_reward = True`) called with `**args` must
+  return an object with `score_group(prompt, responses)`: a group-level reward (judges, reward models).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import pathlib
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from reward.base import Failed, GroupReward, RewardConfigError, Score
+
+_REGISTRY: dict[str, Callable[..., GroupReward]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., GroupReward]], Callable[..., GroupReward]]:
+    """Register a built-in reward factory under `name`."""
+
+    def add(factory: Callable[..., GroupReward]) -> Callable[..., GroupReward]:
+        if name in _REGISTRY:
+            raise RewardConfigError(f"a reward named {name!r} is registered already")
+        _REGISTRY[name] = factory
+        return factory
+
+    return add
+
+
+def builtin_names() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def build_reward(name: str, args: Mapping[str, Any] | None = None) -> GroupReward:
+    """The reward called `name` (a built-in or an import path), built with `args`."""
+    args = dict(args or {})
+    _load_builtins()
+    if name in _REGISTRY:
+        return _call_factory(_REGISTRY[name], name, args)
+    if ":" not in name:
+        raise RewardConfigError(
+            f"unknown reward {name!r}: use a built-in ({', '.join(sorted(_REGISTRY))}) or an import path "
+            "'module:function' / 'path/to/file.py:function'"
+        )
+    target = load_object(name)
+    if inspect.isclass(target) or getattr(target, "group_reward", False):
+        reward = _call_factory(target, name, args)
+        if not callable(getattr(reward, "score_group", None)):
+            raise RewardConfigError(f"{name} built an object without a score_group(prompt, responses) method")
+        return reward
+    if not callable(target):
+        raise RewardConfigError(f"{name} is not callable")
+    try:
+        inspect.signature(target).bind("completion", {}, **args)
+    except TypeError as exc:
+        raise RewardConfigError(
+            f"{name} cannot be called as {target.__name__}(completion, prompt"
+            + "".join(f", {k}=..." for k in args)
+            + f"): {exc}"
+        ) from None
+    except ValueError:  # builtins without a signature: let the call tell
+        pass
+    return FunctionReward(name, target, args)
+
+
+def load_object(path: str) -> Any:
+    """Import `module:attr` or `file.py:attr` and return the attribute, with errors that say what is missing."""
+    module_name, _, attr = path.rpartition(":")
+    if not module_name or not attr:
+        raise RewardConfigError(f"bad import path {path!r}: expected 'module:function' or 'file.py:function'")
+    if module_name.endswith(".py"):
+        file = pathlib.Path(module_name)
+        if not file.is_file():
+            raise RewardConfigError(f"reward file not found: {file}")
+        spec = importlib.util.spec_from_file_location(f"onpolicy_user_{file.stem}", file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise RewardConfigError(f"importing {file} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            raise RewardConfigError(f"cannot import module {module_name!r} for reward {path!r}: {exc}") from None
+        except Exception as exc:
+            raise RewardConfigError(f"importing {module_name!r} failed: {type(exc).__name__}: {exc}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise RewardConfigError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+def _call_factory(factory: Callable[..., GroupReward], name: str, args: dict[str, Any]) -> GroupReward:
+    try:
+        inspect.signature(factory).bind(**args)
+    except TypeError as exc:
+        raise RewardConfigError(f"reward {name!r}: bad arguments {sorted(args)}: {exc}") from None
+    try:
+        return factory(**args)
+    except RewardConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise RewardConfigError(f"reward {name!r}: {exc}") from None
+
+
+class FunctionReward:
+    """A per-response function as a group reward; a raise or a non-number marks that response failed."""
+
+    def __init__(self, name: str, function: Callable[..., float], args: Mapping[str, Any]) -> None:
+        self.name = name
+        self.function = function
+        self.args = dict(args)
+
+    def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
+        return [self._one(prompt, response) for response in responses]
+
+    def _one(self, prompt: Mapping[str, Any], response: str) -> Score:
+        try:
+            value = self.function(response, prompt, **self.args)
+        except Exception as exc:
+            return Failed(f"raised {type(exc).__name__}: {exc}", "error")
+        return check_score(value)
+
+
+class WeightedSum:
+    """Several rewards summed with weights. A response any term failed on fails with that term's reason."""
+
+    def __init__(self, terms: Sequence[tuple[GroupReward, float]]) -> None:
+        if not terms:
+            raise RewardConfigError("a weighted sum needs at least one reward term")
+        self.terms = list(terms)
+        self.name = " + ".join(f"{w:g}*{r.name}" for r, w in self.terms)
+
+    def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
+        totals: list[Score] = [0.0] * len(responses)
+        for reward, weight in self.terms:
+            scores = reward.score_group(prompt, responses)
+            if len(scores) != len(responses):
+                raise ValueError(f"reward {reward.name!r} returned {len(scores)} scores for {len(responses)} responses")
+            for i, score in enumerate(scores):
+                if isinstance(totals[i], Failed):
+                    continue
+                score = check_score(score)
+                if isinstance(score, Failed):
+                    totals[i] = Failed(f"{reward.name}: {score.reason}", score.kind)
+                else:
+                    totals[i] += weight * score
+        return totals
+
+
+def check_score(value: object) -> Score:
+    """A finite float, or `Failed` saying why `value` is not one."""
+    if isinstance(value, Failed):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return Failed(f"returned {type(value).__name__} {value!r}, not a number", "invalid")
+    if not math.isfinite(value):
+        return Failed(f"returned {value}", "nonfinite")
+    return float(value)
+
+
+def _load_builtins() -> None:
+    import reward.rules  # noqa: F401  (registers the built-ins)
