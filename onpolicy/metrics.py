@@ -1,0 +1,88 @@
+"""A round's metrics, namespaced: gen/, reward/, pairs/, train/, perf/. Pure functions of the round's records."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+
+from onpolicy.types import PairingResult, SampleGroup, ScoredGroup, UpdateResult
+
+
+def generation_metrics(groups: Sequence[SampleGroup], skipped_long: int) -> dict[str, float]:
+    samples = [s for g in groups for s in g.samples]
+    lengths = [len(s.token_ids) for s in samples]
+    return {
+        "gen/prompts": float(len(groups)),
+        "gen/samples": float(len(samples)),
+        "gen/skipped_long_prompts": float(skipped_long),
+        "gen/tokens": float(sum(lengths)),
+        "gen/mean_length": _mean(lengths),
+        "gen/truncation_rate": _mean([float(s.truncated) for s in samples]),
+    }
+
+
+def reward_metrics(scored: Sequence[ScoredGroup], excluded: Mapping[str, int]) -> dict[str, float]:
+    values = [r for g in scored for _, r in g.valid]
+    metrics = {
+        "reward/mean": _mean(values),
+        "reward/std": statistics.pstdev(values) if values else 0.0,
+        "reward/min": min(values, default=0.0),
+        "reward/max": max(values, default=0.0),
+        "reward/scored": float(len(values)),
+        "reward/excluded": float(sum(excluded.values())),
+    }
+    metrics.update({f"reward/excluded_{kind}": float(n) for kind, n in excluded.items()})
+    return metrics
+
+
+def pair_metrics(result: PairingResult) -> dict[str, float]:
+    pairs = result.pairs
+    metrics = {
+        "pairs/kept": float(len(pairs)),
+        "pairs/dropped": float(sum(result.dropped.values())),
+        "pairs/chosen_reward_mean": _mean([p.chosen_reward for p in pairs]),
+        "pairs/rejected_reward_mean": _mean([p.rejected_reward for p in pairs]),
+        "pairs/margin_mean": _mean([p.margin for p in pairs]),
+    }
+    metrics.update({f"pairs/dropped_{reason}": float(n) for reason, n in result.dropped.items()})
+    return metrics
+
+
+def update_metrics(result: UpdateResult) -> dict[str, float]:
+    return {"train/skipped": float(result.skipped), **result.metrics}
+
+
+def perf_metrics(seconds: Mapping[str, float], generated_tokens: float) -> dict[str, float]:
+    metrics = {f"perf/{phase}_s": value for phase, value in seconds.items()}
+    metrics["perf/round_s"] = sum(seconds.values())
+    generate = seconds.get("generate", 0.0)
+    metrics["perf/gen_tokens_per_s"] = generated_tokens / generate if generate > 0 else 0.0
+    return metrics
+
+
+def progress_line(round_number: int, rounds: int, metrics: Mapping[str, float]) -> str:
+    """One terminal line per round."""
+    drops = ", ".join(
+        f"{key.removeprefix('pairs/dropped_')} {int(v)}"
+        for key, v in metrics.items()
+        if key.startswith("pairs/dropped_") and v
+    )
+    train = (
+        "update skipped (no pairs)"
+        if metrics.get("train/skipped")
+        else f"loss {metrics.get('train/loss', float('nan')):.3f} acc {metrics.get('train/reward_accuracy', float('nan')):.2f}"
+    )
+    excluded = int(metrics.get("reward/excluded", 0))
+    return (
+        f"round {round_number}/{rounds} | reward {metrics['reward/mean']:+.3f} ± {metrics['reward/std']:.3f}"
+        + (f" ({excluded} excluded)" if excluded else "")
+        + f" | pairs {int(metrics['pairs/kept'])}"
+        + (f" (dropped: {drops})" if drops else "")
+        + f" | {train}"
+        + f" | gen {metrics['perf/generate_s']:.1f}s ({metrics['perf/gen_tokens_per_s']:.0f} tok/s)"
+        + f" train {metrics['perf/train_s']:.1f}s sync {metrics['perf/sync_s']:.2f}s"
+    )
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(sum(values) / len(values)) if values else 0.0

@@ -1,0 +1,181 @@
+"""Config loading: every shipped YAML validates; bad keys, types and files give one clear message; precedence."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from onpolicy.config import Config, describe_fields, load_config
+from onpolicy.errors import ConfigError
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "configs").rglob("*.yaml"))
+
+
+def _write(tmp_path, data, name="run.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+MINIMAL = {"prompts": {"items": ["hi"]}, "reward": [{"name": "contains", "args": {"words": ["x"]}}]}
+
+
+def test_configs_folder_is_found_and_not_empty():
+    assert ROOT / "configs" / "default.yaml" in SHIPPED
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
+def test_every_shipped_config_validates_with_its_rewards(path):
+    from onpolicy.loop import build_reward_from_terms
+    from onpolicy.prompts import load_prompts
+
+    config = load_config(path)
+    assert load_prompts(config.prompts)
+    build_reward_from_terms(config.reward)
+
+
+def test_defaults_then_yaml_then_overrides(tmp_path):
+    path = _write(tmp_path, {**MINIMAL, "rounds": 5, "generation": {"num_samples": 4}})
+    config = load_config(path, ["generation.num_samples=6", "train.beta=0.5"])
+    assert config.rounds == 5  # YAML over default
+    assert config.generation.num_samples == 6  # override over YAML
+    assert config.train.beta == 0.5 and config.generation.max_new_tokens == 64  # override over default; default
+    assert config.train.learning_rate == Config.model_fields["train"].default_factory().learning_rate
+
+
+def test_the_resolved_config_round_trips_through_yaml(tmp_path):
+    config = load_config(_write(tmp_path, MINIMAL), ["reward.0.weight=2"])
+    again = Config.model_validate(yaml.safe_load(config.to_yaml()))
+    assert again == config
+
+
+@pytest.mark.parametrize(
+    ("data", "overrides", "message"),
+    [
+        (
+            {**MINIMAL, "generation": {"num_sample": 4}},
+            [],
+            r"unknown key 'generation.num_sample' in .*run.yaml; did you mean 'generation.num_samples'\?",
+        ),
+        ({**MINIMAL, "num_samples": 4}, [], r"unknown key 'num_samples' .*did you mean 'generation.num_samples'\?"),
+        (
+            MINIMAL,
+            ["generation.temprature=0.5"],
+            r"unknown key 'generation.temprature' in command-line override 'generation.temprature=0.5'; did you mean 'generation.temperature'\?",
+        ),
+        (MINIMAL, ["reward.0.wieght=2"], r"did you mean 'reward\[0\].weight'\?"),
+        (
+            MINIMAL,
+            ["generation.temperature=hot"],
+            r"'generation.temperature' in command-line override .*valid number.*got 'hot'",
+        ),
+        ({**MINIMAL, "rounds": "many"}, [], r"'rounds' in .*run.yaml: Input should be a valid integer"),
+        ({**MINIMAL, "rounds": 0}, [], r"'rounds' .*greater than or equal to 1"),
+        (MINIMAL, ["generation.num_samples=1"], r"greater than or equal to 2"),
+        (MINIMAL, ["ref.refresh=sometimes"], r"'every_round', 'every' or 'never'"),
+        (
+            MINIMAL,
+            ["train.loss_type=sigmod"],
+            r"train.loss_type: unknown DPO loss type 'sigmod'; did you mean 'sigmoid'\?",
+        ),
+        (MINIMAL, ["train.extra={beta: 0.3}"], r"train.extra.beta is set by onpolicy: use train.beta"),
+        (
+            MINIMAL,
+            ["train.extra={labl_smoothing: 0.1}"],
+            r"no field 'labl_smoothing'; did you mean 'label_smoothing'\?",
+        ),
+        (
+            MINIMAL,
+            ["generation.max_new_tokens=2048"],
+            r"command-line override .*max_new_tokens \(2048\) must be below generation.max_model_len",
+        ),
+        ({"reward": MINIMAL["reward"]}, [], r"missing key 'prompts'"),
+        ({"prompts": {"items": ["hi"]}}, [], r"missing key 'reward'"),
+        (
+            {**MINIMAL, "prompts": {"items": ["a"], "path": "p.txt"}},
+            [],
+            r"exactly one of prompts.path .* or prompts.items",
+        ),
+        (MINIMAL, ["rounds"], r"not of the form key.path=value"),
+    ],
+)
+def test_bad_config_gives_one_clear_error(tmp_path, data, overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(_write(tmp_path, data), overrides)
+
+
+def test_several_errors_are_listed_together(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        load_config(_write(tmp_path, {**MINIMAL, "rounds": "x", "seeed": 1}))
+    assert str(info.value).startswith("invalid config:")
+    assert "'rounds'" in str(info.value) and "did you mean 'seed'" in str(info.value)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found: .*nope.yaml"):
+        load_config(tmp_path / "nope.yaml")
+    path = _write(tmp_path, {**MINIMAL, "prompts": {"path": "missing.jsonl"}})
+    with pytest.raises(ConfigError, match=r"prompt file not found: .*missing.jsonl"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="is not a model folder"):
+        load_config(_write(tmp_path, {**MINIMAL, "model": {"path": str(tmp_path)}}))
+
+
+def test_yaml_that_is_not_a_mapping_or_not_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="must hold a mapping"):
+        load_config(_write(tmp_path, "- a\n- b\n"))
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_config(_write(tmp_path, "rounds: [1, 2\n"))
+
+
+def test_relative_paths_in_yaml_are_relative_to_the_yaml_and_on_the_command_line_to_cwd(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "p.txt").write_text("hello\n")
+    (tmp_path / "data" / "r.py").write_text("def f(completion, prompt):\n    return 1.0\n")
+    sub = tmp_path / "configs"
+    sub.mkdir()
+    data = {"prompts": {"path": "../data/p.txt"}, "reward": [{"name": "../data/r.py:f"}]}
+    monkeypatch.chdir(tmp_path / "data")
+    config = load_config(_write(sub, data))
+    assert config.prompts.path == str(tmp_path / "data" / "p.txt")
+    assert config.reward[0].name == f"{tmp_path / 'data' / 'r.py'}:f"
+    config = load_config(_write(sub, data), ["prompts.path=p.txt"])
+    assert config.prompts.path == str(tmp_path / "data" / "p.txt")
+
+
+def test_every_key_is_documented():
+    rows = describe_fields()
+    keys = {key for key, _, _ in rows}
+    assert {"rounds", "generation.num_samples", "train.beta", "ref.refresh", "reward[].name"} <= keys
+    assert all(description for _, _, description in rows), [k for k, _, d in rows if not d]
+
+
+def _cli_run(config_path, run_dir):
+    return subprocess.run(
+        [sys.executable, "-m", "onpolicy.cli", "run", str(config_path), "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+
+
+def test_cli_prints_one_line_and_no_traceback_for_a_bad_config(tmp_path):
+    path = _write(tmp_path, {**MINIMAL, "generation": {"num_sample": 4}})
+    done = _cli_run(path, tmp_path / "run")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"onpolicy: error: unknown key 'generation.num_sample' in {path}; did you mean 'generation.num_samples'?"
+    ]
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_cli_refuses_an_unknown_reward_before_loading_any_model(tmp_path):
+    path = _write(tmp_path, {**MINIMAL, "reward": [{"name": "no_such_module_abc:f"}]})
+    done = _cli_run(path, tmp_path / "run")
+    assert done.returncode == 2
+    assert "reward[0] (no_such_module_abc:f): cannot import module 'no_such_module_abc'" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "run").exists()

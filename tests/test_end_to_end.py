@@ -1,0 +1,164 @@
+"""Two real rounds through the CLI on a tiny random Llama: vLLM engine, TRL update, W&B offline, run directory."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from tests.wandb_offline import offline_history
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+NAMESPACES = ("gen/", "reward/", "pairs/", "train/", "perf/", "ref/")
+EXPECTED_KEYS = {
+    "round",
+    "gen/samples",
+    "gen/mean_length",
+    "gen/truncation_rate",
+    "reward/mean",
+    "reward/std",
+    "reward/min",
+    "reward/max",
+    "pairs/kept",
+    "pairs/dropped_tie",
+    "pairs/chosen_reward_mean",
+    "pairs/rejected_reward_mean",
+    "pairs/margin_mean",
+    "train/loss",
+    "train/reward_accuracy",
+    "train/reward_margin",
+    "perf/generate_s",
+    "perf/score_s",
+    "perf/train_s",
+    "perf/sync_s",
+    "perf/gen_tokens_per_s",
+}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_path, tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    config = {
+        "rounds": 2,
+        "model": {"path": str(tiny_model_path)},
+        "prompts": {"items": ["Who are you?", "What is your name?", "Tell me a story.", "What is two plus two?"]},
+        "generation": {"num_samples": 4, "max_new_tokens": 16, "max_model_len": 256, "kv_cache_gib": 0.25},
+        "reward": [{"name": "length", "args": {"target": 40, "unit": "chars"}}],
+        "train": {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128},
+        "checkpoint": {"every": 1},
+        "wandb": {"mode": "offline"},
+    }
+    (work / "run.yaml").write_text(yaml.safe_dump(config))
+    run_dir = work / "run"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    done = subprocess.run(
+        [sys.executable, "-m", "onpolicy.cli", "run", str(work / "run.yaml"), "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run_dir, done.stdout
+
+
+def _jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_one_record_per_round_with_every_metric(finished_run):
+    run_dir, stdout = finished_run
+    rounds = _jsonl(run_dir / "rounds.jsonl")
+    assert [r["round"] for r in rounds] == [1, 2]
+    for record in rounds:
+        assert EXPECTED_KEYS <= set(record), EXPECTED_KEYS - set(record)
+        assert all(key == "round" or key.startswith(NAMESPACES) for key in record)
+        assert record["gen/samples"] == 16 and record["pairs/kept"] >= 1 and record["train/skipped"] == 0
+    assert [line.split(" |")[0] for line in stdout.splitlines() if line.startswith("round ")] == [
+        "round 1/2",
+        "round 2/2",
+    ]
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["rounds"] == 2 and saved["generation"]["num_samples"] == 4 and saved["train"]["beta"] == 0.1
+
+
+def test_samples_and_pairs_of_each_round_are_on_disk(finished_run):
+    run_dir, _ = finished_run
+    rounds = _jsonl(run_dir / "rounds.jsonl")
+    for n, record in enumerate(rounds, start=1):
+        samples = _jsonl(run_dir / f"rounds/{n:04d}/samples.jsonl")
+        pairs = _jsonl(run_dir / f"rounds/{n:04d}/pairs.jsonl")
+        assert len(samples) == 16
+        assert {"prompt_id", "text", "token_ids", "logprobs", "finish_reason", "reward"} <= set(samples[0])
+        assert len(pairs) == record["pairs/kept"]
+        by_prompt = {}
+        for s in samples:
+            by_prompt.setdefault(s["prompt_id"], []).append(s["reward"])
+        for pair in pairs:  # chosen and rejected are the best and worst of their group
+            assert pair["chosen_reward"] == max(by_prompt[pair["prompt_id"]])
+            assert pair["rejected_reward"] == min(by_prompt[pair["prompt_id"]])
+
+
+def test_final_policy_is_an_ordinary_hf_folder_and_the_last_checkpoint(finished_run, tiny_model_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _ = finished_run
+    final = AutoModelForCausalLM.from_pretrained(run_dir / "final")
+    tokenizer = AutoTokenizer.from_pretrained(run_dir / "final")
+    assert tokenizer.chat_template
+    last = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints/round-0002")
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    final_state, last_state, initial_state = final.state_dict(), last.state_dict(), initial.state_dict()
+    assert all(torch.equal(final_state[k], last_state[k]) for k in final_state)
+    assert any(not torch.equal(final_state[k], initial_state[k]) for k in final_state)
+
+
+def _teacher_forced_logprobs(model, prompt_ids, token_ids):
+    ids = torch.tensor([prompt_ids + token_ids])
+    with torch.no_grad():
+        logits = model(ids).logits.float()
+    logprobs = torch.log_softmax(logits[0, len(prompt_ids) - 1 : -1], dim=-1)
+    return logprobs.gather(1, torch.tensor(token_ids)[:, None])[:, 0]
+
+
+def test_round_two_was_sampled_from_the_updated_weights(finished_run, tiny_model_path):
+    """The engine's own log-probs of its round-2 samples match the policy after round 1, not the initial one:
+    the weight sync reached the running engine."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _ = finished_run
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    after_round_1 = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints/round-0001")
+    prompts = yaml.safe_load((run_dir / "config.yaml").read_text())["prompts"]["items"]
+    errors = {"initial": [], "after_round_1": []}
+    for sample in _jsonl(run_dir / "rounds/0002/samples.jsonl")[:8]:
+        prompt = prompts[int(sample["prompt_id"])]
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+        prompt_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        engine = torch.tensor(sample["logprobs"])
+        for name, model in (("initial", initial), ("after_round_1", after_round_1)):
+            expected = _teacher_forced_logprobs(model, prompt_ids, sample["token_ids"])
+            errors[name].append((engine - expected).abs().mean().item())
+    mean = {name: sum(v) / len(v) for name, v in errors.items()}
+    assert mean["after_round_1"] < 0.05, mean
+    assert mean["initial"] > 5 * mean["after_round_1"], mean
+
+
+def test_wandb_offline_record_holds_one_step_per_round(finished_run):
+    run_dir, _ = finished_run
+    history = offline_history(run_dir)
+    rounds = _jsonl(run_dir / "rounds.jsonl")
+    assert [row["_step"] for row in history] == [1, 2]
+    for row, record in zip(history, rounds):
+        for key in ("train/loss", "reward/mean", "pairs/kept", "perf/generate_s"):
+            assert row[key] == pytest.approx(record[key])
