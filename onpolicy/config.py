@@ -153,6 +153,9 @@ class WandbConfig(Section):
     name: str | None = Field(None, description="Run name (default: the run directory's name).")
     group: str | None = Field(None, description="W&B group, to compare runs side by side.")
     tags: list[str] = Field(default_factory=list, description="W&B tags.")
+    init_timeout: float = Field(
+        60.0, gt=0, description="Seconds to wait for W&B to start online before going on offline."
+    )
 
 
 class Config(Section):

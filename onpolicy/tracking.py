@@ -97,7 +97,7 @@ def start_logger(config: WandbConfig, run_dir: pathlib.Path, run_config: Mapping
                 dir=str(run_dir),
                 config=dict(run_config),
                 mode=attempt,
-                settings=wandb.Settings(init_timeout=60, silent=True, console="off"),
+                settings=wandb.Settings(init_timeout=config.init_timeout, silent=True, console="off"),
             )
             return WandbLogger(run, attempt)
         except Exception as exc:

@@ -14,3 +14,11 @@ from tests.tiny_model import build_tiny_llama  # noqa: E402
 def tiny_model_path(tmp_path_factory) -> pathlib.Path:
     """A tiny random Llama folder shared by the whole session (read-only for tests)."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def embedded_model_path(tmp_path_factory) -> pathlib.Path:
+    """The embedded SmolLM2 converted once per session into a fresh cache folder (~30 s)."""
+    from onpolicy.model_store import embedded_model_folder
+
+    return embedded_model_folder(tmp_path_factory.mktemp("onpolicy-cache"))

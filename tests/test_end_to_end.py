@@ -43,7 +43,6 @@ EXPECTED_KEYS = {
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_path, tmp_path_factory):
-    work = tmp_path_factory.mktemp("e2e")
     config = {
         "rounds": 2,
         "model": {"path": str(tiny_model_path)},
@@ -54,16 +53,20 @@ def finished_run(tiny_model_path, tmp_path_factory):
         "checkpoint": {"every": 1},
         "wandb": {"mode": "offline"},
     }
+    return run_cli(config, tmp_path_factory.mktemp("e2e"))
+
+
+def run_cli(config: dict, work: pathlib.Path) -> tuple[pathlib.Path, str]:
+    """`onpolicy run` on `config` in a fresh process; the run directory and what it printed."""
     (work / "run.yaml").write_text(yaml.safe_dump(config))
     run_dir = work / "run"
-    env = {**os.environ, "WANDB_MODE": "offline"}
     done = subprocess.run(
         [sys.executable, "-m", "onpolicy.cli", "run", str(work / "run.yaml"), "--run-dir", str(run_dir)],
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env=env,
-        timeout=600,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        timeout=900,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return run_dir, done.stdout
@@ -162,3 +165,54 @@ def test_wandb_offline_record_holds_one_step_per_round(finished_run):
     for row, record in zip(history, rounds):
         for key in ("train/loss", "reward/mean", "pairs/kept", "perf/generate_s"):
             assert row[key] == pytest.approx(record[key])
+
+
+def test_failing_rewards_and_a_round_without_pairs_do_not_stop_the_run(tiny_model_path, tmp_path):
+    """A reward that raises on one prompt and returns NaN on another, ties elsewhere: no pairs, the update is
+    skipped and said so, the exclusions are counted, and the run still ends with its files and final/."""
+    (tmp_path / "flaky.py").write_text(
+        "def score(completion, prompt):\n"
+        "    if prompt['id'] == '0':\n"
+        "        raise ValueError('judge said nothing useful')\n"
+        "    return float('nan') if prompt['id'] == '1' else 0.5\n"
+    )
+    config = {
+        "rounds": 1,
+        "model": {"path": str(tiny_model_path)},
+        "prompts": {"items": ["Who are you?", "Hello", "Tell me a story.", "word " * 300], "shuffle": False},
+        "generation": {"num_samples": 3, "max_new_tokens": 8, "max_model_len": 256, "kv_cache_gib": 0.25},
+        "reward": [{"name": f"{tmp_path / 'flaky.py'}:score"}],
+    }
+    run_dir, stdout = run_cli(config, tmp_path)
+    (record,) = _jsonl(run_dir / "rounds.jsonl")
+    assert record["gen/skipped_long_prompts"] == 1 and record["gen/samples"] == 9
+    assert record["reward/excluded_error"] == 3 and record["reward/excluded_nonfinite"] == 3
+    assert (
+        record["pairs/kept"] == 0 and record["pairs/dropped_too_few_scored"] == 2 and record["pairs/dropped_tie"] == 1
+    )
+    assert record["train/skipped"] == 1
+    assert "no pairs this round: the update was skipped" in stdout
+    assert "raised ValueError: judge said nothing useful" in stdout
+    assert "1 prompt(s) too long for the engine were skipped, e.g. '3'" in stdout
+    samples = _jsonl(run_dir / "rounds/0001/samples.jsonl")
+    assert {s["failure"] for s in samples if s["prompt_id"] == "0"} == {"raised ValueError: judge said nothing useful"}
+    assert (run_dir / "final" / "config.json").exists()
+
+
+def test_one_round_on_the_embedded_smollm2(embedded_model_path, tmp_path):
+    """The README's default model, through the whole loop once, from its converted cache folder."""
+    config = {
+        "rounds": 1,
+        "model": {"cache_dir": str(embedded_model_path.parent)},
+        "prompts": {"items": ["Who are you?", "What is the capital of France?", "Why is the sky blue?"]},
+        "generation": {"num_samples": 4, "max_new_tokens": 24, "kv_cache_gib": 0.5},
+        "reward": [{"name": "length", "args": {"target": 12}}],
+        "train": {"learning_rate": 1.0e-5, "batch_size": 4, "max_length": 128},
+    }
+    run_dir, stdout = run_cli(config, tmp_path)
+    (record,) = _jsonl(run_dir / "rounds.jsonl")
+    assert f"policy: {embedded_model_path}" in stdout
+    assert record["gen/samples"] == 12 and record["pairs/kept"] == 3 and record["train/skipped"] == 0
+    assert record["train/loss"] == pytest.approx(0.6931, abs=1e-3)  # first step: the policy is its own reference
+    samples = _jsonl(run_dir / "rounds/0001/samples.jsonl")
+    assert sum("Paris" in s["text"] for s in samples if s["prompt_id"] == "1") >= 2  # real weights, real answers

@@ -1,0 +1,79 @@
+"""Prompt sources: JSONL with metadata, Parquet, text, in-config lists; per-round slices; clear errors."""
+
+import json
+
+import pytest
+
+from onpolicy.config import PromptsConfig
+from onpolicy.errors import OnpolicyError
+from onpolicy.prompts import load_prompts, prompts_for_round
+
+
+def test_jsonl_records_keep_their_metadata_and_id(tmp_path):
+    path = tmp_path / "p.jsonl"
+    rows = [{"id": "q1", "prompt": "2+2?", "answer": "4", "category": "math"}, {"prompt": "Who are you?"}]
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    records = load_prompts(PromptsConfig(path=str(path), shuffle=False))
+    assert [r.id for r in records] == ["q1", "1"]
+    assert records[0].messages == ({"role": "user", "content": "2+2?"},)
+    assert records[0].metadata == {"answer": "4", "category": "math"}
+    assert records[0].reward_view()["answer"] == "4" and records[0].reward_view()["prompt"] == "2+2?"
+
+
+def test_chat_messages_and_a_system_prompt(tmp_path):
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello"},
+        {"role": "user", "content": "Name?"},
+    ]
+    config = PromptsConfig(items=[{"messages": messages}, "Plain"], system_prompt="Be brief.", shuffle=False)
+    records = load_prompts(config)
+    assert records[0].messages[0] == {"role": "system", "content": "Be brief."}
+    assert records[0].prompt == "Name?" and len(records[0].messages) == 4
+    assert records[1].messages == ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "Plain"})
+
+
+def test_parquet_and_text_files_with_a_custom_field(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"question": ["a?", "b?"], "level": [1, 2]}), tmp_path / "p.parquet")
+    records = load_prompts(PromptsConfig(path=str(tmp_path / "p.parquet"), field="question", shuffle=False))
+    assert [r.prompt for r in records] == ["a?", "b?"] and records[1].metadata == {"level": 2}
+    (tmp_path / "p.txt").write_text("first\n\n  second  \n")
+    assert [r.prompt for r in load_prompts(PromptsConfig(path=str(tmp_path / "p.txt"), shuffle=False))] == [
+        "first",
+        "second",
+    ]
+
+
+def test_shuffle_is_seeded():
+    config = PromptsConfig(items=[str(i) for i in range(20)])
+    first, again, other = load_prompts(config, seed=1), load_prompts(config, seed=1), load_prompts(config, seed=2)
+    assert [r.prompt for r in first] == [r.prompt for r in again] != [r.prompt for r in other]
+    assert sorted(r.prompt for r in first) == sorted(str(i) for i in range(20))
+
+
+def test_per_round_takes_the_next_prompts_and_wraps_around():
+    records = load_prompts(PromptsConfig(items=list("abcde"), shuffle=False))
+    assert [r.prompt for r in prompts_for_round(records, 0, 2)] == ["a", "b"]
+    assert [r.prompt for r in prompts_for_round(records, 2, 2)] == ["e", "a"]
+    assert [r.prompt for r in prompts_for_round(records, 3, None)] == list("abcde")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("p.jsonl", '{"prompt": "ok"}\n{bad json}\n', r"p.jsonl, line 2: not valid JSON"),
+        ("p.jsonl", '{"text": "no prompt field"}\n', r"prompt 1: no prompt text.*fields present: text.*prompts.field"),
+        ("p.jsonl", '{"messages": [{"role": "assistant", "content": "x"}]}\n', "last message must be the user's turn"),
+        ("p.jsonl", "[1, 2]\n", "expected a string or a record"),
+        ("p.csv", "a,b\n", "unknown format '.csv'"),
+        ("p.txt", "\n\n", "holds no prompts"),
+    ],
+)
+def test_bad_prompt_files_say_where(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    with pytest.raises(OnpolicyError, match=message):
+        load_prompts(PromptsConfig(path=str(path)))

@@ -1,0 +1,72 @@
+"""W&B in offline mode, read back; an unreachable W&B server never ends the run."""
+
+import pathlib
+
+import pytest
+
+from onpolicy.config import WandbConfig
+from onpolicy.tracking import NullLogger, WandbLogger, resolve_mode, start_logger
+from tests.wandb_offline import offline_history
+
+
+@pytest.fixture
+def clean_env(monkeypatch, tmp_path):
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("NETRC", str(tmp_path / ".netrc"))
+    return monkeypatch
+
+
+def test_auto_mode_is_offline_without_credentials_and_online_with_them(clean_env, tmp_path):
+    assert resolve_mode(WandbConfig()) == "offline"
+    clean_env.setenv("WANDB_API_KEY", "k" * 40)
+    assert resolve_mode(WandbConfig()) == "online"
+    clean_env.delenv("WANDB_API_KEY")
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai\n  login user\n  password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert resolve_mode(WandbConfig()) == "online"
+    clean_env.setenv("WANDB_MODE", "disabled")
+    assert resolve_mode(WandbConfig()) == "disabled"
+    assert resolve_mode(WandbConfig(mode="offline")) == "offline"
+
+
+def test_offline_run_logs_one_step_per_round(clean_env, tmp_path):
+    logger = start_logger(WandbConfig(), tmp_path, {"rounds": 2})
+    assert isinstance(logger, WandbLogger) and logger.mode == "offline"
+    logger.log_round(1, {"reward/mean": 0.25, "pairs/kept": 3.0})
+    logger.log_round(2, {"reward/mean": 0.5, "pairs/kept": 4.0})
+    logger.finish()
+    history = offline_history(tmp_path)
+    assert [(row["_step"], row["reward/mean"], row["pairs/kept"]) for row in history] == [(1, 0.25, 3), (2, 0.5, 4)]
+
+
+def test_unreachable_server_falls_back_to_offline(clean_env, tmp_path):
+    clean_env.setenv("WANDB_API_KEY", "k" * 40)
+    clean_env.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    logger = start_logger(WandbConfig(mode="online", init_timeout=3), tmp_path, {})
+    assert isinstance(logger, WandbLogger) and logger.mode == "offline"
+    logger.log_round(1, {"reward/mean": 1.0})
+    logger.finish()
+    assert [row["reward/mean"] for row in offline_history(tmp_path)] == [1.0]
+
+
+def test_disabled_logs_nothing(clean_env, tmp_path):
+    logger = start_logger(WandbConfig(mode="disabled"), tmp_path, {})
+    assert isinstance(logger, NullLogger)
+    logger.log_round(1, {"x": 1.0})
+    logger.finish()
+    assert not list(pathlib.Path(tmp_path).rglob("*.wandb"))
+
+
+def test_a_failing_log_call_warns_once_and_goes_on(caplog):
+    class Broken:
+        def log(self, *args, **kwargs):
+            raise ConnectionError("gone")
+
+    logger = WandbLogger(Broken(), "online")
+    logger.log_round(1, {"x": 1.0})
+    logger.log_round(2, {"x": 1.0})
+    assert [r.getMessage() for r in caplog.records].count(
+        "W&B could not log round 1 (gone); rounds.jsonl keeps every round"
+    ) == 1
