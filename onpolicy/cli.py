@@ -16,6 +16,7 @@ import pathlib
 import signal
 import sys
 import textwrap
+import warnings
 
 from onpolicy import __version__
 from onpolicy.errors import OnpolicyError
@@ -135,6 +136,8 @@ def _quiet_libraries(verbose: bool) -> None:
     }.items():
         os.environ.setdefault(key, value)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("vllm").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 if __name__ == "__main__":

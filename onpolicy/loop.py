@@ -142,7 +142,6 @@ def run_job(
         tokenizer,
         config.train,
         config.ref,
-        work_dir=run.path / ".trainer",
         seed=config.seed,
         dtype=config.model.train_dtype,
     )

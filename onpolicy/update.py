@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 import pathlib
+import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -57,7 +58,6 @@ class DPOUpdater:
         tokenizer: Any,
         train: TrainConfig,
         ref: RefConfig,
-        work_dir: pathlib.Path,
         seed: int = 0,
         dtype: str = "float32",
     ) -> None:
@@ -66,7 +66,8 @@ class DPOUpdater:
         self.train_config = train
         self.ref_config = ref
         self.tokenizer = tokenizer
-        self.work_dir = work_dir
+        # TRL wants an output folder; with save_strategy="no" it stays empty, so keep it out of the run directory.
+        self._output_dir = tempfile.TemporaryDirectory(prefix="onpolicy-trainer-")
         self.seed = seed
         self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         self.reference: torch.nn.Module | None = None
@@ -109,7 +110,7 @@ class DPOUpdater:
         ]
         cfg = self.train_config
         args = DPOConfig(
-            output_dir=str(self.work_dir / "trainer"),
+            output_dir=self._output_dir.name,
             beta=cfg.beta,
             loss_type=cfg.loss_type,
             learning_rate=cfg.learning_rate,

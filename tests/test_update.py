@@ -37,16 +37,16 @@ def test_reference_round(refresh, every, expected):
     assert [reference_round(n, ref) for n in range(1, 6)] == expected
 
 
-def _updater(tiny_model_path, tmp_path, refresh="every_round"):
+def _updater(tiny_model_path, refresh="every_round"):
     from transformers import AutoTokenizer
 
     train = TrainConfig(learning_rate=1e-3, batch_size=4, num_epochs=1, max_length=64)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    return DPOUpdater(str(tiny_model_path), tokenizer, train, RefConfig(refresh=refresh), tmp_path)
+    return DPOUpdater(str(tiny_model_path), tokenizer, train, RefConfig(refresh=refresh))
 
 
-def test_update_moves_every_weight_and_reports_trl_metrics(tiny_model_path, tmp_path):
-    updater = _updater(tiny_model_path, tmp_path)
+def test_update_moves_every_weight_and_reports_trl_metrics(tiny_model_path):
+    updater = _updater(tiny_model_path)
     before = {n: p.detach().clone() for n, p in updater.policy.named_parameters()}
     assert updater.start_round(1)
     result = updater.update(PAIRS, round_number=1)
@@ -61,8 +61,8 @@ def test_update_moves_every_weight_and_reports_trl_metrics(tiny_model_path, tmp_
     assert "forward" not in updater.policy.__dict__
 
 
-def test_every_round_reference_is_the_round_start_policy(tiny_model_path, tmp_path):
-    updater = _updater(tiny_model_path, tmp_path, "every_round")
+def test_every_round_reference_is_the_round_start_policy(tiny_model_path):
+    updater = _updater(tiny_model_path, "every_round")
     assert not updater.holds_reference_copy
     for n in (1, 2):
         updater.start_round(n)
@@ -72,8 +72,8 @@ def test_every_round_reference_is_the_round_start_policy(tiny_model_path, tmp_pa
     assert updater.reference is None
 
 
-def test_never_refresh_keeps_the_initial_model_as_reference(tiny_model_path, tmp_path):
-    updater = _updater(tiny_model_path, tmp_path, "never")
+def test_never_refresh_keeps_the_initial_model_as_reference(tiny_model_path):
+    updater = _updater(tiny_model_path, "never")
     initial = {n: p.detach().clone() for n, p in updater.policy.named_parameters()}
     updater.start_round(1)
     first = updater.update(PAIRS, round_number=1)
@@ -88,8 +88,8 @@ def test_never_refresh_keeps_the_initial_model_as_reference(tiny_model_path, tmp
         assert not param.requires_grad
 
 
-def test_a_round_without_pairs_skips_the_update(tiny_model_path, tmp_path):
-    updater = _updater(tiny_model_path, tmp_path)
+def test_a_round_without_pairs_skips_the_update(tiny_model_path):
+    updater = _updater(tiny_model_path)
     before = {n: p.detach().clone() for n, p in updater.policy.named_parameters()}
     result = updater.update([], round_number=1)
     assert result.skipped and result.metrics == {}
