@@ -211,9 +211,8 @@ def load_config(path: str | pathlib.Path | None, overrides: list[str] = ()) -> C
         key, value = _parse_override(item)
         override_keys[key] = item
         _set_dotted(data, key, value, item)
-        for dotted in (".".join(k) for k in _PATH_KEYS):
-            if key == dotted:
-                _resolve_paths(data, pathlib.Path.cwd(), only=dotted)
+        if key in {".".join(k) for k in _PATH_KEYS}:
+            _resolve_paths(data, pathlib.Path.cwd(), only=key)
     _resolve_reward_files(data, pathlib.Path.cwd())
     try:
         config = Config.model_validate(data)
