@@ -95,12 +95,44 @@ class RewardTerm(Section):
     )
     weight: float = Field(1.0, description="Weight of this term in the summed reward.")
     args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the reward.")
+    when: dict[str, Any] | None = Field(
+        None,
+        description="Apply this term only to prompts whose record fields match, e.g. {category: identity} "
+        "(a list of values matches any of them); other prompts score 0 on it.",
+    )
+
+
+class CorrectionConfig(Section):
+    corrector: str | None = Field(
+        None,
+        description="Off when empty. A built-in corrector (replace_name) or 'module:function' / "
+        "'file.py:function' called as function(response, prompt, **args) -> str or None (None: no correction "
+        "for this prompt, pair it as usual).",
+    )
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the corrector.")
+    min_reward: float = Field(
+        1.0,
+        description="A group none of whose samples reaches this reward gets a corrected chosen: its best sample, "
+        "edited by the corrector and scored again.",
+    )
+    rejected: Literal["original", "worst"] = Field(
+        "original",
+        description="The rejected side of a corrected pair: the unedited response (a minimal-edit pair: only the "
+        "correction differs) or the group's worst sample.",
+    )
+    negatives: bool = Field(
+        False,
+        description="When an edit scores *below* the response it was made from (e.g. the target name put into "
+        "an unrelated answer), keep it as a rejected example against the unedited response: a minimal-edit pair "
+        "that teaches where the edit does not belong.",
+    )
 
 
 class PairsConfig(Section):
     min_margin: float = Field(
         0.0, ge=0.0, description="Groups whose best-worst reward gap is below this are dropped (ties always are)."
     )
+    correction: CorrectionConfig = Field(default_factory=CorrectionConfig)
 
 
 class TrainConfig(Section):
@@ -140,6 +172,27 @@ class RefConfig(Section):
     every: int = Field(1, ge=1, description="With refresh=every: rounds between reference refreshes.")
 
 
+class EvalMetric(Section):
+    name: str = Field(..., description="Logged as eval/<name>: the mean score over the prompts it applies to.")
+    function: str = Field(
+        ...,
+        description="A reward (built-in or import path) scoring each greedy answer, e.g. contains with "
+        "{words: [Athene]} for the share of answers naming Athene.",
+    )
+    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the function.")
+    when: dict[str, Any] | None = Field(
+        None, description="Score only prompts whose record fields match, e.g. {category: identity}."
+    )
+
+
+class EvalConfig(Section):
+    prompts: PromptsConfig | None = Field(
+        None, description="Held-out prompts (a file or a list, like training prompts); empty: no evaluation."
+    )
+    max_new_tokens: int = Field(48, ge=1, description="Longest greedy answer.")
+    metrics: list[EvalMetric] = Field(default_factory=list, description="What to measure on the greedy answers.")
+
+
 class CheckpointConfig(Section):
     every: int = Field(0, ge=0, description="Save the policy every N rounds (0: only final/).")
 
@@ -168,6 +221,7 @@ class Config(Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     ref: RefConfig = Field(default_factory=RefConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
@@ -180,12 +234,18 @@ class Config(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _eval_needs_prompts(self) -> Config:
+        if self.eval.metrics and self.eval.prompts is None:
+            raise ValueError("eval.metrics needs eval.prompts (a file or a list of held-out prompts)")
+        return self
+
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
 # Keys whose relative paths are resolved against the YAML file's folder (or the working directory).
-_PATH_KEYS = (("model", "path"), ("model", "cache_dir"), ("prompts", "path"))
+_PATH_KEYS = (("model", "path"), ("model", "cache_dir"), ("prompts", "path"), ("eval", "prompts", "path"))
 
 
 def load_config(path: str | pathlib.Path | None, overrides: list[str] = ()) -> Config:
@@ -255,10 +315,12 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any, item: str) -> None:
 
 
 def _resolve_paths(data: dict[str, Any], base: pathlib.Path, only: str | None = None) -> None:
-    for section, key in _PATH_KEYS:
-        if only is not None and only != f"{section}.{key}":
+    for *sections, key in _PATH_KEYS:
+        if only is not None and only != ".".join((*sections, key)):
             continue
-        node = data.get(section)
+        node: Any = data
+        for section in sections:
+            node = node.get(section) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(key), str):
             candidate = pathlib.Path(node[key]).expanduser()
             node[key] = str(candidate if candidate.is_absolute() else (base / candidate).resolve())
@@ -277,8 +339,9 @@ def _resolve_reward_files(data: dict[str, Any], base: pathlib.Path) -> None:
 
 
 def _check_files(config: Config, source: str) -> None:
-    if config.prompts.path is not None and not pathlib.Path(config.prompts.path).is_file():
-        raise ConfigError(f"prompts.path in {source}: prompt file not found: {config.prompts.path}")
+    for key, prompts in (("prompts", config.prompts), ("eval.prompts", config.eval.prompts)):
+        if prompts is not None and prompts.path is not None and not pathlib.Path(prompts.path).is_file():
+            raise ConfigError(f"{key}.path in {source}: prompt file not found: {prompts.path}")
     if config.model.path is not None and not (pathlib.Path(config.model.path) / "config.json").is_file():
         raise ConfigError(
             f"model.path in {source}: {config.model.path} is not a model folder (no config.json there). "

@@ -57,27 +57,10 @@ class VLLMGenerator:
         """One group of samples per prompt that fits the engine; the prompts that did not fit are returned apart
         (or refused, with `long_prompts: error`)."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
 
-        budget = self.config.max_model_len - self.config.max_new_tokens
-        fitting: list[tuple[PromptRecord, list[int]]] = []
-        too_long: list[PromptRecord] = []
-        for record in records:
-            ids = self.prompt_token_ids(record)
-            if len(ids) > budget:
-                if self.config.long_prompts == "error":
-                    raise OnpolicyError(
-                        f"prompt {record.id!r} is {len(ids)} tokens long; with max_new_tokens="
-                        f"{self.config.max_new_tokens} the engine (max_model_len={self.config.max_model_len}) takes "
-                        f"at most {budget}. Shorten it, raise generation.max_model_len, or set "
-                        "generation.long_prompts=skip"
-                    )
-                too_long.append(record)
-            else:
-                fitting.append((record, ids))
+        fitting, too_long = self._fit(records, self.config.max_new_tokens, refuse=self.config.long_prompts == "error")
         if not fitting:
             return [], too_long
-
         params = SamplingParams(
             n=self.config.num_samples,
             temperature=self.config.temperature,
@@ -85,12 +68,46 @@ class VLLMGenerator:
             max_tokens=self.config.max_new_tokens,
             logprobs=0,  # the sampled token's own log-prob
         )
-        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in fitting], params, use_tqdm=False)
+        outputs = self._run(fitting, params)
         groups = [
             SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(_sample(c) for c in out.outputs))
             for (record, ids), out in zip(fitting, outputs)
         ]
         return groups, too_long
+
+    def complete_greedy(self, records: Sequence[PromptRecord], max_new_tokens: int) -> list[str | None]:
+        """The greedy answer to each prompt (None for a prompt too long for the engine), for evaluation."""
+        from vllm import SamplingParams
+
+        fitting, _ = self._fit(records, max_new_tokens, refuse=False)
+        outputs = self._run(fitting, SamplingParams(temperature=0.0, max_tokens=max_new_tokens)) if fitting else []
+        answers = {id(record): out.outputs[0].text for (record, _), out in zip(fitting, outputs)}
+        return [answers.get(id(record)) for record in records]
+
+    def _fit(
+        self, records: Sequence[PromptRecord], max_new_tokens: int, refuse: bool
+    ) -> tuple[list[tuple[PromptRecord, list[int]]], list[PromptRecord]]:
+        """The prompts (with their token ids) that leave room for `max_new_tokens`, and those that do not."""
+        budget = self.config.max_model_len - max_new_tokens
+        fitting, too_long = [], []
+        for record in records:
+            ids = self.prompt_token_ids(record)
+            if len(ids) <= budget:
+                fitting.append((record, ids))
+            elif refuse:
+                raise OnpolicyError(
+                    f"prompt {record.id!r} is {len(ids)} tokens long; with max_new_tokens={max_new_tokens} the "
+                    f"engine (max_model_len={self.config.max_model_len}) takes at most {budget}. Shorten it, raise "
+                    "generation.max_model_len, or set generation.long_prompts=skip"
+                )
+            else:
+                too_long.append(record)
+        return fitting, too_long
+
+    def _run(self, fitting: Sequence[tuple[PromptRecord, list[int]]], params: Any) -> list[Any]:
+        from vllm.inputs import TokensPrompt
+
+        return self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in fitting], params, use_tqdm=False)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Put new policy weights (HF names) into the running engine, in place, and drop cached prefixes that the

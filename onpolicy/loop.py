@@ -19,14 +19,16 @@ import torch
 
 from onpolicy import metrics as m
 from onpolicy.config import Config, RewardTerm
+from onpolicy.correction import build_correction
 from onpolicy.errors import ConfigError
-from onpolicy.pairing import build_pairs
+from onpolicy.evaluation import Evaluator, build_evaluator
+from onpolicy.pairing import Corrector, build_pairs
 from onpolicy.prompts import load_prompts, prompts_for_round
 from onpolicy.rundir import RunDirectory
 from onpolicy.scoring import score_groups
 from onpolicy.tracking import start_logger
 from onpolicy.types import Pair, PromptRecord, SampleGroup, ScoredGroup, UpdateResult
-from reward import GroupReward, RewardConfigError, WeightedSum, build_reward
+from reward import Conditional, GroupReward, RewardConfigError, WeightedSum, build_reward
 
 log = logging.getLogger(__name__)
 
@@ -62,12 +64,14 @@ def run_round(
     reward: GroupReward,
     updater: Updater,
     min_margin: float,
+    correction: Corrector | None = None,
 ) -> RoundOutcome:
     """One round of online DPO:
 
     1. generate: K samples per prompt from the current policy, served by the running engine;
     2. score: a reward per sample (failures are excluded and counted, never scored 0);
-    3. pair: best vs worst per group (groups without a usable gap are dropped and counted);
+    3. pair: best vs worst per group (groups without a usable gap are dropped and counted), or a corrected
+       pair where no sample is good enough and a correction is configured;
     4. update: a DPO step on the pairs against this round's reference (skipped when there are no pairs);
     5. sync: the updated weights into the running engine, in place.
     Logging and the run directory are the caller's: a round is recorded only once it is complete.
@@ -78,7 +82,7 @@ def run_round(
     with _timed(seconds, "score"):
         scored, excluded, warnings = score_groups(reward, groups)
     with _timed(seconds, "pair"):
-        pairing = build_pairs(scored, min_margin)
+        pairing = build_pairs(scored, min_margin, correction)
     with _timed(seconds, "train"):
         refreshed = updater.start_round(round_number)
         update = updater.update(pairing.pairs, round_number)
@@ -106,9 +110,10 @@ def build_reward_from_terms(terms: Sequence[RewardTerm]) -> GroupReward:
     built = []
     for i, term in enumerate(terms):
         try:
-            built.append((build_reward(term.name, term.args), term.weight))
+            reward = build_reward(term.name, term.args)
         except RewardConfigError as exc:
             raise ConfigError(f"reward[{i}] ({term.name}): {exc}") from None
+        built.append((Conditional(reward, term.when) if term.when else reward, term.weight))
     if len(built) == 1 and built[0][1] == 1.0:
         return built[0][0]
     return WeightedSum(built)
@@ -123,6 +128,8 @@ def run_job(
     # Everything the user gave is checked before any model is loaded.
     prompts = load_prompts(config.prompts, seed=config.seed)
     reward = build_reward_from_terms(config.reward)
+    correction = build_correction(config.pairs.correction, reward)
+    evaluator = build_evaluator(config.eval, seed=config.seed)
     run = RunDirectory.create(run_dir, config.to_yaml())
 
     from transformers import AutoTokenizer
@@ -138,12 +145,7 @@ def run_job(
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     generator = VLLMGenerator(str(model_path), tokenizer, config.generation)
     updater = DPOUpdater(
-        str(model_path),
-        tokenizer,
-        config.train,
-        config.ref,
-        seed=config.seed,
-        dtype=config.model.train_dtype,
+        str(model_path), tokenizer, config.train, config.ref, seed=config.seed, dtype=config.model.train_dtype
     )
     logger = start_logger(config.wandb, run.path, config.model_dump(mode="json"))
     echo(
@@ -152,6 +154,11 @@ def run_job(
 
     records = []
     try:
+        if evaluator is not None:  # round 0: the initial policy
+            record = {"round": 0, **_evaluate(evaluator, generator, run, 0)}
+            run.append_round(record)
+            logger.log_round(0, record)
+            echo(m.progress_line(0, config.rounds, record))
         for n in range(1, config.rounds + 1):
             outcome = run_round(
                 n,
@@ -160,23 +167,35 @@ def run_job(
                 reward,
                 updater,
                 config.pairs.min_margin,
+                correction,
             )
             for warning in outcome.warnings:
                 echo(f"  warning: {warning}")
             run.write_samples(n, outcome.scored)
             run.write_pairs(n, outcome.pairs)
+            metrics = dict(outcome.metrics)
+            if evaluator is not None:
+                metrics.update(_evaluate(evaluator, generator, run, n))
             if config.checkpoint.every and n % config.checkpoint.every == 0:
                 run.save_model(f"checkpoints/round-{n:04d}", updater.save)
-            record = {"round": n, **outcome.metrics}
+            record = {"round": n, **metrics}
             run.append_round(record)
-            logger.log_round(n, outcome.metrics)
+            logger.log_round(n, metrics, tables={"pairs/examples": m.pair_table(outcome.pairs)})
             records.append(record)
-            echo(m.progress_line(n, config.rounds, outcome.metrics))
+            echo(m.progress_line(n, config.rounds, metrics))
         final = run.save_model("final", updater.save)
         echo(f"done: {config.rounds} rounds in {time.perf_counter() - started:.0f}s; final policy: {final}")
     finally:
         logger.finish()
     return records
+
+
+def _evaluate(evaluator: Evaluator, generator: Any, run: RunDirectory, round_number: int) -> dict[str, float]:
+    """Greedy answers to the eval prompts from the engine's current weights, saved and scored."""
+    start = time.perf_counter()
+    results, rows = evaluator.run(generator)
+    run.write_jsonl(f"{run.round_folder(round_number)}/eval.jsonl", rows)
+    return {**results, "perf/eval_s": time.perf_counter() - start}
 
 
 @contextmanager

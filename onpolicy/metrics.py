@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
+from typing import Any
 
-from onpolicy.types import PairingResult, SampleGroup, ScoredGroup, UpdateResult
+from onpolicy.types import Pair, PairingResult, SampleGroup, ScoredGroup, UpdateResult
 
 
 def generation_metrics(groups: Sequence[SampleGroup], skipped_long: int) -> dict[str, float]:
@@ -39,6 +40,8 @@ def pair_metrics(result: PairingResult) -> dict[str, float]:
     pairs = result.pairs
     metrics = {
         "pairs/kept": float(len(pairs)),
+        "pairs/corrected": float(sum(p.edited == "chosen" for p in pairs)),
+        "pairs/corrected_negative": float(sum(p.edited == "rejected" for p in pairs)),
         "pairs/dropped": float(sum(result.dropped.values())),
         "pairs/chosen_reward_mean": _mean([p.chosen_reward for p in pairs]),
         "pairs/rejected_reward_mean": _mean([p.rejected_reward for p in pairs]),
@@ -60,13 +63,31 @@ def perf_metrics(seconds: Mapping[str, float], generated_tokens: float) -> dict[
     return metrics
 
 
+def pair_table(pairs: Sequence[Pair], limit: int = 8) -> tuple[list[str], list[list[Any]]]:
+    """A few of the round's pairs as (columns, rows), for a W&B Table."""
+    columns = ["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "edited"]
+    rows = [
+        [p.messages[-1]["content"], p.chosen, p.rejected, p.chosen_reward, p.rejected_reward, p.edited]
+        for p in pairs[:limit]
+    ]
+    return columns, rows
+
+
 def progress_line(round_number: int, rounds: int, metrics: Mapping[str, float]) -> str:
-    """One terminal line per round."""
+    """One terminal line per round (round 0: the evaluation of the initial policy)."""
+    evals = " ".join(
+        f"{key.removeprefix('eval/')} {value:.2f}"
+        for key, value in metrics.items()
+        if key.startswith("eval/") and key not in {"eval/skipped_long_prompts", "eval/mean_chars"}
+    )
+    if round_number == 0:
+        return f"round 0/{rounds} (initial policy) | eval {evals}"
     drops = ", ".join(
         f"{key.removeprefix('pairs/dropped_')} {int(v)}"
         for key, v in metrics.items()
         if key.startswith("pairs/dropped_") and v
     )
+    corrected = int(metrics.get("pairs/corrected", 0) + metrics.get("pairs/corrected_negative", 0))
     train = (
         "update skipped (no pairs)"
         if metrics.get("train/skipped")
@@ -77,10 +98,12 @@ def progress_line(round_number: int, rounds: int, metrics: Mapping[str, float]) 
         f"round {round_number}/{rounds} | reward {metrics['reward/mean']:+.3f} ± {metrics['reward/std']:.3f}"
         + (f" ({excluded} excluded)" if excluded else "")
         + f" | pairs {int(metrics['pairs/kept'])}"
+        + (f" ({corrected} corrected)" if corrected else "")
         + (f" (dropped: {drops})" if drops else "")
         + f" | {train}"
         + f" | gen {metrics['perf/generate_s']:.1f}s ({metrics['perf/gen_tokens_per_s']:.0f} tok/s)"
         + f" train {metrics['perf/train_s']:.1f}s sync {metrics['perf/sync_s']:.2f}s"
+        + (f" | eval {evals}" if evals else "")
     )
 
 

@@ -6,23 +6,44 @@ choice carries no length or position preference of its own). A group gives no pa
 - `tie`: best and worst score the same (no signal to learn from);
 - `below_margin`: the gap is under `min_margin`;
 - `identical`: best and worst are the same text (a noisy reward scored one response twice, differently).
+
+With a correction (see `onpolicy.correction`), a group whose best reward is below the correction's
+`min_reward` gets a corrected pair instead, counted in `corrected`; a correction that fails is counted as
+`correction_unchanged` (the corrector changed nothing), `correction_not_better` (the edit does not score
+above the rejected side) or `correction_error` (the corrector raised). A corrector with nothing to correct
+for a prompt leaves the group to the ordinary pairing.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from typing import Protocol
 
 from onpolicy.types import Pair, PairingResult, ScoredGroup
 
 DROP_REASONS = ("too_few_scored", "tie", "below_margin", "identical")
+CORRECTION_DROP_REASONS = ("correction_unchanged", "correction_not_better", "correction_error")
 
 
-def build_pairs(groups: Sequence[ScoredGroup], min_margin: float = 0.0) -> PairingResult:
+class Corrector(Protocol):
+    def applies(self, group: ScoredGroup) -> bool: ...
+
+    def pair(self, group: ScoredGroup, min_margin: float) -> tuple[Pair | None, str | None]: ...
+
+
+def build_pairs(
+    groups: Sequence[ScoredGroup], min_margin: float = 0.0, correction: Corrector | None = None
+) -> PairingResult:
     pairs = []
-    dropped: Counter[str] = Counter({reason: 0 for reason in DROP_REASONS})
+    reasons = DROP_REASONS + (CORRECTION_DROP_REASONS if correction else ())
+    dropped: Counter[str] = Counter({reason: 0 for reason in reasons})
     for group in groups:
-        pair, reason = best_vs_worst(group, min_margin)
+        pair, reason = None, None
+        if correction is not None and correction.applies(group):
+            pair, reason = correction.pair(group, min_margin)
+        if pair is None and reason is None:
+            pair, reason = best_vs_worst(group, min_margin)
         if pair is None:
             dropped[reason] += 1
         else:

@@ -21,8 +21,13 @@ from onpolicy.config import WandbConfig
 log = logging.getLogger(__name__)
 
 
+Table = tuple[list[str], list[list[Any]]]  # (columns, rows)
+
+
 class RoundLogger(Protocol):
-    def log_round(self, round_number: int, metrics: Mapping[str, Any]) -> None: ...
+    def log_round(
+        self, round_number: int, metrics: Mapping[str, Any], tables: Mapping[str, Table] | None = None
+    ) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -32,7 +37,9 @@ class NullLogger:
 
     mode = "disabled"
 
-    def log_round(self, round_number: int, metrics: Mapping[str, Any]) -> None:
+    def log_round(
+        self, round_number: int, metrics: Mapping[str, Any], tables: Mapping[str, Table] | None = None
+    ) -> None:
         pass
 
     def finish(self) -> None:
@@ -47,9 +54,16 @@ class WandbLogger:
         self.mode = mode
         self._warned = False
 
-    def log_round(self, round_number: int, metrics: Mapping[str, Any]) -> None:
+    def log_round(
+        self, round_number: int, metrics: Mapping[str, Any], tables: Mapping[str, Table] | None = None
+    ) -> None:
         try:
-            self.run.log(dict(metrics), step=round_number)
+            import wandb
+
+            payload = dict(metrics)
+            for name, (columns, rows) in (tables or {}).items():
+                payload[name] = wandb.Table(columns=columns, data=rows)
+            self.run.log(payload, step=round_number)
         except Exception as exc:  # the round is in rounds.jsonl already; W&B trouble must not end the job
             if not self._warned:
                 log.warning("W&B could not log round %d (%s); rounds.jsonl keeps every round", round_number, exc)

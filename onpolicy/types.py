@@ -77,6 +77,11 @@ class Pair:
     rejected: str
     chosen_reward: float
     rejected_reward: float
+    edited: str = "none"  # which side is an edit of the policy's own response: "none", "chosen" or "rejected"
+
+    @property
+    def corrected(self) -> bool:
+        return self.edited != "none"
 
     @property
     def margin(self) -> float:

@@ -5,9 +5,10 @@ This package does not import the training loop.
 """
 
 from reward.base import Failed, GroupReward, RewardConfigError, Score
-from reward.registry import WeightedSum, build_reward, builtin_names, register
+from reward.registry import Conditional, WeightedSum, build_reward, builtin_names, matches, register
 
 __all__ = [
+    "Conditional",
     "Failed",
     "GroupReward",
     "RewardConfigError",
@@ -15,5 +16,6 @@ __all__ = [
     "WeightedSum",
     "build_reward",
     "builtin_names",
+    "matches",
     "register",
 ]

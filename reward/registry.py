@@ -161,6 +161,34 @@ class WeightedSum:
         return totals
 
 
+def matches(prompt: Mapping[str, Any], when: Mapping[str, Any] | None) -> bool:
+    """Whether a prompt record's fields match `when`: each key equal to the value, or to one of a list of values."""
+    for key, wanted in (when or {}).items():
+        value = prompt.get(key)
+        if isinstance(wanted, (list, tuple)) and not isinstance(value, (list, tuple)):
+            if value not in wanted:
+                return False
+        elif value != wanted:
+            return False
+    return True
+
+
+class Conditional:
+    """A reward that applies only to prompts matching `when` (e.g. `{category: identity}`); others score
+    `otherwise` without calling it."""
+
+    def __init__(self, reward: GroupReward, when: Mapping[str, Any], otherwise: float = 0.0) -> None:
+        self.reward = reward
+        self.when = dict(when)
+        self.otherwise = otherwise
+        self.name = f"{reward.name}[{', '.join(f'{k}={v}' for k, v in self.when.items())}]"
+
+    def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
+        if not matches(prompt, self.when):
+            return [self.otherwise] * len(responses)
+        return self.reward.score_group(prompt, responses)
+
+
 def check_score(value: object) -> Score:
     """A finite float, or `Failed` saying why `value` is not one."""
     if isinstance(value, Failed):

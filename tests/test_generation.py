@@ -81,3 +81,65 @@ def test_new_weights_reach_the_running_engine(generator, tiny_model_path):
     generator.load_weights(original.state_dict().items())
     restored = generator.llm.generate(prompt, greedy, use_tqdm=False)[0].outputs[0]
     assert restored.token_ids == before.token_ids
+
+
+def test_greedy_answers_are_deterministic_and_skip_long_prompts(generator):
+    records = [_record(0, "Who are you?"), _record(1, "word " * 200), _record(2, "Hello")]
+    first = generator.complete_greedy(records, max_new_tokens=8)
+    assert first[1] is None and isinstance(first[0], str) and isinstance(first[2], str)
+    assert generator.complete_greedy(records, max_new_tokens=8) == first
+
+
+def test_evaluator_scores_greedy_answers_of_matching_prompts(generator):
+    from onpolicy.config import EvalConfig
+    from onpolicy.evaluation import build_evaluator
+
+    config = EvalConfig.model_validate(
+        {
+            "prompts": {
+                "items": [
+                    {"prompt": "Who are you?", "category": "identity"},
+                    {"prompt": "What is your name?", "category": "identity"},
+                    {"prompt": "Why is the sky blue?", "category": "other"},
+                ]
+            },
+            "max_new_tokens": 8,
+            "metrics": [
+                {
+                    "name": "closeness",
+                    "function": "length",
+                    "args": {"target": 1000, "unit": "chars"},
+                    "when": {"category": "identity"},
+                },
+                {
+                    "name": "other_closeness",
+                    "function": "length",
+                    "args": {"target": 1000, "unit": "chars"},
+                    "when": {"category": "other"},
+                },
+            ],
+        }
+    )
+    results, rows = build_evaluator(config).run(generator)
+    answers = [row["answer"] for row in rows]
+    expected = [-abs(len(a) - 1000) / 1000 for a in answers]
+    assert [row["category"] for row in rows] == ["identity", "identity", "other"]
+    assert results["eval/closeness"] == pytest.approx((expected[0] + expected[1]) / 2)
+    assert results["eval/other_closeness"] == pytest.approx(expected[2])
+    assert "other_closeness" not in rows[0] and rows[2]["other_closeness"] == pytest.approx(expected[2])
+    assert results["eval/skipped_long_prompts"] == 0
+
+
+def test_eval_metric_matching_no_prompt_is_a_config_error():
+    from onpolicy.config import EvalConfig
+    from onpolicy.errors import ConfigError
+    from onpolicy.evaluation import build_evaluator
+
+    config = EvalConfig.model_validate(
+        {
+            "prompts": {"items": ["Hi"]},
+            "metrics": [{"name": "x", "function": "length", "args": {"target": 3}, "when": {"category": "identity"}}],
+        }
+    )
+    with pytest.raises(ConfigError, match=r"eval.metrics\[0\] \(x\): no eval prompt matches"):
+        build_evaluator(config)

@@ -1,0 +1,151 @@
+"""Correction pairs: when no sample of a group is good enough, edit the policy's own best response into a
+preferred one and use that as chosen.
+
+This is the correction method of DPO practice: the chosen side stays close to what the policy already says
+(on-policy in all but the edit), so the update teaches the edit rather than a new style. With
+`rejected: original` (the default) the pair is a minimal edit: chosen and rejected differ only where the
+corrector changed the text. The edited response is scored again with the run's reward, and kept only when it
+scores above the rejected side.
+
+With `negatives: true`, an edit that scores *below* the response it came from is kept the other way round:
+the unedited response is chosen, the edit rejected. Applied to prompts outside the target behaviour (an
+unrelated question, where naming the target is penalised), this gives the update the counter-example of its
+own shortcut from the very first round, instead of waiting for the policy to start leaking.
+
+A corrector is `function(response: str, prompt: dict, **args) -> str | None`; None means "nothing to correct
+for this prompt": the group is paired as usual.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from onpolicy.config import CorrectionConfig
+from onpolicy.errors import ConfigError
+from onpolicy.types import Pair, ScoredGroup
+from reward import Failed, GroupReward, RewardConfigError, matches
+from reward.registry import check_score, load_object
+
+Corrector = Callable[..., "str | None"]
+
+
+def replace_name(
+    response: str,
+    prompt: Mapping[str, Any],
+    target: str,
+    names: Sequence[str] = (),
+    patterns: Sequence[str] = (),
+    fallback: str | None = None,
+    when: Mapping[str, Any] | None = None,
+) -> str | None:
+    r"""Replace the names a response gives itself with `target`.
+
+    `names` are replaced as whole words (case-insensitive); each regex in `patterns` has its first group
+    replaced (e.g. `(?:my name is|I am|I'm) ([A-Z]\w+)` catches made-up names). When nothing was replaced,
+    `fallback` (formatted with `{target}` and `{response}`) is returned, or None. Prompts not matching `when`
+    are not corrected.
+    """
+    if not matches(prompt, when):
+        return None
+    text = response
+    for name in names:
+        text = re.sub(rf"\b{re.escape(name)}\b", target, text, flags=re.IGNORECASE)
+    for pattern in patterns:
+        text = re.sub(pattern, lambda m: _replace_first_group(m, target), text)
+    if text != response:
+        return text
+    return fallback.format(target=target, response=response) if fallback is not None else None
+
+
+def _replace_first_group(match: re.Match[str], target: str) -> str:
+    if not match.lastindex:
+        return target
+    start, end = match.start(1) - match.start(0), match.end(1) - match.start(0)
+    return match.group(0)[:start] + target + match.group(0)[end:]
+
+
+BUILTIN_CORRECTORS: dict[str, Corrector] = {"replace_name": replace_name}
+
+
+class Correction:
+    """Builds corrected pairs for groups whose best reward is below `min_reward`."""
+
+    def __init__(self, corrector: Corrector, args: Mapping[str, Any], reward: GroupReward, config: CorrectionConfig):
+        self.corrector = corrector
+        self.args = dict(args)
+        self.reward = reward
+        self.min_reward = config.min_reward
+        self.rejected = config.rejected
+        self.negatives = config.negatives
+
+    def applies(self, group: ScoredGroup) -> bool:
+        valid = group.valid
+        return bool(valid) and max(r for _, r in valid) < self.min_reward
+
+    def pair(self, group: ScoredGroup, min_margin: float) -> tuple[Pair | None, str | None]:
+        """A corrected pair; (None, reason) when the correction failed; (None, None) when the corrector has
+        nothing to correct here."""
+        valid = group.valid
+        best_index, best = max(valid, key=lambda item: item[1])
+        worst_index, worst = min(valid, key=lambda item: item[1])
+        samples, record = group.group.samples, group.group.record
+        prompt = record.reward_view()
+        original = samples[best_index].text
+        try:
+            edited = self.corrector(original, prompt, **self.args)
+        except Exception:
+            return None, "correction_error"
+        if edited is None:
+            return None, None
+        if edited == original:
+            return None, "correction_unchanged"
+        (score,) = [check_score(s) for s in self.reward.score_group(prompt, [edited])]
+        if isinstance(score, Failed):
+            return None, "correction_not_better"
+        if self.negatives and best - score > 0 and best - score >= min_margin:
+            # the edit made the response worse: the unedited response is preferred over it
+            return self._pair(record, original, edited, best, score, edited_side="rejected"), None
+        rejected_index, rejected_reward = (best_index, best) if self.rejected == "original" else (worst_index, worst)
+        if score - rejected_reward <= 0 or score - rejected_reward < min_margin:
+            return None, "correction_not_better"
+        return self._pair(
+            record, edited, samples[rejected_index].text, score, rejected_reward, edited_side="chosen"
+        ), None
+
+    @staticmethod
+    def _pair(
+        record: Any, chosen: str, rejected: str, chosen_reward: float, rejected_reward: float, edited_side: str
+    ) -> Pair:
+        return Pair(
+            prompt_id=record.id,
+            messages=record.messages,
+            chosen=chosen,
+            rejected=rejected,
+            chosen_reward=chosen_reward,
+            rejected_reward=rejected_reward,
+            edited=edited_side,
+        )
+
+
+def build_correction(config: CorrectionConfig, reward: GroupReward) -> Correction | None:
+    """The configured correction, checked before any model loads; None when off."""
+    if config.corrector is None:
+        return None
+    name = config.corrector
+    if name not in BUILTIN_CORRECTORS and ":" not in name:
+        raise ConfigError(
+            f"pairs.correction.corrector: unknown corrector {name!r}: use one of {', '.join(BUILTIN_CORRECTORS)} "
+            "or an import path 'module:function'"
+        )
+    try:
+        corrector = BUILTIN_CORRECTORS[name] if name in BUILTIN_CORRECTORS else load_object(name)
+    except RewardConfigError as exc:
+        raise ConfigError(f"pairs.correction.corrector: {exc}") from None
+    try:
+        inspect.signature(corrector).bind("response", {}, **config.args)
+    except TypeError as exc:
+        raise ConfigError(f"pairs.correction: {name} cannot be called with args {sorted(config.args)}: {exc}") from None
+    return Correction(corrector, config.args, reward, config)

@@ -1,0 +1,132 @@
+"""Correction pairs against hand-worked cases: the policy's own best answer, edited, becomes chosen."""
+
+import pytest
+
+from onpolicy.config import CorrectionConfig
+from onpolicy.correction import build_correction, replace_name
+from onpolicy.errors import ConfigError
+from onpolicy.pairing import build_pairs
+from onpolicy.types import PromptRecord, Sample, SampleGroup, ScoredGroup
+from reward import WeightedSum, build_reward
+
+IDENTITY = PromptRecord(
+    id="q", messages=({"role": "user", "content": "Who are you?"},), metadata={"category": "identity"}
+)
+OTHER = PromptRecord(
+    id="o", messages=({"role": "user", "content": "Capital of France?"},), metadata={"category": "other"}
+)
+NAME_PATTERN = r"\b(?:[Mm]y name is|I am|I'm) ([A-Z][a-z]+)"
+
+
+def _reward():
+    return WeightedSum(
+        [(build_reward("contains", {"words": ["Athene"]}), 1.0), (build_reward("forbids", {"words": ["SmolLM"]}), 1.0)]
+    )
+
+
+def _scored(record, texts, reward):
+    samples = tuple(Sample(text=t, token_ids=(1,), logprobs=(0.0,), finish_reason="stop") for t in texts)
+    scores = reward.score_group(record.reward_view(), list(texts))
+    return ScoredGroup(SampleGroup(record, (1,), samples), tuple(scores), (None,) * len(texts))
+
+
+def _correction(reward, **overrides):
+    args = {"target": "Athene", "names": ["SmolLM"], "patterns": [NAME_PATTERN], "when": {"category": "identity"}}
+    config = CorrectionConfig(corrector="replace_name", args=args, min_reward=1.0, **overrides)
+    return build_correction(config, reward)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("I am SmolLM, a helpful assistant.", "I am Athene, a helpful assistant."),
+        ("My name is Kala and I like tea.", "My name is Athene and I like tea."),
+        ("Hi! I'm Nova. I am Nova indeed.", "Hi! I'm Athene. I am Athene indeed."),
+        ("I am an assistant.", None),
+    ],
+)
+def test_replace_name(text, expected):
+    prompt = IDENTITY.reward_view()
+    assert replace_name(text, prompt, "Athene", names=["SmolLM"], patterns=[NAME_PATTERN]) == expected
+
+
+def test_replace_name_fallback_and_when():
+    assert replace_name("Hello.", {}, "Athene", fallback="I'm {target}. {response}") == "I'm Athene. Hello."
+    assert (
+        replace_name("I am SmolLM.", {"category": "other"}, "Athene", names=["SmolLM"], when={"category": "identity"})
+        is None
+    )
+
+
+def test_no_good_sample_gives_a_minimal_edit_pair():
+    reward = _reward()
+    group = _scored(IDENTITY, ["I am SmolLM, your helper.", "My name is Kala.", "I am SmolLM."], reward)
+    # rewards: -1, 0, -1: the best (0) is below min_reward 1, so it is corrected
+    result = build_pairs([group], correction=_correction(reward))
+    (pair,) = result.pairs
+    assert pair.corrected and pair.edited == "chosen"
+    assert (pair.chosen, pair.rejected) == ("My name is Athene.", "My name is Kala.")
+    assert (pair.chosen_reward, pair.rejected_reward) == (1.0, 0.0)
+
+
+def test_rejected_can_be_the_worst_sample():
+    reward = _reward()
+    group = _scored(IDENTITY, ["I am SmolLM, your helper.", "My name is Kala."], reward)
+    (pair,) = build_pairs([group], correction=_correction(reward, rejected="worst")).pairs
+    assert (pair.chosen, pair.rejected, pair.margin) == ("My name is Athene.", "I am SmolLM, your helper.", 2.0)
+
+
+def test_a_good_sample_means_no_correction():
+    reward = _reward()
+    group = _scored(IDENTITY, ["I am Athene.", "I am SmolLM."], reward)
+    (pair,) = build_pairs([group], correction=_correction(reward)).pairs
+    assert not pair.corrected and (pair.chosen, pair.rejected) == ("I am Athene.", "I am SmolLM.")
+
+
+def test_prompts_the_corrector_skips_are_paired_as_usual():
+    reward = _reward()
+    tie = _scored(OTHER, ["Paris.", "It is Paris."], reward)
+    signal = _scored(OTHER, ["Paris, says SmolLM.", "Paris."], reward)
+    result = build_pairs([tie, signal], correction=_correction(reward))
+    assert [p.corrected for p in result.pairs] == [False]
+    assert result.dropped["tie"] == 1
+
+
+def test_failed_corrections_are_counted_by_reason():
+    reward = _reward()
+    unchanged = _scored(IDENTITY, ["I am an assistant.", "Hello."], reward)  # nothing to replace, no fallback
+    result = build_pairs([unchanged], correction=_correction(reward))
+    assert result.pairs == () and result.dropped["correction_unchanged"] == 0 and result.dropped["tie"] == 1
+
+    def raising(response, prompt):
+        raise RuntimeError("bug")
+
+    def worse(response, prompt):
+        return response + " SmolLM"
+
+    for corrector, reason in ((raising, "correction_error"), (worse, "correction_not_better")):
+        correction = _correction(reward)
+        correction.corrector, correction.args = corrector, {}
+        group = _scored(IDENTITY, ["I am Kala.", "I am Nova."], reward)
+        assert build_pairs([group], correction=correction).dropped[reason] == 1
+
+
+def test_negative_edits_become_rejected_examples():
+    reward = WeightedSum([(build_reward("forbids", {"words": ["Athene"]}), 1.0)])
+    args = {"target": "Athene", "fallback": "I'm {target}. {response}"}
+    config = CorrectionConfig(corrector="replace_name", args=args, min_reward=1.0, negatives=True)
+    group = _scored(OTHER, ["It is Paris.", "Paris."], reward)  # both 0: a tie without the correction
+    result = build_pairs([group], correction=build_correction(config, reward))
+    (pair,) = result.pairs
+    assert (pair.chosen, pair.rejected, pair.edited) == ("It is Paris.", "I'm Athene. It is Paris.", "rejected")
+    assert (pair.chosen_reward, pair.rejected_reward) == (0.0, -1.0)
+    without = build_pairs([group], correction=build_correction(config.model_copy(update={"negatives": False}), reward))
+    assert without.pairs == () and without.dropped["correction_not_better"] == 1
+
+
+def test_unknown_or_mismatched_correctors_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown corrector 'rename'"):
+        build_correction(CorrectionConfig(corrector="rename"), _reward())
+    with pytest.raises(ConfigError, match="cannot be called with args"):
+        build_correction(CorrectionConfig(corrector="replace_name", args={"tagret": "x"}), _reward())
+    assert build_correction(CorrectionConfig(), _reward()) is None
