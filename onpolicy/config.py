@@ -126,6 +126,13 @@ class CorrectionConfig(Section):
         "an unrelated answer), keep it as a rejected example against the unedited response: a minimal-edit pair "
         "that teaches where the edit does not belong.",
     )
+    max_negative_ratio: float = Field(
+        1.0,
+        ge=0.0,
+        description="At most this many negative pairs per other pair of the round (the rest are dropped as "
+        "negative_cap): once the target behaviour is learnt its groups tie and give no pairs, and counter-examples "
+        "alone would then unlearn it.",
+    )
 
 
 class PairsConfig(Section):

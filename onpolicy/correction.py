@@ -80,6 +80,7 @@ class Correction:
         self.min_reward = config.min_reward
         self.rejected = config.rejected
         self.negatives = config.negatives
+        self.max_negative_ratio = config.max_negative_ratio
 
     def applies(self, group: ScoredGroup) -> bool:
         valid = group.valid

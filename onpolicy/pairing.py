@@ -10,12 +10,14 @@ choice carries no length or position preference of its own). A group gives no pa
 With a correction (see `onpolicy.correction`), a group whose best reward is below the correction's
 `min_reward` gets a corrected pair instead, counted in `corrected`; a correction that fails is counted as
 `correction_unchanged` (the corrector changed nothing), `correction_not_better` (the edit does not score
-above the rejected side) or `correction_error` (the corrector raised). A corrector with nothing to correct
+above the rejected side) or `correction_error` (the corrector raised); negative pairs beyond
+`max_negative_ratio` per other pair are dropped as `negative_cap`. A corrector with nothing to correct
 for a prompt leaves the group to the ordinary pairing.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
@@ -23,10 +25,12 @@ from typing import Protocol
 from onpolicy.types import Pair, PairingResult, ScoredGroup
 
 DROP_REASONS = ("too_few_scored", "tie", "below_margin", "identical")
-CORRECTION_DROP_REASONS = ("correction_unchanged", "correction_not_better", "correction_error")
+CORRECTION_DROP_REASONS = ("correction_unchanged", "correction_not_better", "correction_error", "negative_cap")
 
 
 class Corrector(Protocol):
+    max_negative_ratio: float
+
     def applies(self, group: ScoredGroup) -> bool: ...
 
     def pair(self, group: ScoredGroup, min_margin: float) -> tuple[Pair | None, str | None]: ...
@@ -48,7 +52,25 @@ def build_pairs(
             dropped[reason] += 1
         else:
             pairs.append(pair)
+    if correction is not None:
+        pairs = _cap_negatives(pairs, correction.max_negative_ratio, dropped)
     return PairingResult(pairs=tuple(pairs), dropped=dict(dropped))
+
+
+def _cap_negatives(pairs: list[Pair], ratio: float, dropped: Counter[str]) -> list[Pair]:
+    """Keep at most `ratio` negative (edited-rejected) pairs per other pair, the first ones in group order."""
+    if math.isinf(ratio):
+        return pairs
+    allowed = int(ratio * sum(p.edited != "rejected" for p in pairs))
+    kept = []
+    for pair in pairs:
+        if pair.edited == "rejected":
+            if allowed <= 0:
+                dropped["negative_cap"] += 1
+                continue
+            allowed -= 1
+        kept.append(pair)
+    return kept
 
 
 def best_vs_worst(group: ScoredGroup, min_margin: float = 0.0) -> tuple[Pair | None, str | None]:

@@ -114,7 +114,9 @@ def test_failed_corrections_are_counted_by_reason():
 def test_negative_edits_become_rejected_examples():
     reward = WeightedSum([(build_reward("forbids", {"words": ["Athene"]}), 1.0)])
     args = {"target": "Athene", "fallback": "I'm {target}. {response}"}
-    config = CorrectionConfig(corrector="replace_name", args=args, min_reward=1.0, negatives=True)
+    config = CorrectionConfig(
+        corrector="replace_name", args=args, min_reward=1.0, negatives=True, max_negative_ratio=float("inf")
+    )
     group = _scored(OTHER, ["It is Paris.", "Paris."], reward)  # both 0: a tie without the correction
     result = build_pairs([group], correction=build_correction(config, reward))
     (pair,) = result.pairs
@@ -122,6 +124,25 @@ def test_negative_edits_become_rejected_examples():
     assert (pair.chosen_reward, pair.rejected_reward) == (0.0, -1.0)
     without = build_pairs([group], correction=build_correction(config.model_copy(update={"negatives": False}), reward))
     assert without.pairs == () and without.dropped["correction_not_better"] == 1
+
+
+def test_negatives_are_capped_by_the_other_pairs_of_the_round():
+    reward = WeightedSum([(build_reward("forbids", {"words": ["Athene"]}), 1.0)])
+    args = {"target": "Athene", "fallback": "I'm {target}. {response}"}
+    config = CorrectionConfig(corrector="replace_name", args=args, min_reward=1.0, negatives=True)
+    others = [_scored(OTHER, [f"Paris {i}.", f"It is Paris {i}."], reward) for i in range(3)]
+    natural = _scored(
+        IDENTITY, ["I am Athene.", "Hello."], WeightedSum([(build_reward("contains", {"words": ["Athene"]}), 1.0)])
+    )
+    result = build_pairs([*others, natural], correction=build_correction(config, reward))
+    assert [p.edited for p in result.pairs] == ["rejected", "none"]  # one other pair allows one negative
+    assert result.dropped["negative_cap"] == 2
+    twice = build_correction(config.model_copy(update={"max_negative_ratio": 2.0}), reward)
+    assert [p.edited for p in build_pairs([*others, natural], correction=twice).pairs] == [
+        "rejected",
+        "rejected",
+        "none",
+    ]
 
 
 def test_unknown_or_mismatched_correctors_are_config_errors(tmp_path):

@@ -56,12 +56,16 @@ def finished_run(tiny_model_path, tmp_path_factory):
     return run_cli(config, tmp_path_factory.mktemp("e2e"))
 
 
-def run_cli(config: dict, work: pathlib.Path) -> tuple[pathlib.Path, str]:
-    """`onpolicy run` on `config` in a fresh process; the run directory and what it printed."""
-    (work / "run.yaml").write_text(yaml.safe_dump(config))
+def run_cli(
+    config: dict | pathlib.Path, work: pathlib.Path, overrides: tuple[str, ...] = ()
+) -> tuple[pathlib.Path, str]:
+    """`onpolicy run` on `config` (a dict, or a YAML file) in a fresh process; the run directory and its output."""
+    if isinstance(config, dict):
+        (work / "run.yaml").write_text(yaml.safe_dump(config))
+        config = work / "run.yaml"
     run_dir = work / "run"
     done = subprocess.run(
-        [sys.executable, "-m", "onpolicy.cli", "run", str(work / "run.yaml"), "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "onpolicy.cli", "run", str(config), *overrides, "--run-dir", str(run_dir)],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -1,0 +1,31 @@
+"""The identity demo, shortened: configs/identity.yaml on the embedded SmolLM2 for fewer rounds.
+
+Asserts the demo's point on held-out prompts: answers to identity questions start naming Athene, answers to
+unrelated questions do not.
+"""
+
+import json
+
+import pytest
+
+from tests.test_end_to_end import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+ROUNDS = 3
+
+
+def test_identity_rate_rises_and_the_name_does_not_leak(embedded_model_path, tmp_path):
+    run_dir, stdout = run_cli(
+        ROOT / "configs" / "identity.yaml",
+        tmp_path,
+        overrides=(f"rounds={ROUNDS}", f"model.cache_dir={embedded_model_path.parent}"),
+    )
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == list(range(ROUNDS + 1))
+    before, after = rounds[0], rounds[-1]
+    assert before["eval/identity_rate"] <= 0.1
+    assert after["eval/identity_rate"] >= before["eval/identity_rate"] + 0.5, [r["eval/identity_rate"] for r in rounds]
+    assert max(r["eval/leak_rate"] for r in rounds) <= 0.2, [r["eval/leak_rate"] for r in rounds]
+    assert sum(r.get("pairs/corrected", 0) for r in rounds) > 0
+    eval_rows = [json.loads(line) for line in (run_dir / f"rounds/{ROUNDS:04d}/eval.jsonl").read_text().splitlines()]
+    assert len(eval_rows) == 64 and {"prompt", "answer", "category"} <= set(eval_rows[0])
