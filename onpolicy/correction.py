@@ -83,15 +83,12 @@ class Correction:
         self.max_negative_ratio = config.max_negative_ratio
 
     def applies(self, group: ScoredGroup) -> bool:
-        valid = group.valid
-        return bool(valid) and max(r for _, r in valid) < self.min_reward
+        return bool(group.valid) and group.best_and_worst()[0][1] < self.min_reward
 
     def pair(self, group: ScoredGroup, min_margin: float) -> tuple[Pair | None, str | None]:
         """A corrected pair; (None, reason) when the correction failed; (None, None) when the corrector has
         nothing to correct here."""
-        valid = group.valid
-        best_index, best = max(valid, key=lambda item: item[1])
-        worst_index, worst = min(valid, key=lambda item: item[1])
+        (best_index, best), (worst_index, worst) = group.best_and_worst()
         samples, record = group.group.samples, group.group.record
         prompt = record.reward_view()
         original = samples[best_index].text

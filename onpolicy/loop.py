@@ -8,7 +8,6 @@ and the logger once, runs the rounds, and writes the run directory as it goes.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import pathlib
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,8 +28,6 @@ from onpolicy.scoring import score_groups
 from onpolicy.tracking import start_logger
 from onpolicy.types import Pair, PromptRecord, SampleGroup, ScoredGroup, UpdateResult
 from reward import Conditional, GroupReward, RewardConfigError, WeightedSum, build_reward
-
-log = logging.getLogger(__name__)
 
 
 class Generator(Protocol):

@@ -75,11 +75,9 @@ def _cap_negatives(pairs: list[Pair], ratio: float, dropped: Counter[str]) -> li
 
 def best_vs_worst(group: ScoredGroup, min_margin: float = 0.0) -> tuple[Pair | None, str | None]:
     """The group's pair, or None and the reason it has none."""
-    valid = group.valid
-    if len(valid) < 2:
+    if len(group.valid) < 2:
         return None, "too_few_scored"
-    best_index, best = max(valid, key=lambda item: item[1])  # max/min keep the first of equals
-    worst_index, worst = min(valid, key=lambda item: item[1])
+    (best_index, best), (worst_index, worst) = group.best_and_worst()
     gap = best - worst
     if gap <= 0:
         return None, "tie"

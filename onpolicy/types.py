@@ -66,6 +66,12 @@ class ScoredGroup:
     def valid(self) -> list[tuple[int, float]]:
         return [(i, r) for i, r in enumerate(self.rewards) if r is not None and math.isfinite(r)]
 
+    def best_and_worst(self) -> tuple[tuple[int, float], tuple[int, float]]:
+        """(index, reward) of the best and the worst scored sample; the first in sampling order among equals.
+        Needs at least one scored sample."""
+        valid = self.valid
+        return max(valid, key=lambda item: item[1]), min(valid, key=lambda item: item[1])
+
 
 @dataclasses.dataclass(frozen=True)
 class Pair:
