@@ -90,7 +90,7 @@ class GenerationConfig(Section):
 class RewardTerm(Section):
     name: str = Field(
         ...,
-        description="A built-in reward (contains, forbids, length) or a Python callable as 'module:function' "
+        description="A built-in reward (contains, forbids, length, missing_eos, exact_match, reward_model, judge) or a Python callable as 'module:function' "
         "or 'path/to/file.py:function'.",
     )
     weight: float = Field(1.0, description="Weight of this term in the summed reward.")
@@ -99,6 +99,14 @@ class RewardTerm(Section):
         None,
         description="Apply this term only to prompts whose record fields match, e.g. {category: identity} "
         "(a list of values matches any of them); other prompts score 0 on it.",
+    )
+    normalize: Literal["none", "zscore", "rank"] = Field(
+        "none",
+        description="Rescale this term's scores within each group before weighting: zscore (mean 0, std 1) or "
+        "rank (0 worst .. 1 best), so terms on different scales weigh what their weights say.",
+    )
+    label: str | None = Field(
+        None, description="Name of this term in metrics (reward/<label>/...); defaults to the reward's name."
     )
 
 
@@ -334,15 +342,25 @@ def _resolve_paths(data: dict[str, Any], base: pathlib.Path, only: str | None = 
 
 
 def _resolve_reward_files(data: dict[str, Any], base: pathlib.Path) -> None:
-    """`file.py:function` reward names are files too: make them absolute, like the other paths."""
+    """`file.py:function` reward names are files too, and so are a reward model's `path` and a local judge's
+    `model`: make them absolute, like the other paths."""
     terms = data.get("reward")
     if not isinstance(terms, list):
         return
     for term in terms:
-        if isinstance(term, dict) and isinstance(term.get("name"), str):
+        if not isinstance(term, dict):
+            continue
+        if isinstance(term.get("name"), str):
             file, sep, func = term["name"].rpartition(":")
             if sep and file.endswith(".py") and not pathlib.Path(file).is_absolute():
                 term["name"] = f"{(base / file).resolve()}:{func}"
+        args = term.get("args")
+        if not isinstance(args, dict):
+            continue
+        keys = ["path"] if term.get("name") == "reward_model" else ["model"] if args.get("backend") == "vllm" else []
+        for key in keys:
+            if isinstance(args.get(key), str) and not pathlib.Path(args[key]).expanduser().is_absolute():
+                args[key] = str((base / pathlib.Path(args[key]).expanduser()).resolve())
 
 
 def _check_files(config: Config, source: str) -> None:

@@ -27,7 +27,8 @@ from onpolicy.rundir import RunDirectory
 from onpolicy.scoring import score_groups
 from onpolicy.tracking import start_logger
 from onpolicy.types import Pair, PromptRecord, SampleGroup, ScoredGroup, UpdateResult
-from reward import Conditional, GroupReward, RewardConfigError, WeightedSum, build_reward
+from reward import Conditional, GroupReward, RewardConfigError, Term, WeightedSum, build_reward, take_stats
+from reward.judge import use_policy_engine
 
 
 class Generator(Protocol):
@@ -95,6 +96,7 @@ def run_round(
         **gen,
         **m.reward_metrics(scored, excluded),
         **m.pair_metrics(pairing),
+        **{f"reward/{key}": value for key, value in take_stats(reward).items()},
         **m.update_metrics(update),
         "ref/refreshed": float(refreshed),
         **m.perf_metrics(seconds, gen["gen/tokens"]),
@@ -110,10 +112,22 @@ def build_reward_from_terms(terms: Sequence[RewardTerm]) -> GroupReward:
             reward = build_reward(term.name, term.args)
         except RewardConfigError as exc:
             raise ConfigError(f"reward[{i}] ({term.name}): {exc}") from None
-        built.append((Conditional(reward, term.when) if term.when else reward, term.weight))
-    if len(built) == 1 and built[0][1] == 1.0:
-        return built[0][0]
-    return WeightedSum(built)
+        reward = Conditional(reward, term.when) if term.when else reward
+        built.append(Term(reward, term.weight, term.label or _default_label(term, i, terms), term.normalize))
+    if len(built) == 1 and built[0].weight == 1.0 and built[0].normalize == "none":
+        return built[0].reward
+    try:
+        return WeightedSum(built)
+    except RewardConfigError as exc:
+        raise ConfigError(f"reward: {exc}; give the terms distinct label:s") from None
+
+
+def _default_label(term: RewardTerm, index: int, terms: Sequence[RewardTerm]) -> str:
+    """A term's metric name: the reward's name, numbered when several terms share it."""
+    name = term.name.rpartition(":")[2] if ":" in term.name else term.name
+    if sum(t.name == term.name and not t.label for t in terms) > 1:
+        return f"{name}#{index}"
+    return name
 
 
 def run_job(
@@ -141,6 +155,7 @@ def run_job(
     echo(f"policy: {model_path}")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     generator = VLLMGenerator(str(model_path), tokenizer, config.generation)
+    use_policy_engine(generator.llm)  # for judges with backend: policy
     updater = DPOUpdater(
         str(model_path), tokenizer, config.train, config.ref, seed=config.seed, dtype=config.model.train_dtype
     )

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from onpolicy.types import SampleGroup, ScoredGroup
-from reward import Failed, GroupReward
+from reward import Failed, GroupReward, Response
 from reward.registry import check_score
 
 
@@ -24,7 +24,7 @@ def score_groups(
     excluded: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for group in groups:
-        texts = [s.text for s in group.samples]
+        texts = [Response(s.text, s.finish_reason == "length", len(s.token_ids)) for s in group.samples]
         try:
             scores = list(reward.score_group(group.record.reward_view(), texts))
             if len(scores) != len(texts):

@@ -1,21 +1,27 @@
-"""Reward backends for ranking sampled responses: rule rewards, user callables, weighted sums.
+"""Reward backends for ranking sampled responses: rule rewards, user callables, reward models, LLM judges, and
+weighted sums of them.
 
 A reward scores the K responses to one prompt together (`GroupReward.score_group`); see `reward.base`.
 This package does not import the training loop.
 """
 
-from reward.base import Failed, GroupReward, RewardConfigError, Score
-from reward.registry import Conditional, WeightedSum, build_reward, builtin_names, matches, register
+from reward.base import Failed, GroupReward, Meter, Response, RewardConfigError, Score, take_stats
+from reward.composite import Conditional, Term, WeightedSum, matches
+from reward.registry import build_reward, builtin_names, register
 
 __all__ = [
     "Conditional",
     "Failed",
     "GroupReward",
+    "Meter",
+    "Response",
     "RewardConfigError",
     "Score",
+    "Term",
     "WeightedSum",
     "build_reward",
     "builtin_names",
     "matches",
     "register",
+    "take_stats",
 ]

@@ -3,13 +3,20 @@
 `score_group(prompt, responses)` returns one entry per response: a float, or `Failed(reason)` when that
 response could not be scored. `prompt` is the prompt record as a plain dict: `prompt` (the last user turn's
 text), `messages` (the chat turns), `id`, and whatever metadata the prompt source carried (a category, a
-reference answer...). This package knows nothing of the training loop: it only scores.
+reference answer...). Each response is a `str`; the loop passes `Response`s, which also say whether
+generation was cut at the token limit. This package knows nothing of the training loop: it only scores.
+
+A backend that costs something (model calls, tokens, seconds) also has `take_stats()`, returning its counters
+since the last call; the loop logs them per round.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
 
@@ -36,3 +43,47 @@ class GroupReward(Protocol):
     name: str
 
     def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]: ...
+
+
+class Response(str):
+    """A sampled response's text, with how generation ended: `truncated` when it stopped at the token limit
+    instead of at end-of-sequence, and its length in tokens when known. Plain strings work wherever a
+    `Response` is expected (not truncated, length unknown)."""
+
+    truncated: bool
+    num_tokens: int | None
+
+    def __new__(cls, text: str, truncated: bool = False, num_tokens: int | None = None) -> Response:
+        response = super().__new__(cls, text)
+        response.truncated = truncated
+        response.num_tokens = num_tokens
+        return response
+
+
+class Meter:
+    """Counters a backend keeps between two `take_stats()` calls: calls, tokens, seconds, failures..."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[str] = Counter()
+
+    def add(self, **amounts: float) -> None:
+        self._counts.update(amounts)
+
+    @contextmanager
+    def timed(self, key: str = "seconds") -> Any:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._counts[key] += time.perf_counter() - start
+
+    def take(self) -> dict[str, float]:
+        """The counters since the last take, and a fresh start."""
+        counts, self._counts = dict(self._counts), Counter()
+        return {key: float(value) for key, value in counts.items()}
+
+
+def take_stats(reward: object) -> dict[str, float]:
+    """A reward's counters since the last call, or nothing for rewards that keep none."""
+    take = getattr(reward, "take_stats", None)
+    return dict(take()) if callable(take) else {}

@@ -135,60 +135,6 @@ class FunctionReward:
         return check_score(value)
 
 
-class WeightedSum:
-    """Several rewards summed with weights. A response any term failed on fails with that term's reason."""
-
-    def __init__(self, terms: Sequence[tuple[GroupReward, float]]) -> None:
-        if not terms:
-            raise RewardConfigError("a weighted sum needs at least one reward term")
-        self.terms = list(terms)
-        self.name = " + ".join(f"{w:g}*{r.name}" for r, w in self.terms)
-
-    def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
-        totals: list[Score] = [0.0] * len(responses)
-        for reward, weight in self.terms:
-            scores = reward.score_group(prompt, responses)
-            if len(scores) != len(responses):
-                raise ValueError(f"reward {reward.name!r} returned {len(scores)} scores for {len(responses)} responses")
-            for i, score in enumerate(scores):
-                if isinstance(totals[i], Failed):
-                    continue
-                score = check_score(score)
-                if isinstance(score, Failed):
-                    totals[i] = Failed(f"{reward.name}: {score.reason}", score.kind)
-                else:
-                    totals[i] += weight * score
-        return totals
-
-
-def matches(prompt: Mapping[str, Any], when: Mapping[str, Any] | None) -> bool:
-    """Whether a prompt record's fields match `when`: each key equal to the value, or to one of a list of values."""
-    for key, wanted in (when or {}).items():
-        value = prompt.get(key)
-        if isinstance(wanted, (list, tuple)) and not isinstance(value, (list, tuple)):
-            if value not in wanted:
-                return False
-        elif value != wanted:
-            return False
-    return True
-
-
-class Conditional:
-    """A reward that applies only to prompts matching `when` (e.g. `{category: identity}`); others score
-    `otherwise` without calling it."""
-
-    def __init__(self, reward: GroupReward, when: Mapping[str, Any], otherwise: float = 0.0) -> None:
-        self.reward = reward
-        self.when = dict(when)
-        self.otherwise = otherwise
-        self.name = f"{reward.name}[{', '.join(f'{k}={v}' for k, v in self.when.items())}]"
-
-    def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
-        if not matches(prompt, self.when):
-            return [self.otherwise] * len(responses)
-        return self.reward.score_group(prompt, responses)
-
-
 def check_score(value: object) -> Score:
     """A finite float, or `Failed` saying why `value` is not one."""
     if isinstance(value, Failed):
@@ -201,4 +147,6 @@ def check_score(value: object) -> Score:
 
 
 def _load_builtins() -> None:
-    import reward.rules  # noqa: F401  (registers the built-ins)
+    import reward.judge  # noqa: F401  (these register the built-ins)
+    import reward.reward_model  # noqa: F401
+    import reward.rules  # noqa: F401

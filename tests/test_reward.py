@@ -5,13 +5,16 @@ import textwrap
 
 import pytest
 
-from reward import Failed, RewardConfigError, WeightedSum, build_reward, builtin_names, register
+from reward import Failed, Response, RewardConfigError, Term, WeightedSum, build_reward, builtin_names, register
+from reward.composite import normalized
 
 PROMPT = {"id": "0", "prompt": "Who are you?", "category": "identity", "answer": "42"}
 
 
 def test_builtins_are_registered():
-    assert {"contains", "forbids", "length"} <= set(builtin_names())
+    assert {"contains", "forbids", "length", "missing_eos", "exact_match", "reward_model", "judge"} <= set(
+        builtin_names()
+    )
 
 
 def test_registering_a_name_twice_is_an_error():
@@ -45,6 +48,15 @@ def test_length_is_zero_on_target_and_minus_one_at_zero_or_double():
         ("contains", {"wrods": ["x"]}, "bad arguments"),
         ("forbids", {"patterns": ["("]}, "bad regular expression"),
         ("length", {"target": 0}, "positive whole number"),
+        ("exact_match", {"extract": "first"}, "extract must be one of"),
+        ("exact_match", {"pattern": "answer: .*"}, "needs a group"),
+        ("reward_model", {"path": "/nowhere"}, "config.json not found"),
+        ("judge", {"backend": "vllm"}, "needs model"),
+        ("judge", {"backend": "openai", "model": "m"}, "needs base_url"),
+        ("judge", {"rubric": "stars"}, "unknown rubric 'stars'"),
+        ("judge", {"template": "Rate {response}", "score_pattern": "(\\d)", "score_range": [1, 5]}, "does not use"),
+        ("judge", {"votes": 3, "temperature": 0}, "same answer"),
+        ("judge", {"mode": "listwise"}, "pointwise or pairwise"),
         ("no_such_module_xyz:f", {}, "cannot import module 'no_such_module_xyz'"),
         ("math:no_such_function", {}, "has no attribute 'no_such_function'"),
         ("/nowhere/rewards.py:f", {}, "reward file not found"),
@@ -115,3 +127,62 @@ def test_weighted_sum_adds_weighted_terms_and_propagates_failures():
     scores = total.score_group(PROMPT, ["I am Athene", "I am SmolLM", "Athene, not SmolLM", "bad"])
     assert scores[:3] == [2.25, -0.75, 1.25]
     assert scores[3].kind == "nonfinite" and scores[3].reason.startswith("flaky:")
+
+
+def test_missing_eos_penalises_responses_cut_at_the_token_limit():
+    reward = build_reward("missing_eos", {"penalty": -2.0})
+    responses = [Response("It ends.", truncated=False), Response("It goes on and on", truncated=True), "plain"]
+    assert reward.score_group(PROMPT, responses) == [0.0, -2.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("args", "reference", "responses", "expected"),
+    [
+        ({}, "1,200", ["So it is 1200.", "First 3, then 1,200.0", "12", "no number"], [1, 1, 0, 0]),
+        ({}, "-0.5", ["x = -.5", "x = 0.5"], [1, 0]),
+        ({"extract": "boxed"}, "x^2", [r"\boxed{1} so \boxed{X^2}", r"\boxed{x}"], [1, 0]),
+        ({"extract": "hashes"}, "7", ["8 apples\n#### 7", "#### 7\n#### 9"], [1, 0]),
+        ({"pattern": r"Answer: (\w+)", "correct": 2.0, "wrong": -1.0}, "Paris", ["Answer: paris", "Paris"], [2, -1]),
+    ],
+)
+def test_exact_match_compares_the_extracted_answer_with_the_reference(args, reference, responses, expected):
+    reward = build_reward("exact_match", args)
+    assert reward.score_group({**PROMPT, "answer": reference}, responses) == expected
+
+
+def test_exact_match_without_a_reference_fails_instead_of_scoring_wrong():
+    scores = build_reward("exact_match", {"field": "solution"}).score_group(PROMPT, ["42"])
+    assert isinstance(scores[0], Failed) and scores[0].kind == "no_reference" and "solution" in scores[0].reason
+
+
+def test_group_normalisation_rescales_each_term_before_weighting():
+    assert normalized([1.0, 3.0, None, 5.0], "zscore") == pytest.approx([-1.2247449, 0.0, None, 1.2247449])
+    assert normalized([2.0, 2.0, 9.0, None, 0.0], "rank") == [0.5, 0.5, 1.0, None, 0.0]
+    assert normalized([4.0, 4.0], "zscore") == [0.0, 0.0]
+    big = build_reward("length", {"target": 1, "unit": "chars"})  # scores in the hundreds
+    small = build_reward("contains", {"words": ["yes"]})  # 0 or 1
+    total = WeightedSum([Term(big, 1.0, "len", "rank"), Term(small, 1.0, "yes", "rank")])
+    # Ranked, the two terms weigh the same: the short "yes" wins over the long one, the long "no" loses.
+    scores = total.score_group(PROMPT, ["yes", "no" * 50, "yes " * 40])
+    assert scores[0] > scores[2] > scores[1]
+
+
+def test_weighted_sum_reports_term_means_and_agreement_between_terms():
+    likes_yes = build_reward("contains", {"words": ["yes"]})
+    likes_short = build_reward("length", {"target": 1})
+    dislikes_yes = build_reward("forbids", {"words": ["yes"]})
+    total = WeightedSum([Term(likes_yes, 1.0, "yes"), Term(likes_short, 1.0, "short"), Term(dislikes_yes, 1.0, "no")])
+    total.score_group(PROMPT, ["yes", "no no no", "yes yes yes"])
+    stats = total.take_stats()
+    assert stats["yes/mean"] == pytest.approx(2 / 3)
+    assert stats["agreement/yes~no"] == 0.0  # always opposite
+    # "yes" vs "no no no": both prefer the first; "no no no" vs "yes yes yes": the yes term prefers the second,
+    # the length term neither (tie, not counted); "yes" vs "yes yes yes": yes-term tie.
+    assert stats["agreement/yes~short"] == 1.0
+    assert total.take_stats() == {}  # taken: counters start again
+
+
+def test_terms_with_the_same_label_are_refused():
+    reward = build_reward("contains", {"words": ["a"]})
+    with pytest.raises(RewardConfigError, match="distinct labels"):
+        WeightedSum([(reward, 1.0), (reward, 2.0)])

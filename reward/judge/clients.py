@@ -1,0 +1,212 @@
+"""Where a judge's answers come from: a vLLM engine in this process, or any OpenAI-compatible HTTP endpoint.
+
+Both take a batch of chat requests and return, per request, its answers (or the error that stopped it) and its
+token counts; neither parses anything. Transport failures are retried by the OpenAI client itself (exponential
+backoff on timeouts, connection errors, 429 and 5xx); what is still failing after `max_retries` comes back as
+that request's error, and the judge marks those samples failed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from reward.base import RewardConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatRequest:
+    """One judge prompt. `n` answers are sampled; `answer_prefix` starts the judge's answer (the model
+    continues it); `regex` constrains the answer's form (vLLM structured outputs)."""
+
+    messages: list[dict[str, str]]
+    n: int = 1
+    answer_prefix: str = ""
+    regex: str | None = None
+
+
+@dataclasses.dataclass
+class ChatAnswer:
+    texts: list[str]  # the answers, each with `answer_prefix` put back in front
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class ChatBackend(Protocol):
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatAnswer]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    max_tokens: int = 256
+
+
+def _messages(request: ChatRequest) -> list[dict[str, str]]:
+    if not request.answer_prefix:
+        return list(request.messages)
+    return [*request.messages, {"role": "assistant", "content": request.answer_prefix}]
+
+
+_policy_engine: Any = None
+
+
+def use_policy_engine(engine: Any) -> None:
+    """Make the running policy engine (a `vllm.LLM`) available to judges with `backend: policy`: the
+    Self-Rewarding setup, where the policy judges its own samples with no second model loaded."""
+    global _policy_engine
+    _policy_engine = engine
+
+
+class VLLMChat:
+    """Judge answers from a vLLM engine in this process: the policy's own (`model=None`), or a separate engine
+    for the judge model at `model`, started on first use with its KV cache bounded."""
+
+    def __init__(
+        self, model: str | None, sampling: Sampling, kv_cache_gib: float, max_model_len: int, dtype: str, seed: int
+    ) -> None:
+        if model is not None and not pathlib.Path(model).is_dir():
+            raise RewardConfigError(f"judge: model folder not found: {model}")
+        self.model = model
+        self.sampling = sampling
+        self.engine_args = {
+            "kv_cache_memory_bytes": int(kv_cache_gib * 1024**3),
+            "max_model_len": max_model_len,
+            "dtype": dtype,
+            "seed": seed,
+            "enforce_eager": True,
+        }
+        self._engine: Any = None
+
+    @property
+    def engine(self) -> Any:
+        if self.model is None:
+            if _policy_engine is None:
+                raise RuntimeError("judge backend 'policy' needs the running policy engine (use_policy_engine)")
+            return _policy_engine
+        if self._engine is None:
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            from vllm import LLM
+
+            self._engine = LLM(model=self.model, **self.engine_args)
+        return self._engine
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatAnswer]:
+        if not requests:
+            return []
+        try:
+            return self._complete(requests)
+        except ValueError:
+            if len(requests) == 1:
+                raise
+            # One bad request (e.g. too long for the judge) fails the whole batch: answer one at a time.
+            return [self._one(request) for request in requests]
+
+    def _one(self, request: ChatRequest) -> ChatAnswer:
+        try:
+            return self._complete([request])[0]
+        except ValueError as exc:
+            return ChatAnswer([], error=f"{type(exc).__name__}: {exc}")
+
+    def _complete(self, requests: Sequence[ChatRequest]) -> list[ChatAnswer]:
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        params = [
+            SamplingParams(
+                n=r.n,
+                temperature=self.sampling.temperature,
+                max_tokens=self.sampling.max_tokens,
+                structured_outputs=StructuredOutputsParams(regex=r.regex) if r.regex else None,
+            )
+            for r in requests
+        ]
+        prefixed = any(r.answer_prefix for r in requests)
+        outputs = self.engine.chat(
+            [_messages(r) for r in requests],
+            params,
+            use_tqdm=False,
+            add_generation_prompt=not prefixed,
+            continue_final_message=prefixed,
+        )
+        return [
+            ChatAnswer(
+                texts=[request.answer_prefix + c.text for c in out.outputs],
+                prompt_tokens=len(out.prompt_token_ids or ()),
+                completion_tokens=sum(len(c.token_ids) for c in out.outputs),
+            )
+            for request, out in zip(requests, outputs)
+        ]
+
+
+class OpenAIChat:
+    """Judge answers from an OpenAI-compatible endpoint (`vllm serve`, a hosted API), `concurrency` requests at a
+    time. The API key is read from the environment variable `api_key_env` and kept only in the client: it is
+    never part of the config, the run directory or the logs."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None,
+        sampling: Sampling,
+        timeout: float,
+        max_retries: int,
+        concurrency: int,
+    ) -> None:
+        from openai import OpenAI
+
+        if api_key_env is None:
+            api_key = "EMPTY"  # a local `vllm serve` without --api-key accepts any key
+        elif os.environ.get(api_key_env):
+            api_key = os.environ[api_key_env]
+        else:
+            raise RewardConfigError(
+                f"judge: the environment variable {api_key_env} (named by api_key_env) is not set; it must hold "
+                f"the API key for {base_url}"
+            )
+        if concurrency < 1:
+            raise RewardConfigError(f"judge: concurrency must be at least 1, not {concurrency}")
+        self.model = model
+        self.sampling = sampling
+        self.concurrency = concurrency
+        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[ChatAnswer]:
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(pool.map(self._one, requests))
+
+    def _one(self, request: ChatRequest) -> ChatAnswer:
+        import openai
+
+        extra: dict[str, Any] = {}
+        if request.regex:
+            extra["structured_outputs"] = {"regex": request.regex}
+        if request.answer_prefix:
+            extra.update(continue_final_message=True, add_generation_prompt=False)
+        try:
+            response = self.client.chat.completions.create(
+                model=self.model,
+                messages=_messages(request),
+                n=request.n,
+                temperature=self.sampling.temperature,
+                max_tokens=self.sampling.max_tokens,
+                extra_body=extra or None,
+            )
+        except openai.APIError as exc:
+            return ChatAnswer([], error=f"{type(exc).__name__}: {_first_line(exc)}")
+        usage = response.usage
+        return ChatAnswer(
+            texts=[request.answer_prefix + (choice.message.content or "") for choice in response.choices],
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+        )
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
