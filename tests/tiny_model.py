@@ -1,4 +1,5 @@
-"""A tiny random Llama with a real byte-level BPE tokenizer and a chat template, built in seconds.
+"""Tiny random Llamas (a policy, a reward model) with a real byte-level BPE tokenizer and a chat template, built in
+seconds.
 
 Tests use it wherever the behaviour under test does not depend on the weights being trained: it runs through
 the real vLLM engine and the real TRL trainer like any checkpoint.
@@ -25,9 +26,28 @@ _CORPUS = [
 
 def build_tiny_llama(path: pathlib.Path, vocab_size: int = 512, seed: int = 0) -> pathlib.Path:
     """Save a randomly initialised 2-layer Llama and its tokenizer as an ordinary HF folder at `path`."""
-    import torch
+    from transformers import LlamaForCausalLM
+
+    return _build(path, LlamaForCausalLM, _tokenizer(vocab_size, CHAT_TEMPLATE), seed)
+
+
+# A reward model's own template, different from the policy's: tests check the reward model is read through it.
+REWARD_CHAT_TEMPLATE = (
+    "{% for message in messages %}[{{ message['role'] | upper }}] {{ message['content'] }}\n{% endfor %}[END]"
+)
+
+
+def build_tiny_reward_model(path: pathlib.Path, seed: int = 1) -> pathlib.Path:
+    """Save a randomly initialised 2-layer Llama sequence classifier (one logit: the reward) with its own
+    tokenizer and chat template."""
+    from transformers import LlamaForSequenceClassification
+
+    return _build(path, LlamaForSequenceClassification, _tokenizer(512, REWARD_CHAT_TEMPLATE), seed, num_labels=1)
+
+
+def _tokenizer(vocab_size: int, chat_template: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
     bpe = Tokenizer(models.BPE())
@@ -44,7 +64,13 @@ def build_tiny_llama(path: pathlib.Path, vocab_size: int = 512, seed: int = 0) -
         pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def _build(path: pathlib.Path, model_class, tokenizer, seed: int, **config_args) -> pathlib.Path:
+    import torch
+    from transformers import LlamaConfig
 
     torch.manual_seed(seed)
     config = LlamaConfig(
@@ -59,8 +85,9 @@ def build_tiny_llama(path: pathlib.Path, vocab_size: int = 512, seed: int = 0) -
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=True,
+        **config_args,
     )
-    model = LlamaForCausalLM(config)
+    model = model_class(config)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -38,7 +38,7 @@ def judge(
     max_retries: int = 3,
     concurrency: int = 8,
     kv_cache_gib: float = 0.5,
-    max_model_len: int = 4096,
+    max_model_len: int | None = None,
     dtype: str = "float32",
     seed: int = 0,
 ) -> GroupReward:
@@ -83,7 +83,7 @@ def _backend(
     max_retries: int,
     concurrency: int,
     kv_cache_gib: float,
-    max_model_len: int,
+    max_model_len: int | None,
     dtype: str,
     seed: int,
 ) -> ChatBackend:

@@ -68,7 +68,7 @@ class VLLMChat:
     for the judge model at `model`, started on first use with its KV cache bounded."""
 
     def __init__(
-        self, model: str | None, sampling: Sampling, kv_cache_gib: float, max_model_len: int, dtype: str, seed: int
+        self, model: str | None, sampling: Sampling, kv_cache_gib: float, max_model_len: int | None, dtype: str, seed: int
     ) -> None:
         if model is not None and not pathlib.Path(model).is_dir():
             raise RewardConfigError(f"judge: model folder not found: {model}")
@@ -93,12 +93,16 @@ class VLLMChat:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             from vllm import LLM
 
-            self._engine = LLM(model=self.model, **self.engine_args)
+            try:
+                self._engine = LLM(model=self.model, **self.engine_args)
+            except (ValueError, RuntimeError) as exc:
+                raise RuntimeError(f"the judge engine for {self.model} could not start: {exc}") from exc
         return self._engine
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatAnswer]:
         if not requests:
             return []
+        self.engine  # noqa: B018  (started here, so that a judge that cannot start is not a per-request failure)
         try:
             return self._complete(requests)
         except ValueError:

@@ -1,0 +1,194 @@
+"""LLM judges: strict parsing, pairwise aggregation, and the real backends - a `vllm serve` process on a loopback
+port (with a proxy in front to inject bad answers, delays and key checks) and an in-process vLLM engine."""
+
+import random
+import re
+
+import numpy as np
+import pytest
+
+from reward import Failed, RewardConfigError, build_reward
+from reward.judge.judges import bradley_terry, choose_pairs
+from reward.judge.templates import RUBRICS, build_pairwise
+from tests.judge_server import JudgeProxy, vllm_server
+
+PROMPT = {"id": "q1", "prompt": "Who are you?", "messages": [{"role": "user", "content": "Who are you?"}]}
+RESPONSES = ["I am Athene.", "I am a model.", "Hello there.", "No idea."]
+
+
+def test_rubric_answers_are_parsed_strictly():
+    additive = RUBRICS["additive5"]
+    assert additive.parse("Relevant, helpful. Score: 4") == 4.0
+    assert additive.parse("Score: 2 ... on reflection, Score: 3") == 3.0  # the last statement counts
+    assert additive.parse("Score: 7") is None  # out of range: not clipped
+    assert additive.parse("I would give it 4 points") is None  # wrong format: not guessed
+    assert additive.parse("") is None
+    assert RUBRICS["scale10"].parse("Good answer. Rating: [[8]]") == 8.0
+    assert RUBRICS["scale10"].parse("Rating: [[0]]") is None
+    pairwise = build_pairwise(None)
+    assert [pairwise.parse(a) for a in ("so [[A]]", "[[B]]", "a tie: [[C]]", "A is better")] == ["A", "B", "tie", None]
+
+
+def test_bradley_terry_orders_by_wins_and_stays_finite_for_an_unbeaten_response():
+    wins = np.array([[0, 2, 2, 2], [0, 0, 2, 1], [0, 0, 0, 1], [0, 1, 1, 0]], dtype=float)
+    strengths = bradley_terry(wins)
+    assert np.all(np.isfinite(strengths)) and abs(strengths.sum()) < 1e-9
+    assert strengths[0] > strengths[1] > strengths[3] > strengths[2]
+
+
+def test_bounded_comparisons_still_compare_every_response():
+    for k, bound in [(8, 8), (8, 10), (5, 3), (3, 100)]:
+        pairs = choose_pairs(k, bound, random.Random(k))
+        assert len(pairs) == min(bound, k * (k - 1) // 2) and len(set(pairs)) == len(pairs)
+        if bound >= k:
+            assert {i for p in pairs for i in p} == set(range(k))
+
+
+def test_a_missing_api_key_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("ONPOLICY_TEST_JUDGE_KEY", raising=False)
+    args = {
+        "backend": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "m",
+        "api_key_env": "ONPOLICY_TEST_JUDGE_KEY",
+    }
+    with pytest.raises(RewardConfigError, match="ONPOLICY_TEST_JUDGE_KEY .* is not set"):
+        build_reward("judge", args)
+
+
+@pytest.fixture(scope="module")
+def judge_url(tiny_model_path, tmp_path_factory):
+    with vllm_server(tiny_model_path, log=tmp_path_factory.mktemp("serve") / "vllm.log") as url:
+        yield url
+
+
+@pytest.fixture
+def proxy(judge_url):
+    proxy = JudgeProxy(judge_url)
+    yield proxy
+    proxy.close()
+
+
+def _judge(url, **args):
+    return build_reward("judge", {"backend": "openai", "base_url": url, "model": "judge", "max_tokens": 24, **args})
+
+
+@pytest.mark.slow
+def test_constrained_answers_from_a_real_server_always_parse(judge_url):
+    judge = _judge(judge_url, constrain=True, votes=2)
+    scores = judge.score_group(PROMPT, RESPONSES)
+    assert all(isinstance(s, float) and 0 <= s <= 5 for s in scores), scores
+    stats = judge.take_stats()
+    assert stats["calls"] == len(RESPONSES) and stats["answers"] == 2 * len(RESPONSES)
+    assert stats["completion_tokens"] > 0 and stats["prompt_tokens"] > 0 and stats["seconds"] > 0
+    assert stats.get("parse_failures", 0) == 0
+
+
+@pytest.mark.slow
+def test_a_rambling_judge_is_retried_then_its_samples_fail_and_are_counted(judge_url):
+    judge = _judge(judge_url, parse_retries=1)  # the random tiny model never writes "Score: N"
+    scores = judge.score_group(PROMPT, RESPONSES)
+    assert all(
+        isinstance(s, Failed) and s.kind == "unparsable" and "unparsable judge answer" in s.reason for s in scores
+    )
+    stats = judge.take_stats()
+    assert stats["parse_failures"] == 2 * len(RESPONSES) and stats["retries"] == len(RESPONSES)
+    assert stats["failed"] == len(RESPONSES) and stats["parse_failure_rate"] == 1.0
+
+
+@pytest.mark.slow
+def test_an_unparsable_answer_is_asked_again(proxy):
+    asked = {}
+
+    def first_garbage_then_score(request, index, answer):
+        key = request["messages"][0]["content"]
+        asked[key] = asked.get(key, 0) + 1
+        return "Hmm, hard to say." if asked[key] == 1 else "Relevant and direct. Score: 4"
+
+    proxy.rewrite = first_garbage_then_score
+    judge = _judge(proxy.url, parse_retries=2)
+    assert judge.score_group(PROMPT, RESPONSES) == [4.0] * len(RESPONSES)
+    stats = judge.take_stats()
+    assert stats["retries"] == len(RESPONSES) and stats["parse_failures"] == len(RESPONSES)
+
+
+@pytest.mark.slow
+def test_votes_are_averaged_and_sent_as_one_request(proxy):
+    proxy.rewrite = lambda request, index, answer: f"Score: {2 + 2 * index}"
+    judge = _judge(proxy.url, votes=2)
+    assert judge.score_group(PROMPT, RESPONSES[:2]) == [3.0, 3.0]
+    assert [body["n"] for body, _ in proxy.seen] == [2, 2]
+
+
+def _answer_of(request, letter):
+    text = request["messages"][0]["content"]
+    return re.search(rf"\[The Start of Assistant {letter}'s Answer\]\n(.*?)\n\[The End", text, re.DOTALL).group(1)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("aggregate", ["wins", "bradley_terry"])
+def test_pairwise_judge_ranks_by_content_in_both_orders(proxy, aggregate):
+    proxy.rewrite = lambda request, index, answer: (
+        "[[A]]"
+        if "Athene" in _answer_of(request, "A")
+        else ("[[B]]" if "Athene" in _answer_of(request, "B") else "[[C]]")
+    )
+    judge = _judge(proxy.url, mode="pairwise", aggregate=aggregate)
+    scores = judge.score_group(PROMPT, RESPONSES)
+    assert scores[0] == max(scores) and scores[1] == scores[2] == scores[3] < scores[0]
+    stats = judge.take_stats()
+    assert stats["comparisons"] == 6 and stats["calls"] == 12  # every pair, both orders
+    assert stats["position_bias"] == 0.0
+
+
+@pytest.mark.slow
+def test_a_judge_that_always_picks_the_first_position_is_measured_and_cancelled(proxy):
+    proxy.rewrite = lambda request, index, answer: "[[A]]"
+    judge = _judge(proxy.url, mode="pairwise", max_comparisons=4)
+    assert judge.score_group(PROMPT, RESPONSES) == [0.5] * len(RESPONSES)  # every pair a tie
+    stats = judge.take_stats()
+    assert stats["position_bias"] == 1.0 and stats["comparisons"] == 4 and stats["calls"] == 8
+
+
+@pytest.mark.slow
+def test_a_judge_that_times_out_fails_those_samples_with_the_reason(proxy):
+    proxy.delay = 3.0
+    judge = _judge(proxy.url, timeout=0.5, max_retries=1)
+    scores = judge.score_group(PROMPT, RESPONSES[:2])
+    assert all(isinstance(s, Failed) and s.kind == "judge_error" and "Timeout" in s.reason for s in scores), scores
+    assert judge.take_stats()["request_errors"] == 2
+    assert len(proxy.seen) == 4  # each request tried twice (max_retries=1), with backoff, by the OpenAI client
+
+
+@pytest.mark.slow
+def test_the_api_key_comes_from_the_environment_and_is_checked(proxy, monkeypatch):
+    proxy.api_key = "s3cret-key"
+    proxy.rewrite = lambda request, index, answer: "Score: 5"
+    monkeypatch.setenv("ONPOLICY_TEST_JUDGE_KEY", "s3cret-key")
+    assert _judge(proxy.url, api_key_env="ONPOLICY_TEST_JUDGE_KEY").score_group(PROMPT, RESPONSES[:1]) == [5.0]
+    monkeypatch.setenv("ONPOLICY_TEST_JUDGE_KEY", "wrong")
+    failed = _judge(proxy.url, api_key_env="ONPOLICY_TEST_JUDGE_KEY", max_retries=0).score_group(PROMPT, RESPONSES[:1])
+    assert failed[0].kind == "judge_error" and "AuthenticationError" in failed[0].reason
+    assert "wrong" not in failed[0].reason and "s3cret" not in failed[0].reason
+
+
+@pytest.mark.slow
+def test_a_local_engine_judge_honours_constraints_and_answer_prefixes(tiny_model_path):
+    constrained = build_reward(
+        "judge", {"backend": "vllm", "model": str(tiny_model_path), "constrain": True, "max_tokens": 8}
+    )
+    assert all(isinstance(s, float) and 0 <= s <= 5 for s in constrained.score_group(PROMPT, RESPONSES))
+    prefixed = build_reward(
+        "judge",
+        {
+            "backend": "vllm",
+            "model": str(tiny_model_path),
+            "template": "Rate this answer to {prompt}: {response}",
+            "score_pattern": r"Verdict: (\d)",
+            "score_range": [0, 9],
+            "answer_prefix": "Verdict: 7",
+            "max_tokens": 4,
+        },
+    )
+    assert prefixed.score_group(PROMPT, RESPONSES[:2]) == [7.0, 7.0]
+    assert prefixed.take_stats()["calls"] == 2
