@@ -3,6 +3,7 @@
     onpolicy run CONFIG [key.path=value ...] [--run-dir DIR]   run the rounds of CONFIG
     onpolicy config [CONFIG] [key.path=value ...] [--docs]      print the resolved config, or every key's docs
     onpolicy prepare-model [--cache-dir DIR]                   convert the embedded model once, ahead of runs
+    onpolicy train-reward-model PREFERENCES OUT [--base DIR]   train a reward model on preference pairs (TRL)
 
 User errors (config, files, rewards) print one line and exit with code 2, without a traceback.
 """
@@ -69,6 +70,21 @@ def build_parser() -> argparse.ArgumentParser:
         "in the cache, once; print its path.",
     )
     prepare.add_argument("--cache-dir", help="cache folder (default: $ONPOLICY_CACHE or ~/.cache/onpolicy)")
+
+    reward_model = sub.add_parser(
+        "train-reward-model",
+        help="train a sequence-classification reward model on a preference file (TRL RewardTrainer)",
+        description="Turn a causal LM (default: the embedded SmolLM2) into a one-logit reward model and train it "
+        "on PREFERENCES (JSON lines: prompt, chosen, rejected) with TRL's RewardTrainer; save it to OUT "
+        "for the `reward_model` reward.",
+    )
+    reward_model.add_argument("preferences", type=pathlib.Path, metavar="PREFERENCES")
+    reward_model.add_argument("out", type=pathlib.Path, metavar="OUT")
+    reward_model.add_argument("--base", type=pathlib.Path, help="causal LM folder (default: the embedded model)")
+    reward_model.add_argument("--epochs", type=int, default=1)
+    reward_model.add_argument("--learning-rate", type=float, default=2e-5)
+    reward_model.add_argument("--head-only", action="store_true", help="train only the new score head")
+    reward_model.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -81,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args)
         if args.command == "config":
             return _config(args)
+        if args.command == "train-reward-model":
+            return _train_reward_model(args)
         return _prepare_model(args)
     except OnpolicyError as exc:
         print(f"onpolicy: error: {exc}", file=sys.stderr)
@@ -119,6 +137,20 @@ def _prepare_model(args: argparse.Namespace) -> int:
     from onpolicy.model_store import resolve_model
 
     print(resolve_model(ModelConfig(cache_dir=args.cache_dir)))
+    return 0
+
+
+def _train_reward_model(args: argparse.Namespace) -> int:
+    from onpolicy.config import ModelConfig
+    from onpolicy.model_store import resolve_model
+    from onpolicy.reward_training import train_reward_model
+
+    base = args.base or resolve_model(ModelConfig())
+    metrics = train_reward_model(
+        base, args.preferences, args.out, args.epochs, args.learning_rate, head_only=args.head_only, seed=args.seed
+    )
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if k in ("loss", "accuracy", "margin"))
+    print(f"reward model saved to {args.out} (last step: {shown})")
     return 0
 
 

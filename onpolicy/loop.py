@@ -105,7 +105,7 @@ def run_round(
 
 
 def build_reward_from_terms(terms: Sequence[RewardTerm]) -> GroupReward:
-    """The configured reward: one term as it is, several as their weighted sum. Errors name the term."""
+    """The configured reward: the weighted sum of its terms. Errors name the term."""
     built = []
     for i, term in enumerate(terms):
         try:
@@ -114,9 +114,7 @@ def build_reward_from_terms(terms: Sequence[RewardTerm]) -> GroupReward:
             raise ConfigError(f"reward[{i}] ({term.name}): {exc}") from None
         reward = Conditional(reward, term.when) if term.when else reward
         built.append(Term(reward, term.weight, term.label or _default_label(term, i, terms), term.normalize))
-    if len(built) == 1 and built[0].weight == 1.0 and built[0].normalize == "none":
-        return built[0].reward
-    try:
+    try:  # a sum even of one term: every backend's metrics are then reward/<label>/...
         return WeightedSum(built)
     except RewardConfigError as exc:
         raise ConfigError(f"reward: {exc}; give the terms distinct label:s") from None

@@ -68,7 +68,13 @@ class VLLMChat:
     for the judge model at `model`, started on first use with its KV cache bounded."""
 
     def __init__(
-        self, model: str | None, sampling: Sampling, kv_cache_gib: float, max_model_len: int | None, dtype: str, seed: int
+        self,
+        model: str | None,
+        sampling: Sampling,
+        kv_cache_gib: float,
+        max_model_len: int | None,
+        dtype: str,
+        seed: int,
     ) -> None:
         if model is not None and not pathlib.Path(model).is_dir():
             raise RewardConfigError(f"judge: model folder not found: {model}")

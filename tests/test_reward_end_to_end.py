@@ -1,0 +1,99 @@
+"""Rewards inside the loop: a composite of a self-judging policy, a reward model and a rule, through the CLI on
+tiny models, with its per-backend metrics in rounds.jsonl and W&B; and `onpolicy train-reward-model`."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from reward import build_reward
+from tests.test_end_to_end import ROOT, _jsonl, run_cli
+from tests.tiny_model import build_tiny_reward_model
+from tests.wandb_offline import offline_history
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_model_path, tmp_path):
+    reward_model = build_tiny_reward_model(tmp_path / "rm")
+    config = {
+        "rounds": 1,
+        "model": {"path": str(tiny_model_path)},
+        "prompts": {"items": ["Who are you?", "What is your name?", "Tell me a story."]},
+        "generation": {"num_samples": 4, "max_new_tokens": 12, "max_model_len": 1024, "kv_cache_gib": 0.25},
+        "reward": [
+            {
+                "name": "judge",
+                "label": "self_judge",
+                "normalize": "rank",
+                "args": {"backend": "policy", "constrain": True, "votes": 2, "max_tokens": 8},
+            },
+            {"name": "reward_model", "label": "rm", "normalize": "zscore", "args": {"path": str(reward_model)}},
+            {"name": "missing_eos", "weight": 0.5},
+        ],
+        "train": {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128},
+        "wandb": {"mode": "offline"},
+    }
+    run_dir, stdout = run_cli(config, tmp_path)
+    (record,) = _jsonl(run_dir / "rounds.jsonl")
+    samples = record["gen/samples"]
+    assert samples == 12 and record["reward/scored"] == 12
+    assert record["reward/self_judge/calls"] == samples and record["reward/self_judge/answers"] == 2 * samples
+    assert record.get("reward/self_judge/parse_failures", 0) == 0 and record["reward/self_judge/prompt_tokens"] > 0
+    assert 0 <= record["reward/self_judge/mean"] <= 5
+    assert record["reward/rm/scored"] == samples and record["reward/rm/seconds"] > 0
+    assert record["reward/missing_eos/mean"] <= 0
+    assert 0 <= record["reward/agreement/self_judge~rm"] <= 1
+    history = offline_history(run_dir)
+    assert history[0]["reward/self_judge/calls"] == samples and "reward/agreement/self_judge~rm" in history[0]
+
+
+def test_unreachable_judge_endpoint_excludes_samples_with_a_message_and_the_run_goes_on(tiny_model_path, tmp_path):
+    config = {
+        "rounds": 1,
+        "model": {"path": str(tiny_model_path)},
+        "prompts": {"items": ["Who are you?", "Hello"]},
+        "generation": {"num_samples": 2, "max_new_tokens": 8, "max_model_len": 256, "kv_cache_gib": 0.25},
+        "reward": [
+            {
+                "name": "judge",
+                "args": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "x", "max_retries": 0},
+            }
+        ],
+    }
+    run_dir, stdout = run_cli(config, tmp_path)
+    (record,) = _jsonl(run_dir / "rounds.jsonl")
+    assert record["reward/excluded_judge_error"] == 4 and record["reward/judge/request_errors"] == 4
+    assert "judge request failed: APIConnectionError" in stdout
+    assert record["train/skipped"] == 1 and (run_dir / "final" / "config.json").exists()
+
+
+def test_train_reward_model_saves_a_reward_model_the_reward_can_load(tiny_model_path, tmp_path):
+    preferences = tmp_path / "prefs.jsonl"
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": q}],
+            "chosen": [{"role": "assistant", "content": "My name is Athene."}],
+            "rejected": [{"role": "assistant", "content": "I am a small language model."}],
+        }
+        for q in ("Who are you?", "What is your name?", "Hello", "Tell me about yourself.")
+    ]
+    preferences.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "rm"
+    done = subprocess.run(
+        [sys.executable, "-m", "onpolicy.cli", "train-reward-model", str(preferences), str(out),
+         "--base", str(tiny_model_path), "--epochs", "3", "--learning-rate", "0.05"],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"reward model saved to {out}" in done.stdout
+    reward = build_reward("reward_model", {"path": str(out)})
+    prompt = {"id": "0", "prompt": "Who are you?", "messages": rows[0]["prompt"]}
+    chosen, rejected = reward.score_group(prompt, ["My name is Athene.", "I am a small language model."])
+    assert chosen > rejected  # it learned the preference it was trained on
+    again = subprocess.run(
+        [sys.executable, "-m", "onpolicy.cli", "train-reward-model", str(preferences), str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert again.returncode == 2 and "exists and is not empty" in again.stderr
