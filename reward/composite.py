@@ -2,7 +2,8 @@
 apply only to some prompts.
 
 The sum also watches its terms: the mean score of each, and how often two terms agree on which of two
-responses is better (`agreement/<a>~<b>`, over the response pairs both order strictly). Two scorers that
+responses is better (`agreement/<a>~<b>`, over the response pairs both order strictly), on the prompts each
+term applies to. Two scorers that
 disagree half the time are measuring different things; that is worth seeing before trusting their sum.
 """
 
@@ -60,7 +61,8 @@ class WeightedSum:
             if len(scores) != len(responses):
                 raise ValueError(f"reward {term.label!r} returned {len(scores)} scores for {len(responses)} responses")
             raw = [None if isinstance(s, Failed) else s for s in scores]
-            per_term[term.label] = raw
+            if not isinstance(term.reward, Conditional) or matches(prompt, term.reward.when):
+                per_term[term.label] = raw  # a term that does not apply to this prompt is not watched on it
             for i, value in enumerate(normalized(raw, term.normalize)):
                 if isinstance(totals[i], Failed):
                     continue

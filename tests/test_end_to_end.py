@@ -199,7 +199,9 @@ def test_failing_rewards_and_a_round_without_pairs_do_not_stop_the_run(tiny_mode
     assert "raised ValueError: judge said nothing useful" in stdout
     assert "1 prompt(s) too long for the engine were skipped, e.g. '3'" in stdout
     samples = _jsonl(run_dir / "rounds/0001/samples.jsonl")
-    assert {s["failure"] for s in samples if s["prompt_id"] == "0"} == {"score: raised ValueError: judge said nothing useful"}
+    assert {s["failure"] for s in samples if s["prompt_id"] == "0"} == {
+        "score: raised ValueError: judge said nothing useful"
+    }
     assert (run_dir / "final" / "config.json").exists()
 
 

@@ -5,7 +5,17 @@ import textwrap
 
 import pytest
 
-from reward import Failed, Response, RewardConfigError, Term, WeightedSum, build_reward, builtin_names, register
+from reward import (
+    Conditional,
+    Failed,
+    Response,
+    RewardConfigError,
+    Term,
+    WeightedSum,
+    build_reward,
+    builtin_names,
+    register,
+)
 from reward.composite import normalized
 
 PROMPT = {"id": "0", "prompt": "Who are you?", "category": "identity", "answer": "42"}
@@ -180,6 +190,16 @@ def test_weighted_sum_reports_term_means_and_agreement_between_terms():
     # the length term neither (tie, not counted); "yes" vs "yes yes yes": yes-term tie.
     assert stats["agreement/yes~short"] == 1.0
     assert total.take_stats() == {}  # taken: counters start again
+
+
+def test_a_conditional_term_is_watched_only_on_the_prompts_it_applies_to():
+    identity = Conditional(build_reward("contains", {"words": ["Athene"]}), {"category": "identity"})
+    total = WeightedSum([Term(identity, 1.0, "name"), Term(build_reward("length", {"target": 1}), 1.0, "short")])
+    total.score_group(PROMPT, ["Athene", "I am someone"])  # an identity prompt
+    total.score_group({**PROMPT, "category": "other"}, ["a", "b c"])  # the name term does not apply
+    stats = total.take_stats()
+    assert stats["name/mean"] == 0.5 and stats["short/mean"] == pytest.approx((0 - 2 + 0 - 1) / 4)
+    assert stats["agreement/name~short"] == 1.0
 
 
 def test_terms_with_the_same_label_are_refused():

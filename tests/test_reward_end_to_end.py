@@ -49,7 +49,11 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
     assert history[0]["reward/self_judge/calls"] == samples and "reward/agreement/self_judge~rm" in history[0]
 
 
-def test_unreachable_judge_endpoint_excludes_samples_with_a_message_and_the_run_goes_on(tiny_model_path, tmp_path):
+def test_unreachable_judge_endpoint_excludes_samples_with_a_message_and_the_run_goes_on(
+    tiny_model_path, tmp_path, monkeypatch
+):
+    secret = "sk-onpolicy-test-4f1c9e"
+    monkeypatch.setenv("ONPOLICY_TEST_JUDGE_KEY", secret)
     config = {
         "rounds": 1,
         "model": {"path": str(tiny_model_path)},
@@ -58,7 +62,13 @@ def test_unreachable_judge_endpoint_excludes_samples_with_a_message_and_the_run_
         "reward": [
             {
                 "name": "judge",
-                "args": {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "x", "max_retries": 0},
+                "args": {
+                    "backend": "openai",
+                    "base_url": "http://127.0.0.1:9/v1",
+                    "model": "x",
+                    "max_retries": 0,
+                    "api_key_env": "ONPOLICY_TEST_JUDGE_KEY",
+                },
             }
         ],
     }
@@ -67,6 +77,11 @@ def test_unreachable_judge_endpoint_excludes_samples_with_a_message_and_the_run_
     assert record["reward/excluded_judge_error"] == 4 and record["reward/judge/request_errors"] == 4
     assert "judge request failed: APIConnectionError" in stdout
     assert record["train/skipped"] == 1 and (run_dir / "final" / "config.json").exists()
+    # The key was used, never kept: not in the saved config, the records, the W&B files or the output.
+    assert secret not in stdout
+    for file in run_dir.rglob("*"):
+        if file.is_file() and file.stat().st_size < 50_000_000:
+            assert secret.encode() not in file.read_bytes(), file
 
 
 def test_train_reward_model_saves_a_reward_model_the_reward_can_load(tiny_model_path, tmp_path):
