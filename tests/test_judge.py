@@ -178,6 +178,14 @@ def test_a_local_engine_judge_honours_constraints_and_answer_prefixes(tiny_model
         "judge", {"backend": "vllm", "model": str(tiny_model_path), "constrain": True, "max_tokens": 8}
     )
     assert all(isinstance(s, float) and 0 <= s <= 5 for s in constrained.score_group(PROMPT, RESPONSES))
+    # A response too long for the judge fails alone, with the engine's reason; the others are still judged.
+    scores = constrained.score_group(PROMPT, ["word " * 3000, *RESPONSES[:2]])
+    assert (
+        isinstance(scores[0], Failed)
+        and scores[0].kind == "judge_error"
+        and "maximum context length" in scores[0].reason
+    )
+    assert all(isinstance(s, float) for s in scores[1:])
     prefixed = build_reward(
         "judge",
         {

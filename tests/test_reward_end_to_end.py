@@ -21,7 +21,8 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
         "rounds": 1,
         "model": {"path": str(tiny_model_path)},
         "prompts": {"items": ["Who are you?", "What is your name?", "Tell me a story."]},
-        "generation": {"num_samples": 4, "max_new_tokens": 12, "max_model_len": 1024, "kv_cache_gib": 0.25},
+        # The rubric is ~1000 tokens in the tiny model's 512-token vocabulary.
+        "generation": {"num_samples": 4, "max_new_tokens": 12, "max_model_len": 2048, "kv_cache_gib": 0.25},
         "reward": [
             {
                 "name": "judge",
@@ -38,7 +39,7 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
     run_dir, stdout = run_cli(config, tmp_path)
     (record,) = _jsonl(run_dir / "rounds.jsonl")
     samples = record["gen/samples"]
-    assert samples == 12 and record["reward/scored"] == 12
+    assert samples == 12 and record["reward/scored"] == 12, stdout
     assert record["reward/self_judge/calls"] == samples and record["reward/self_judge/answers"] == 2 * samples
     assert record.get("reward/self_judge/parse_failures", 0) == 0 and record["reward/self_judge/prompt_tokens"] > 0
     assert 0 <= record["reward/self_judge/mean"] <= 5

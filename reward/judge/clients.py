@@ -111,16 +111,14 @@ class VLLMChat:
         self.engine  # noqa: B018  (started here, so that a judge that cannot start is not a per-request failure)
         try:
             return self._complete(requests)
-        except ValueError:
-            if len(requests) == 1:
-                raise
+        except _request_errors():
             # One bad request (e.g. too long for the judge) fails the whole batch: answer one at a time.
             return [self._one(request) for request in requests]
 
     def _one(self, request: ChatRequest) -> ChatAnswer:
         try:
             return self._complete([request])[0]
-        except ValueError as exc:
+        except _request_errors() as exc:
             return ChatAnswer([], error=f"{type(exc).__name__}: {exc}")
 
     def _complete(self, requests: Sequence[ChatRequest]) -> list[ChatAnswer]:
@@ -152,6 +150,13 @@ class VLLMChat:
             )
             for request, out in zip(requests, outputs)
         ]
+
+
+def _request_errors() -> tuple[type[Exception], ...]:
+    """What vLLM raises for a request it refuses (too long, bad parameters), as opposed to an engine failure."""
+    from vllm.exceptions import VLLMClientError
+
+    return (ValueError, VLLMClientError)
 
 
 class OpenAIChat:
