@@ -36,10 +36,10 @@ class _Asker:
         wanted: int,
         parse: Callable[[str], Any],
         regex: str | None,
-    ) -> tuple[list[list[Any]], list[str | None]]:
-        """For each conversation, up to `wanted` parsed verdicts, and why it has none (None when it has some)."""
+    ) -> tuple[list[list[Any]], list[Failed]]:
+        """For each conversation, up to `wanted` parsed verdicts, and what to fail it with if it has none."""
         verdicts: list[list[Any]] = [[] for _ in conversations]
-        problems: list[str | None] = [None] * len(conversations)
+        problems = [Failed("no verdict", "unparsable")] * len(conversations)
         pending = list(range(len(conversations)))
         for attempt in range(1 + self.parse_retries):
             if not pending:
@@ -54,19 +54,17 @@ class _Asker:
             self._count(answers)
             for i, answer in zip(pending, answers):
                 if answer.error is not None:
-                    problems[i] = f"judge request failed: {answer.error}"
+                    problems[i] = Failed(f"judge request failed: {answer.error}", "judge_error")
                 for text in answer.texts:
                     verdict = parse(text)
                     if verdict is None:
                         self.meter.add(parse_failures=1)
-                        problems[i] = f"unparsable judge answer {text[-120:]!r}"
+                        problems[i] = Failed(f"unparsable judge answer {text[-120:]!r}", "unparsable")
                     else:
                         verdicts[i].append(verdict)
             # Transport errors were retried by the client already; only unparsable answers are asked again.
-            pending = [
-                i for i in pending if len(verdicts[i]) < wanted and not (problems[i] or "").startswith("judge request")
-            ]
-        return verdicts, [None if v else p for v, p in zip(verdicts, problems)]
+            pending = [i for i in pending if len(verdicts[i]) < wanted and problems[i].kind != "judge_error"]
+        return verdicts, problems
 
     def _count(self, answers: Sequence[ChatAnswer]) -> None:
         self.meter.add(
@@ -76,11 +74,6 @@ class _Asker:
             prompt_tokens=sum(a.prompt_tokens for a in answers),
             completion_tokens=sum(a.completion_tokens for a in answers),
         )
-
-
-def _failed(problem: str | None) -> Failed:
-    problem = problem or "no verdict"
-    return Failed(problem, "judge_error" if problem.startswith("judge request") else "unparsable")
 
 
 class PointwiseJudge:
@@ -102,7 +95,7 @@ class PointwiseJudge:
         verdicts, problems = self.asker.ask(conversations, self.votes, self.rubric.parse, self.regex)
         scores: list[Score] = []
         for votes, problem in zip(verdicts, problems):
-            scores.append(sum(votes) / len(votes) if votes else _failed(problem))
+            scores.append(sum(votes) / len(votes) if votes else problem)
         self.meter.add(failed=sum(isinstance(s, Failed) for s in scores), scored=len(scores))
         return scores
 
@@ -176,8 +169,8 @@ class PairwiseJudge:
         scores: list[Score] = []
         for r in range(k):
             if not games[r]:
-                involved = [problems[2 * n + o] for n, p in enumerate(pairs) if r in p for o in (0, 1)]
-                scores.append(_failed(next((p for p in involved if p), "not compared (max_comparisons)")))
+                asked = [problems[2 * n + o] for n, pair in enumerate(pairs) if r in pair for o in (0, 1)]
+                scores.append(asked[-1] if asked else Failed("not compared (max_comparisons)", "unparsable"))
             elif strengths is not None:
                 scores.append(float(strengths[r]))
             else:
