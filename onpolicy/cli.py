@@ -1,11 +1,13 @@
 """The `onpolicy` command line.
 
-    onpolicy run CONFIG [key.path=value ...] [--run-dir DIR]   run the rounds of CONFIG
+    onpolicy run CONFIG [key.path=value ...] [--run-dir DIR] [--resume | --fresh]
+                                                               run the rounds of CONFIG (continuing DIR's run)
     onpolicy config [CONFIG] [key.path=value ...] [--docs]      print the resolved config, or every key's docs
     onpolicy prepare-model [--cache-dir DIR]                   convert the embedded model once, ahead of runs
     onpolicy train-reward-model PREFERENCES OUT [--base DIR]   train a reward model on preference pairs (TRL)
 
-User errors (config, files, rewards) print one line and exit with code 2, without a traceback.
+User errors (config, files, rewards) print one line and exit with code 2, without a traceback. A run stopped by
+SIGINT/SIGTERM exits with 128 + the signal's number (130, 143) after saying how to resume it.
 """
 
 from __future__ import annotations
@@ -49,7 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--run-dir",
         type=pathlib.Path,
-        help="where the run's files go (default: runs/<config name>-<date>-<time>); must not hold a run already",
+        help="where the run's files go (default: runs/<config name>-<date>-<time>); if it holds a run of the same "
+        "config, that run continues from its last complete round",
+    )
+    intent = run.add_mutually_exclusive_group()
+    intent.add_argument("--resume", action="store_true", help="continue the run in --run-dir; fail if there is none")
+    intent.add_argument(
+        "--fresh", action="store_true", help="start over in --run-dir, moving a run already there aside"
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show the libraries' own logs and progress bars")
 
@@ -111,10 +119,24 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from onpolicy.config import load_config
     from onpolicy.loop import run_job
-    from onpolicy.rundir import default_run_dir
+    from onpolicy.rundir import RunDirectory, default_run_dir
+    from onpolicy.stopping import Stopped
 
     config = load_config(args.config, args.overrides)
-    run_job(config, args.run_dir or default_run_dir(args.config), echo=lambda line: print(line, flush=True))
+    run_dir = args.run_dir or default_run_dir(args.config)
+    mode = "resume" if args.resume else "fresh" if args.fresh else "auto"
+    try:
+        run_job(config, run_dir, echo=lambda line: print(line, flush=True), mode=mode)
+    except (Stopped, KeyboardInterrupt) as exc:
+        last = RunDirectory(run_dir).last_complete_round() if RunDirectory.holds_run(run_dir) else -1
+        how = f"stopped by {exc}" if isinstance(exc, Stopped) else "aborted"
+        overrides = "".join(f" {o}" for o in args.overrides)
+        print(
+            f"onpolicy: {how}; rounds up to {max(last, 0)} are complete in {run_dir}. Resume with: "
+            f"onpolicy run {args.config}{overrides} --run-dir {run_dir}",
+            file=sys.stderr,
+        )
+        return exc.exit_code if isinstance(exc, Stopped) else 130
     return 0
 
 

@@ -209,7 +209,13 @@ class EvalConfig(Section):
 
 
 class CheckpointConfig(Section):
-    every: int = Field(0, ge=0, description="Save the policy every N rounds (0: only final/).")
+    keep_last: int = Field(
+        2,
+        ge=1,
+        description="The policy is saved after every round (resuming starts from it); keep the newest N of these "
+        "checkpoints. The newest complete one, and the one the reference model comes from, are never deleted.",
+    )
+    every: int = Field(0, ge=0, description="Also keep every N-th round's checkpoint for good (0: none).")
 
 
 class WandbConfig(Section):

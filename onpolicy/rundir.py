@@ -4,21 +4,27 @@
     DIR/rounds.jsonl                one JSON object per completed round: `round` plus every logged metric
     DIR/rounds/0001/samples.jsonl   every sample of round 1 with its reward (or why it has none)
     DIR/rounds/0001/pairs.jsonl     the pairs round 1 trained on
-    DIR/checkpoints/round-0002/     the policy after round 2 (every `checkpoint.every` rounds)
+    DIR/checkpoints/round-0002/     the policy after round 2 (the last `checkpoint.keep_last`, every N-th, and
+                                    the one the reference comes from)
+    DIR/state.json                  what resuming needs besides the files above: the W&B run id
+    DIR/status.json                 what the job is doing now (round, phase), for whoever watches it
     DIR/final/                      the last policy: an ordinary HF folder that transformers and vLLM load
     DIR/wandb/                      the W&B run (offline runs: upload later with `wandb sync`)
 
-Files are written to a temporary name and renamed into place; a round's line in `rounds.jsonl` is appended,
-flushed and fsynced only after its samples, pairs and checkpoint are in place.
+Files are written to a temporary name, fsynced and renamed into place. A round is complete when its line is in
+`rounds.jsonl`, appended (and fsynced) only after its samples, pairs, evaluation and checkpoint are in place;
+anything of a later round is unfinished work that resuming discards.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import json
 import os
 import pathlib
 import shutil
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +40,10 @@ def default_run_dir(config_path: str | None) -> pathlib.Path:
 class RunDirectory:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
+
+    @staticmethod
+    def holds_run(path: pathlib.Path) -> bool:
+        return (path / "config.yaml").exists()
 
     @classmethod
     def create(cls, path: pathlib.Path, config_yaml: str) -> RunDirectory:
@@ -90,19 +100,112 @@ class RunDirectory:
             os.fsync(f.fileno())
 
     def read_rounds(self) -> list[dict[str, Any]]:
+        """The completed rounds' records. A last line cut short by a crash mid-append is not a record: it is
+        dropped from the file (the round it belonged to was not complete)."""
         file = self.path / "rounds.jsonl"
         if not file.exists():
             return []
-        return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+        text = file.read_text(encoding="utf-8")
+        records, good = [], 0
+        for line in text.splitlines(keepends=True):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            if not line.endswith("\n"):
+                records.pop()
+                break
+            good += len(line.encode("utf-8"))
+        if good < len(text.encode("utf-8")):
+            with open(file, "r+b") as f:
+                f.truncate(good)
+                os.fsync(f.fileno())
+        return records
+
+    def last_complete_round(self) -> int:
+        """The number of the last complete round (0: none; the initial evaluation counts as round 0)."""
+        return max((int(r["round"]) for r in self.read_rounds()), default=-1)
+
+    def read_state(self) -> dict[str, Any]:
+        file = self.path / "state.json"
+        return json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}
+
+    def write_state(self, **updates: Any) -> None:
+        self.write_text("state.json", json.dumps({**self.read_state(), **updates}, indent=1) + "\n")
+
+    def write_status(self, round_number: int, phase: str) -> None:
+        """What the job is doing now. Not fsynced: it is for watching, never for resuming."""
+        status = {"round": round_number, "phase": phase, "pid": os.getpid(), "time": time.time()}
+        tmp = self.path / ".status.json.tmp"
+        tmp.write_text(json.dumps(status) + "\n", encoding="utf-8")
+        os.replace(tmp, self.path / "status.json")
+
+    def discard_unfinished(self, last_complete: int) -> list[str]:
+        """Remove what a crash left of rounds after `last_complete` and of interrupted writes; returns what."""
+        removed = []
+        for folder in sorted((self.path / "rounds").glob("[0-9]*")):
+            if folder.name.isdigit() and int(folder.name) > last_complete:
+                shutil.rmtree(folder)
+                removed.append(str(folder.relative_to(self.path)))
+        for folder in sorted((self.path / "checkpoints").glob("round-*")):
+            if _checkpoint_round(folder) > last_complete:
+                shutil.rmtree(folder)
+                removed.append(str(folder.relative_to(self.path)))
+        for tmp in sorted(self.path.rglob(".*.tmp")):
+            if "wandb" not in tmp.relative_to(self.path).parts:
+                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+                removed.append(str(tmp.relative_to(self.path)))
+        return removed
+
+    def checkpoint(self, round_number: int) -> pathlib.Path:
+        return self.path / "checkpoints" / f"round-{round_number:04d}"
+
+    def prune_checkpoints(self, keep: Callable[[int], bool]) -> list[int]:
+        """Delete the round checkpoints `keep` rejects, never the newest one; returns the rounds deleted."""
+        rounds = sorted(_checkpoint_round(f) for f in (self.path / "checkpoints").glob("round-[0-9]*"))
+        deleted = [n for n in rounds[:-1] if not keep(n)]
+        for n in deleted:
+            shutil.rmtree(self.checkpoint(n))
+        return deleted
 
     def save_model(self, name: str, save: Callable[[pathlib.Path], None]) -> pathlib.Path:
-        """Save a model folder via `save(folder)` into a temporary folder, then rename it into place."""
+        """Save a model folder via `save(folder)` into a temporary folder, fsync it, then rename it into place.
+        A full disk stops with a message saying so, and leaves no half-written folder behind."""
         target = self.path / name
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
-        save(tmp)
+        try:
+            save(tmp)
+            for file in tmp.iterdir():
+                with open(file, "rb") as f:
+                    os.fsync(f.fileno())
+        except Exception as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if _disk_full(exc):
+                free = shutil.disk_usage(self.path).free / 1024**3
+                raise OnpolicyError(
+                    f"no space left writing {target} ({exc}; {free:.1f} GiB free): the round was not marked "
+                    "complete. Free some space (or lower checkpoint.keep_last) and run the same command again to "
+                    "resume"
+                ) from None
+            raise
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
         return target
+
+
+def _checkpoint_round(folder: pathlib.Path) -> int:
+    return int(folder.name.removeprefix("round-"))
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for want of space: an OSError saying so, or a library's error wrapping one
+    (safetensors reports "I/O error: ... (os error 28)")."""
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
+        return True
+    return any(f"(os error {code})" in str(exc) for code in _DISK_FULL)

@@ -25,9 +25,14 @@ Table = tuple[list[str], list[list[Any]]]  # (columns, rows)
 
 
 class RoundLogger(Protocol):
+    mode: str
+    run_id: str | None
+
     def log_round(
         self, round_number: int, metrics: Mapping[str, Any], tables: Mapping[str, Table] | None = None
     ) -> None: ...
+
+    def steps_logged(self) -> set[int] | None: ...
 
     def finish(self) -> None: ...
 
@@ -36,6 +41,10 @@ class NullLogger:
     """Logs nothing (wandb.mode: disabled)."""
 
     mode = "disabled"
+    run_id: str | None = None
+
+    def steps_logged(self) -> set[int] | None:
+        return None  # nothing to catch up with
 
     def log_round(
         self, round_number: int, metrics: Mapping[str, Any], tables: Mapping[str, Table] | None = None
@@ -49,10 +58,21 @@ class NullLogger:
 class WandbLogger:
     """A W&B run whose step is the round number."""
 
-    def __init__(self, run: Any, mode: str) -> None:
+    def __init__(self, run: Any, mode: str, run_dir: pathlib.Path) -> None:
         self.run = run
         self.mode = mode
+        self.run_id: str | None = run.id
+        self.run_dir = run_dir
         self._warned = False
+
+    def steps_logged(self) -> set[int] | None:
+        """The steps (rounds) this W&B run already holds from earlier processes of the job, when known:
+        online, the steps before the resumed run's starting step; offline, what earlier segments hold."""
+        if self.mode == "offline":
+            from onpolicy.wandb_offline import offline_history
+
+            return {int(row["_step"]) for row in offline_history(self.run_dir, self.run_id) if "_step" in row}
+        return set(range(self.run.starting_step)) if self.run.resumed else set()
 
     def log_round(
         self, round_number: int, metrics: Mapping[str, Any], tables: Mapping[str, Table] | None = None
@@ -92,8 +112,13 @@ def resolve_mode(config: WandbConfig) -> str:
         return "offline"
 
 
-def start_logger(config: WandbConfig, run_dir: pathlib.Path, run_config: Mapping[str, Any]) -> RoundLogger:
-    """A W&B run for this job (offline when online fails), or a null logger when disabled."""
+def start_logger(
+    config: WandbConfig, run_dir: pathlib.Path, run_config: Mapping[str, Any], run_id: str | None = None
+) -> RoundLogger:
+    """A W&B run for this job (offline when online fails), or a null logger when disabled. With `run_id`, the
+    run of an interrupted job continues: online, the same W&B run resumes; offline, W&B writes a new segment
+    under the same id (W&B cannot resume offline runs), which `wandb sync --append` adds to the same run;
+    `steps_logged` says which rounds the run already holds."""
     mode = resolve_mode(config)
     if mode == "disabled":
         return NullLogger()
@@ -111,9 +136,17 @@ def start_logger(config: WandbConfig, run_dir: pathlib.Path, run_config: Mapping
                 dir=str(run_dir),
                 config=dict(run_config),
                 mode=attempt,
-                settings=wandb.Settings(init_timeout=config.init_timeout, silent=True, console="off"),
+                id=run_id,
+                resume="allow" if run_id else None,
+                settings=wandb.Settings(
+                    init_timeout=config.init_timeout,
+                    silent=True,
+                    console="off",
+                    # Rounds reach the offline file within a second, not 15: a killed job loses less.
+                    x_transaction_log_flush_interval=1.0,
+                ),
             )
-            return WandbLogger(run, attempt)
+            return WandbLogger(run, attempt, run_dir)
         except Exception as exc:
             log.warning("W&B could not start in %s mode (%s)", attempt, exc)
     log.warning("W&B is off for this run; every round is still written to %s", run_dir / "rounds.jsonl")

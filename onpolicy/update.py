@@ -18,7 +18,7 @@ import copy
 import math
 import pathlib
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -81,6 +81,14 @@ class DPOUpdater:
             or (self.ref_config.refresh == "every" and self.ref_config.every == 1)
         )
 
+    def restore_reference(self, folder: str | pathlib.Path, from_round: int) -> None:
+        """On resume: the frozen reference is the policy saved after round `from_round` (0: the initial model)."""
+        from transformers import AutoModelForCausalLM
+
+        dtype = next(self.policy.parameters()).dtype
+        self.reference = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval().requires_grad_(False)
+        self._reference_round = from_round + 1
+
     def start_round(self, round_number: int) -> bool:
         """Refresh the reference copy if round `round_number` needs a newer one; True when it was refreshed."""
         if not self.holds_reference_copy:
@@ -92,13 +100,21 @@ class DPOUpdater:
         self._reference_round = due
         return True
 
-    def update(self, pairs: Sequence[Pair], round_number: int) -> UpdateResult:
-        """A DPO update on `pairs`; skipped (and said so) when there are none."""
+    def update(
+        self, pairs: Sequence[Pair], round_number: int, should_stop: Callable[[], bool] | None = None
+    ) -> UpdateResult:
+        """A DPO update on `pairs`; skipped (and said so) when there are none. When `should_stop()` turns true,
+        training stops after the current step (the caller then abandons the round)."""
         if not pairs:
             return UpdateResult(skipped=True, metrics={})
         from datasets import Dataset
-        from transformers import PrinterCallback
+        from transformers import PrinterCallback, TrainerCallback
         from trl import DPOConfig, DPOTrainer
+
+        class StopWhenAsked(TrainerCallback):
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if should_stop is not None and should_stop():
+                    control.should_training_stop = True
 
         rows = [
             {
@@ -137,6 +153,7 @@ class DPOUpdater:
             args=args,
             train_dataset=Dataset.from_list(rows),
             processing_class=self.tokenizer,
+            callbacks=[StopWhenAsked()],
         )
         trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; onpolicy prints one line per round
         try:

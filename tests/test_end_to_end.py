@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.wandb_offline import offline_history
+from onpolicy.wandb_offline import offline_history
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -214,11 +214,14 @@ def test_one_round_on_the_embedded_smollm2(embedded_model_path, tmp_path):
         "generation": {"num_samples": 4, "max_new_tokens": 24, "kv_cache_gib": 0.5},
         "reward": [{"name": "length", "args": {"target": 12}}],
         "train": {"learning_rate": 1.0e-5, "batch_size": 4, "max_length": 128},
+        "eval": {
+            "prompts": {"items": ["What is the capital of France?"]},
+            "metrics": [{"name": "paris", "function": "contains", "args": {"words": ["Paris"]}}],
+        },
     }
     run_dir, stdout = run_cli(config, tmp_path)
-    (record,) = _jsonl(run_dir / "rounds.jsonl")
+    initial, record = _jsonl(run_dir / "rounds.jsonl")
+    assert initial["eval/paris"] == 1.0  # real weights, real answers (greedy; samples at temperature 1 vary)
     assert f"policy: {embedded_model_path}" in stdout
     assert record["gen/samples"] == 12 and record["pairs/kept"] == 3 and record["train/skipped"] == 0
     assert record["train/loss"] == pytest.approx(0.6931, abs=1e-3)  # first step: the policy is its own reference
-    samples = _jsonl(run_dir / "rounds/0001/samples.jsonl")
-    assert sum("Paris" in s["text"] for s in samples if s["prompt_id"] == "1") >= 2  # real weights, real answers

@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
+from onpolicy.wandb_offline import offline_history
 from reward import build_reward
 from tests.test_end_to_end import ROOT, _jsonl, run_cli
 from tests.tiny_model import build_tiny_reward_model
-from tests.wandb_offline import offline_history
 
 pytestmark = pytest.mark.slow
 

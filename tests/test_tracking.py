@@ -6,7 +6,7 @@ import pytest
 
 from onpolicy.config import WandbConfig
 from onpolicy.tracking import NullLogger, WandbLogger, resolve_mode, start_logger
-from tests.wandb_offline import offline_history
+from onpolicy.wandb_offline import offline_history
 
 
 @pytest.fixture

@@ -1,0 +1,60 @@
+"""Clean stops: the first SIGINT or SIGTERM asks the job to stop at the next safe point (between phases, or
+after the current training step); a second one aborts at once. Either way the run directory stays valid: a
+round is recorded complete only after all of its files are in place, so the round in flight is simply redone
+when the job is resumed."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+
+class Stopped(Exception):
+    """The job stopped on a signal, at a safe point."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+class GracefulStop:
+    def __init__(self, echo: Callable[[str], None] = print) -> None:
+        self.echo = echo
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self.signum = signum
+        self.echo(
+            f"onpolicy: {signal.Signals(signum).name} received: stopping at the next safe point "
+            "(send it again to abort now; completed rounds are kept either way)"
+        )
+        # A second signal gets the default behaviour: KeyboardInterrupt for SIGINT, termination for SIGTERM.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    def check(self) -> None:
+        """Raise `Stopped` if a stop was asked for: call it at safe points."""
+        if self.signum is not None:
+            raise Stopped(self.signum)

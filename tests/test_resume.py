@@ -1,0 +1,223 @@
+"""Long jobs survive crashes: resuming, SIGKILL mid-phase, clean stops on SIGTERM/SIGINT, a disk that fills up,
+a changed config - each through the CLI on a tiny model, checking rounds.jsonl, the W&B offline record and
+the files on disk."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from onpolicy.wandb_offline import offline_history
+from tests.test_end_to_end import ROOT, _jsonl
+
+pytestmark = pytest.mark.slow
+
+
+def _config(tiny_model_path, **changes):
+    config = {
+        "rounds": 3,
+        "model": {"path": str(tiny_model_path)},
+        "prompts": {"items": ["Who are you?", "What is your name?", "Tell me a story.", "What is two plus two?"]},
+        "generation": {"num_samples": 4, "max_new_tokens": 16, "max_model_len": 512, "kv_cache_gib": 0.25},
+        "reward": [{"name": "length", "args": {"target": 40, "unit": "chars"}}],
+        "train": {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128},
+        "ref": {"refresh": "never"},  # resuming must bring back the initial model as the reference
+        "eval": {"prompts": {"items": ["Who are you?"]}, "metrics": [{"name": "short", "function": "length",
+                                                                       "args": {"target": 10}}]},
+        "checkpoint": {"keep_last": 1},
+        "wandb": {"mode": "offline"},
+    }  # fmt: skip
+    for key, value in changes.items():
+        config[key] = {**config[key], **value} if isinstance(value, dict) else value
+    return config
+
+
+def _command(config_file, run_dir, *extra):
+    return [sys.executable, "-m", "onpolicy.cli", "run", str(config_file), *extra, "--run-dir", str(run_dir)]
+
+
+def _run(config_file, run_dir, *extra, **kwargs):
+    return subprocess.run(
+        _command(config_file, run_dir, *extra), capture_output=True, text=True, cwd=ROOT, timeout=600, **kwargs
+    )
+
+
+def _write(config, folder):
+    file = folder / "run.yaml"
+    file.write_text(yaml.safe_dump(config))
+    return file
+
+
+def _start(config_file, run_dir, **kwargs):
+    return subprocess.Popen(
+        _command(config_file, run_dir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        **kwargs,
+    )
+
+
+def _wait_for_phase(process, run_dir, round_number, phase, timeout=300):
+    """Poll status.json until the job is in `phase` of `round_number`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            status = json.loads((run_dir / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            status = {}
+        if status.get("round") == round_number and status.get("phase") == phase:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"never reached round {round_number} {phase}")
+
+
+def _assert_every_round_once(run_dir, rounds):
+    records = _jsonl(run_dir / "rounds.jsonl")
+    assert [r["round"] for r in records] == list(range(0, rounds + 1))  # round 0: the initial evaluation
+    assert [row["_step"] for row in offline_history(run_dir)] == list(range(0, rounds + 1))
+    assert sorted(p.name for p in (run_dir / "rounds").iterdir()) == [f"{n:04d}" for n in range(0, rounds + 1)]
+    assert not list(run_dir.rglob(".*.tmp"))
+    assert (run_dir / "final" / "model.safetensors").exists()
+    return records
+
+
+def test_a_resumed_run_is_the_run_it_would_have_been(tiny_model_path, tmp_path):
+    """Stopping after round 1 and resuming to round 3 gives the same samples and pairs as an uninterrupted
+    3-round run (and two fresh runs agree on round 1: determinism on CPU)."""
+    config_file = _write(_config(tiny_model_path), tmp_path)
+    whole = _run(config_file, tmp_path / "whole")
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = _run(config_file, tmp_path / "resumed", "rounds=1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = _run(config_file, tmp_path / "resumed")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resuming after round 1" in second.stdout
+    for n in (1, 2, 3):
+        for name in ("samples.jsonl", "pairs.jsonl"):
+            resumed = (tmp_path / f"resumed/rounds/{n:04d}/{name}").read_text()
+            assert resumed == (tmp_path / f"whole/rounds/{n:04d}/{name}").read_text(), (n, name)
+    records = _assert_every_round_once(tmp_path / "resumed", 3)
+    assert len(list((tmp_path / "resumed/wandb").glob("offline-run-*"))) == 2  # one W&B run id, two segments
+    assert [r["train/loss"] for r in records[1:]] == [
+        r["train/loss"] for r in _jsonl(tmp_path / "whole/rounds.jsonl")[1:]
+    ]
+    assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["round-0003"]  # keep_last 1
+    again = _run(config_file, tmp_path / "resumed")
+    assert again.returncode == 0 and "has all 3 rounds already" in again.stdout
+
+
+def test_sigkill_in_generation_then_in_training_loses_only_the_round_in_flight(tiny_model_path, tmp_path):
+    config = _config(
+        tiny_model_path,
+        rounds=4,
+        generation={"max_new_tokens": 160, "num_samples": 8},  # phases long enough to be caught in
+        train={"num_epochs": 6, "batch_size": 1, "max_length": 256},
+        checkpoint={"keep_last": 2},
+    )
+    config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
+    job = _start(config_file, run_dir)
+    _wait_for_phase(job, run_dir, 2, "generate")
+    job.kill()
+    job.wait()
+    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0, 1]
+    job = _start(config_file, run_dir)
+    _wait_for_phase(job, run_dir, 3, "train")
+    job.kill()
+    job.wait()
+    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0, 1, 2]
+    last = _run(config_file, run_dir)
+    assert last.returncode == 0, last.stderr[-3000:]
+    assert "resuming after round 2" in last.stdout
+    _assert_every_round_once(run_dir, 4)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0003", "round-0004"]
+
+
+def test_sigterm_stops_at_a_safe_point_and_says_how_to_resume(tiny_model_path, tmp_path):
+    config = _config(tiny_model_path, train={"num_epochs": 20, "batch_size": 1, "max_length": 256})
+    config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
+    job = _start(config_file, run_dir)
+    _wait_for_phase(job, run_dir, 2, "train")
+    asked = time.monotonic()
+    job.send_signal(signal.SIGTERM)
+    stdout, stderr = job.communicate(timeout=120)
+    assert job.returncode == 143, stderr[-3000:]
+    assert time.monotonic() - asked < 30  # training stopped after its current step, not after 80 steps
+    assert "SIGTERM received: stopping at the next safe point" in stdout
+    assert f"stopped by SIGTERM; rounds up to 1 are complete in {run_dir}. Resume with: onpolicy run" in stderr
+    assert "Traceback" not in stderr
+    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0, 1]
+    resumed = _run(config_file, run_dir, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_every_round_once(run_dir, 3)
+
+
+def test_a_second_sigint_aborts_at_once_and_the_run_still_resumes(tiny_model_path, tmp_path):
+    config = _config(tiny_model_path, train={"num_epochs": 40, "batch_size": 1, "max_length": 256})
+    config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
+    job = _start(config_file, run_dir)
+    _wait_for_phase(job, run_dir, 1, "train")
+    job.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130 and "aborted" in stderr, stderr[-3000:]
+    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0]
+    resumed = _run(config_file, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_every_round_once(run_dir, 3)
+
+
+def _ignore_file_size_signal():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE then fails with EFBIG
+
+
+def test_a_disk_that_fills_up_while_checkpointing_stops_cleanly_and_resumes(tiny_model_path, tmp_path):
+    config = _config(tiny_model_path, rounds=2, train={"num_epochs": 10, "batch_size": 1, "max_length": 256})
+    config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
+    job = _start(config_file, run_dir, preexec_fn=_ignore_file_size_signal)
+    _wait_for_phase(job, run_dir, 1, "train")
+    # From now on no file of the job may grow past 1 MB: the ~1.7 MB checkpoint after this round cannot be written.
+    resource.prlimit(job.pid, resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 2, stderr[-3000:]
+    assert "no space left writing" in stderr and "checkpoints/round-0001" in stderr
+    assert "Traceback" not in stderr
+    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0]
+    assert not list(run_dir.rglob(".*.tmp"))  # no half-written checkpoint
+    resumed = _run(config_file, run_dir)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_every_round_once(run_dir, 2)
+
+
+def test_a_changed_config_is_refused_unless_fresh_and_resume_needs_a_run(tiny_model_path, tmp_path):
+    config_file, run_dir = _write(_config(tiny_model_path, rounds=1), tmp_path), tmp_path / "run"
+    assert _run(config_file, run_dir).returncode == 0
+    changed = _run(config_file, run_dir, "rounds=2", "train.learning_rate=0.5")
+    assert changed.returncode == 2
+    assert "holds a run with another config; changed: train.learning_rate (0.001 -> 0.5)" in changed.stderr
+    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0, 1]  # untouched
+    fresh = _run(config_file, run_dir, "train.learning_rate=0.5", "--fresh")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "is now in" in fresh.stdout
+    (aside,) = tmp_path.glob("run.replaced-*")
+    assert [r["round"] for r in _jsonl(aside / "rounds.jsonl")] == [0, 1]  # the old run is kept
+    missing = _run(config_file, tmp_path / "nothing-here", "--resume")
+    assert missing.returncode == 2 and "holds no run to resume" in missing.stderr
+
+
+def test_status_and_state_files_say_where_the_job_is(tiny_model_path, tmp_path):
+    config_file, run_dir = _write(_config(tiny_model_path, rounds=1), tmp_path), tmp_path / "run"
+    assert _run(config_file, run_dir).returncode == 0
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["round"] == 1 and status["phase"] == "done" and status["pid"] != os.getpid()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["wandb_run_id"] in next((run_dir / "wandb").glob("offline-run-*")).name
