@@ -1,4 +1,4 @@
-"""The identity demo, shortened: configs/identity.yaml on the embedded SmolLM2 for fewer rounds.
+"""The identity demo: configs/identity.yaml on the embedded SmolLM2, as the README's main command runs it.
 
 Asserts the demo's point on held-out prompts: answers to identity questions start naming Athene, answers to
 unrelated questions do not.
@@ -11,7 +11,7 @@ import pytest
 from tests.test_end_to_end import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
-ROUNDS = 2
+ROUNDS = 3  # the demo's own length: after 2 rounds the identity rate can still be near 0 (0.06 here)
 
 
 def test_identity_rate_rises_and_the_name_does_not_leak(embedded_model_path, tmp_path):
@@ -24,7 +24,7 @@ def test_identity_rate_rises_and_the_name_does_not_leak(embedded_model_path, tmp
     assert [r["round"] for r in rounds] == list(range(ROUNDS + 1))
     before, after = rounds[0], rounds[-1]
     assert before["eval/identity_rate"] <= 0.1
-    assert after["eval/identity_rate"] >= before["eval/identity_rate"] + 0.3, [r["eval/identity_rate"] for r in rounds]
+    assert after["eval/identity_rate"] >= 0.6, [r["eval/identity_rate"] for r in rounds]
     assert max(r["eval/leak_rate"] for r in rounds) <= 0.1, [r["eval/leak_rate"] for r in rounds]
     assert sum(r.get("pairs/corrected", 0) for r in rounds) > 0
     eval_rows = [json.loads(line) for line in (run_dir / f"rounds/{ROUNDS:04d}/eval.jsonl").read_text().splitlines()]

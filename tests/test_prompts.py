@@ -77,3 +77,14 @@ def test_bad_prompt_files_say_where(tmp_path, name, content, message):
     path.write_text(content)
     with pytest.raises(OnpolicyError, match=message):
         load_prompts(PromptsConfig(path=str(path)))
+
+
+
+def test_an_empty_prompt_list_is_refused(tmp_path):
+    from onpolicy.config import load_config
+    from onpolicy.errors import ConfigError
+
+    config = tmp_path / "run.yaml"
+    config.write_text("prompts: {items: []}\nreward: [{name: length, args: {target: 3}}]\n")
+    with pytest.raises(ConfigError, match="prompts.items is empty"):
+        load_config(config)
