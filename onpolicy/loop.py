@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -160,6 +161,8 @@ def run_job(
     for note in start.notes:
         echo(note)
     if start.last_complete >= config.rounds:
+        if start.policy is not None and not (run.path / "final").is_dir():  # the job died writing final/
+            run.save_model("final", lambda folder: shutil.copytree(start.policy, folder))
         echo(f"{run.path} has all {config.rounds} rounds already (raise rounds= to continue it)")
         return []
 
@@ -209,7 +212,6 @@ def run_job(
                 run.prune_checkpoints(retention(n, config))
                 records.append({"round": n, **record["metrics"]})
                 echo(m.progress_line(n, config.rounds, record["metrics"]))
-            stop.check()
         final = run.save_model("final", updater.save)
         run.write_status(config.rounds, "done")
         echo(f"done: {config.rounds} rounds in {time.perf_counter() - started:.0f}s; final policy: {final}")

@@ -79,7 +79,6 @@ def test_bad_prompt_files_say_where(tmp_path, name, content, message):
         load_prompts(PromptsConfig(path=str(path)))
 
 
-
 def test_an_empty_prompt_list_is_refused(tmp_path):
     from onpolicy.config import load_config
     from onpolicy.errors import ConfigError

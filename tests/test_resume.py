@@ -5,6 +5,7 @@ the files on disk."""
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -111,8 +112,12 @@ def test_a_resumed_run_is_the_run_it_would_have_been(tiny_model_path, tmp_path):
         r["train/loss"] for r in _jsonl(tmp_path / "whole/rounds.jsonl")[1:]
     ]
     assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["round-0003"]  # keep_last 1
+    shutil.rmtree(tmp_path / "resumed/final")  # as if the job died writing final/
     again = _run(config_file, tmp_path / "resumed")
     assert again.returncode == 0 and "has all 3 rounds already" in again.stdout
+    assert (tmp_path / "resumed/final/model.safetensors").read_bytes() == (
+        tmp_path / "resumed/checkpoints/round-0003/model.safetensors"
+    ).read_bytes()
 
 
 def test_sigkill_in_generation_then_in_training_loses_only_the_round_in_flight(tiny_model_path, tmp_path):

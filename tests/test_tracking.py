@@ -59,12 +59,14 @@ def test_disabled_logs_nothing(clean_env, tmp_path):
     assert not list(pathlib.Path(tmp_path).rglob("*.wandb"))
 
 
-def test_a_failing_log_call_warns_once_and_goes_on(caplog):
+def test_a_failing_log_call_warns_once_and_goes_on(caplog, tmp_path):
     class Broken:
+        id = "broken"
+
         def log(self, *args, **kwargs):
             raise ConnectionError("gone")
 
-    logger = WandbLogger(Broken(), "online")
+    logger = WandbLogger(Broken(), "online", tmp_path)
     logger.log_round(1, {"x": 1.0})
     logger.log_round(2, {"x": 1.0})
     assert [r.getMessage() for r in caplog.records].count(
