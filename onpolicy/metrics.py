@@ -60,6 +60,19 @@ def perf_metrics(seconds: Mapping[str, float], generated_tokens: float) -> dict[
     metrics["perf/round_s"] = sum(seconds.values())
     generate = seconds.get("generate", 0.0)
     metrics["perf/gen_tokens_per_s"] = generated_tokens / generate if generate > 0 else 0.0
+    return {**metrics, **memory_metrics()}
+
+
+def memory_metrics() -> dict[str, float]:
+    """Peak memory so far: the process's resident set (engine, policy and trainer share it) and, on a GPU,
+    the most torch has allocated. A peak that grows from round to round is a leak."""
+    import resource
+
+    import torch
+
+    metrics = {"perf/peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2}  # KiB on Linux
+    if torch.cuda.is_available():
+        metrics["perf/gpu_peak_gib"] = torch.cuda.max_memory_allocated() / 1024**3
     return metrics
 
 

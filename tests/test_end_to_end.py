@@ -38,6 +38,8 @@ EXPECTED_KEYS = {
     "perf/train_s",
     "perf/sync_s",
     "perf/gen_tokens_per_s",
+    "perf/peak_rss_gib",
+    "perf/checkpoint_s",
 }
 
 
@@ -88,6 +90,7 @@ def test_one_record_per_round_with_every_metric(finished_run):
         assert EXPECTED_KEYS <= set(record), EXPECTED_KEYS - set(record)
         assert all(key == "round" or key.startswith(NAMESPACES) for key in record)
         assert record["gen/samples"] == 16 and record["pairs/kept"] >= 1 and record["train/skipped"] == 0
+        assert 0.5 < record["perf/peak_rss_gib"] < 16  # engine, policy and trainer in one process
     assert [line.split(" |")[0] for line in stdout.splitlines() if line.startswith("round ")] == [
         "round 1/2",
         "round 2/2",
