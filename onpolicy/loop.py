@@ -262,7 +262,7 @@ def _complete_round(
         metrics.update(_evaluate(evaluator, generator, run, n))
     run.write_status(n, "checkpoint")
     started = time.perf_counter()
-    run.save_model(f"checkpoints/round-{n:04d}", updater.save)
+    run.save_checkpoint(n, updater.save)
     metrics["perf/checkpoint_s"] = time.perf_counter() - started
     run.append_round({"round": n, **metrics})  # the round is complete from here on
     return {"metrics": metrics, "pairs": outcome.pairs}

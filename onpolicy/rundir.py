@@ -58,14 +58,16 @@ class RunDirectory:
         run.write_text("config.yaml", config_yaml)
         return run
 
-    def write_text(self, name: str, text: str) -> pathlib.Path:
+    def write_text(self, name: str, text: str, durable: bool = True) -> pathlib.Path:
+        """Write `name` whole or not at all; `durable` also fsyncs it before it takes the old one's place."""
         target = self.path / name
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{target.name}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, target)
         return target
 
@@ -123,7 +125,7 @@ class RunDirectory:
         return records
 
     def last_complete_round(self) -> int:
-        """The number of the last complete round (0: none; the initial evaluation counts as round 0)."""
+        """The number of the last complete round: -1 when none is, 0 when only the initial evaluation is."""
         return max((int(r["round"]) for r in self.read_rounds()), default=-1)
 
     def read_state(self) -> dict[str, Any]:
@@ -136,9 +138,7 @@ class RunDirectory:
     def write_status(self, round_number: int, phase: str) -> None:
         """What the job is doing now. Not fsynced: it is for watching, never for resuming."""
         status = {"round": round_number, "phase": phase, "pid": os.getpid(), "time": time.time()}
-        tmp = self.path / ".status.json.tmp"
-        tmp.write_text(json.dumps(status) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path / "status.json")
+        self.write_text("status.json", json.dumps(status) + "\n", durable=False)
 
     def discard_unfinished(self, last_complete: int) -> list[str]:
         """Remove what a crash left of rounds after `last_complete` and of interrupted writes; returns what."""
@@ -159,6 +159,9 @@ class RunDirectory:
 
     def checkpoint(self, round_number: int) -> pathlib.Path:
         return self.path / "checkpoints" / f"round-{round_number:04d}"
+
+    def save_checkpoint(self, round_number: int, save: Callable[[pathlib.Path], None]) -> pathlib.Path:
+        return self.save_model(str(self.checkpoint(round_number).relative_to(self.path)), save)
 
     def prune_checkpoints(self, keep: Callable[[int], bool]) -> list[int]:
         """Delete the round checkpoints `keep` rejects, never the newest one; returns the rounds deleted."""
