@@ -185,6 +185,20 @@ class RefConfig(Section):
         "`ref.every` rounds; never: the initial model throughout.",
     )
     every: int = Field(1, ge=1, description="With refresh=every: rounds between reference refreshes.")
+    logps: Literal["auto", "engine", "trainer"] = Field(
+        "auto",
+        description="Where the reference log-probs of sampled responses come from when the reference is the "
+        "round's starting policy (refresh every_round): engine (the log-probs vLLM reported while sampling: no "
+        "reference pass at all), trainer (TRL's exact no-grad pass before the update), auto (engine when the "
+        "engine and the trainer compute in the same dtype, trainer otherwise). Edited sides, responses cut by "
+        "train.max_length and frozen-copy references always get the trainer pass.",
+    )
+    check_pairs: int = Field(
+        4,
+        ge=0,
+        description="Pairs per round whose engine log-probs are also computed by the trainer, to log "
+        "perf/ref_logp_mismatch (mean |engine - trainer| per response, in nats); 0: no check.",
+    )
 
 
 class EvalMetric(Section):

@@ -25,7 +25,7 @@ from typing import Any
 
 from onpolicy.config import CorrectionConfig
 from onpolicy.errors import ConfigError
-from onpolicy.types import Pair, ScoredGroup
+from onpolicy.types import Pair, PairTokens, Sample, ScoredGroup
 from reward import Failed, GroupReward, RewardConfigError, matches
 from reward.registry import check_score, load_object
 
@@ -105,27 +105,11 @@ class Correction:
             return None, "correction_not_better"
         if self.negatives and best - score > 0 and best - score >= min_margin:
             # the edit made the response worse: the unedited response is preferred over it
-            return self._pair(record, original, edited, best, score, edited_side="rejected"), None
+            return _edited_pair(group, samples[best_index], edited, best, score), None
         rejected_index, rejected_reward = (best_index, best) if self.rejected == "original" else (worst_index, worst)
         if score - rejected_reward <= 0 or score - rejected_reward < min_margin:
             return None, "correction_not_better"
-        return self._pair(
-            record, edited, samples[rejected_index].text, score, rejected_reward, edited_side="chosen"
-        ), None
-
-    @staticmethod
-    def _pair(
-        record: Any, chosen: str, rejected: str, chosen_reward: float, rejected_reward: float, edited_side: str
-    ) -> Pair:
-        return Pair(
-            prompt_id=record.id,
-            messages=record.messages,
-            chosen=chosen,
-            rejected=rejected,
-            chosen_reward=chosen_reward,
-            rejected_reward=rejected_reward,
-            edited=edited_side,
-        )
+        return _edited_pair(group, edited, samples[rejected_index], score, rejected_reward), None
 
 
 def build_correction(config: CorrectionConfig, reward: GroupReward) -> Correction | None:
@@ -147,3 +131,26 @@ def build_correction(config: CorrectionConfig, reward: GroupReward) -> Correctio
     except TypeError as exc:
         raise ConfigError(f"pairs.correction: {name} cannot be called with args {sorted(config.args)}: {exc}") from None
     return Correction(corrector, config.args, reward, config)
+
+
+def _edited_pair(
+    group: ScoredGroup, chosen: Sample | str, rejected: Sample | str, chosen_reward: float, rejected_reward: float
+) -> Pair:
+    """A pair of one edited side (its text) and one of the policy's own samples, whose tokens it keeps."""
+    record = group.group.record
+    return Pair(
+        prompt_id=record.id,
+        messages=record.messages,
+        chosen=chosen if isinstance(chosen, str) else chosen.text,
+        rejected=rejected if isinstance(rejected, str) else rejected.text,
+        chosen_reward=chosen_reward,
+        rejected_reward=rejected_reward,
+        edited="chosen" if isinstance(chosen, str) else "rejected",
+        tokens=PairTokens(
+            group.group.prompt_token_ids,
+            None if isinstance(chosen, str) else chosen.token_ids,
+            None if isinstance(rejected, str) else rejected.token_ids,
+            None if isinstance(chosen, str) else chosen.logp,
+            None if isinstance(rejected, str) else rejected.logp,
+        ),
+    )

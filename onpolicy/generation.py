@@ -5,6 +5,8 @@ vLLM's own `reload_weights`: ~0.2 s for a 135M model on CPU, against 5-60 s to r
 this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that the weights can be handed over without a copy through
 another process, and its KV cache is bounded: vLLM's CPU build otherwise sizes it from all free RAM and starves
 the trainer beside it. The engine is seeded once: per-request seeds crash vLLM's CPU build on split prefills.
+vLLM's usage statistics are off: their background thread swaps `sys.stdout` for a buffer while it probes the
+CPU, and whatever the job prints meanwhile is lost (and there is nobody to send them to offline).
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 import torch  # noqa: E402
 
 from onpolicy.config import GenerationConfig  # noqa: E402
 from onpolicy.errors import OnpolicyError  # noqa: E402
+from onpolicy.tokens import prompt_ids  # noqa: E402
 from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
 
 
@@ -47,11 +51,6 @@ class VLLMGenerator:
         except (ValueError, RuntimeError) as exc:
             raise OnpolicyError(f"vLLM could not start on {model_path}: {exc}") from exc
         self.engine_dtype = self.llm.model_config.dtype
-
-    def prompt_token_ids(self, record: PromptRecord) -> list[int]:
-        """The prompt as the policy sees it: its chat template applied, ready for the assistant's turn."""
-        text = self.tokenizer.apply_chat_template(list(record.messages), tokenize=False, add_generation_prompt=True)
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def generate(self, records: Sequence[PromptRecord]) -> tuple[list[SampleGroup], list[PromptRecord]]:
         """One group of samples per prompt that fits the engine; the prompts that did not fit are returned apart
@@ -91,7 +90,7 @@ class VLLMGenerator:
         budget = self.config.max_model_len - max_new_tokens
         fitting, too_long = [], []
         for record in records:
-            ids = self.prompt_token_ids(record)
+            ids = prompt_ids(self.tokenizer, record.messages)
             if len(ids) <= budget:
                 fitting.append((record, ids))
             elif refuse:

@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
 
-from onpolicy.types import Pair, PairingResult, ScoredGroup
+from onpolicy.types import Pair, PairingResult, PairTokens, ScoredGroup
 
 DROP_REASONS = ("too_few_scored", "tie", "below_margin", "identical")
 CORRECTION_DROP_REASONS = ("correction_unchanged", "correction_not_better", "correction_error", "negative_cap")
@@ -87,12 +87,16 @@ def best_vs_worst(group: ScoredGroup, min_margin: float = 0.0) -> tuple[Pair | N
     if samples[best_index].text == samples[worst_index].text:
         return None, "identical"
     record = group.group.record
+    chosen, rejected = samples[best_index], samples[worst_index]
     pair = Pair(
         prompt_id=record.id,
         messages=record.messages,
-        chosen=samples[best_index].text,
-        rejected=samples[worst_index].text,
+        chosen=chosen.text,
+        rejected=rejected.text,
         chosen_reward=best,
         rejected_reward=worst,
+        tokens=PairTokens(
+            group.group.prompt_token_ids, chosen.token_ids, rejected.token_ids, chosen.logp, rejected.logp
+        ),
     )
     return pair, None

@@ -57,7 +57,7 @@ def open_run(config: Config, path: pathlib.Path, mode: StartMode = "auto") -> St
         run = RunDirectory.create(path, config.to_yaml())
         return Start(run, -1, None, 0, None, tuple(notes))
     run = RunDirectory(path)
-    _check_same_experiment(run, config)
+    notes += _check_same_experiment(run, config)
     last = run.last_complete_round()
     removed = run.discard_unfinished(max(last, 0))
     if removed:
@@ -98,12 +98,16 @@ def retention(newest: int, config: Config) -> Callable[[int], bool]:
     return kept
 
 
-def _check_same_experiment(run: RunDirectory, config: Config) -> None:
+def _check_same_experiment(run: RunDirectory, config: Config) -> list[str]:
+    """Refuse a config that changes the experiment; return notes on settings the saved config predates (keys a
+    newer onpolicy added), which take their current values."""
     saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8")) or {}
+    differences = _differences(saved, config.model_dump(mode="json"))
+    added = [f"{key}={new!r}" for key, old, new in differences if old is _ABSENT]
     changed = [
         f"{key} ({old!r} -> {new!r})"
-        for key, old, new in _differences(saved, config.model_dump(mode="json"))
-        if key.split(".")[0] not in CHANGEABLE_ON_RESUME
+        for key, old, new in differences
+        if key.split(".")[0] not in CHANGEABLE_ON_RESUME and old is not _ABSENT
     ]
     if changed:
         raise OnpolicyError(
@@ -112,12 +116,16 @@ def _check_same_experiment(run: RunDirectory, config: Config) -> None:
             + ". Resuming needs the same config (only rounds, checkpoint.* and wandb.* may change): use --fresh "
             "to start over in that directory (the old run is kept aside), or another --run-dir"
         )
+    return [f"settings newer than this run take their values: {', '.join(added)}"] if added else []
+
+
+_ABSENT = object()  # a key the saved config does not have
 
 
 def _differences(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
     if isinstance(old, Mapping) and isinstance(new, Mapping):
         found = []
         for key in sorted(set(old) | set(new), key=str):
-            found += _differences(old.get(key), new.get(key), f"{prefix}{key}.")
+            found += _differences(old.get(key, _ABSENT), new.get(key), f"{prefix}{key}.")
         return found
     return [] if old == new else [(prefix.rstrip("."), old, new)]

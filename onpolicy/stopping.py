@@ -5,9 +5,9 @@ when the job is resumed."""
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -25,8 +25,7 @@ class Stopped(Exception):
 
 
 class GracefulStop:
-    def __init__(self, echo: Callable[[str], None] = print) -> None:
-        self.echo = echo
+    def __init__(self) -> None:
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -42,7 +41,7 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
-        self.echo(
+        _write_now(
             f"onpolicy: {signal.Signals(signum).name} received: stopping at the next safe point "
             "(send it again to abort now; completed rounds are kept either way)"
         )
@@ -58,3 +57,13 @@ class GracefulStop:
         """Raise `Stopped` if a stop was asked for: call it at safe points."""
         if self.signum is not None:
             raise Stopped(self.signum)
+
+
+def _write_now(line: str) -> None:
+    """Write from a signal handler straight to file descriptor 1. `print` is not safe there: a signal that lands
+    while the main thread is inside a write to the same stream makes the buffered writer raise "reentrant call",
+    and a library may have swapped `sys.stdout` for a buffer at that moment."""
+    try:
+        os.write(1, (line + "\n").encode())
+    except OSError:  # stdout closed: the stop goes on without its notice
+        pass

@@ -44,6 +44,11 @@ class Sample:
     def truncated(self) -> bool:
         return self.finish_reason == "length"
 
+    @property
+    def logp(self) -> float | None:
+        """The sampling policy's log-prob of the whole response (None when the generator gave no log-probs)."""
+        return math.fsum(self.logprobs) if self.logprobs else None
+
 
 @dataclasses.dataclass(frozen=True)
 class SampleGroup:
@@ -74,8 +79,22 @@ class ScoredGroup:
 
 
 @dataclasses.dataclass(frozen=True)
+class PairTokens:
+    """A pair as the policy saw and produced it: the prompt's token ids as the engine got them, and each side's
+    sampled token ids with the sampling policy's summed log-prob. An edited side was not sampled: its ids and
+    log-prob are None, and the updater tokenizes its text."""
+
+    prompt: tuple[int, ...]
+    chosen: tuple[int, ...] | None
+    rejected: tuple[int, ...] | None
+    chosen_logp: float | None
+    rejected_logp: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class Pair:
-    """A preference pair built from one group: chosen is preferred over rejected."""
+    """A preference pair built from one group: chosen is preferred over rejected. `tokens` (when the sides come
+    from a generator that reports them) lets the update train on exactly the sampled tokens."""
 
     prompt_id: str
     messages: tuple[Mapping[str, str], ...]
@@ -84,6 +103,7 @@ class Pair:
     chosen_reward: float
     rejected_reward: float
     edited: str = "none"  # which side is an edit of the policy's own response: "none", "chosen" or "rejected"
+    tokens: PairTokens | None = None
 
     @property
     def corrected(self) -> bool:

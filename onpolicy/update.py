@@ -1,15 +1,21 @@
 """Update: one DPO update per round on that round's pairs, with TRL's `DPOTrainer`.
 
 The policy lives in memory for the whole job; only the trainer wrapper is rebuilt per round (its dataset
-changes). The reference is handled without a second model where possible:
+changes). Pairs reach TRL as token ids: the prompt as the engine saw it and each side as the policy sampled
+it, so training scores exactly the tokens that were sampled (an edited side is tokenized and ended with EOS).
 
-- `ref.refresh: every_round` (default): round n's reference is the policy at the start of round n, which is
-  the policy the trainer holds before its first step. TRL's `precompute_ref_log_probs` with no `ref_model`
-  computes the reference log-probs with exactly that model, once, before training: no copy, no reference
-  forward per step. (Without precompute, `ref_model=None` makes TRL load the *initial* checkpoint from disk:
-  a silent "never refresh".)
+The reference costs no training time:
+
+- `ref.refresh: every_round` (default): round n's reference is the policy at the start of round n, the very
+  model that sampled the round's responses. vLLM reported each sampled token's log-prob while sampling, so
+  their sums are the reference log-probs, handed to TRL as `ref_chosen_logps` / `ref_rejected_logps`: no
+  second model, no reference pass. `ref.check_pairs` pairs a round are also scored by the trainer, and the
+  difference is logged as `perf/ref_logp_mismatch`. Sides without engine log-probs (edits, responses cut by
+  `train.max_length`) and `ref.logps: trainer` get TRL's exact no-grad pass with the policy before its first
+  step (`precompute_ref_log_probs` with no `ref_model`; without precompute, `ref_model=None` would make TRL
+  load the *initial* checkpoint from disk: a silent "never refresh").
 - `never` / `every: N`: a frozen copy of the policy is taken when the reference is due for a refresh, and TRL
-  precomputes the reference log-probs with it before training.
+  precomputes the reference log-probs with it before training; still no reference forward per step.
 """
 
 from __future__ import annotations
@@ -17,13 +23,16 @@ from __future__ import annotations
 import copy
 import math
 import pathlib
+import random
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
 from onpolicy.config import RefConfig, TrainConfig
+from onpolicy.tokens import prompt_ids, response_ids
 from onpolicy.types import Pair, UpdateResult
 
 # TRL's per-step training logs, averaged over a round, under the names onpolicy logs them.
@@ -48,6 +57,14 @@ def reference_round(round_number: int, ref: RefConfig) -> int:
     return 1 + ref.every * ((round_number - 1) // ref.every)
 
 
+def use_engine_logps(ref: RefConfig, engine_dtype: torch.dtype, train_dtype: torch.dtype, bf16: bool) -> bool:
+    """Whether the engine's sampling log-probs stand in for the reference's (`ref.logps`; `auto`: when the engine
+    computes in the dtype the trainer does, so that the two agree to rounding)."""
+    if ref.logps != "auto":
+        return ref.logps == "engine"
+    return engine_dtype == train_dtype and not bf16
+
+
 class DPOUpdater:
     """Holds the policy (and, when the reference is not the round's starting policy, a frozen reference copy)
     and updates the policy with TRL's `DPOTrainer`."""
@@ -60,6 +77,8 @@ class DPOUpdater:
         ref: RefConfig,
         seed: int = 0,
         dtype: str = "float32",
+        engine_logps: bool = False,
+        check_pairs: int = 0,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -72,6 +91,9 @@ class DPOUpdater:
         self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         self.reference: torch.nn.Module | None = None
         self._reference_round = 0
+        # The engine's log-probs are the reference's only when the reference is the policy that sampled.
+        self.engine_logps = engine_logps and not self.holds_reference_copy
+        self.check_pairs = check_pairs
 
     @property
     def holds_reference_copy(self) -> bool:
@@ -109,22 +131,20 @@ class DPOUpdater:
             return UpdateResult(skipped=True, metrics={})
         from datasets import Dataset
         from transformers import PrinterCallback, TrainerCallback
-        from trl import DPOConfig, DPOTrainer
+        from trl import DPOConfig
 
         class StopWhenAsked(TrainerCallback):
             def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
                 if should_stop is not None and should_stop():
                     control.should_training_stop = True
 
-        rows = [
-            {
-                "prompt": [dict(m) for m in pair.messages],
-                "chosen": [{"role": "assistant", "content": pair.chosen}],
-                "rejected": [{"role": "assistant", "content": pair.rejected}],
-            }
-            for pair in pairs
-        ]
         cfg = self.train_config
+        # As TRL does: a prompt that fills max_length leaves no completion to learn from.
+        rows = [row for row in map(self._row, pairs) if len(row["prompt_ids"]) < cfg.max_length]
+        if not rows:
+            return UpdateResult(skipped=True, metrics={"train/dropped_long_prompts": float(len(pairs))})
+        checked = [i for i, row in enumerate(rows) if row["ref_chosen_logps"] is not None]
+        checked = sorted(random.Random(self.seed + round_number).sample(checked, min(len(checked), self.check_pairs)))
         args = DPOConfig(
             output_dir=self._output_dir.name,
             beta=cfg.beta,
@@ -147,7 +167,9 @@ class DPOUpdater:
             use_cpu=not torch.cuda.is_available(),
             **cfg.extra,
         )
-        trainer = DPOTrainer(
+        started = time.perf_counter()
+        trainer = _tokenized_trainer_class()(
+            checked_rows=checked,
             model=self.policy,
             ref_model=self.reference,
             args=args,
@@ -156,10 +178,20 @@ class DPOUpdater:
             callbacks=[StopWhenAsked()],
         )
         trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; onpolicy prints one line per round
+        setup_s = time.perf_counter() - started
         try:
+            started = time.perf_counter()
             trainer.train()
+            steps_s = time.perf_counter() - started
             metrics = _average_logs(trainer.state.log_history)
             metrics["train/steps"] = float(trainer.state.global_step)
+            metrics["train/dropped_long_prompts"] = float(len(pairs) - len(rows))
+            metrics.update(trainer.reference_metrics)
+            tokens = sum(min(len(r["prompt_ids"]) + len(r[side]), cfg.max_length) for r in rows for side in _SIDES)
+            epochs = trainer.state.global_step / max(trainer.state.max_steps, 1) * cfg.num_epochs
+            metrics["perf/train_setup_s"] = setup_s - metrics["perf/ref_logps_s"]
+            metrics["perf/train_steps_s"] = steps_s
+            metrics["perf/train_tokens_per_s"] = tokens * epochs / steps_s if steps_s > 0 else 0.0
         finally:
             # DPOTrainer patches a fused LM head onto the model's forward; drop it so patches do not pile up
             # over rounds and the model stays an ordinary transformers model between updates.
@@ -169,6 +201,23 @@ class DPOUpdater:
             self.policy.eval()
             del trainer
         return UpdateResult(skipped=False, metrics=metrics)
+
+    def _row(self, pair: Pair) -> dict[str, Any]:
+        """A pair as TRL's tokenized preference row, with the engine's reference log-probs where they are the
+        reference's (None: the trainer computes them)."""
+        tokens = pair.tokens
+        prompt = list(tokens.prompt) if tokens else prompt_ids(self.tokenizer, pair.messages)
+        row: dict[str, Any] = {"prompt_ids": prompt}
+        for side, text, ids, logp in (
+            ("chosen", pair.chosen, tokens and tokens.chosen, tokens and tokens.chosen_logp),
+            ("rejected", pair.rejected, tokens and tokens.rejected, tokens and tokens.rejected_logp),
+        ):
+            row[f"{side}_ids"] = list(ids) if ids is not None else response_ids(self.tokenizer, text)
+            fits = len(prompt) + len(row[f"{side}_ids"]) <= self.train_config.max_length
+            row[f"ref_{side}_logps"] = logp if self.engine_logps and ids is not None and fits else None
+        if row["ref_chosen_logps"] is None or row["ref_rejected_logps"] is None:  # a pair's two sides, one source
+            row["ref_chosen_logps"] = row["ref_rejected_logps"] = None
+        return row
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The policy's weights under their HF names, for the engine."""
@@ -188,3 +237,50 @@ def _average_logs(history: list[dict[str, float]]) -> dict[str, float]:
             if isinstance(value, (int, float)) and math.isfinite(value):
                 sums.setdefault(name, []).append(float(value))
     return {name: sum(values) / len(values) for name, values in sums.items()}
+
+
+_SIDES = ("chosen_ids", "rejected_ids")
+_REF_COLUMNS = ["ref_chosen_logps", "ref_rejected_logps"]
+
+
+def _tokenized_trainer_class() -> type:
+    from trl import DPOTrainer
+
+    class TokenizedDPOTrainer(DPOTrainer):
+        """TRL's `DPOTrainer` on rows that arrive tokenized and may carry the engine's reference log-probs: TRL's
+        no-grad reference pass runs only on the rows without them, plus `checked_rows`, whose engine values
+        are compared with the trainer's (`perf/ref_logp_mismatch`) and kept."""
+
+        def __init__(self, checked_rows: Sequence[int], **kwargs: Any) -> None:
+            self.checked_rows = list(checked_rows)
+            self.reference_metrics: dict[str, float] = {}
+            super().__init__(**kwargs)
+
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            return dataset  # tokenized by the updater, prompts that fill max_length already left out
+
+        def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+            started = time.perf_counter()
+            engine = {side: dataset[side] for side in _REF_COLUMNS}
+            missing = [i for i, value in enumerate(engine["ref_chosen_logps"]) if value is None]
+            checked = [i for i in self.checked_rows if i < len(dataset)]
+            values = {side: list(column) for side, column in engine.items()}
+            if missing or checked:
+                needed = sorted(set(missing) | set(checked))
+                subset = dataset.remove_columns(_REF_COLUMNS).select(needed)
+                computed = super()._precompute_ref_logps(subset, name, batch_size)
+                trainer = {side: dict(zip(needed, computed[side])) for side in _REF_COLUMNS}
+                for side in _REF_COLUMNS:
+                    for i in missing:
+                        values[side][i] = trainer[side][i]
+                if checked:
+                    gaps = [abs(engine[side][i] - trainer[side][i]) for i in checked for side in _REF_COLUMNS]
+                    self.reference_metrics["perf/ref_logp_mismatch"] = sum(gaps) / len(gaps)
+                dataset = dataset.remove_columns(_REF_COLUMNS)
+                for side in _REF_COLUMNS:
+                    dataset = dataset.add_column(side, values[side])
+            self.reference_metrics["perf/ref_from_engine"] = 1 - len(missing) / max(len(dataset), 1)
+            self.reference_metrics["perf/ref_logps_s"] = time.perf_counter() - started
+            return dataset
+
+    return TokenizedDPOTrainer

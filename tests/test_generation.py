@@ -5,6 +5,7 @@ import torch
 
 from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
+from onpolicy.tokens import prompt_ids
 from onpolicy.types import PromptRecord
 
 
@@ -30,7 +31,7 @@ def test_samples_k_responses_per_prompt_with_their_records(generator):
     assert [g.record.id for g in groups] == ["0", "1"]
     for group in groups:
         assert len(group.samples) == 4
-        assert group.prompt_token_ids == tuple(generator.prompt_token_ids(group.record))
+        assert group.prompt_token_ids == tuple(prompt_ids(generator.tokenizer, group.record.messages))
         for sample in group.samples:
             assert 1 <= len(sample.token_ids) <= 12
             assert len(sample.logprobs) == len(sample.token_ids)
@@ -65,7 +66,7 @@ def test_new_weights_reach_the_running_engine(generator, tiny_model_path):
     from vllm import SamplingParams
 
     greedy = SamplingParams(temperature=0.0, max_tokens=8, logprobs=0)
-    prompt = [{"prompt_token_ids": generator.prompt_token_ids(_record(0, "Who are you?"))}]
+    prompt = [{"prompt_token_ids": prompt_ids(generator.tokenizer, _record(0, "Who are you?").messages)}]
     before = generator.llm.generate(prompt, greedy, use_tqdm=False)[0].outputs[0]
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_path)

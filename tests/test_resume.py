@@ -156,7 +156,7 @@ def test_sigterm_stops_at_a_safe_point_and_says_how_to_resume(tiny_model_path, t
     stdout, stderr = job.communicate(timeout=120)
     assert job.returncode == 143, stderr[-3000:]
     assert time.monotonic() - asked < 30  # training stopped after its current step, not after 80 steps
-    assert "SIGTERM received: stopping at the next safe point" in stdout
+    assert "SIGTERM received: stopping at the next safe point" in stdout, stderr[-3000:]
     assert f"stopped by SIGTERM; rounds up to 1 are complete in {run_dir}. Resume with: onpolicy run" in stderr
     assert "Traceback" not in stderr
     assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0, 1]

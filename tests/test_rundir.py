@@ -116,3 +116,21 @@ def test_a_full_disk_while_saving_a_model_leaves_nothing_half_written(tmp_path):
         run.save_model("checkpoints/round-0001", save)
     assert not (tmp_path / "checkpoints" / "round-0001").exists()
     assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_resuming_a_run_from_an_older_onpolicy_accepts_settings_it_did_not_have(tmp_path):
+    import yaml
+
+    from onpolicy.config import Config
+    from onpolicy.resume import open_run
+
+    config = Config.model_validate({"prompts": {"items": ["x"]}, "reward": [{"name": "length", "args": {"target": 1}}]})
+    open_run(config, tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    del saved["ref"]["logps"]  # as written by a version without that setting
+    (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
+    start = open_run(config, tmp_path / "run", "resume")
+    assert "settings newer than this run take their values: ref.logps='auto'" in start.notes
+    changed = config.model_copy(update={"seed": 7})
+    with pytest.raises(OnpolicyError, match=r"changed: seed \(0 -> 7\)"):
+        open_run(changed, tmp_path / "run", "resume")

@@ -1,5 +1,6 @@
 """The real TRL DPOTrainer on a tiny random Llama: weights move, reference refresh semantics hold, empty rounds skip."""
 
+import dataclasses
 import math
 
 import pytest
@@ -37,12 +38,12 @@ def test_reference_round(refresh, every, expected):
     assert [reference_round(n, ref) for n in range(1, 6)] == expected
 
 
-def _updater(tiny_model_path, refresh="every_round"):
+def _updater(tiny_model_path, refresh="every_round", batch_size=4, max_length=64, **kwargs):
     from transformers import AutoTokenizer
 
-    train = TrainConfig(learning_rate=1e-3, batch_size=4, num_epochs=1, max_length=64)
+    train = TrainConfig(learning_rate=1e-3, batch_size=batch_size, num_epochs=1, max_length=max_length)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    return DPOUpdater(str(tiny_model_path), tokenizer, train, RefConfig(refresh=refresh))
+    return DPOUpdater(str(tiny_model_path), tokenizer, train, RefConfig(refresh=refresh), **kwargs)
 
 
 def test_update_moves_every_weight_and_reports_trl_metrics(tiny_model_path):
@@ -94,3 +95,76 @@ def test_a_round_without_pairs_skips_the_update(tiny_model_path):
     result = updater.update([], round_number=1)
     assert result.skipped and result.metrics == {}
     assert all(torch.equal(p, before[n]) for n, p in updater.policy.named_parameters())
+
+
+@pytest.fixture(scope="module")
+def sampled_pairs(tiny_model_path):
+    """Best-vs-worst pairs (longest vs shortest) of real samples from the engine, with their tokens and log-probs."""
+    from transformers import AutoTokenizer
+
+    from onpolicy.config import GenerationConfig
+    from onpolicy.generation import VLLMGenerator
+    from onpolicy.pairing import best_vs_worst
+    from onpolicy.types import PromptRecord, ScoredGroup
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    config = GenerationConfig(num_samples=4, max_new_tokens=12, max_model_len=128, kv_cache_gib=0.25, seed=3)
+    generator = VLLMGenerator(str(tiny_model_path), tokenizer, config)
+    records = [PromptRecord(id=p.prompt_id, messages=p.messages) for p in PAIRS]
+    groups, _ = generator.generate(records)
+    del generator
+    scored = [ScoredGroup(g, tuple(float(len(s.text)) for s in g.samples), (None,) * 4) for g in groups]
+    pairs = [pair for pair, _ in map(best_vs_worst, scored) if pair is not None]
+    assert len(pairs) >= 3
+    return pairs
+
+
+def test_training_rows_are_the_sampled_tokens_and_an_edit_ends_with_eos(tiny_model_path, sampled_pairs):
+    updater = _updater(tiny_model_path, engine_logps=True)
+    pair = sampled_pairs[0]
+    row = updater._row(pair)
+    assert row["prompt_ids"] == list(pair.tokens.prompt)
+    assert row["chosen_ids"] == list(pair.tokens.chosen) and row["rejected_ids"] == list(pair.tokens.rejected)
+    assert row["ref_chosen_logps"] == pair.tokens.chosen_logp
+    edited = dataclasses.replace(pair, chosen="Athene", tokens=dataclasses.replace(pair.tokens, chosen=None))
+    row = updater._row(edited)
+    eos = updater.tokenizer.eos_token_id
+    assert row["chosen_ids"] == updater.tokenizer("Athene", add_special_tokens=False)["input_ids"] + [eos]
+    assert row["ref_chosen_logps"] is None and row["ref_rejected_logps"] is None  # the trainer scores both sides
+
+
+def test_engine_log_probs_are_the_reference_and_agree_with_the_trainer(tiny_model_path, sampled_pairs):
+    updater = _updater(tiny_model_path, batch_size=len(sampled_pairs), engine_logps=True, check_pairs=2)
+    updater.start_round(1)
+    result = updater.update(sampled_pairs, round_number=1)
+    assert result.metrics["perf/ref_from_engine"] == 1.0
+    # both compute in float32: the engine's sums match the trainer's to rounding ...
+    assert result.metrics["perf/ref_logp_mismatch"] < 1e-3
+    # ... so the policy starts at its reference: the loss of the one step is ln 2
+    assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-3)
+    assert result.metrics["perf/train_tokens_per_s"] > 0
+
+
+def test_the_mismatch_check_sees_engine_log_probs_that_are_off(tiny_model_path, sampled_pairs):
+    shifted = [
+        dataclasses.replace(p, tokens=dataclasses.replace(p.tokens, chosen_logp=p.tokens.chosen_logp + 1.0))
+        for p in sampled_pairs
+    ]
+    updater = _updater(tiny_model_path, batch_size=len(shifted), engine_logps=True, check_pairs=len(shifted))
+    result = updater.update(shifted, round_number=1)
+    # one side of each checked pair is off by 1 nat: the mean over sides is 0.5
+    assert result.metrics["perf/ref_logp_mismatch"] == pytest.approx(0.5, abs=1e-3)
+
+
+def test_sides_cut_by_max_length_and_the_trainer_setting_get_the_trainer_pass(tiny_model_path, sampled_pairs):
+    longest = max(len(p.tokens.prompt) + len(p.tokens.chosen) for p in sampled_pairs)
+    cut = _updater(tiny_model_path, max_length=longest - 1, engine_logps=True).update(sampled_pairs, 1)
+    assert cut.metrics["perf/ref_from_engine"] < 1.0
+    trainer = _updater(tiny_model_path, batch_size=len(sampled_pairs)).update(sampled_pairs, 1)
+    assert trainer.metrics["perf/ref_from_engine"] == 0.0
+    assert trainer.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
+
+
+def test_a_frozen_reference_copy_never_takes_the_engine_log_probs(tiny_model_path):
+    assert not _updater(tiny_model_path, "never", engine_logps=True).engine_logps
+    assert _updater(tiny_model_path, "every_round", engine_logps=True).engine_logps

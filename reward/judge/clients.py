@@ -97,6 +97,7 @@ class VLLMChat:
             return _policy_engine
         if self._engine is None:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # its thread swaps sys.stdout while probing the CPU
             from vllm import LLM
 
             try:

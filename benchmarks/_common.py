@@ -1,0 +1,69 @@
+"""What every benchmark shares: the embedded model, repeated timing, the machine line and the table printer."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def embedded_model() -> str:
+    """The embedded SmolLM2-135M-Instruct as an HF folder (converted once into the onpolicy cache)."""
+    from onpolicy.config import ModelConfig
+    from onpolicy.model_store import resolve_model
+
+    return str(resolve_model(ModelConfig()))
+
+
+def median_seconds(action: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
+    """The median wall-clock seconds of `repeats` calls of `action`, and every timing."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def machine() -> str:
+    """One line saying when and on what a benchmark ran."""
+    import torch
+
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{datetime.date.today().isoformat()}; {cpu}, {os.cpu_count()} cores, {gpu}; "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+
+
+def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A Markdown table (pastes into the README as it is)."""
+    print(f"\n{title}\n")
+    print("| " + " | ".join(headers) + " |")
+    print("|" + "---|" * len(headers))
+    for row in rows:
+        print("| " + " | ".join(_cell(value) for value in row) + " |")
+    print(f"\n{machine()}")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)
