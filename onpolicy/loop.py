@@ -242,6 +242,7 @@ def _complete_round(
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
     """Round n, start to finish: run it, then write its files and checkpoint, and only then mark it complete."""
+    round_started = time.perf_counter()
     set_seed(config.seed + n)  # each round's sampling and shuffling: the same whether the job was resumed or not
 
     def on_phase(phase: str) -> None:
@@ -262,9 +263,10 @@ def _complete_round(
     for warning in outcome.warnings:
         echo(f"  warning: {warning}")
     run.write_status(n, "record")
+    started = time.perf_counter()
     run.write_samples(n, outcome.scored)
     run.write_pairs(n, outcome.pairs)
-    metrics = dict(outcome.metrics)
+    metrics = {**outcome.metrics, "perf/record_s": time.perf_counter() - started}
     if evaluator is not None:
         run.write_status(n, "evaluate")
         metrics.update(_evaluate(evaluator, generator, run, n))
@@ -272,6 +274,7 @@ def _complete_round(
     started = time.perf_counter()
     run.save_checkpoint(n, updater.save)
     metrics["perf/checkpoint_s"] = time.perf_counter() - started
+    metrics["perf/round_total_s"] = time.perf_counter() - round_started  # with evaluation, records, checkpoint
     run.append_round({"round": n, **metrics})  # the round is complete from here on
     return {"metrics": metrics, "pairs": outcome.pairs}
 
