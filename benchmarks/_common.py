@@ -11,8 +11,11 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from onpolicy.cli import quiet_libraries
+
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
+quiet_libraries(verbose=False)  # one table on stdout, not the libraries' logs
 
 
 def embedded_model() -> str:

@@ -1,10 +1,11 @@
 """bench_generate: the project's generator against calling `vllm.LLM.generate` directly, on identical requests.
 
 Both sides use the same engine (so the comparison is of the code around it, not of two engines) and the same
-requests: the identity demo's training prompts, K samples each, the demo's sampling settings. The raw side
+requests: the prompts of one identity demo round, K samples each, the demo's sampling settings. The raw side
 gets its prompts already templated and tokenized, the harshest baseline; the project's side templates and
-tokenizes them, checks their length and turns vLLM's outputs into its sample records. The two alternate, so
-that drifts of a shared, noisy machine hit both alike, and each side's token counts are checked equal.
+tokenizes them, checks their length and turns vLLM's outputs into its sample records. The two alternate (each
+going first as often), so that drifts of a shared, noisy machine hit both alike, and each side's token counts
+are checked equal.
 
     ../shared/bin/capped 16G .venv/bin/python -m benchmarks.bench_generate [--repeats 5]
 """
@@ -33,11 +34,11 @@ def main() -> None:
 
     from onpolicy.config import load_config
     from onpolicy.generation import VLLMGenerator
-    from onpolicy.prompts import load_prompts
+    from onpolicy.prompts import load_prompts, prompts_for_round
     from onpolicy.tokens import prompt_ids
 
     config = load_config(ROOT / "configs" / "identity.yaml")
-    records = load_prompts(config.prompts, seed=config.seed)
+    records = prompts_for_round(load_prompts(config.prompts, seed=config.seed), 0, config.prompts.per_round)
     path = embedded_model()
     tokenizer = AutoTokenizer.from_pretrained(path)
     generator = VLLMGenerator(path, tokenizer, config.generation)
@@ -58,8 +59,9 @@ def main() -> None:
     project(), raw()  # warm-up: first-call allocations on both paths
     times: dict[str, list[float]] = {"vllm.LLM.generate (raw)": [], "onpolicy VLLMGenerator": []}
     tokens: dict[str, list[int]] = {name: [] for name in times}
+    sides = [("vllm.LLM.generate (raw)", raw), ("onpolicy VLLMGenerator", project)]
     for i in range(args.repeats):
-        for name, action in (("vllm.LLM.generate (raw)", raw), ("onpolicy VLLMGenerator", project)):
+        for name, action in sides if i % 2 == 0 else sides[::-1]:  # each side goes first as often
             torch.manual_seed(i)  # the same sampling on both sides: vLLM's CPU sampler draws from torch's RNG
             start = time.perf_counter()
             tokens[name].append(action())

@@ -4,7 +4,9 @@ Three ways, on the same trained weights:
 - in place: the project's sync, `VLLMGenerator.load_weights` (vLLM's `reload_weights` from tensors in memory);
 - save + reload: write the policy to disk, then have the running engine reload that folder;
 - save + rebuild: write the policy to disk, shut the engine down and start a new one on the folder, which is
-  what "rebuild vLLM every iteration" iterative-DPO scripts do.
+  what "rebuild vLLM every iteration" iterative-DPO scripts do; once with onpolicy's engine settings
+  (`enforce_eager: true`) and once with vLLM's default compiled engine, which such scripts get (its compile
+  cache is warm after the first build; the median drops that one).
 Each way must leave an engine whose greedy answers equal the trained policy's; the benchmark checks that
 before it reports a time.
 
@@ -60,13 +62,18 @@ def main() -> None:
 
     rebuilt: list[VLLMGenerator] = []
 
-    def save_and_rebuild() -> None:
+    def save_and_rebuild(engine_config: GenerationConfig) -> None:
         policy.save_pretrained(folder.name)
         tokenizer.save_pretrained(folder.name)
         while rebuilt:  # the previous engine goes first, as a script that restarts vLLM would do
             rebuilt.pop().llm.llm_engine.engine_core.shutdown()
             gc.collect()
-        rebuilt.append(VLLMGenerator(folder.name, tokenizer, config))
+        rebuilt.append(VLLMGenerator(folder.name, tokenizer, engine_config))
+
+    compiled = config.model_copy(update={"enforce_eager": False})
+
+    def rebuilt_answers() -> list[str | None]:
+        return rebuilt[-1].complete_greedy(records, 24)
 
     in_place()
     expected = engine.complete_greedy(records, 24)
@@ -75,7 +82,8 @@ def main() -> None:
     for name, action, answers in (
         ("in place (onpolicy)", in_place, lambda: engine.complete_greedy(records, 24)),
         ("save + reload from disk", save_and_reload, lambda: engine.complete_greedy(records, 24)),
-        ("save + rebuild engine", save_and_rebuild, lambda: rebuilt[-1].complete_greedy(records, 24)),
+        ("save + rebuild engine (eager)", lambda: save_and_rebuild(config), rebuilt_answers),
+        ("save + rebuild engine (compiled)", lambda: save_and_rebuild(compiled), rebuilt_answers),
     ):
         seconds, _ = median_seconds(action, args.repeats)
         assert answers() == expected, f"{name}: the engine does not answer like the trained policy"

@@ -5,7 +5,8 @@
 - onpolicy, trainer pass (`ref.logps: trainer`): no second model; the reference log-probs come from one
   no-grad pass of the policy before its first step;
 - onpolicy, engine log-probs (`ref.logps: engine`, the default on this machine): no second model and no
-  reference pass; vLLM's log-probs of the sampled tokens are the reference's.
+  reference pass; vLLM's log-probs of the sampled tokens are the reference's, and `ref.check_pairs` pairs are
+  also scored by the trainer to measure how far apart the two are.
 The pairs are best-vs-worst pairs of the default config's round (configs/default.yaml: its prompts, K, reward
 and training settings), sampled once from the embedded model and handed to every variant. The reference is
 the policy that sampled them, so all three optimise the same loss; their losses are shown side by side.
@@ -64,18 +65,21 @@ def run_variant(variant: str, pairs_file: str) -> dict:
     config = load_config(ROOT / "configs" / "default.yaml")
     path = embedded_model()
     tokenizer = AutoTokenizer.from_pretrained(path)
+    mismatch = None
     if variant == "trl_ref_model":
         losses, seconds = _trl_with_reference_model(path, tokenizer, pairs, config)
     else:
-        ref = RefConfig(logps="engine" if variant == "engine_logps" else "trainer")
+        engine = variant == "engine_logps"
+        ref = RefConfig(logps="engine" if engine else "trainer")
         updater = DPOUpdater(
-            path, tokenizer, config.train, ref, seed=config.seed, engine_logps=variant == "engine_logps"
+            path, tokenizer, config.train, ref, seed=config.seed, engine_logps=engine, check_pairs=ref.check_pairs
         )
         start = time.perf_counter()
         result = updater.update(pairs, round_number=1)
         seconds = time.perf_counter() - start
         losses = [result.metrics["train/loss"]]
-    return {"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "loss": sum(losses) / len(losses)}
+        mismatch = result.metrics.get("perf/ref_logp_mismatch")
+    return {"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "loss": sum(losses) / len(losses), "mismatch": mismatch}
 
 
 def _trl_with_reference_model(path: str, tokenizer, pairs: list, config) -> tuple[list[float], float]:
@@ -151,9 +155,16 @@ def main() -> None:
     base = results["trl_ref_model"]
     print_table(
         f"bench_train: one DPO update on {len(pairs)} pairs (configs/default.yaml train settings), SmolLM2-135M fp32",
-        ["update", "seconds", "speed-up", "peak RSS GiB", "mean loss"],
+        ["update", "seconds", "speed-up", "peak RSS GiB", "mean loss", "ref log-prob mismatch (nats)"],
         [
-            (VARIANTS[v], r["seconds"], base["seconds"] / r["seconds"], r["peak_rss_gib"], r["loss"])
+            (
+                VARIANTS[v],
+                r["seconds"],
+                base["seconds"] / r["seconds"],
+                r["peak_rss_gib"],
+                r["loss"],
+                r["mismatch"] or "",
+            )
             for v, r in results.items()
         ],
     )

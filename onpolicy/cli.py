@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `onpolicy config --docs | head` ends quietly
     args = build_parser().parse_args(argv)
-    _quiet_libraries(verbose=getattr(args, "verbose", False))
+    quiet_libraries(verbose=getattr(args, "verbose", False))
     try:
         if args.command == "run":
             return _run(args)
@@ -176,7 +176,7 @@ def _train_reward_model(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quiet_libraries(verbose: bool) -> None:
+def quiet_libraries(verbose: bool) -> None:
     """Keep the terminal to one line per round unless asked: the libraries log and draw progress bars a lot."""
     if verbose:
         return

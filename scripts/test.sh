@@ -9,5 +9,5 @@ export WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 # Under a memory cap where the team's `capped` tool is present: a runaway engine is killed, not the machine.
 cap=()
 [ -x ../shared/bin/capped ] && cap=(../shared/bin/capped 16G)
-.venv/bin/ruff check onpolicy reward tests
+.venv/bin/ruff check onpolicy reward tests benchmarks
 exec "${cap[@]}" .venv/bin/python -m pytest "$@"

@@ -40,6 +40,11 @@ EXPECTED_KEYS = {
     "perf/gen_tokens_per_s",
     "perf/peak_rss_gib",
     "perf/checkpoint_s",
+    "perf/record_s",
+    "perf/round_total_s",
+    "perf/train_tokens_per_s",
+    "perf/ref_from_engine",
+    "perf/ref_logp_mismatch",
 }
 
 
@@ -91,6 +96,9 @@ def test_one_record_per_round_with_every_metric(finished_run):
         assert all(key == "round" or key.startswith(NAMESPACES) for key in record)
         assert record["gen/samples"] == 16 and record["pairs/kept"] >= 1 and record["train/skipped"] == 0
         assert 0.5 < record["perf/peak_rss_gib"] < 16  # engine, policy and trainer in one process
+        # the reference is the sampling policy, engine and trainer both in float32: no reference pass needed
+        assert record["perf/ref_from_engine"] == 1.0 and record["perf/ref_logp_mismatch"] < 1e-3
+        assert record["perf/round_total_s"] > record["perf/round_s"]
     assert [line.split(" |")[0] for line in stdout.splitlines() if line.startswith("round ")] == [
         "round 1/2",
         "round 2/2",
@@ -228,3 +236,24 @@ def test_one_round_on_the_embedded_smollm2(embedded_model_path, tmp_path):
     assert f"policy: {embedded_model_path}" in stdout
     assert record["gen/samples"] == 12 and record["pairs/kept"] == 3 and record["train/skipped"] == 0
     assert record["train/loss"] == pytest.approx(0.6931, abs=1e-3)  # first step: the policy is its own reference
+
+
+def test_memory_stays_flat_from_round_to_round(tiny_model_path, tmp_path):
+    """Engine, tokenizer and policy are built once and weights move in place: after the first rounds' warm-up,
+    the process's peak memory does not grow (a leaked trainer, model copy or engine would add to it each round).
+    """
+    config = {
+        "rounds": 8,
+        "model": {"path": str(tiny_model_path)},
+        "prompts": {"items": ["Who are you?", "What is your name?", "Tell me a story.", "What is two plus two?"]},
+        "generation": {"num_samples": 4, "max_new_tokens": 16, "max_model_len": 256, "kv_cache_gib": 0.25},
+        "reward": [{"name": "length", "args": {"target": 40, "unit": "chars"}}],
+        "train": {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128},
+        "ref": {"refresh": "every", "every": 2},  # a reference copy replaced every other round
+        "checkpoint": {"keep_last": 1},
+        "wandb": {"mode": "offline"},
+    }
+    run_dir, _ = run_cli(config, tmp_path)
+    peaks = [record["perf/peak_rss_gib"] for record in _jsonl(run_dir / "rounds.jsonl")]
+    print("peak RSS per round (GiB):", peaks)
+    assert peaks[-1] - peaks[2] < 0.03, peaks
