@@ -56,6 +56,7 @@ def sample_pairs(prompt_repeats: int) -> list:
 
 def run_variant(variant: str, pairs_file: str) -> dict:
     """One update in this process; its seconds, peak memory and TRL's losses."""
+    import torch
     from transformers import AutoTokenizer
 
     from onpolicy.config import RefConfig, load_config
@@ -71,9 +72,7 @@ def run_variant(variant: str, pairs_file: str) -> dict:
     else:
         engine = variant == "engine_logps"
         ref = RefConfig(logps="engine" if engine else "trainer")
-        updater = DPOUpdater(
-            path, tokenizer, config.train, ref, seed=config.seed, engine_logps=engine, check_pairs=ref.check_pairs
-        )
+        updater = DPOUpdater(path, tokenizer, config.train, ref, seed=config.seed, engine_dtype=torch.float32)
         start = time.perf_counter()
         result = updater.update(pairs, round_number=1)
         seconds = time.perf_counter() - start

@@ -105,11 +105,11 @@ class Correction:
             return None, "correction_not_better"
         if self.negatives and best - score > 0 and best - score >= min_margin:
             # the edit made the response worse: the unedited response is preferred over it
-            return _edited_pair(group, samples[best_index], edited, best, score), None
+            return _edited_pair(group, samples[best_index], edited, best, score, samples[best_index]), None
         rejected_index, rejected_reward = (best_index, best) if self.rejected == "original" else (worst_index, worst)
         if score - rejected_reward <= 0 or score - rejected_reward < min_margin:
             return None, "correction_not_better"
-        return _edited_pair(group, edited, samples[rejected_index], score, rejected_reward), None
+        return _edited_pair(group, edited, samples[rejected_index], score, rejected_reward, samples[best_index]), None
 
 
 def build_correction(config: CorrectionConfig, reward: GroupReward) -> Correction | None:
@@ -134,9 +134,15 @@ def build_correction(config: CorrectionConfig, reward: GroupReward) -> Correctio
 
 
 def _edited_pair(
-    group: ScoredGroup, chosen: Sample | str, rejected: Sample | str, chosen_reward: float, rejected_reward: float
+    group: ScoredGroup,
+    chosen: Sample | str,
+    rejected: Sample | str,
+    chosen_reward: float,
+    rejected_reward: float,
+    original: Sample,
 ) -> Pair:
-    """A pair of one edited side (its text) and one of the policy's own samples, whose tokens it keeps."""
+    """A pair of one edited side (its text, an edit of `original`) and one of the policy's own samples. Both
+    sides are tokenized from their text by the updater (see `PairTokens`); each ends as its source did."""
     record = group.group.record
     return Pair(
         prompt_id=record.id,
@@ -148,9 +154,11 @@ def _edited_pair(
         edited="chosen" if isinstance(chosen, str) else "rejected",
         tokens=PairTokens(
             group.group.prompt_token_ids,
-            None if isinstance(chosen, str) else chosen.token_ids,
-            None if isinstance(rejected, str) else rejected.token_ids,
-            None if isinstance(chosen, str) else chosen.logp,
-            None if isinstance(rejected, str) else rejected.logp,
+            chosen=None,
+            rejected=None,
+            chosen_logp=None,
+            rejected_logp=None,
+            chosen_end=original.end if isinstance(chosen, str) else chosen.end,
+            rejected_end=original.end if isinstance(rejected, str) else rejected.end,
         ),
     )

@@ -170,7 +170,7 @@ def run_job(
 
     from onpolicy.generation import VLLMGenerator
     from onpolicy.model_store import resolve_model
-    from onpolicy.update import DPOUpdater, use_engine_logps
+    from onpolicy.update import DPOUpdater
 
     started = time.perf_counter()
     model_path = resolve_model(config.model)
@@ -183,7 +183,6 @@ def run_job(
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     generator = VLLMGenerator(str(policy_path), tokenizer, config.generation)
     use_policy_engine(generator.llm)  # for judges with backend: policy
-    train_dtype = getattr(torch, config.model.train_dtype)
     updater = DPOUpdater(
         str(policy_path),
         tokenizer,
@@ -191,8 +190,7 @@ def run_job(
         config.ref,
         seed=config.seed,
         dtype=config.model.train_dtype,
-        engine_logps=use_engine_logps(config.ref, generator.engine_dtype, train_dtype, config.train.bf16),
-        check_pairs=config.ref.check_pairs,
+        engine_dtype=generator.engine_dtype,
     )
     if updater.holds_reference_copy and start.reference_from < start.last_complete:
         source = model_path if start.reference_from == 0 else run.checkpoint(start.reference_from)

@@ -17,6 +17,7 @@ def prompt_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[in
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def response_ids(tokenizer: Any, text: str) -> list[int]:
-    """A response that was not sampled (an edit) as the policy would have ended it: its tokens, then EOS."""
-    return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def response_ids(tokenizer: Any, text: str, end: Sequence[int] | None = None) -> list[int]:
+    """A response that was not sampled (an edit): its tokens, then `end` (default: EOS, a finished answer)."""
+    end = [tokenizer.eos_token_id] if end is None else list(end)
+    return tokenizer(text, add_special_tokens=False)["input_ids"] + end

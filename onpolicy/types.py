@@ -45,6 +45,11 @@ class Sample:
         return self.finish_reason == "length"
 
     @property
+    def end(self) -> tuple[int, ...]:
+        """The token that ended the response (EOS), or none when it was cut at max_new_tokens."""
+        return self.token_ids[-1:] if self.finish_reason == "stop" else ()
+
+    @property
     def logp(self) -> float | None:
         """The sampling policy's log-prob of the whole response (None when the generator gave no log-probs)."""
         return math.fsum(self.logprobs) if self.logprobs else None
@@ -81,14 +86,21 @@ class ScoredGroup:
 @dataclasses.dataclass(frozen=True)
 class PairTokens:
     """A pair as the policy saw and produced it: the prompt's token ids as the engine got them, and each side's
-    sampled token ids with the sampling policy's summed log-prob. An edited side was not sampled: its ids and
-    log-prob are None, and the updater tokenizes its text."""
+    sampled token ids with the sampling policy's summed log-prob.
+
+    A pair with an edited side carries no side ids (None): the updater tokenizes both sides' text, so that they
+    differ only where the edit does (a sampled response may be a non-canonical tokenization its edit does not
+    share, and DPO would learn to prefer canonical tokens), and ends each with `chosen_end` / `rejected_end`:
+    the EOS of the response it is or was edited from, or nothing when that one was cut at max_new_tokens (a
+    chosen side that alone ended with EOS would teach DPO the EOS, not the edit)."""
 
     prompt: tuple[int, ...]
     chosen: tuple[int, ...] | None
     rejected: tuple[int, ...] | None
     chosen_logp: float | None
     rejected_logp: float | None
+    chosen_end: tuple[int, ...] = ()
+    rejected_end: tuple[int, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,8 +77,7 @@ class DPOUpdater:
         ref: RefConfig,
         seed: int = 0,
         dtype: str = "float32",
-        engine_logps: bool = False,
-        check_pairs: int = 0,
+        engine_dtype: torch.dtype | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM
 
@@ -91,9 +90,13 @@ class DPOUpdater:
         self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         self.reference: torch.nn.Module | None = None
         self._reference_round = 0
-        # The engine's log-probs are the reference's only when the reference is the policy that sampled.
-        self.engine_logps = engine_logps and not self.holds_reference_copy
-        self.check_pairs = check_pairs
+        # The engine's log-probs (of an engine computing in `engine_dtype`) are the reference's only when the
+        # reference is the policy that sampled.
+        self.engine_logps = (
+            engine_dtype is not None
+            and use_engine_logps(ref, engine_dtype, self.policy.dtype, train.bf16)
+            and not self.holds_reference_copy
+        )
 
     @property
     def holds_reference_copy(self) -> bool:
@@ -144,7 +147,9 @@ class DPOUpdater:
         if not rows:
             return UpdateResult(skipped=True, metrics={"train/dropped_long_prompts": float(len(pairs))})
         checked = [i for i, row in enumerate(rows) if row["ref_chosen_logps"] is not None]
-        checked = sorted(random.Random(self.seed + round_number).sample(checked, min(len(checked), self.check_pairs)))
+        checked = sorted(
+            random.Random(self.seed + round_number).sample(checked, min(len(checked), self.ref_config.check_pairs))
+        )
         args = DPOConfig(
             output_dir=self._output_dir.name,
             beta=cfg.beta,
@@ -208,11 +213,12 @@ class DPOUpdater:
         tokens = pair.tokens
         prompt = list(tokens.prompt) if tokens else prompt_ids(self.tokenizer, pair.messages)
         row: dict[str, Any] = {"prompt_ids": prompt}
-        for side, text, ids, logp in (
-            ("chosen", pair.chosen, tokens and tokens.chosen, tokens and tokens.chosen_logp),
-            ("rejected", pair.rejected, tokens and tokens.rejected, tokens and tokens.rejected_logp),
-        ):
-            row[f"{side}_ids"] = list(ids) if ids is not None else response_ids(self.tokenizer, text)
+        for side, text in (("chosen", pair.chosen), ("rejected", pair.rejected)):
+            # without tokens (a pair built from text): both sides tokenized, ended by EOS
+            ids, logp, end = (
+                (getattr(tokens, f"{side}{field}") for field in ("", "_logp", "_end")) if tokens else (None,) * 3
+            )
+            row[f"{side}_ids"] = list(ids) if ids is not None else response_ids(self.tokenizer, text, end)
             fits = len(prompt) + len(row[f"{side}_ids"]) <= self.train_config.max_length
             row[f"ref_{side}_logps"] = logp if self.engine_logps and ids is not None and fits else None
         if row["ref_chosen_logps"] is None or row["ref_rejected_logps"] is None:  # a pair's two sides, one source

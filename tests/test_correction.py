@@ -151,3 +151,20 @@ def test_unknown_or_mismatched_correctors_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="cannot be called with args"):
         build_correction(CorrectionConfig(corrector="replace_name", args={"tagret": "x"}), _reward())
     assert build_correction(CorrectionConfig(), _reward()) is None
+
+
+@pytest.mark.parametrize(("finish_reason", "edit_end"), [("stop", (2,)), ("length", ())])
+def test_both_sides_of_an_edited_pair_are_text_each_ended_as_its_source(finish_reason, edit_end):
+    """An edit of a response cut at max_new_tokens must not gain an EOS the rejected side lacks, and the sampled
+    side is re-tokenized like its edit: otherwise DPO learns the EOS, or canonical tokenization, not the edit."""
+    reward = _reward()
+    samples = (
+        Sample("I am SmolLM, your", (40, 41, 42), (-1.0, -2.0, -3.0), "length"),
+        Sample("My name is Kala.", (50, 51, 2), (-0.5, -0.5, -0.5), finish_reason),
+    )
+    scores = reward.score_group(IDENTITY.reward_view(), [s.text for s in samples])
+    group = ScoredGroup(SampleGroup(IDENTITY, (7, 8), samples), tuple(scores), (None, None))
+    (pair,) = build_pairs([group], correction=_correction(reward)).pairs
+    assert pair.tokens.prompt == (7, 8)
+    assert (pair.tokens.chosen, pair.tokens.rejected, pair.tokens.chosen_logp, pair.tokens.rejected_logp) == (None,) * 4
+    assert pair.tokens.chosen_end == pair.tokens.rejected_end == edit_end  # both come from the same response

@@ -48,18 +48,22 @@ EXPECTED_KEYS = {
 }
 
 
-@pytest.fixture(scope="module")
-def finished_run(tiny_model_path, tmp_path_factory):
-    config = {
-        "rounds": 2,
+def tiny_config(tiny_model_path, **changes) -> dict:
+    """A small run on the tiny model: 4 prompts, K=4, 16 new tokens, a length reward, W&B offline."""
+    return {
         "model": {"path": str(tiny_model_path)},
         "prompts": {"items": ["Who are you?", "What is your name?", "Tell me a story.", "What is two plus two?"]},
         "generation": {"num_samples": 4, "max_new_tokens": 16, "max_model_len": 256, "kv_cache_gib": 0.25},
         "reward": [{"name": "length", "args": {"target": 40, "unit": "chars"}}],
         "train": {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128},
-        "checkpoint": {"every": 1},
         "wandb": {"mode": "offline"},
+        **changes,
     }
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_path, tmp_path_factory):
+    config = tiny_config(tiny_model_path, rounds=2, checkpoint={"every": 1})
     return run_cli(config, tmp_path_factory.mktemp("e2e"))
 
 
@@ -242,17 +246,12 @@ def test_memory_stays_flat_from_round_to_round(tiny_model_path, tmp_path):
     """Engine, tokenizer and policy are built once and weights move in place: after the first rounds' warm-up,
     the process's peak memory does not grow (a leaked trainer, model copy or engine would add to it each round).
     """
-    config = {
-        "rounds": 8,
-        "model": {"path": str(tiny_model_path)},
-        "prompts": {"items": ["Who are you?", "What is your name?", "Tell me a story.", "What is two plus two?"]},
-        "generation": {"num_samples": 4, "max_new_tokens": 16, "max_model_len": 256, "kv_cache_gib": 0.25},
-        "reward": [{"name": "length", "args": {"target": 40, "unit": "chars"}}],
-        "train": {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128},
-        "ref": {"refresh": "every", "every": 2},  # a reference copy replaced every other round
-        "checkpoint": {"keep_last": 1},
-        "wandb": {"mode": "offline"},
-    }
+    config = tiny_config(
+        tiny_model_path,
+        rounds=8,
+        ref={"refresh": "every", "every": 2},  # a reference copy replaced every other round
+        checkpoint={"keep_last": 1},
+    )
     run_dir, _ = run_cli(config, tmp_path)
     peaks = [record["perf/peak_rss_gib"] for record in _jsonl(run_dir / "rounds.jsonl")]
     print("peak RSS per round (GiB):", peaks)

@@ -38,12 +38,16 @@ def test_reference_round(refresh, every, expected):
     assert [reference_round(n, ref) for n in range(1, 6)] == expected
 
 
-def _updater(tiny_model_path, refresh="every_round", batch_size=4, max_length=64, **kwargs):
+def _updater(tiny_model_path, refresh="every_round", batch_size=4, max_length=64, engine=False, **ref):
+    """An updater; with `engine`, beside an engine that computes in float32 (the trainer's dtype)."""
     from transformers import AutoTokenizer
 
     train = TrainConfig(learning_rate=1e-3, batch_size=batch_size, num_epochs=1, max_length=max_length)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    return DPOUpdater(str(tiny_model_path), tokenizer, train, RefConfig(refresh=refresh), **kwargs)
+    engine_dtype = torch.float32 if engine else None
+    return DPOUpdater(
+        str(tiny_model_path), tokenizer, train, RefConfig(refresh=refresh, **ref), engine_dtype=engine_dtype
+    )
 
 
 def test_update_moves_every_weight_and_reports_trl_metrics(tiny_model_path):
@@ -119,22 +123,27 @@ def sampled_pairs(tiny_model_path):
     return pairs
 
 
-def test_training_rows_are_the_sampled_tokens_and_an_edit_ends_with_eos(tiny_model_path, sampled_pairs):
-    updater = _updater(tiny_model_path, engine_logps=True)
+def test_training_rows_are_the_sampled_tokens_and_an_edit_ends_as_its_original(tiny_model_path, sampled_pairs):
+    updater = _updater(tiny_model_path, engine=True)
     pair = sampled_pairs[0]
     row = updater._row(pair)
     assert row["prompt_ids"] == list(pair.tokens.prompt)
     assert row["chosen_ids"] == list(pair.tokens.chosen) and row["rejected_ids"] == list(pair.tokens.rejected)
     assert row["ref_chosen_logps"] == pair.tokens.chosen_logp
-    edited = dataclasses.replace(pair, chosen="Athene", tokens=dataclasses.replace(pair.tokens, chosen=None))
-    row = updater._row(edited)
+    athene = updater.tokenizer("Athene", add_special_tokens=False)["input_ids"]
     eos = updater.tokenizer.eos_token_id
-    assert row["chosen_ids"] == updater.tokenizer("Athene", add_special_tokens=False)["input_ids"] + [eos]
-    assert row["ref_chosen_logps"] is None and row["ref_rejected_logps"] is None  # the trainer scores both sides
+    for end in ((eos,), ()):  # edited from a finished response, or from one cut at max_new_tokens
+        tokens = dataclasses.replace(pair.tokens, chosen=None, rejected=None, chosen_end=end, rejected_end=end)
+        row = updater._row(dataclasses.replace(pair, chosen="Athene", rejected="Silas", tokens=tokens))
+        assert row["chosen_ids"] == athene + list(end)
+        assert row["rejected_ids"] == updater.tokenizer("Silas", add_special_tokens=False)["input_ids"] + list(end)
+        assert row["ref_chosen_logps"] is None and row["ref_rejected_logps"] is None  # the trainer scores both
+    text_only = updater._row(dataclasses.replace(pair, tokens=None))  # a pair built by hand: text, ended by EOS
+    assert text_only["chosen_ids"][-1] == eos and text_only["rejected_ids"][-1] == eos
 
 
 def test_engine_log_probs_are_the_reference_and_agree_with_the_trainer(tiny_model_path, sampled_pairs):
-    updater = _updater(tiny_model_path, batch_size=len(sampled_pairs), engine_logps=True, check_pairs=2)
+    updater = _updater(tiny_model_path, batch_size=len(sampled_pairs), engine=True, check_pairs=2)
     updater.start_round(1)
     result = updater.update(sampled_pairs, round_number=1)
     assert result.metrics["perf/ref_from_engine"] == 1.0
@@ -150,7 +159,7 @@ def test_the_mismatch_check_sees_engine_log_probs_that_are_off(tiny_model_path, 
         dataclasses.replace(p, tokens=dataclasses.replace(p.tokens, chosen_logp=p.tokens.chosen_logp + 1.0))
         for p in sampled_pairs
     ]
-    updater = _updater(tiny_model_path, batch_size=len(shifted), engine_logps=True, check_pairs=len(shifted))
+    updater = _updater(tiny_model_path, batch_size=len(shifted), engine=True, check_pairs=len(shifted))
     result = updater.update(shifted, round_number=1)
     # one side of each checked pair is off by 1 nat: the mean over sides is 0.5
     assert result.metrics["perf/ref_logp_mismatch"] == pytest.approx(0.5, abs=1e-3)
@@ -158,13 +167,25 @@ def test_the_mismatch_check_sees_engine_log_probs_that_are_off(tiny_model_path, 
 
 def test_sides_cut_by_max_length_and_the_trainer_setting_get_the_trainer_pass(tiny_model_path, sampled_pairs):
     longest = max(len(p.tokens.prompt) + len(p.tokens.chosen) for p in sampled_pairs)
-    cut = _updater(tiny_model_path, max_length=longest - 1, engine_logps=True).update(sampled_pairs, 1)
+    cut = _updater(tiny_model_path, max_length=longest - 1, engine=True).update(sampled_pairs, 1)
     assert cut.metrics["perf/ref_from_engine"] < 1.0
     trainer = _updater(tiny_model_path, batch_size=len(sampled_pairs)).update(sampled_pairs, 1)
     assert trainer.metrics["perf/ref_from_engine"] == 0.0
     assert trainer.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
 
 
-def test_a_frozen_reference_copy_never_takes_the_engine_log_probs(tiny_model_path):
-    assert not _updater(tiny_model_path, "never", engine_logps=True).engine_logps
-    assert _updater(tiny_model_path, "every_round", engine_logps=True).engine_logps
+def test_engine_log_probs_are_used_only_where_they_are_the_reference_s(tiny_model_path):
+    assert _updater(tiny_model_path, "every_round", engine=True).engine_logps
+    assert not _updater(tiny_model_path, "never", engine=True).engine_logps  # a frozen copy is the reference
+    assert not _updater(tiny_model_path, "every_round", engine=True, logps="trainer").engine_logps
+    assert not _updater(tiny_model_path, "every_round").engine_logps  # no engine
+
+
+def test_auto_takes_the_engine_log_probs_only_when_engine_and_trainer_compute_alike():
+    from onpolicy.update import use_engine_logps
+
+    auto = RefConfig()
+    assert use_engine_logps(auto, torch.float32, torch.float32, bf16=False)
+    assert not use_engine_logps(auto, torch.bfloat16, torch.float32, bf16=False)
+    assert not use_engine_logps(auto, torch.float32, torch.float32, bf16=True)  # autocast shifts the trainer's
+    assert use_engine_logps(RefConfig(logps="engine"), torch.bfloat16, torch.float32, bf16=False)
