@@ -194,7 +194,7 @@ class RefConfig(Section):
         "train.max_length and frozen-copy references always get the trainer pass.",
     )
     check_pairs: int = Field(
-        2,
+        1,
         ge=0,
         description="Pairs per round whose engine log-probs are also computed by the trainer, to log "
         "perf/ref_logp_mismatch (mean |engine - trainer| per response, in nats); 0: no check.",
