@@ -1,7 +1,8 @@
 """Generation: the current policy, served by one in-process vLLM engine, samples K responses per prompt.
 
 The engine is built once per job and receives each round's new weights in place (`load_weights`), through
-vLLM's own `reload_weights`: ~0.2 s for a 135M model on CPU, against 5-60 s to rebuild an engine. It runs in
+vLLM's own `reload_weights`: 0.5-0.7 s for a 135M model on CPU (a third of it vLLM re-packing the layers for
+oneDNN), against 7 s to rebuild an eager engine and ~2 min a compiled one (benchmarks/bench_sync.py). It runs in
 this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that the weights can be handed over without a copy through
 another process, and its KV cache is bounded: vLLM's CPU build otherwise sizes it from all free RAM and starves
 the trainer beside it. The engine is seeded once: per-request seeds crash vLLM's CPU build on split prefills.

@@ -1,8 +1,7 @@
 """Token ids as the policy sees them: a chat prompt ready for the assistant's turn, and a response that ends it.
 
-The engine and the trainer share these, so that the trainer learns on the very tokens the engine sampled
-from, rather than on a re-tokenization of their text (which can differ, and would then score tokens the
-policy never produced).
+The engine and the trainer share the prompt's ids, so that the trainer learns in the very context the engine
+sampled in; responses given as text (the two sides of a pair with an edit) are tokenized here.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ def prompt_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[in
 
 
 def response_ids(tokenizer: Any, text: str, end: Sequence[int] | None = None) -> list[int]:
-    """A response that was not sampled (an edit): its tokens, then `end` (default: EOS, a finished answer)."""
+    """A response given as text: its tokens, then `end` (the end of the response it comes from: its EOS, or
+    nothing when that one was cut; default EOS, a finished answer)."""
     end = [tokenizer.eos_token_id] if end is None else list(end)
     return tokenizer(text, add_special_tokens=False)["input_ids"] + end

@@ -2,7 +2,8 @@
 
 The policy lives in memory for the whole job; only the trainer wrapper is rebuilt per round (its dataset
 changes). Pairs reach TRL as token ids: the prompt as the engine saw it and each side as the policy sampled
-it, so training scores exactly the tokens that were sampled (an edited side is tokenized and ended with EOS).
+it, so training scores exactly the tokens that were sampled (a pair with an edited side is tokenized from its
+text on both sides: see `PairTokens`).
 
 The reference costs no training time:
 
@@ -269,7 +270,7 @@ def _tokenized_trainer_class() -> type:
             started = time.perf_counter()
             engine = {side: dataset[side] for side in _REF_COLUMNS}
             missing = [i for i, value in enumerate(engine["ref_chosen_logps"]) if value is None]
-            checked = [i for i in self.checked_rows if i < len(dataset)]
+            checked = self.checked_rows
             values = {side: list(column) for side, column in engine.items()}
             if missing or checked:
                 needed = sorted(set(missing) | set(checked))

@@ -144,3 +144,10 @@ def test_eval_metric_matching_no_prompt_is_a_config_error():
     )
     with pytest.raises(ConfigError, match=r"eval.metrics\[0\] \(x\): no eval prompt matches"):
         build_evaluator(config)
+
+
+def test_vllm_usage_stats_are_off(generator):
+    """Their thread swaps sys.stdout for a buffer while it probes the CPU: lines printed meanwhile were lost."""
+    from vllm.usage.usage_lib import is_usage_stats_enabled
+
+    assert not is_usage_stats_enabled()
