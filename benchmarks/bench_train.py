@@ -1,15 +1,19 @@
-"""bench_train: one DPO update on identical pairs, three ways, each in a fresh process (for its peak memory).
+"""bench_train: one DPO update on identical pairs, several ways, each in a fresh process (for its peak memory).
 
 - TRL `DPOTrainer` with a reference model: text pairs, a frozen copy of the policy as `ref_model`, and its
-  reference forward on every step (TRL's standard set-up);
+  reference forward on every step (TRL's standard set-up, in fp32 as onpolicy here);
 - onpolicy, trainer pass (`ref.logps: trainer`): no second model; the reference log-probs come from one
   no-grad pass of the policy before its first step;
 - onpolicy, engine log-probs (`ref.logps: engine`, the default on this machine): no second model and no
   reference pass; vLLM's log-probs of the sampled tokens are the reference's, and `ref.check_pairs` pairs are
-  also scored by the trainer to measure how far apart the two are.
+  also scored by the trainer to measure how far apart the two are;
+- the same with length-grouped batches instead of random ones (`train.group_by_length: true`), and with
+  gradient checkpointing off (`train.gradient_checkpointing: false`; on is TRL's default and onpolicy's).
 The pairs are best-vs-worst pairs of the default config's round (configs/default.yaml: its prompts, K, reward
 and training settings), sampled once from the embedded model and handed to every variant. The reference is
-the policy that sampled them, so all three optimise the same loss; their losses are shown side by side.
+the policy that sampled them, so every variant optimises the same loss. Besides the mean training loss, each
+row shows the DPO loss of the updated policy on all the pairs (reference: the sampling log-probs), so a
+faster update that learns less shows.
 
     ../shared/bin/capped 16G .venv/bin/python -m benchmarks.bench_train [--prompt-repeats 2]
 """
@@ -28,10 +32,13 @@ import time
 from benchmarks._common import embedded_model, peak_rss_gib, print_table
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# variant: (label, train-config changes from configs/default.yaml)
 VARIANTS = {
-    "trl_ref_model": "TRL DPOTrainer + ref_model",
-    "trainer_pass": "onpolicy, trainer pass",
-    "engine_logps": "onpolicy, engine log-probs",
+    "trl_ref_model": ("TRL DPOTrainer + ref_model", {}),
+    "trainer_pass": ("onpolicy, trainer pass", {}),
+    "engine_logps": ("onpolicy, engine log-probs", {}),
+    "engine_grouped_batches": ("onpolicy, engine log-probs", {"group_by_length": True}),
+    "engine_no_checkpointing": ("onpolicy, engine log-probs", {"gradient_checkpointing": False}),
 }
 
 
@@ -55,7 +62,7 @@ def sample_pairs(prompt_repeats: int) -> list:
 
 
 def run_variant(variant: str, pairs_file: str) -> dict:
-    """One update in this process; its seconds, peak memory and TRL's losses."""
+    """One update in this process: its seconds, peak memory, losses and reference mismatch."""
     import torch
     from transformers import AutoTokenizer
 
@@ -64,24 +71,51 @@ def run_variant(variant: str, pairs_file: str) -> dict:
 
     pairs = pickle.loads(pathlib.Path(pairs_file).read_bytes())
     config = load_config(ROOT / "configs" / "default.yaml")
+    train = config.train.model_copy(update=VARIANTS[variant][1])
     path = embedded_model()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    mismatch = None
+    mismatch = padding = None
     if variant == "trl_ref_model":
-        losses, seconds = _trl_with_reference_model(path, tokenizer, pairs, config)
+        model, losses, seconds = _trl_with_reference_model(path, tokenizer, pairs, train, config.seed)
     else:
-        engine = variant == "engine_logps"
-        ref = RefConfig(logps="engine" if engine else "trainer")
-        updater = DPOUpdater(path, tokenizer, config.train, ref, seed=config.seed, engine_dtype=torch.float32)
+        ref = RefConfig(logps="trainer" if variant == "trainer_pass" else "engine")
+        updater = DPOUpdater(path, tokenizer, train, ref, seed=config.seed, engine_dtype=torch.float32)
         start = time.perf_counter()
         result = updater.update(pairs, round_number=1)
         seconds = time.perf_counter() - start
-        losses = [result.metrics["train/loss"]]
+        model, losses = updater.policy, [result.metrics["train/loss"]]
         mismatch = result.metrics.get("perf/ref_logp_mismatch")
-    return {"seconds": seconds, "peak_rss_gib": peak_rss_gib(), "loss": sum(losses) / len(losses), "mismatch": mismatch}
+        padding = result.metrics["perf/train_padding"]
+    return {
+        "seconds": seconds,
+        "peak_rss_gib": peak_rss_gib(),
+        "loss": sum(losses) / len(losses),
+        "loss_after": dpo_loss(model, pairs, train.beta),
+        "mismatch": mismatch,
+        "padding": padding,
+    }
 
 
-def _trl_with_reference_model(path: str, tokenizer, pairs: list, config) -> tuple[list[float], float]:
+def dpo_loss(model, pairs: list, beta: float) -> float:
+    """The mean DPO loss of `model` on `pairs`, their sampling log-probs as the reference's."""
+    import torch
+    import torch.nn.functional as F
+
+    def logp(prompt: tuple[int, ...], response: tuple[int, ...]) -> torch.Tensor:
+        ids = torch.tensor([list(prompt) + list(response)])
+        logits = model(ids).logits[0, len(prompt) - 1 : -1]
+        return logits.log_softmax(-1).gather(-1, torch.tensor(response)[:, None]).sum()
+
+    losses = []
+    with torch.no_grad():
+        for pair in pairs:
+            t = pair.tokens
+            margin = (logp(t.prompt, t.chosen) - t.chosen_logp) - (logp(t.prompt, t.rejected) - t.rejected_logp)
+            losses.append(-F.logsigmoid(beta * margin).item())
+    return sum(losses) / len(losses)
+
+
+def _trl_with_reference_model(path: str, tokenizer, pairs: list, train, seed: int) -> tuple:
     import copy
 
     import torch
@@ -99,7 +133,6 @@ def _trl_with_reference_model(path: str, tokenizer, pairs: list, config) -> tupl
         }
         for p in pairs
     ]
-    train = config.train
     args = DPOConfig(
         output_dir=tempfile.mkdtemp(prefix="bench-train-"),
         beta=train.beta,
@@ -107,8 +140,9 @@ def _trl_with_reference_model(path: str, tokenizer, pairs: list, config) -> tupl
         num_train_epochs=train.num_epochs,
         per_device_train_batch_size=train.batch_size,
         max_length=train.max_length,
-        bf16=False,
-        seed=config.seed + 1,
+        bf16=train.bf16,
+        gradient_checkpointing=train.gradient_checkpointing,
+        seed=seed + 1,
         report_to="none",
         save_strategy="no",
         logging_steps=1,
@@ -121,12 +155,17 @@ def _trl_with_reference_model(path: str, tokenizer, pairs: list, config) -> tupl
     )
     trainer.train()
     seconds = time.perf_counter() - start
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], seconds
+    model.__dict__.pop("forward", None)  # TRL's fused LM head: back to the plain forward
+    model.eval()
+    return model, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompt-repeats", type=int, default=2, help="rounds' worth of pairs to train on")
+    parser.add_argument(
+        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="the first is the 1x row"
+    )
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # child process
     parser.add_argument("--pairs", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -139,7 +178,7 @@ def main() -> None:
         file.write(pickle.dumps(pairs))
         file.flush()
         results = {}
-        for variant in VARIANTS:
+        for variant in args.variants:
             done = subprocess.run(
                 [sys.executable, "-m", "benchmarks.bench_train", "--variant", variant, "--pairs", file.name],
                 cwd=ROOT,
@@ -151,17 +190,32 @@ def main() -> None:
             if line is None:
                 sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
             results[variant] = json.loads(line.removeprefix("RESULT "))
-    base = results["trl_ref_model"]
+    base = results[args.variants[0]]
     print_table(
         f"bench_train: one DPO update on {len(pairs)} pairs (configs/default.yaml train settings), SmolLM2-135M fp32",
-        ["update", "seconds", "speed-up", "peak RSS GiB", "mean loss", "ref log-prob mismatch (nats)"],
+        [
+            "update",
+            "batches",
+            "gradient checkpointing",
+            "padding",
+            "seconds",
+            "speed-up",
+            "peak RSS GiB",
+            "mean training loss",
+            "loss after, all pairs",
+            "ref log-prob mismatch (nats)",
+        ],
         [
             (
-                VARIANTS[v],
+                VARIANTS[v][0],
+                "length-grouped" if VARIANTS[v][1].get("group_by_length") else "random",
+                "off" if VARIANTS[v][1].get("gradient_checkpointing") is False else "on",
+                f"{r['padding']:.1%}" if r["padding"] is not None else "",
                 r["seconds"],
                 base["seconds"] / r["seconds"],
                 r["peak_rss_gib"],
                 r["loss"],
+                r["loss_after"],
                 r["mismatch"] or "",
             )
             for v, r in results.items()

@@ -166,6 +166,18 @@ class TrainConfig(Section):
         description="bf16 autocast in training and reference passes (TRL's default is on; here off: exact fp32 "
         "numbers on CPU, where autocast shifts log-probs by ~1e-3 per sequence).",
     )
+    gradient_checkpointing: bool = Field(
+        True,
+        description="Recompute activations in the backward pass instead of keeping them (TRL's default). Here it "
+        "is also the faster setting: bench_train measured 1.2x faster steps and 0.9 GiB less peak memory with "
+        "it on; turn it off only where measured faster.",
+    )
+    group_by_length: bool = Field(
+        False,
+        description="Batch pairs of similar length together (each epoch: the round's pairs sorted by length, cut "
+        "into batches, the batches shuffled), so less of each batch is padding (perf/train_padding). Off by "
+        "default: see the README's bench_train numbers.",
+    )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Any other trl.DPOConfig field, passed through as is."
     )

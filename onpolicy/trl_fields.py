@@ -27,6 +27,8 @@ OWNED_FIELDS = {
     "lr_scheduler_type": "train.lr_scheduler_type",
     "warmup_steps": "train.warmup_steps",
     "bf16": "train.bf16",
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "train_sampling_strategy": "train.group_by_length",
     "seed": "seed",
     "output_dir": "--run-dir",
     "report_to": "wandb.mode",

@@ -25,6 +25,7 @@ import copy
 import math
 import pathlib
 import random
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -144,7 +145,7 @@ class DPOUpdater:
 
         cfg = self.train_config
         # As TRL does: a prompt that fills max_length leaves no completion to learn from.
-        rows = [row for row in map(self._row, pairs) if len(row["prompt_ids"]) < cfg.max_length]
+        rows = [row for row in map(self._row, pairs) if len(row["prompt_ids"]) < self._max_length]
         if not rows:
             return UpdateResult(skipped=True, metrics={"train/dropped_long_prompts": float(len(pairs))})
         checked = [i for i, row in enumerate(rows) if row["ref_chosen_logps"] is not None]
@@ -164,6 +165,7 @@ class DPOUpdater:
             lr_scheduler_type=cfg.lr_scheduler_type,
             warmup_steps=cfg.warmup_steps,
             bf16=cfg.bf16,
+            gradient_checkpointing=cfg.gradient_checkpointing,
             seed=self.seed + round_number,
             precompute_ref_log_probs=True,
             report_to="none",
@@ -176,6 +178,7 @@ class DPOUpdater:
         started = time.perf_counter()
         trainer = _tokenized_trainer_class()(
             checked_rows=checked,
+            group_by_length=cfg.group_by_length,
             model=self.policy,
             ref_model=self.reference,
             args=args,
@@ -184,6 +187,7 @@ class DPOUpdater:
             callbacks=[StopWhenAsked()],
         )
         trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; onpolicy prints one line per round
+        trainer.data_collator = padding = _PaddingCounter(trainer.data_collator)
         setup_s = time.perf_counter() - started
         try:
             started = time.perf_counter()
@@ -193,11 +197,12 @@ class DPOUpdater:
             metrics["train/steps"] = float(trainer.state.global_step)
             metrics["train/dropped_long_prompts"] = float(len(pairs) - len(rows))
             metrics.update(trainer.reference_metrics)
-            tokens = sum(min(len(r["prompt_ids"]) + len(r[side]), cfg.max_length) for r in rows for side in _SIDES)
+            tokens = sum(min(len(r["prompt_ids"]) + len(r[side]), self._max_length) for r in rows for side in _SIDES)
             epochs = trainer.state.global_step / max(trainer.state.max_steps, 1) * cfg.num_epochs
             metrics["perf/train_setup_s"] = setup_s - metrics["perf/ref_logps_s"]
             metrics["perf/train_steps_s"] = steps_s
             metrics["perf/train_tokens_per_s"] = tokens * epochs / steps_s if steps_s > 0 else 0.0
+            metrics["perf/train_padding"] = padding.share
         finally:
             # DPOTrainer patches a fused LM head onto the model's forward; drop it so patches do not pile up
             # over rounds and the model stays an ordinary transformers model between updates.
@@ -207,6 +212,11 @@ class DPOUpdater:
             self.policy.eval()
             del trainer
         return UpdateResult(skipped=False, metrics=metrics)
+
+    @property
+    def _max_length(self) -> int:
+        """train.max_length, or no limit."""
+        return self.train_config.max_length if self.train_config.max_length is not None else sys.maxsize
 
     def _row(self, pair: Pair) -> dict[str, Any]:
         """A pair as TRL's tokenized preference row, with the engine's reference log-probs where they are the
@@ -220,10 +230,12 @@ class DPOUpdater:
                 (getattr(tokens, f"{side}{field}") for field in ("", "_logp", "_end")) if tokens else (None,) * 3
             )
             row[f"{side}_ids"] = list(ids) if ids is not None else response_ids(self.tokenizer, text, end)
-            fits = len(prompt) + len(row[f"{side}_ids"]) <= self.train_config.max_length
+            fits = len(prompt) + len(row[f"{side}_ids"]) <= self._max_length
             row[f"ref_{side}_logps"] = logp if self.engine_logps and ids is not None and fits else None
         if row["ref_chosen_logps"] is None or row["ref_rejected_logps"] is None:  # a pair's two sides, one source
             row["ref_chosen_logps"] = row["ref_rejected_logps"] = None
+        # what the pair occupies of a padded batch (both sides padded to the longest), for group_by_length
+        row["length"] = min(len(prompt) + max(len(row["chosen_ids"]), len(row["rejected_ids"])), self._max_length)
         return row
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
@@ -246,6 +258,53 @@ def _average_logs(history: list[dict[str, float]]) -> dict[str, float]:
     return {name: sum(values) / len(values) for name, values in sums.items()}
 
 
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Row order for `train.group_by_length`: each epoch, the rows sorted by length (ties in random order), cut
+    into batches, and the full batches shuffled. transformers' `LengthGroupedSampler` sorts only within random
+    "megabatches" of a quarter of the data, which at a round's few batches groups little or nothing."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        shuffle = random.Random(self.seed * 1_000_003 + self.epoch)
+        ties = [shuffle.random() for _ in self.lengths]
+        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], ties[i]))
+        full = len(order) - len(order) % self.batch_size
+        batches = [order[i : i + self.batch_size] for i in range(0, full, self.batch_size)]
+        shuffle.shuffle(batches)
+        # the loader cuts this order into batches again: a short batch goes last, where it does not shift them
+        return iter([i for batch in batches for i in batch] + order[full:])
+
+
+class _PaddingCounter:
+    """TRL's collator, counting how much of the training batches it pads (what `group_by_length` lowers)."""
+
+    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.collate = collate
+        self.positions = self.padded = 0
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(examples)
+        mask = batch["attention_mask"]
+        self.positions += mask.numel()
+        self.padded += mask.numel() - int(mask.sum())
+        return batch
+
+    @property
+    def share(self) -> float:
+        return self.padded / self.positions if self.positions else 0.0
+
+
 _SIDES = ("chosen_ids", "rejected_ids")
 _REF_COLUMNS = ["ref_chosen_logps", "ref_rejected_logps"]
 
@@ -258,13 +317,25 @@ def _tokenized_trainer_class() -> type:
         no-grad reference pass runs only on the rows without them, plus `checked_rows`, whose engine values
         are compared with the trainer's (`perf/ref_logp_mismatch`) and kept."""
 
-        def __init__(self, checked_rows: Sequence[int], **kwargs: Any) -> None:
+        def __init__(self, checked_rows: Sequence[int], group_by_length: bool, **kwargs: Any) -> None:
             self.checked_rows = list(checked_rows)
+            self.group_by_length = group_by_length
             self.reference_metrics: dict[str, float] = {}
             super().__init__(**kwargs)
 
         def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
             return dataset  # tokenized by the updater, prompts that fill max_length already left out
+
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            self._signature_columns.append("length")  # kept for the length-grouped sampler
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if not self.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedBatches(dataset["length"], batch, self.args.seed)
 
         def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
             started = time.perf_counter()

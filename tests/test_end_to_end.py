@@ -43,6 +43,7 @@ EXPECTED_KEYS = {
     "perf/record_s",
     "perf/round_total_s",
     "perf/train_tokens_per_s",
+    "perf/train_padding",
     "perf/ref_from_engine",
     "perf/ref_logp_mismatch",
 }

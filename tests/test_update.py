@@ -38,11 +38,15 @@ def test_reference_round(refresh, every, expected):
     assert [reference_round(n, ref) for n in range(1, 6)] == expected
 
 
-def _updater(tiny_model_path, refresh="every_round", batch_size=4, max_length=64, engine=False, **ref):
+def _updater(
+    tiny_model_path, refresh="every_round", batch_size=4, max_length=64, engine=False, train_settings=(), **ref
+):
     """An updater; with `engine`, beside an engine that computes in float32 (the trainer's dtype)."""
     from transformers import AutoTokenizer
 
-    train = TrainConfig(learning_rate=1e-3, batch_size=batch_size, num_epochs=1, max_length=max_length)
+    train = TrainConfig(
+        learning_rate=1e-3, batch_size=batch_size, num_epochs=1, max_length=max_length, **dict(train_settings)
+    )
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     engine_dtype = torch.float32 if engine else None
     return DPOUpdater(
@@ -189,3 +193,42 @@ def test_auto_takes_the_engine_log_probs_only_when_engine_and_trainer_compute_al
     assert not use_engine_logps(auto, torch.bfloat16, torch.float32, bf16=False)
     assert not use_engine_logps(auto, torch.float32, torch.float32, bf16=True)  # autocast shifts the trainer's
     assert use_engine_logps(RefConfig(logps="engine"), torch.bfloat16, torch.float32, bf16=False)
+
+
+def test_length_grouped_batches_pad_less_than_random_ones(tiny_model_path):
+    # short and long pairs, interleaved: random batches of 2 mix them, length-grouped ones pair like with like
+    pairs = [
+        dataclasses.replace(PAIRS[0], prompt_id=str(i), chosen="yes " * words, rejected="no " * words)
+        for i, words in enumerate([2, 30] * 8)
+    ]
+    padding = {}
+    for grouped in (True, False):
+        updater = _updater(tiny_model_path, batch_size=2, train_settings={"group_by_length": grouped})
+        padding[grouped] = updater.update(pairs, round_number=1).metrics["perf/train_padding"]
+    assert padding[True] < 0.02
+    assert padding[False] > padding[True] + 0.05
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_gradient_checkpointing_is_the_configured_one(tiny_model_path, checkpointing):
+    updater = _updater(tiny_model_path, train_settings={"gradient_checkpointing": checkpointing})
+    result = updater.update(PAIRS, round_number=1)
+    assert updater.policy.is_gradient_checkpointing is checkpointing
+    assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
+
+
+def test_length_grouped_batches_sort_the_round_and_shuffle_the_batches():
+    from onpolicy.update import LengthGroupedBatches
+
+    lengths = [5, 40, 6, 41, 7, 42, 8, 43, 9]
+    sampler = LengthGroupedBatches(lengths, batch_size=2, seed=1)
+    orders = []
+    for epoch in range(4):
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert sorted(order) == list(range(len(lengths)))  # every row once an epoch
+        batches = {tuple(sorted(lengths[i] for i in order[j : j + 2])) for j in range(0, len(order), 2)}
+        # the sorted lengths, cut in twos: 5,6 | 7,8 | 9,40 | 41,42 | 43 (one batch mixes, no more)
+        assert batches == {(5, 6), (7, 8), (9, 40), (41, 42), (43,)}
+        orders.append(order)
+    assert len({tuple(o) for o in orders}) > 1  # the batches come in another order from epoch to epoch
