@@ -15,7 +15,7 @@ the policy that sampled them, so every variant optimises the same loss. Besides 
 row shows the DPO loss of the updated policy on all the pairs (reference: the sampling log-probs), so a
 faster update that learns less shows.
 
-    ../shared/bin/capped 16G .venv/bin/python -m benchmarks.bench_train [--prompt-repeats 2]
+    ../shared/bin/capped 16G .venv/bin/python -m benchmarks.bench_train [--prompt-repeats 2] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -160,12 +160,27 @@ def _trl_with_reference_model(path: str, tokenizer, pairs: list, train, seed: in
     return model, [entry["loss"] for entry in trainer.state.log_history if "loss" in entry], seconds
 
 
+def _run_child(variant: str, pairs_file: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_train", "--variant", variant, "--pairs", pairs_file],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
+    return json.loads(line.removeprefix("RESULT "))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompt-repeats", type=int, default=2, help="rounds' worth of pairs to train on")
     parser.add_argument(
         "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="the first is the 1x row"
     )
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each variant (the median is shown)")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # child process
     parser.add_argument("--pairs", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -177,22 +192,16 @@ def main() -> None:
     with tempfile.NamedTemporaryFile(suffix=".pkl") as file:
         file.write(pickle.dumps(pairs))
         file.flush()
-        results = {}
-        for variant in args.variants:
-            done = subprocess.run(
-                [sys.executable, "-m", "benchmarks.bench_train", "--variant", variant, "--pairs", file.name],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-            if line is None:
-                sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
-            results[variant] = json.loads(line.removeprefix("RESULT "))
+        runs: dict[str, list[dict]] = {variant: [] for variant in args.variants}
+        for repeat in range(args.repeats):  # forwards, then backwards: a slow spell of the machine hits all
+            for variant in args.variants if repeat % 2 == 0 else reversed(args.variants):
+                runs[variant].append(_run_child(variant, file.name))
+    # the median run's numbers (by seconds); every run of a variant trains the same pairs the same way
+    results = {v: sorted(r, key=lambda run: run["seconds"])[len(r) // 2] for v, r in runs.items()}
     base = results[args.variants[0]]
     print_table(
-        f"bench_train: one DPO update on {len(pairs)} pairs (configs/default.yaml train settings), SmolLM2-135M fp32",
+        f"bench_train: one DPO update on {len(pairs)} pairs (configs/default.yaml train settings), SmolLM2-135M fp32, "
+        f"median of {args.repeats}",
         [
             "update",
             "batches",

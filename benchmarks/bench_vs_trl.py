@@ -4,7 +4,7 @@ lengths, and the same wall-clock budget; eval identity rate against wall-clock s
 
 - onpolicy: `onpolicy run configs/identity.yaml` for `--rounds` rounds (vLLM generation, K=6 samples per
   prompt, best vs worst, corrections of the model's own answers, reference log-probs from the engine);
-- onpolicy without correction (`pairs.correction=null`): the same job on its own samples only;
+- onpolicy without correction (`pairs.correction.corrector=null`): the same job on its own samples only;
 - TRL `OnlineDPOTrainer` (trl.experimental.online_dpo) with its own generation (transformers `generate`, the
   trainer's fixed 2 samples per prompt), the same reward as a reward function, its reference a frozen copy of
   the initial policy (as `ref.refresh: never` in the demo). Its budget is the slower onpolicy run's time.
@@ -46,7 +46,7 @@ def run_onpolicy(rounds: int, correction: bool) -> dict:
     from onpolicy.config import load_config
     from onpolicy.loop import run_job
 
-    overrides = [f"rounds={rounds}", "wandb.mode=offline"] + ([] if correction else ["pairs.correction=null"])
+    overrides = [f"rounds={rounds}", "wandb.mode=offline"] + ([] if correction else ["pairs.correction.corrector=null"])
     config = load_config(CONFIG, overrides)
     echoed: dict[int, float] = {}
 
@@ -223,6 +223,7 @@ def main() -> None:
         if line is None:
             sys.exit(f"{variant} failed:\n{done.stderr[-3000:]}")
         results[variant] = json.loads(line.removeprefix("RESULT "))
+        print(f"{variant}: {line.removeprefix('RESULT ')}", file=sys.stderr, flush=True)  # kept if a later one fails
 
     budget = results["trl_online_dpo"]["curve"][-1]["seconds"]
     ours = time_to(results["onpolicy"]["curve"], TARGET)
