@@ -169,8 +169,7 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(
         True,
         description="Recompute activations in the backward pass instead of keeping them (TRL's default). On the "
-        "CPU measured it was not slower and saved 0.8-0.9 GiB (README, bench_train); turn it off only where "
-        "that measures faster.",
+        "CPU measured its time cost was within the noise and it saved 0.8-0.9 GiB (README, bench_train).",
     )
     group_by_length: bool = Field(
         False,
