@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime
 import os
+import pathlib
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -24,6 +26,20 @@ def embedded_model() -> str:
     from onpolicy.model_store import resolve_model
 
     return str(resolve_model(ModelConfig()))
+
+
+def run_identity_demo(overrides: Sequence[str], echo: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """configs/identity.yaml with `overrides` (W&B offline) in a temporary run directory: every round's record
+    from rounds.jsonl, round 0 (the evaluation of the initial policy) included."""
+    from onpolicy.config import load_config
+    from onpolicy.loop import run_job
+    from onpolicy.rundir import RunDirectory
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    config = load_config(root / "configs" / "identity.yaml", ["wandb.mode=offline", *overrides])
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder:
+        run_job(config, pathlib.Path(folder) / "run", echo=echo)
+        return RunDirectory(pathlib.Path(folder) / "run").read_rounds()
 
 
 def median_seconds(action: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:

@@ -12,13 +12,8 @@ held-out evaluation, a generation pass the demo runs each round, is shown apart.
 from __future__ import annotations
 
 import argparse
-import json
-import pathlib
-import tempfile
 
-from benchmarks._common import print_table
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from benchmarks._common import print_table, run_identity_demo
 
 # (label, metric, counts as work: generate / score / train)
 PHASES = [
@@ -40,14 +35,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    from onpolicy.config import load_config
-    from onpolicy.loop import run_job
-
-    config = load_config(ROOT / "configs" / "identity.yaml", [f"rounds={args.rounds}", "wandb.mode=offline"])
-    with tempfile.TemporaryDirectory(prefix="bench-round-") as folder:
-        run_job(config, pathlib.Path(folder) / "run", echo=lambda line: None)
-        rounds = [json.loads(line) for line in (pathlib.Path(folder) / "run" / "rounds.jsonl").open()]
-    last = rounds[-1]
+    last = run_identity_demo([f"rounds={args.rounds}"])[-1]
     total = last["perf/round_total_s"]
     rows = [(label, last.get(metric, 0.0), work) for label, metric, work in PHASES]
     train_parts = sum(last.get(metric, 0.0) for _, metric, _ in PHASES if metric in TRAIN_PARTS)

@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-from benchmarks._common import embedded_model, print_table
+from benchmarks._common import embedded_model, print_table, run_identity_demo
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "identity.yaml"
@@ -43,11 +43,7 @@ VARIANTS = {
 
 def run_onpolicy(rounds: int, correction: bool) -> dict:
     """The demo's job; one curve point per round: seconds since start (evaluations excluded) and eval rates."""
-    from onpolicy.config import load_config
-    from onpolicy.loop import run_job
-
-    overrides = [f"rounds={rounds}", "wandb.mode=offline"] + ([] if correction else ["pairs.correction.corrector=null"])
-    config = load_config(CONFIG, overrides)
+    overrides = [f"rounds={rounds}"] + ([] if correction else ["pairs.correction.corrector=null"])
     echoed: dict[int, float] = {}
 
     def note_round_end(line: str) -> None:
@@ -56,9 +52,7 @@ def run_onpolicy(rounds: int, correction: bool) -> dict:
             echoed[int(match.group(1))] = time.perf_counter()
 
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-vs-trl-") as folder:
-        run_job(config, pathlib.Path(folder) / "run", echo=note_round_end)
-        records = [json.loads(line) for line in (pathlib.Path(folder) / "run" / "rounds.jsonl").open()]
+    records = run_identity_demo(overrides, echo=note_round_end)
     curve, evaluating = [], 0.0
     for record in records:
         evaluating += record["perf/eval_s"]
@@ -84,22 +78,18 @@ class _GreedyAnswers:
         self.model, self.tokenizer = model, tokenizer
 
     def complete_greedy(self, records: Sequence, max_new_tokens: int) -> list[str]:
-        import torch
 
         from onpolicy.tokens import prompt_ids
 
         ids = [prompt_ids(self.tokenizer, record.messages) for record in records]
-        width = max(map(len, ids))
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(row)) + row for row in ids])
-        mask = torch.tensor([[0] * (width - len(row)) + [1] * len(row) for row in ids])
+        batch = self.tokenizer.pad({"input_ids": ids}, padding_side="left", return_tensors="pt")
         was_training = self.model.training
         self.model.eval()
         output = self.model.generate(
-            input_ids=input_ids, attention_mask=mask, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=pad
+            **batch, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id
         )
         self.model.train(was_training)
-        return self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)
+        return self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
 def run_trl(budget_s: float, eval_every_s: float) -> dict:

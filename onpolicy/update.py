@@ -328,7 +328,8 @@ def _tokenized_trainer_class() -> type:
 
         def _set_signature_columns_if_needed(self) -> None:
             super()._set_signature_columns_if_needed()
-            self._signature_columns.append("length")  # kept for the length-grouped sampler
+            if "length" not in self._signature_columns:  # kept for the length-grouped sampler
+                self._signature_columns.append("length")
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             if not self.group_by_length:
