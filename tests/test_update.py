@@ -232,3 +232,9 @@ def test_length_grouped_batches_sort_the_round_and_shuffle_the_batches():
         assert batches == {(5, 6), (7, 8), (9, 40), (41, 42), (43,)}
         orders.append(order)
     assert len({tuple(o) for o in orders}) > 1  # the batches come in another order from epoch to epoch
+
+
+def test_no_max_length_means_no_limit(tiny_model_path):
+    result = _updater(tiny_model_path, max_length=None).update(PAIRS, round_number=1)
+    assert not result.skipped and result.metrics["train/dropped_long_prompts"] == 0
+    assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
