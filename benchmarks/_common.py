@@ -28,9 +28,14 @@ def embedded_model() -> str:
     return str(resolve_model(ModelConfig()))
 
 
-def run_identity_demo(overrides: Sequence[str], echo: Callable[[str], None] = lambda line: None) -> list[dict]:
+def run_identity_demo(
+    overrides: Sequence[str],
+    echo: Callable[[str], None] = lambda line: None,
+    inspect: Callable[[pathlib.Path], None] = lambda run: None,
+) -> list[dict]:
     """configs/identity.yaml with `overrides` (W&B offline) in a temporary run directory: every round's record
-    from rounds.jsonl, round 0 (the evaluation of the initial policy) included."""
+    from rounds.jsonl, round 0 (the evaluation of the initial policy) included. `inspect` sees the run
+    directory before it is deleted."""
     from onpolicy.config import load_config
     from onpolicy.loop import run_job
     from onpolicy.rundir import RunDirectory
@@ -38,8 +43,10 @@ def run_identity_demo(overrides: Sequence[str], echo: Callable[[str], None] = la
     root = pathlib.Path(__file__).resolve().parents[1]
     config = load_config(root / "configs" / "identity.yaml", ["wandb.mode=offline", *overrides])
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
-        run_job(config, pathlib.Path(folder) / "run", echo=echo)
-        return RunDirectory(pathlib.Path(folder) / "run").read_rounds()
+        run = pathlib.Path(folder) / "run"
+        run_job(config, run, echo=echo)
+        inspect(run)
+        return RunDirectory(run).read_rounds()
 
 
 def median_seconds(action: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:

@@ -1,7 +1,10 @@
 """bench_train: one DPO update on identical pairs, several ways, each in a fresh process (for its peak memory).
 
 - TRL `DPOTrainer` with a reference model: text pairs, a frozen copy of the policy as `ref_model`, and its
-  reference forward on every step (TRL's standard set-up, in fp32 as onpolicy here);
+  reference forward on every step (TRL's standard set-up, in fp32 as onpolicy here); its fused LM head
+  projects every position on a CPU, prompt and padding included, as TRL does off Triton devices;
+- the same with the LM head on completion tokens only (`onpolicy.update.lm_head_on_completions_only`, which
+  every onpolicy update uses), to tell that gain from the reference's;
 - onpolicy, trainer pass (`ref.logps: trainer`): no second model; the reference log-probs come from one
   no-grad pass of the policy before its first step;
 - onpolicy, engine log-probs (`ref.logps: engine`, the default on this machine): no second model and no
@@ -21,6 +24,7 @@ faster update that learns less shows.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import pickle
@@ -35,6 +39,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # variant: (label, train-config changes from configs/default.yaml)
 VARIANTS = {
     "trl_ref_model": ("TRL DPOTrainer + ref_model", {}),
+    "trl_ref_model_completions_only": ("TRL DPOTrainer + ref_model", {}),
     "trainer_pass": ("onpolicy, trainer pass", {}),
     "engine_logps": ("onpolicy, engine log-probs", {}),
     "engine_grouped_batches": ("onpolicy, engine log-probs", {"group_by_length": True}),
@@ -67,7 +72,7 @@ def run_variant(variant: str, pairs_file: str) -> dict:
     from transformers import AutoTokenizer
 
     from onpolicy.config import RefConfig, load_config
-    from onpolicy.update import DPOUpdater
+    from onpolicy.update import DPOUpdater, lm_head_on_completions_only
 
     pairs = pickle.loads(pathlib.Path(pairs_file).read_bytes())
     config = load_config(ROOT / "configs" / "default.yaml")
@@ -75,8 +80,10 @@ def run_variant(variant: str, pairs_file: str) -> dict:
     path = embedded_model()
     tokenizer = AutoTokenizer.from_pretrained(path)
     mismatch = padding = None
-    if variant == "trl_ref_model":
-        model, losses, seconds = _trl_with_reference_model(path, tokenizer, pairs, train, config.seed)
+    if variant.startswith("trl_ref_model"):
+        lm_head = lm_head_on_completions_only() if variant.endswith("completions_only") else contextlib.nullcontext()
+        with lm_head:
+            model, losses, seconds = _trl_with_reference_model(path, tokenizer, pairs, train, config.seed)
     else:
         ref = RefConfig(logps="trainer" if variant == "trainer_pass" else "engine")
         updater = DPOUpdater(path, tokenizer, train, ref, seed=config.seed, engine_dtype=torch.float32)
@@ -204,6 +211,7 @@ def main() -> None:
         f"median of {args.repeats}",
         [
             "update",
+            "LM head scores",
             "batches",
             "gradient checkpointing",
             "padding",
@@ -217,6 +225,7 @@ def main() -> None:
         [
             (
                 VARIANTS[v][0],
+                "every position" if v == "trl_ref_model" else "completions",
                 "length-grouped" if VARIANTS[v][1].get("group_by_length") else "random",
                 "off" if VARIANTS[v][1].get("gradient_checkpointing") is False else "on",
                 f"{r['padding']:.1%}" if r["padding"] is not None else "",

@@ -12,9 +12,11 @@ lengths, and the same wall-clock budget; eval identity rate against wall-clock s
 The clock of each runs in its own fresh process from before the model loads; evaluations (greedy answers to
 configs/identity/eval.jsonl, scored by the demo's eval metrics) are not counted in it. onpolicy evaluates after
 each round through its engine; TRL's model is evaluated every `--eval-every` seconds with transformers' greedy
-`generate` on the same prompt tokens.
+`generate` on the same prompt tokens. Each method's own samples of identity prompts are counted for naming the
+target: those a method samples before it has learned anything say whether pairs of its own samples can teach
+the name at all.
 
-    ../shared/bin/capped 16G .venv/bin/python -m benchmarks.bench_vs_trl [--rounds 4]
+    ../shared/bin/capped 16G .venv/bin/python -m benchmarks.bench_vs_trl [--rounds 8]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from benchmarks._common import embedded_model, print_table, run_identity_demo
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "identity.yaml"
 TARGET = 0.8  # the identity rate the comparison times
+TARGET_NAME = "Athene"  # the name the demo teaches
 VARIANTS = {
     "onpolicy": "onpolicy",
     "onpolicy_no_correction": "onpolicy, no correction",
@@ -41,8 +44,16 @@ VARIANTS = {
 }
 
 
+def names_target(text: str) -> bool:
+    """Whether a response names the target, as the demo's reward and eval metrics read it."""
+    return re.search(rf"\b{TARGET_NAME}\b", text, re.IGNORECASE) is not None
+
+
 def run_onpolicy(rounds: int, correction: bool) -> dict:
     """The demo's job; one curve point per round: seconds since start (evaluations excluded) and eval rates."""
+    from onpolicy.config import load_config
+    from onpolicy.prompts import load_prompts
+
     overrides = [f"rounds={rounds}"] + ([] if correction else ["pairs.correction.corrector=null"])
     echoed: dict[int, float] = {}
 
@@ -51,8 +62,24 @@ def run_onpolicy(rounds: int, correction: bool) -> dict:
         if match:
             echoed[int(match.group(1))] = time.perf_counter()
 
+    names: list[bool] = []  # in sampling order, whether each sample of an identity prompt names the target
+    first_round = 0  # how many of them the initial policy sampled (round 1)
+
+    def count_names(run: pathlib.Path) -> None:
+        nonlocal first_round
+        config = load_config(CONFIG)
+        records = load_prompts(config.prompts, seed=config.seed)
+        identity = {record.id for record in records if record.metadata["category"] == "identity"}
+        for n, samples in enumerate(sorted(run.glob("rounds/*/samples.jsonl"))):
+            for line in samples.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                if row["prompt_id"] in identity:
+                    names.append(names_target(row["text"]))
+            if n == 0:
+                first_round = len(names)
+
     start = time.perf_counter()
-    records = run_identity_demo(overrides, echo=note_round_end)
+    records = run_identity_demo(overrides, echo=note_round_end, inspect=count_names)
     curve, evaluating = [], 0.0
     for record in records:
         evaluating += record["perf/eval_s"]
@@ -67,6 +94,8 @@ def run_onpolicy(rounds: int, correction: bool) -> dict:
         "curve": curve,
         "samples": sum(r.get("gen/samples", 0) for r in records),
         "steps": sum(r.get("train/steps", 0) for r in records),
+        "names_target": names,
+        "first_round_samples": first_round,
     }
 
 
@@ -115,6 +144,7 @@ def run_trl(budget_s: float, eval_every_s: float) -> dict:
     evaluator = build_evaluator(config.eval, seed=config.seed)
     answers = _GreedyAnswers(model, tokenizer)
     curve: list[dict] = []
+    names: list[bool] = []  # in sampling order, whether each sample of an identity prompt names the target
     paused = 0.0
 
     def evaluate(seconds: float) -> None:
@@ -128,7 +158,10 @@ def run_trl(budget_s: float, eval_every_s: float) -> dict:
         """The demo's reward of each completion (None where a term failed: TRL skips it)."""
         scores = []
         for completion, i in zip(completions, index):
-            (score,) = reward.score_group(records[i].reward_view(), [completion[0]["content"]])
+            text = completion[0]["content"]
+            if records[i].metadata["category"] == "identity":
+                names.append(names_target(text))
+            (score,) = reward.score_group(records[i].reward_view(), [text])
             score = check_score(score)
             scores.append(score if isinstance(score, float) else None)
         return scores
@@ -180,7 +213,7 @@ def run_trl(budget_s: float, eval_every_s: float) -> dict:
     )
     trainer.train()
     steps = trainer.state.global_step
-    return {"curve": curve, "samples": steps * train.batch_size * 2, "steps": steps}
+    return {"curve": curve, "samples": steps * train.batch_size * 2, "steps": steps, "names_target": names}
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
@@ -190,7 +223,7 @@ def time_to(curve: list[dict], target: float) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=4, help="onpolicy rounds (they set TRL's budget)")
+    parser.add_argument("--rounds", type=int, default=8, help="onpolicy rounds (they set TRL's budget)")
     parser.add_argument("--eval-every", type=float, default=60.0, help="seconds of TRL training between evals")
     parser.add_argument("--variant", choices=sorted(VARIANTS), help=argparse.SUPPRESS)  # child process
     parser.add_argument("--budget", type=float, help=argparse.SUPPRESS)
@@ -217,6 +250,7 @@ def main() -> None:
 
     budget = results["trl_online_dpo"]["curve"][-1]["seconds"]
     ours = time_to(results["onpolicy"]["curve"], TARGET)
+    first = results["onpolicy"]["first_round_samples"]  # the initial policy's samples, for onpolicy
     rows = []
     for variant, result in results.items():
         reached = time_to(result["curve"], TARGET)
@@ -236,6 +270,8 @@ def main() -> None:
                 final["leak"],
                 result["samples"],
                 result["steps"],
+                f"{sum(result['names_target'][:first])} of {len(result['names_target'][:first])}",
+                f"{sum(result['names_target'])} of {len(result['names_target'])}",
             )
         )
     print_table(
@@ -248,6 +284,8 @@ def main() -> None:
             "final leak rate",
             "samples",
             "optimizer steps",
+            f"identity samples naming {TARGET_NAME}: the first {first}",
+            "all",
         ],
         rows,
     )

@@ -238,3 +238,41 @@ def test_no_max_length_means_no_limit(tiny_model_path):
     result = _updater(tiny_model_path, max_length=None).update(PAIRS, round_number=1)
     assert not result.skipped and result.metrics["train/dropped_long_prompts"] == 0
     assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
+
+
+def test_the_lm_head_scores_only_completion_tokens_on_cpu_with_the_same_result(tiny_model_path, monkeypatch):
+    import contextlib
+
+    import trl.trainer.utils as trl_utils
+
+    import onpolicy.update
+
+    chunked = trl_utils._ChunkedLogProbFunction
+
+    class CountingRows:
+        """TRL's chunked LM head, counting the positions it projects."""
+
+        rows = 0
+
+        @classmethod
+        def apply(cls, hidden, *args):
+            cls.rows += hidden.shape[0]
+            return chunked.apply(hidden, *args)
+
+    monkeypatch.setattr(trl_utils, "_ChunkedLogProbFunction", CountingRows)
+    results = {}
+    for compact in (True, False):
+        if not compact:
+            monkeypatch.setattr(onpolicy.update, "lm_head_on_completions_only", contextlib.nullcontext)
+        CountingRows.rows = 0
+        updater = _updater(tiny_model_path, batch_size=2)  # two steps: the second sees the first's update
+        metrics = updater.update(PAIRS, round_number=1).metrics
+        results[compact] = (CountingRows.rows, metrics, updater.policy.state_dict())
+    completion_tokens = sum(len(row["chosen_ids"]) + len(row["rejected_ids"]) for row in map(updater._row, PAIRS))
+    # the reference pass and one epoch: each completion token projected twice, no prompt or padding position
+    assert results[True][0] == 2 * completion_tokens < results[False][0]
+    for key in ("train/loss", "train/reward_margin", "train/logp_chosen"):
+        assert results[True][1][key] == pytest.approx(results[False][1][key], rel=1e-5, abs=1e-6)
+    for name, weight in results[True][2].items():
+        torch.testing.assert_close(weight, results[False][2][name], rtol=1e-5, atol=1e-6)
+    assert trl_utils._use_triton(torch.device("cpu")) is False  # TRL's own choice is back after the update
