@@ -166,10 +166,11 @@ class TrainConfig(Section):
         description="bf16 autocast in training and reference passes (TRL's default is on; here off: exact fp32 "
         "numbers on CPU, where autocast shifts log-probs by ~1e-3 per sequence).",
     )
-    gradient_checkpointing: bool = Field(
-        True,
-        description="Recompute activations in the backward pass instead of keeping them (TRL's default). On the "
-        "CPU measured its time cost was within the noise and it saved 0.8-0.9 GiB (README, bench_train).",
+    gradient_checkpointing: bool | Literal["auto"] = Field(
+        "auto",
+        description="Recompute activations in the backward pass instead of keeping them. auto: on with a GPU "
+        "(TRL's default: GPU memory is the limit), off on a CPU (recomputing made updates 1.2x slower there for "
+        "0.9 GiB saved of plentiful RAM: README, bench_train).",
     )
     group_by_length: bool = Field(
         False,

@@ -29,6 +29,7 @@ import random
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -152,7 +153,7 @@ class DPOUpdater:
         checked = sorted(
             random.Random(self.seed + round_number).sample(checked, min(len(checked), self.ref_config.check_pairs))
         )
-        with lm_head_on_completions_only():
+        with lm_head_on_completions_only(), unique_model_hash():
             started = time.perf_counter()
             trainer = _tokenized_trainer_class()(
                 checked_rows=checked,
@@ -211,7 +212,7 @@ class DPOUpdater:
             lr_scheduler_type=cfg.lr_scheduler_type,
             warmup_steps=cfg.warmup_steps,
             bf16=cfg.bf16,
-            gradient_checkpointing=cfg.gradient_checkpointing,
+            gradient_checkpointing=self.gradient_checkpointing,
             seed=self.seed + round_number,
             precompute_ref_log_probs=True,
             report_to="none",
@@ -221,6 +222,12 @@ class DPOUpdater:
             use_cpu=not torch.cuda.is_available(),
             **cfg.extra,
         )
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        """train.gradient_checkpointing, `auto` resolved: on with a GPU, off on a CPU."""
+        setting = self.train_config.gradient_checkpointing
+        return torch.cuda.is_available() if setting == "auto" else setting
 
     @property
     def _max_length(self) -> int:
@@ -257,8 +264,7 @@ class DPOUpdater:
         self.tokenizer.save_pretrained(folder)
 
 
-@contextlib.contextmanager
-def lm_head_on_completions_only() -> Iterator[None]:
+def lm_head_on_completions_only() -> contextlib.AbstractContextManager[None]:
     """While open, TRL's fused LM head scores only the completion tokens on a CPU too, as it does on GPUs.
 
     `DPOTrainer` gets per-token log-probs through a chunked LM head (`trl.kernels.ChunkedLogProbFunction`). On
@@ -266,23 +272,36 @@ def lm_head_on_completions_only() -> Iterator[None]:
     prompt and padding included, so that tile shapes never change for ahead-of-time compilers (Neuron). An eager
     CPU compiles nothing, and there about half of a round's positions are prompt and padding: on the default
     round, scoring only the completions made the update 1.3x faster with the same loss to five digits
-    (`bench_train`). TRL decides this with `trl.trainer.utils._use_triton`, which it consults for nothing else;
-    a TRL without it is left as it is.
+    (`bench_train`). TRL decides this with `trl.trainer.utils._use_triton`, which it consults for nothing else.
     """
-    try:
-        import trl.trainer.utils as trl_utils
-    except ImportError:
+    return _replaced("trl.trainer.utils", "_use_triton", lambda on_triton: lambda d: d.type == "cpu" or on_triton(d))
+
+
+def unique_model_hash() -> contextlib.AbstractContextManager[None]:
+    """While open, TRL's `DPOTrainer` names its reference log-prob cache by a fresh random key instead of a hash
+    of every weight of the model. TRL hashes the whole model (sha256 over all its bytes) each time a trainer is
+    made with `precompute_ref_log_probs`, to reuse cached reference log-probs of the same data and model; every
+    onpolicy round has new pairs and a new model, so the cache never hits, and the hash is pure cost: 0.5 s per
+    round for the 135M model here, a minute for a 7B one."""
+    return _replaced("trl.trainer.dpo_trainer", "hash_module", lambda _: lambda module: uuid.uuid4().hex)
+
+
+@contextlib.contextmanager
+def _replaced(module_name: str, attribute: str, replacement: Callable[[Any], Any]) -> Iterator[None]:
+    """`module.attribute` set to `replacement(original)` while open (a TRL without it is left as it is: the tests
+    that measure each effect then fail)."""
+    import importlib
+
+    module = importlib.import_module(module_name)
+    original = getattr(module, attribute, None)
+    if original is None:
         yield
         return
-    on_triton = getattr(trl_utils, "_use_triton", None)
-    if on_triton is None:
-        yield
-        return
-    trl_utils._use_triton = lambda device: device.type == "cpu" or on_triton(device)
+    setattr(module, attribute, replacement(original))
     try:
         yield
     finally:
-        trl_utils._use_triton = on_triton
+        setattr(module, attribute, original)
 
 
 def _average_logs(history: list[dict[str, float]]) -> dict[str, float]:

@@ -209,9 +209,11 @@ def test_length_grouped_batches_pad_less_than_random_ones(tiny_model_path):
     assert padding[False] > padding[True] + 0.05
 
 
-@pytest.mark.parametrize("checkpointing", [False, True])
-def test_gradient_checkpointing_is_the_configured_one(tiny_model_path, checkpointing):
-    updater = _updater(tiny_model_path, train_settings={"gradient_checkpointing": checkpointing})
+@pytest.mark.parametrize(
+    ("setting", "checkpointing"), [(False, False), (True, True), ("auto", torch.cuda.is_available())]
+)
+def test_gradient_checkpointing_is_the_configured_one(tiny_model_path, setting, checkpointing):
+    updater = _updater(tiny_model_path, train_settings={"gradient_checkpointing": setting})
     result = updater.update(PAIRS, round_number=1)
     assert updater.policy.is_gradient_checkpointing is checkpointing
     assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
@@ -276,3 +278,18 @@ def test_the_lm_head_scores_only_completion_tokens_on_cpu_with_the_same_result(t
     for name, weight in results[True][2].items():
         torch.testing.assert_close(weight, results[False][2][name], rtol=1e-5, atol=1e-6)
     assert trl_utils._use_triton(torch.device("cpu")) is False  # TRL's own choice is back after the update
+
+
+def test_trainer_set_up_does_not_hash_the_model(tiny_model_path, monkeypatch):
+    import trl.trainer.dpo_trainer as dpo_trainer
+
+    hashed = []
+    hash_module = dpo_trainer.hash_module
+    monkeypatch.setattr(dpo_trainer, "hash_module", lambda module: hashed.append(module) or hash_module(module))
+    updater = _updater(tiny_model_path)
+    for n in (1, 2):  # each round's trainer pass is its own policy's, never a cached earlier one
+        result = updater.update(PAIRS, round_number=n)
+        assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
+    assert hashed == []
+    dpo_trainer.hash_module(torch.nn.Linear(1, 1))  # TRL's own function is back after the update
+    assert len(hashed) == 1
