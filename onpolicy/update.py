@@ -17,6 +17,10 @@ The reference costs no training time:
   load the *initial* checkpoint from disk: a silent "never refresh").
 - `never` / `every: N`: a frozen copy of the policy is taken when the reference is due for a refresh, and TRL
   precomputes the reference log-probs with it before training; still no reference forward per step.
+
+Two TRL internals are adjusted while a round's trainer lives, each measured in `bench_train` / `bench_round`
+and tested: its fused LM head scores only completion tokens on a CPU too (`lm_head_on_completions_only`), and
+its reference cache is keyed without hashing every weight (`unique_model_hash`).
 """
 
 from __future__ import annotations
