@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 
 from benchmarks._common import embedded_model, print_table, run_identity_demo
+from reward.rules import contains
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "identity.yaml"
@@ -44,9 +45,12 @@ VARIANTS = {
 }
 
 
+_NAMES_TARGET = contains(words=[TARGET_NAME])  # the rule the demo's reward and eval metrics use
+
+
 def names_target(text: str) -> bool:
     """Whether a response names the target, as the demo's reward and eval metrics read it."""
-    return re.search(rf"\b{TARGET_NAME}\b", text, re.IGNORECASE) is not None
+    return _NAMES_TARGET.score_group({}, [text])[0] > 0
 
 
 def run_onpolicy(rounds: int, correction: bool) -> dict:
