@@ -54,16 +54,18 @@ def sample_pairs(prompt_repeats: int) -> list:
     """The default config's round, `prompt_repeats` times over its prompts: pairs with tokens and log-probs."""
     from transformers import AutoTokenizer
 
+    from onpolicy.components import build_reward_from_terms
     from onpolicy.config import load_config
     from onpolicy.generation import VLLMGenerator
-    from onpolicy.loop import build_reward_from_terms
     from onpolicy.pairing import build_pairs
     from onpolicy.prompts import load_prompts
     from onpolicy.scoring import score_groups
 
     config = load_config(ROOT / "configs" / "default.yaml")
     path = embedded_model()
-    generator = VLLMGenerator(path, AutoTokenizer.from_pretrained(path), config.generation)
+    # a float32 engine, the trainer's dtype: its log-probs are the reference's (the updaters below are told so)
+    engine = config.generation.model_copy(update={"dtype": "float32"})
+    generator = VLLMGenerator(path, AutoTokenizer.from_pretrained(path), engine)
     groups, _ = generator.generate(load_prompts(config.prompts) * prompt_repeats)
     scored, _, _ = score_groups(build_reward_from_terms(config.reward), groups)
     return list(build_pairs(scored, config.pairs.min_margin).pairs)
@@ -75,7 +77,8 @@ def run_variant(variant: str, pairs_file: str) -> dict:
     from transformers import AutoTokenizer
 
     from onpolicy.config import RefConfig, load_config
-    from onpolicy.update import DPOUpdater, lm_head_on_completions_only
+    from onpolicy.trl_compat import lm_head_on_completions_only
+    from onpolicy.update import DPOUpdater
 
     pairs = pickle.loads(pathlib.Path(pairs_file).read_bytes())
     config = load_config(ROOT / "configs" / "default.yaml")

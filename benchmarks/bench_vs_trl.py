@@ -133,9 +133,9 @@ def run_trl(budget_s: float, eval_every_s: float) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
+    from onpolicy.components import build_reward_from_terms
     from onpolicy.config import load_config
     from onpolicy.evaluation import build_evaluator
-    from onpolicy.loop import build_reward_from_terms
     from onpolicy.prompts import load_prompts
     from reward.registry import check_score
 

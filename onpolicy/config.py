@@ -7,18 +7,23 @@ validated once, before any model is loaded; an unknown key, a wrong type or a mi
 Relative paths inside a YAML file are resolved against that file's folder (so a config can ship its prompt file
 beside it); relative paths given on the command line are resolved against the working directory. The resolved
 config, saved in the run directory, holds absolute paths only.
+
+This module is the schema and its entry point `load_config`; the reading, overriding, path resolution and error
+messages behind it are in `onpolicy.config_loading`.
 """
 
 from __future__ import annotations
 
-import difflib
 import pathlib
-import re
-from typing import Any, Literal
+import types
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
+from onpolicy import config_loading
 from onpolicy.errors import ConfigError
 
 
@@ -184,7 +189,7 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _known_to_trl(self) -> TrainConfig:
-        from onpolicy.trl_fields import check_dpo_config_fields
+        from onpolicy.trl_compat import check_dpo_config_fields
 
         check_dpo_config_fields(self.loss_type, self.extra)
         return self
@@ -291,198 +296,59 @@ class Config(Section):
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
-# Keys whose relative paths are resolved against the YAML file's folder (or the working directory).
-_PATH_KEYS = (("model", "path"), ("model", "cache_dir"), ("prompts", "path"), ("eval", "prompts", "path"))
-
-
-def load_config(path: str | pathlib.Path | None, overrides: list[str] = ()) -> Config:
+def load_config(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (or none: defaults only), apply `key.path=value` overrides, validate, resolve paths."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
         path = pathlib.Path(path)
         source = str(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path} must hold a mapping of config keys, not a {type(loaded).__name__}")
-        data = loaded or {}
-        _resolve_paths(data, path.parent.resolve())
-        _resolve_reward_files(data, path.parent.resolve())
-    override_keys: dict[str, str] = {}
-    for item in overrides:
-        key, value = _parse_override(item)
-        override_keys[key] = item
-        _set_dotted(data, key, value, item)
-        if key in {".".join(k) for k in _PATH_KEYS}:
-            _resolve_paths(data, pathlib.Path.cwd(), only=key)
-    _resolve_reward_files(data, pathlib.Path.cwd())
+        data = config_loading.read_yaml(path)
+    override_keys = config_loading.apply_overrides(data, overrides)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source, override_keys)) from None
-    _check_files(config, source)
+        keys = [key for key, _, _ in walk_fields()]
+        raise ConfigError(config_loading.explain(exc, source, override_keys, keys)) from None
+    config_loading.check_files(config, source)
     return config
 
 
-def _parse_override(item: str) -> tuple[str, Any]:
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {item!r} is not of the form key.path=value")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-def _set_dotted(data: dict[str, Any], key: str, value: Any, item: str) -> None:
-    parts = key.split(".")
-    node: Any = data
-    for i, part in enumerate(parts):
-        last = i == len(parts) - 1
-        if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} has no item {part}")
-            if last:
-                node[int(part)] = value
-            else:
-                node = node[int(part)]
-            continue
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {item!r}: {'.'.join(parts[:i])} is not a section")
-        if last:
-            node[part] = value
-        else:
-            node = node.setdefault(part, {})
-
-
-def _resolve_paths(data: dict[str, Any], base: pathlib.Path, only: str | None = None) -> None:
-    for *sections, key in _PATH_KEYS:
-        if only is not None and only != ".".join((*sections, key)):
-            continue
-        node: Any = data
-        for section in sections:
-            node = node.get(section) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(key), str):
-            candidate = pathlib.Path(node[key]).expanduser()
-            node[key] = str(candidate if candidate.is_absolute() else (base / candidate).resolve())
-
-
-def _resolve_reward_files(data: dict[str, Any], base: pathlib.Path) -> None:
-    """`file.py:function` reward names are files too, and so are a reward model's `path` and a local judge's
-    `model`: make them absolute, like the other paths."""
-    terms = data.get("reward")
-    if not isinstance(terms, list):
-        return
-    for term in terms:
-        if not isinstance(term, dict):
-            continue
-        if isinstance(term.get("name"), str):
-            file, sep, func = term["name"].rpartition(":")
-            if sep and file.endswith(".py") and not pathlib.Path(file).is_absolute():
-                term["name"] = f"{(base / file).resolve()}:{func}"
-        args = term.get("args")
-        if not isinstance(args, dict):
-            continue
-        keys = ["path"] if term.get("name") == "reward_model" else ["model"] if args.get("backend") == "vllm" else []
-        for key in keys:
-            if isinstance(args.get(key), str) and not pathlib.Path(args[key]).expanduser().is_absolute():
-                args[key] = str((base / pathlib.Path(args[key]).expanduser()).resolve())
-
-
-def _check_files(config: Config, source: str) -> None:
-    for key, prompts in (("prompts", config.prompts), ("eval.prompts", config.eval.prompts)):
-        if prompts is not None and prompts.path is not None and not pathlib.Path(prompts.path).is_file():
-            raise ConfigError(f"{key}.path in {source}: prompt file not found: {prompts.path}")
-    if config.model.path is not None and not (pathlib.Path(config.model.path) / "config.json").is_file():
-        raise ConfigError(
-            f"model.path in {source}: {config.model.path} is not a model folder (no config.json there). "
-            "Give a local Hugging Face model folder, or leave model.path empty for the embedded SmolLM2."
-        )
-
-
-def _explain(exc: ValidationError, source: str, override_keys: dict[str, str]) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = _dotted(error["loc"])
-        message = error["msg"].removeprefix("Value error, ")
-        where = _where(loc, message, source, override_keys)
-        if error["type"] == "extra_forbidden":
-            hint = _suggest(loc)
-            lines.append(f"unknown key '{loc}' in {where}" + (f"; did you mean '{hint}'?" if hint else ""))
-        elif error["type"] == "missing":
-            lines.append(f"missing key '{loc}' in {where}")
-        elif error["type"] == "value_error":  # cross-field checks: their message names the keys
-            lines.append(f"{where}: {message}")
-        else:
-            got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
-            lines.append(f"'{loc}' in {where}: {message}{got}")
-    return lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif not (isinstance(part, str) and (part.startswith("function-") or part in {"str", "dict[str,any]"})):
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _where(loc: str, message: str, source: str, override_keys: dict[str, str]) -> str:
-    """The command-line override an error comes from, else the config file."""
-    plain = loc.replace("[", ".").replace("]", "")
-    for key, item in override_keys.items():
-        if plain and (plain == key or plain.startswith(key + ".") or key.startswith(plain + ".")):
-            return f"command-line override '{item}'"
-        if not plain and key in message:
-            return f"command-line override '{item}'"
-    return source
-
-
-def _all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
-    keys = []
+def walk_fields(model: type[BaseModel] = Config, prefix: str = "") -> Iterator[tuple[str, FieldInfo, bool]]:
+    """(key, field, is_section) for every field of `model`, depth first, nested sections included: a section's
+    keys are spelled `section.key`, whether the section is required, defaulted or optional, and a list of
+    sections' keys `section[].key`. `is_section`: the field is a plain section (no value of its own to set)."""
     for name, field in model.model_fields.items():
-        dotted = prefix + name
-        keys.append(dotted)
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            keys.extend(_all_keys(annotation, dotted + "."))
-    return keys
+        key = prefix + name
+        nested = _nested_section(field.annotation)
+        yield key, field, nested is not None and nested[0] is field.annotation
+        if nested is not None:
+            section, joint = nested
+            yield from walk_fields(section, key + joint)
 
 
-def _suggest(loc: str) -> str | None:
-    """The valid key nearest to a mistyped one (same section first, then anywhere), spelled like `loc`."""
-    section, _, leaf = loc.rpartition(".")
-    schema_section = re.sub(r"\[\d+\]", "", section)  # reward[0] -> reward
-    candidates = _all_keys() + [f"reward.{name}" for name in RewardTerm.model_fields]
-    siblings = [c.rpartition(".")[2] for c in candidates if c.rpartition(".")[0] == schema_section]
-    match = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
-    if match:
-        return f"{section}.{match[0]}" if section else match[0]
-    match = difflib.get_close_matches(f"{schema_section}.{leaf}".lstrip("."), candidates, n=1, cutoff=0.6)
-    if match:
-        return match[0]
-    by_leaf = [c for c in candidates if c.rpartition(".")[2] == leaf]
-    return by_leaf[0] if by_leaf else None
+def _nested_section(annotation: Any) -> tuple[type[BaseModel], str] | None:
+    """The section model a field holds and how keys below it are joined ('.', or '[].' for a list of them)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, "."
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin in (Union, types.UnionType):  # Optional[Section] and the like
+        found = [n for n in map(_nested_section, args) if n is not None]
+        return found[0] if len(found) == 1 else None
+    if origin in (list, tuple, Sequence) and args:
+        inner = _nested_section(args[0])
+        return (inner[0], "[]" + inner[1]) if inner is not None else None
+    return None
 
 
-def describe_fields(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(key, default, description) for every config key, for `onpolicy config --docs`."""
+def describe_fields(model: type[BaseModel] = Config) -> list[tuple[str, str, str]]:
+    """(key, default, description) for every config key, nested ones included, for `onpolicy config --docs`.
+    Plain sections have no row of their own (only their keys); optional sections and lists of sections have one
+    (their default and what they are for), then their keys."""
     rows = []
-    for name, field in model.model_fields.items():
-        annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            rows.extend(describe_fields(annotation, prefix + name + "."))
+    for key, field, is_section in walk_fields(model):
+        if is_section:
             continue
         default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        rows.append((prefix + name, default, field.description or ""))
-        if name == "reward":
-            rows.extend(describe_fields(RewardTerm, prefix + "reward[]."))
+        rows.append((key, default, field.description or ""))
     return rows

@@ -27,11 +27,12 @@ from onpolicy.config import CorrectionConfig
 from onpolicy.errors import ConfigError
 from onpolicy.types import Pair, PairTokens, Sample, ScoredGroup
 from reward import Failed, GroupReward, RewardConfigError, matches
-from reward.registry import check_score, load_object
+from reward.registry import CORRECTORS, check_score
 
 Corrector = Callable[..., "str | None"]
 
 
+@CORRECTORS.register("replace_name")
 def replace_name(
     response: str,
     prompt: Mapping[str, Any],
@@ -65,9 +66,6 @@ def _replace_first_group(match: re.Match[str], target: str) -> str:
         return target
     start, end = match.start(1) - match.start(0), match.end(1) - match.start(0)
     return match.group(0)[:start] + target + match.group(0)[end:]
-
-
-BUILTIN_CORRECTORS: dict[str, Corrector] = {"replace_name": replace_name}
 
 
 class Correction:
@@ -117,13 +115,8 @@ def build_correction(config: CorrectionConfig, reward: GroupReward) -> Correctio
     if config.corrector is None:
         return None
     name = config.corrector
-    if name not in BUILTIN_CORRECTORS and ":" not in name:
-        raise ConfigError(
-            f"pairs.correction.corrector: unknown corrector {name!r}: use one of {', '.join(BUILTIN_CORRECTORS)} "
-            "or an import path 'module:function'"
-        )
     try:
-        corrector = BUILTIN_CORRECTORS[name] if name in BUILTIN_CORRECTORS else load_object(name)
+        corrector = CORRECTORS.resolve(name)
     except RewardConfigError as exc:
         raise ConfigError(f"pairs.correction.corrector: {exc}") from None
     try:

@@ -22,6 +22,7 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 import torch  # noqa: E402
 
 from onpolicy.config import GenerationConfig  # noqa: E402
+from onpolicy.devices import engine_dtype  # noqa: E402
 from onpolicy.errors import OnpolicyError  # noqa: E402
 from onpolicy.tokens import prompt_ids  # noqa: E402
 from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
@@ -115,24 +116,6 @@ class VLLMGenerator:
         weights = ((name, tensor.detach().to(self.engine_dtype)) for name, tensor in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
-
-
-def engine_dtype(requested: str) -> str:
-    """The engine dtype for `requested`, deciding `auto` by the hardware (see `GenerationConfig.dtype`)."""
-    if requested != "auto":
-        return requested
-    if torch.cuda.is_available() or cpu_has_native_bf16():
-        return "bfloat16"
-    return "float32"
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line for line in f if line.startswith("flags")), "").split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _sample(completion: Any) -> Sample:

@@ -58,7 +58,13 @@ def embedded_model_folder(cache: pathlib.Path) -> pathlib.Path:
         return out
     from filelock import FileLock
 
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission, a full disk
+        raise OnpolicyError(
+            f"cannot use {cache} as the model cache ({exc.strerror}): set model.cache_dir or ONPOLICY_CACHE to a "
+            "writable folder"
+        ) from None
     with FileLock(str(out) + ".lock"):
         if (out / _COMPLETE).is_file():  # another run converted it while we waited
             return out

@@ -145,3 +145,18 @@ class UpdateResult:
 def to_json(record: Any) -> dict[str, Any]:
     """A dataclass record as a JSON-ready dict (mappings and tuples become objects and lists)."""
     return dataclasses.asdict(record)
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundRecord:
+    """A complete round: its metrics (its line in rounds.jsonl and its W&B step), its pairs, and what went wrong
+    without stopping it."""
+
+    round: int
+    metrics: Mapping[str, float]
+    pairs: tuple[Pair, ...]
+    warnings: tuple[str, ...] = ()
+
+    def line(self) -> dict[str, Any]:
+        """The round as rounds.jsonl holds it."""
+        return {"round": self.round, **self.metrics}

@@ -18,43 +18,28 @@ The reference costs no training time:
 - `never` / `every: N`: a frozen copy of the policy is taken when the reference is due for a refresh, and TRL
   precomputes the reference log-probs with it before training; still no reference forward per step.
 
-Two TRL internals are adjusted while a round's trainer lives, each measured in `bench_train` / `bench_round`
-and tested: its fused LM head scores only completion tokens on a CPU too (`lm_head_on_completions_only`), and
-its reference cache is keyed without hashing every weight (`unique_model_hash`).
+Everything that relies on TRL beyond its public arguments (the trainer subclass for tokenized rows with engine
+log-probs, two scoped adjustments of its internals, the mapping of its logs) lives in `onpolicy.trl_compat`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import importlib
-import math
 import pathlib
 import random
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 
+from onpolicy import trl_compat
 from onpolicy.config import RefConfig, TrainConfig
+from onpolicy.devices import choose_gradient_checkpointing
 from onpolicy.tokens import prompt_ids, response_ids
 from onpolicy.types import Pair, UpdateResult
-
-# TRL's per-step training logs, averaged over a round, under the names onpolicy logs them.
-_TRL_METRICS = {
-    "loss": "train/loss",
-    "rewards/accuracies": "train/reward_accuracy",
-    "rewards/margins": "train/reward_margin",
-    "rewards/chosen": "train/reward_chosen",
-    "rewards/rejected": "train/reward_rejected",
-    "logps/chosen": "train/logp_chosen",
-    "logps/rejected": "train/logp_rejected",
-    "grad_norm": "train/grad_norm",
-}
 
 
 def reference_round(round_number: int, ref: RefConfig) -> int:
@@ -141,14 +126,6 @@ class DPOUpdater:
         training stops after the current step (the caller then abandons the round)."""
         if not pairs:
             return UpdateResult(skipped=True, metrics={})
-        from datasets import Dataset
-        from transformers import PrinterCallback, TrainerCallback
-
-        class StopWhenAsked(TrainerCallback):
-            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-                if should_stop is not None and should_stop():
-                    control.should_training_stop = True
-
         cfg = self.train_config
         # As TRL does: a prompt that fills max_length leaves no completion to learn from.
         rows = [row for row in map(self._row, pairs) if len(row["prompt_ids"]) < self._max_length]
@@ -158,29 +135,27 @@ class DPOUpdater:
         checked = sorted(
             random.Random(self.seed + round_number).sample(checked, min(len(checked), self.ref_config.check_pairs))
         )
-        with lm_head_on_completions_only(), unique_model_hash():
+        with trl_compat.adjusted_trl():
             started = time.perf_counter()
-            trainer = _tokenized_trainer_class()(
+            trainer = trl_compat.make_trainer(
+                rows,
                 checked_rows=checked,
                 group_by_length=cfg.group_by_length,
+                should_stop=should_stop,
                 model=self.policy,
                 ref_model=self.reference,
-                args=self._dpo_config(round_number),
-                train_dataset=Dataset.from_list(rows),
+                args=trl_compat.dpo_config(
+                    cfg, self._output_dir.name, self.seed + round_number, self.gradient_checkpointing
+                ),
                 processing_class=self.tokenizer,
-                callbacks=[StopWhenAsked()],
             )
-            trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; onpolicy prints one line per round
-            trainer.data_collator = padding = _PaddingCounter(trainer.data_collator)
             setup_s = time.perf_counter() - started
             try:
                 started = time.perf_counter()
                 trainer.train()
                 steps_s = time.perf_counter() - started
-                metrics = _average_logs(trainer.state.log_history)
-                metrics["train/steps"] = float(trainer.state.global_step)
+                metrics = trl_compat.round_metrics(trainer)
                 metrics["train/dropped_long_prompts"] = float(len(pairs) - len(rows))
-                metrics.update(trainer.reference_metrics)
                 tokens = sum(
                     min(len(r["prompt_ids"]) + len(r[side]), self._max_length) for r in rows for side in _SIDES
                 )
@@ -188,51 +163,15 @@ class DPOUpdater:
                 metrics["perf/train_setup_s"] = setup_s - metrics["perf/ref_logps_s"]
                 metrics["perf/train_steps_s"] = steps_s
                 metrics["perf/train_tokens_per_s"] = tokens * epochs / steps_s if steps_s > 0 else 0.0
-                metrics["perf/train_padding"] = padding.share
             finally:
-                # DPOTrainer patches a fused LM head onto the model's forward; drop it so patches do not pile up
-                # over rounds and the model stays an ordinary transformers model between updates.
-                for model in (self.policy, self.reference):
-                    if model is not None:
-                        model.__dict__.pop("forward", None)
+                trl_compat.release(trainer, (self.policy, self.reference))
                 self.policy.eval()
-                del trainer
         return UpdateResult(skipped=False, metrics=metrics)
-
-    def _dpo_config(self, round_number: int) -> Any:
-        """TRL's training arguments for round `round_number`, from train.* (and train.extra)."""
-        from trl import DPOConfig
-
-        cfg = self.train_config
-        return DPOConfig(
-            output_dir=self._output_dir.name,
-            beta=cfg.beta,
-            loss_type=cfg.loss_type,
-            learning_rate=cfg.learning_rate,
-            num_train_epochs=cfg.num_epochs,
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            max_length=cfg.max_length,
-            max_grad_norm=cfg.max_grad_norm,
-            lr_scheduler_type=cfg.lr_scheduler_type,
-            warmup_steps=cfg.warmup_steps,
-            bf16=cfg.bf16,
-            gradient_checkpointing=self.gradient_checkpointing,
-            seed=self.seed + round_number,
-            precompute_ref_log_probs=True,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=1,
-            disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),
-            **cfg.extra,
-        )
 
     @property
     def gradient_checkpointing(self) -> bool:
         """train.gradient_checkpointing, `auto` resolved: on with a GPU, off on a CPU."""
-        setting = self.train_config.gradient_checkpointing
-        return torch.cuda.is_available() if setting == "auto" else setting
+        return choose_gradient_checkpointing(self.train_config.gradient_checkpointing, torch.cuda.is_available())
 
     @property
     def _max_length(self) -> int:
@@ -269,156 +208,4 @@ class DPOUpdater:
         self.tokenizer.save_pretrained(folder)
 
 
-def lm_head_on_completions_only() -> contextlib.AbstractContextManager[None]:
-    """While open, TRL's fused LM head scores only the completion tokens on a CPU too, as it does on GPUs.
-
-    `DPOTrainer` gets per-token log-probs through a chunked LM head (`trl.kernels.ChunkedLogProbFunction`). On
-    Triton devices it projects only the positions with a label; on any other device it projects every position,
-    prompt and padding included, so that tile shapes never change for ahead-of-time compilers (Neuron). An eager
-    CPU compiles nothing, and there about half of a round's positions are prompt and padding: on the default
-    round, scoring only the completions made the update 1.3x faster with the same loss to five digits
-    (`bench_train`). TRL decides this with `trl.trainer.utils._use_triton`, which it consults for nothing else.
-    """
-    return _replaced("trl.trainer.utils", "_use_triton", lambda on_triton: lambda d: d.type == "cpu" or on_triton(d))
-
-
-def unique_model_hash() -> contextlib.AbstractContextManager[None]:
-    """While open, TRL's `DPOTrainer` names its reference log-prob cache by a fresh random key instead of a hash
-    of every weight of the model. TRL hashes the whole model (sha256 over all its bytes) each time a trainer is
-    made with `precompute_ref_log_probs`, to reuse cached reference log-probs of the same data and model; every
-    onpolicy round has new pairs and a new model, so the cache never hits, and the hash is pure cost: 0.5 s per
-    round for the 135M model here, growing with the model (a 7B model is 28 GB of fp32 bytes to hash)."""
-    return _replaced("trl.trainer.dpo_trainer", "hash_module", lambda _: lambda module: uuid.uuid4().hex)
-
-
-@contextlib.contextmanager
-def _replaced(module_name: str, attribute: str, replacement: Callable[[Any], Any]) -> Iterator[None]:
-    """`module.attribute` set to `replacement(original)` while open (a TRL without it is left as it is: the tests
-    that measure each effect then fail)."""
-    module = importlib.import_module(module_name)
-    original = getattr(module, attribute, None)
-    if original is None:
-        yield
-        return
-    setattr(module, attribute, replacement(original))
-    try:
-        yield
-    finally:
-        setattr(module, attribute, original)
-
-
-def _average_logs(history: list[dict[str, float]]) -> dict[str, float]:
-    sums: dict[str, list[float]] = {}
-    for entry in history:
-        for key, name in _TRL_METRICS.items():
-            value = entry.get(key)
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                sums.setdefault(name, []).append(float(value))
-    return {name: sum(values) / len(values) for name, values in sums.items()}
-
-
-class LengthGroupedBatches(torch.utils.data.Sampler):
-    """Row order for `train.group_by_length`: each epoch, the rows sorted by length (ties in random order), cut
-    into batches, and the full batches shuffled. transformers' `LengthGroupedSampler` sorts only within random
-    "megabatches" of a quarter of the data, which at a round's few batches groups little or nothing."""
-
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
-        self.lengths = list(lengths)
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self) -> Iterator[int]:
-        shuffle = random.Random(self.seed * 1_000_003 + self.epoch)
-        ties = [shuffle.random() for _ in self.lengths]
-        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], ties[i]))
-        full = len(order) - len(order) % self.batch_size
-        batches = [order[i : i + self.batch_size] for i in range(0, full, self.batch_size)]
-        shuffle.shuffle(batches)
-        # the loader cuts this order into batches again: a short batch goes last, where it does not shift them
-        return iter([i for batch in batches for i in batch] + order[full:])
-
-
-class _PaddingCounter:
-    """TRL's collator, counting how much of the training batches it pads (what `group_by_length` lowers)."""
-
-    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
-        self.collate = collate
-        self.positions = self.padded = 0
-
-    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        batch = self.collate(examples)
-        mask = batch["attention_mask"]
-        self.positions += mask.numel()
-        self.padded += mask.numel() - int(mask.sum())
-        return batch
-
-    @property
-    def share(self) -> float:
-        return self.padded / self.positions if self.positions else 0.0
-
-
 _SIDES = ("chosen_ids", "rejected_ids")
-_REF_COLUMNS = ["ref_chosen_logps", "ref_rejected_logps"]
-
-
-def _tokenized_trainer_class() -> type:
-    from trl import DPOTrainer
-
-    class TokenizedDPOTrainer(DPOTrainer):
-        """TRL's `DPOTrainer` on rows that arrive tokenized and may carry the engine's reference log-probs: TRL's
-        no-grad reference pass runs only on the rows without them, plus `checked_rows`, whose engine values
-        are compared with the trainer's (`perf/ref_logp_mismatch`) and kept."""
-
-        def __init__(self, checked_rows: Sequence[int], group_by_length: bool, **kwargs: Any) -> None:
-            self.checked_rows = list(checked_rows)
-            self.group_by_length = group_by_length
-            self.reference_metrics: dict[str, float] = {}
-            super().__init__(**kwargs)
-
-        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
-            return dataset  # tokenized by the updater, prompts that fill max_length already left out
-
-        def _set_signature_columns_if_needed(self) -> None:
-            super()._set_signature_columns_if_needed()
-            if "length" not in self._signature_columns:  # kept for the length-grouped sampler
-                self._signature_columns.append("length")
-
-        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
-            if not self.group_by_length:
-                return super()._get_train_sampler(train_dataset)
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            return LengthGroupedBatches(dataset["length"], batch, self.args.seed)
-
-        def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
-            started = time.perf_counter()
-            engine = {side: dataset[side] for side in _REF_COLUMNS}
-            missing = [i for i, value in enumerate(engine["ref_chosen_logps"]) if value is None]
-            checked = self.checked_rows
-            values = {side: list(column) for side, column in engine.items()}
-            if missing or checked:
-                needed = sorted(set(missing) | set(checked))
-                subset = dataset.remove_columns(_REF_COLUMNS).select(needed)
-                computed = super()._precompute_ref_logps(subset, name, batch_size)
-                trainer = {side: dict(zip(needed, computed[side])) for side in _REF_COLUMNS}
-                for side in _REF_COLUMNS:
-                    for i in missing:
-                        values[side][i] = trainer[side][i]
-                if checked:
-                    gaps = [abs(engine[side][i] - trainer[side][i]) for i in checked for side in _REF_COLUMNS]
-                    self.reference_metrics["perf/ref_logp_mismatch"] = sum(gaps) / len(gaps)
-                dataset = dataset.remove_columns(_REF_COLUMNS)
-                for side in _REF_COLUMNS:
-                    dataset = dataset.add_column(side, values[side])
-            self.reference_metrics["perf/ref_from_engine"] = 1 - len(missing) / max(len(dataset), 1)
-            self.reference_metrics["perf/ref_logps_s"] = time.perf_counter() - started
-            return dataset
-
-    return TokenizedDPOTrainer

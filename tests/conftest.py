@@ -1,3 +1,14 @@
+"""Session fixtures and the test tiers.
+
+Every test falls in one tier, marked automatically so that `-m` selects by it:
+
+- `unit`: pure functions and small objects against hand-worked numbers; no model is loaded (a unit test that
+  tries fails, pointing here);
+- `models`: tiny random models (or the embedded SmolLM2) through the real vLLM engine and the real TRL trainer:
+  the tests that use a model fixture below;
+- `e2e`: whole runs through the CLI in a fresh process, marked `slow` in their module (run in CI too).
+"""
+
 import os
 import pathlib
 
@@ -7,13 +18,44 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.tiny_model import build_tiny_llama  # noqa: E402
+from tests.helpers import build_tiny_llama, build_tiny_reward_model  # noqa: E402
+
+MODEL_FIXTURES = {"tiny_model_path", "tiny_reward_model_path", "embedded_model_path"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.e2e)
+        elif MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.models)
+        else:
+            item.add_marker(pytest.mark.unit)
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_load_no_model(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A `unit` test that loads a model belongs in `models`: it must ask for a model fixture."""
+    if request.node.get_closest_marker("unit") is None:
+        return
+    from transformers import modeling_utils
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a unit-tier test loaded a model: use a model fixture (tests/conftest.py)")
+
+    monkeypatch.setattr(modeling_utils.PreTrainedModel, "from_pretrained", refuse)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> pathlib.Path:
     """A tiny random Llama folder shared by the whole session (read-only for tests)."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_reward_model_path(tmp_path_factory) -> pathlib.Path:
+    """A tiny random sequence classifier (one logit) with its own chat template, shared by the session."""
+    return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"))
 
 
 @pytest.fixture(scope="session")

@@ -28,10 +28,9 @@ def test_configs_folder_is_found_and_not_empty():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT)))
-def test_every_shipped_config_validates_with_its_rewards(path, tmp_path):
-    from onpolicy.loop import build_reward_from_terms
+def test_every_shipped_config_validates_with_its_rewards(path, tiny_reward_model_path):
+    from onpolicy.components import build_reward_from_terms
     from onpolicy.prompts import load_prompts
-    from tests.tiny_model import build_tiny_reward_model
 
     config = load_config(path)
     assert load_prompts(config.prompts)
@@ -39,8 +38,7 @@ def test_every_shipped_config_validates_with_its_rewards(path, tmp_path):
     for i, term in enumerate(terms):
         if term.name == "reward_model":  # made by `onpolicy train-reward-model`; a tiny one stands in here
             assert pathlib.Path(term.args["path"]).is_relative_to(ROOT / "configs")
-            path = build_tiny_reward_model(tmp_path / "rm")
-            terms[i] = term.model_copy(update={"args": {**term.args, "path": str(path)}})
+            terms[i] = term.model_copy(update={"args": {**term.args, "path": str(tiny_reward_model_path)}})
     build_reward_from_terms(terms)
 
 
@@ -74,6 +72,12 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
             r"unknown key 'generation.temprature' in command-line override 'generation.temprature=0.5'; did you mean 'generation.temperature'\?",
         ),
         (MINIMAL, ["reward.0.wieght=2"], r"did you mean 'reward\[0\].weight'\?"),
+        (MINIMAL, ["eval.prompts={items: [a], pth: p.txt}"], r"did you mean 'eval.prompts.path'\?"),
+        (
+            MINIMAL,
+            ["eval.prompts={items: [a]}", "eval.metrics=[{name: a, function: contains, wen: {}}]"],
+            r"unknown key 'eval.metrics\[0\].wen' .*did you mean 'eval.metrics\[0\].when'\?",
+        ),
         (
             MINIMAL,
             ["generation.temperature=hot"],
@@ -158,6 +162,51 @@ def test_every_key_is_documented():
     keys = {key for key, _, _ in rows}
     assert {"rounds", "generation.num_samples", "train.beta", "ref.refresh", "reward[].name"} <= keys
     assert all(description for _, _, description in rows), [k for k, _, d in rows if not d]
+
+
+def _schema_leaf_keys(schema: dict, defs: dict, prefix: str = "") -> list[str]:
+    """Every leaf key of the config's JSON schema, spelled `section.key` / `section[].key`: a walk of pydantic's
+    own schema, independent of `describe_fields`."""
+    keys = []
+    for name, prop in schema["properties"].items():
+        nested = None
+        for alternative in prop.get("anyOf", [prop]):  # Optional[...] is anyOf [..., null]
+            if "$ref" in alternative:
+                nested = (alternative["$ref"], ".")
+            elif alternative.get("type") == "array" and "$ref" in alternative.get("items", {}):
+                nested = (alternative["items"]["$ref"], "[].")
+        if nested is None:
+            keys.append(prefix + name)
+        else:
+            ref, joint = nested
+            keys.extend(_schema_leaf_keys(defs[ref.rpartition("/")[2]], defs, prefix + name + joint))
+    return keys
+
+
+def _cli_docs(capsys) -> dict[str, str]:
+    """`onpolicy config --docs` as {key: description}."""
+    from onpolicy.cli import main
+
+    assert main(["config", "--docs"]) == 0
+    docs: dict[str, str] = {}
+    key = None
+    for line in capsys.readouterr().out.splitlines():
+        if line and not line[0].isspace():
+            key = line.split("  (default: ")[0]
+            assert key not in docs, f"{key} documented twice"
+            docs[key] = ""
+        elif line.strip():
+            docs[key] = (docs[key] + " " + line.strip()).strip()
+    return docs
+
+
+def test_config_docs_describe_every_leaf_key_nested_ones_included(capsys):
+    schema = Config.model_json_schema()
+    leaves = _schema_leaf_keys(schema, schema["$defs"])
+    assert {"eval.prompts.path", "eval.metrics[].name", "reward[].weight", "pairs.correction.min_reward"} <= set(leaves)
+    docs = _cli_docs(capsys)
+    assert [key for key in leaves if key not in docs] == []
+    assert [key for key in leaves if not docs[key]] == []
 
 
 def _cli_run(config_path, run_dir):

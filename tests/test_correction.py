@@ -92,23 +92,79 @@ def test_prompts_the_corrector_skips_are_paired_as_usual():
     assert result.dropped["tie"] == 1
 
 
-def test_failed_corrections_are_counted_by_reason():
-    reward = _reward()
-    unchanged = _scored(IDENTITY, ["I am an assistant.", "Hello."], reward)  # nothing to replace, no fallback
-    result = build_pairs([unchanged], correction=_correction(reward))
-    assert result.pairs == () and result.dropped["correction_unchanged"] == 0 and result.dropped["tie"] == 1
+def _fixed(record, texts, rewards):
+    """A group with the given rewards (None: the reward failed on that sample)."""
+    samples = tuple(Sample(text=t, token_ids=(1,), logprobs=(0.0,), finish_reason="stop") for t in texts)
+    return ScoredGroup(SampleGroup(record, (1,), samples), tuple(rewards), (None,) * len(texts))
 
-    def raising(response, prompt):
+
+def _by_name(response, prompt):
+    """A corrector whose outcome the best response's text decides."""
+    if "Kala" in response:
+        return response.replace("Kala", "Athene")  # 0 -> 1: a corrected chosen
+    if "Nova" in response:
+        return response  # the corrector changed nothing
+    if "Zed" in response:
+        return response.replace("Zed", "Zed!")  # 0 -> 0: not above the unedited rejected side
+    if "Rex" in response:
+        return response + " I am SmolLM."  # 0 -> -1: a negative pair (with negatives on)
+    if "bug" in response:
         raise RuntimeError("bug")
+    return None  # nothing to correct: the group is paired as usual
 
-    def worse(response, prompt):
-        return response + " SmolLM"
 
-    for corrector, reason in ((raising, "correction_error"), (worse, "correction_not_better")):
-        correction = _correction(reward)
-        correction.corrector, correction.args = corrector, {}
-        group = _scored(IDENTITY, ["I am Kala.", "I am Nova."], reward)
-        assert build_pairs([group], correction=correction).dropped[reason] == 1
+def test_groups_without_a_pair_are_counted_by_reason():
+    reward = _reward()  # contains Athene: +1; forbids SmolLM: -1
+    correction = _correction(reward, negatives=True, max_negative_ratio=0.5)
+    correction.corrector, correction.args = _by_name, {}
+    groups = [
+        _scored(IDENTITY, ["My name is Kala.", "I am SmolLM."], reward),  # 0, -1: corrected, 1 vs 0
+        _scored(IDENTITY, ["I am Nova.", "I am SmolLM."], reward),  # correction_unchanged
+        _scored(IDENTITY, ["Nova here.", "Hello."], reward),  # correction_unchanged (the first of a tie)
+        _scored(IDENTITY, ["I am Zed.", "I am SmolLM."], reward),  # correction_not_better: 0 vs 0
+        _scored(IDENTITY, ["A bug.", "I am SmolLM."], reward),  # correction_error
+        _scored(IDENTITY, ["I am Rex.", "I am SmolLM."], reward),  # negative: 0 over -1, kept
+        _scored(IDENTITY, ["Rex.", "I am SmolLM."], reward),  # negative, negative_cap
+        _scored(IDENTITY, ["Rex!", "I am SmolLM."], reward),  # negative, negative_cap
+        _scored(IDENTITY, ["I am Athene.", "I am SmolLM."], reward),  # 1, -1: good enough, an ordinary pair
+        _scored(IDENTITY, ["I am an assistant.", "Hello."], reward),  # 0, 0: nothing to correct, tie
+        _fixed(IDENTITY, ["Hello.", "Hi."], (0.0, -0.25)),  # gap 0.25 < min_margin 0.5: below_margin
+        _fixed(IDENTITY, ["Hello.", "Hello."], (0.0, -1.0)),  # identical
+        _fixed(IDENTITY, ["Hello.", "Hi."], (0.0, None)),  # too_few_scored (the corrector had nothing)
+        _fixed(IDENTITY, ["Hello.", "Hi."], (None, None)),  # too_few_scored (no best to correct)
+    ]
+    result = build_pairs(groups, min_margin=0.5, correction=correction)
+    # two non-negative pairs x max_negative_ratio 0.5 allow one of the three negative pairs
+    assert [(p.chosen, p.edited) for p in result.pairs] == [
+        ("My name is Athene.", "chosen"),
+        ("I am Rex.", "rejected"),
+        ("I am Athene.", "none"),
+    ]
+    assert result.dropped == {
+        "too_few_scored": 2,
+        "tie": 1,
+        "below_margin": 1,
+        "identical": 1,
+        "correction_unchanged": 2,
+        "correction_not_better": 1,
+        "correction_error": 1,
+        "negative_cap": 2,
+    }
+    assert sum(result.dropped.values()) + len(result.pairs) == len(groups)
+
+
+def test_without_a_correction_only_the_pairing_reasons_are_counted():
+    reward = _reward()
+    groups = [
+        _scored(IDENTITY, ["I am an assistant.", "Hello."], reward),  # tie
+        _fixed(IDENTITY, ["Hello.", "Hi."], (0.0, -0.25)),  # below_margin
+        _fixed(IDENTITY, ["Hello.", "Hello."], (1.0, 0.0)),  # identical
+        _fixed(IDENTITY, ["Hello.", "Hi."], (0.0, None)),  # too_few_scored
+        _scored(IDENTITY, ["I am Athene.", "I am SmolLM."], reward),  # a pair
+    ]
+    result = build_pairs(groups, min_margin=0.5)
+    assert len(result.pairs) == 1
+    assert result.dropped == {"too_few_scored": 1, "tie": 1, "below_margin": 1, "identical": 1}
 
 
 def test_negative_edits_become_rejected_examples():

@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.test_end_to_end import ROOT, run_cli
+from tests.helpers import ROOT, run_cli
 
 pytestmark = pytest.mark.slow
 ROUNDS = 3  # the demo's own length: after 2 rounds the identity rate can still be near 0 (0.09 here)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from onpolicy.wandb_offline import offline_history
-from tests.test_end_to_end import ROOT, _jsonl
+from tests.helpers import ROOT, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -82,7 +82,7 @@ def _wait_for_phase(process, run_dir, round_number, phase, timeout=300):
 
 
 def _assert_every_round_once(run_dir, rounds):
-    records = _jsonl(run_dir / "rounds.jsonl")
+    records = read_jsonl(run_dir / "rounds.jsonl")
     assert [r["round"] for r in records] == list(range(0, rounds + 1))  # round 0: the initial evaluation
     assert [row["_step"] for row in offline_history(run_dir)] == list(range(0, rounds + 1))
     assert sorted(p.name for p in (run_dir / "rounds").iterdir()) == [f"{n:04d}" for n in range(0, rounds + 1)]
@@ -109,7 +109,7 @@ def test_a_resumed_run_is_the_run_it_would_have_been(tiny_model_path, tmp_path):
     records = _assert_every_round_once(tmp_path / "resumed", 3)
     assert len(list((tmp_path / "resumed/wandb").glob("offline-run-*"))) == 2  # one W&B run id, two segments
     assert [r["train/loss"] for r in records[1:]] == [
-        r["train/loss"] for r in _jsonl(tmp_path / "whole/rounds.jsonl")[1:]
+        r["train/loss"] for r in read_jsonl(tmp_path / "whole/rounds.jsonl")[1:]
     ]
     assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["round-0003"]  # keep_last 1
     shutil.rmtree(tmp_path / "resumed/final")  # as if the job died writing final/
@@ -133,12 +133,12 @@ def test_sigkill_in_generation_then_in_training_loses_only_the_round_in_flight(t
     _wait_for_phase(job, run_dir, 2, "generate")
     job.kill()
     job.wait()
-    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0, 1]
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1]
     job = _start(config_file, run_dir)
     _wait_for_phase(job, run_dir, 3, "train")
     job.kill()
     job.wait()
-    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0, 1, 2]
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1, 2]
     last = _run(config_file, run_dir)
     assert last.returncode == 0, last.stderr[-3000:]
     assert "resuming after round 2" in last.stdout
@@ -159,7 +159,7 @@ def test_sigterm_stops_at_a_safe_point_and_says_how_to_resume(tiny_model_path, t
     assert "SIGTERM received: stopping at the next safe point" in stdout, stderr[-3000:]
     assert f"stopped by SIGTERM; rounds up to 1 are complete in {run_dir}. Resume with: onpolicy run" in stderr
     assert "Traceback" not in stderr
-    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0, 1]
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1]
     resumed = _run(config_file, run_dir, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_every_round_once(run_dir, 3)
@@ -175,7 +175,7 @@ def test_a_second_sigint_aborts_at_once_and_the_run_still_resumes(tiny_model_pat
     job.send_signal(signal.SIGINT)
     _, stderr = job.communicate(timeout=120)
     assert job.returncode == 130 and "aborted" in stderr, stderr[-3000:]
-    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0]
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0]
     resumed = _run(config_file, run_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_every_round_once(run_dir, 3)
@@ -196,7 +196,7 @@ def test_a_disk_that_fills_up_while_checkpointing_stops_cleanly_and_resumes(tiny
     assert job.returncode == 2, stderr[-3000:]
     assert "no space left writing" in stderr and "checkpoints/round-0001" in stderr
     assert "Traceback" not in stderr
-    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0]
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0]
     assert not list(run_dir.rglob(".*.tmp"))  # no half-written checkpoint
     resumed = _run(config_file, run_dir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -209,12 +209,12 @@ def test_a_changed_config_is_refused_unless_fresh_and_resume_needs_a_run(tiny_mo
     changed = _run(config_file, run_dir, "rounds=2", "train.learning_rate=0.5")
     assert changed.returncode == 2
     assert "holds a run with another config; changed: train.learning_rate (0.001 -> 0.5)" in changed.stderr
-    assert [r["round"] for r in _jsonl(run_dir / "rounds.jsonl")] == [0, 1]  # untouched
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1]  # untouched
     fresh = _run(config_file, run_dir, "train.learning_rate=0.5", "--fresh")
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "is now in" in fresh.stdout
     (aside,) = tmp_path.glob("run.replaced-*")
-    assert [r["round"] for r in _jsonl(aside / "rounds.jsonl")] == [0, 1]  # the old run is kept
+    assert [r["round"] for r in read_jsonl(aside / "rounds.jsonl")] == [0, 1]  # the old run is kept
     missing = _run(config_file, tmp_path / "nothing-here", "--resume")
     assert missing.returncode == 2 and "holds no run to resume" in missing.stderr
 

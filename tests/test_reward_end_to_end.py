@@ -9,8 +9,7 @@ import pytest
 
 from onpolicy.wandb_offline import offline_history
 from reward import build_reward
-from tests.test_end_to_end import ROOT, _jsonl, run_cli
-from tests.tiny_model import build_tiny_reward_model
+from tests.helpers import ROOT, build_tiny_reward_model, read_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +36,7 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
         "wandb": {"mode": "offline"},
     }
     run_dir, stdout = run_cli(config, tmp_path)
-    (record,) = _jsonl(run_dir / "rounds.jsonl")
+    (record,) = read_jsonl(run_dir / "rounds.jsonl")
     samples = record["gen/samples"]
     assert samples == 12 and record["reward/scored"] == 12, stdout
     assert record["reward/self_judge/calls"] == samples and record["reward/self_judge/answers"] == 2 * samples
@@ -74,7 +73,7 @@ def test_unreachable_judge_endpoint_excludes_samples_with_a_message_and_the_run_
         ],
     }
     run_dir, stdout = run_cli(config, tmp_path)
-    (record,) = _jsonl(run_dir / "rounds.jsonl")
+    (record,) = read_jsonl(run_dir / "rounds.jsonl")
     assert record["reward/excluded_judge_error"] == 4 and record["reward/judge/request_errors"] == 4
     assert "judge request failed: APIConnectionError" in stdout
     assert record["train/skipped"] == 1 and (run_dir / "final" / "config.json").exists()

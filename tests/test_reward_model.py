@@ -7,50 +7,63 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reward import RewardConfigError, build_reward
-from tests.tiny_model import build_tiny_reward_model
 
 PROMPT = {"id": "q", "prompt": "Who are you?", "messages": [{"role": "user", "content": "Who are you?"}]}
 RESPONSES = ["I am Athene.", "I am a small model made to help.", "Hello", "Paris is the capital of France."]
 
 
-@pytest.fixture(scope="module")
-def reward_model_path(tmp_path_factory):
-    return build_tiny_reward_model(tmp_path_factory.mktemp("tiny-rm"))
+def _conversation_ids(tokenizer, response):
+    """The whole conversation in the reward model's own chat template, uncut."""
+    text = tokenizer.apply_chat_template(
+        [*PROMPT["messages"], {"role": "assistant", "content": response}], tokenize=False
+    )
+    assert text.startswith("[USER] Who are you?") and text.endswith("[END]")  # the reward model's template
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def _direct_scores(path, responses):
-    """What the checkpoint says, one conversation at a time, through its own chat template."""
+    """What the checkpoint says in float32 on the CPU, one conversation at a time, through its own chat
+    template."""
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
     scores = []
     for response in responses:
-        text = tokenizer.apply_chat_template(
-            [*PROMPT["messages"], {"role": "assistant", "content": response}], tokenize=False
-        )
-        assert text.startswith("[USER] Who are you?") and text.endswith("[END]")  # the reward model's template
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = torch.tensor([_conversation_ids(tokenizer, response)])
         with torch.inference_mode():
-            scores.append(model(input_ids=ids).logits[0, 0].item())
+            scores.append(model(input_ids=ids).logits[0, 0].float().cpu().item())
     return scores
 
 
-def test_scores_match_the_checkpoint_read_through_its_own_template_in_any_batch_size(reward_model_path):
-    expected = _direct_scores(reward_model_path, RESPONSES)
+def test_scores_match_the_checkpoint_read_through_its_own_template_in_any_batch_size(tiny_reward_model_path):
+    expected = _direct_scores(tiny_reward_model_path, RESPONSES)
     for batch_size in (1, 3):
-        reward = build_reward("reward_model", {"path": str(reward_model_path), "batch_size": batch_size})
-        assert reward.score_group(PROMPT, RESPONSES) == pytest.approx(expected, abs=1e-4)
+        # float32 pinned: `dtype: auto` is bfloat16 on a GPU, whose scores are ~1e-3 off a float32 read. The device
+        # stays `auto`: float32 on a GPU and on the CPU agree well within the bound.
+        args = {"path": str(tiny_reward_model_path), "batch_size": batch_size, "dtype": "float32"}
+        reward = build_reward("reward_model", args)
+        scores = reward.score_group(PROMPT, RESPONSES)
+        assert all(type(s) is float for s in scores)  # plain numbers, wherever the model ran
+        assert scores == pytest.approx(expected, abs=1e-4)
         stats = reward.take_stats()
         assert stats["calls"] == -(-len(RESPONSES) // batch_size) and stats["scored"] == len(RESPONSES)
         assert stats["tokens"] > 0 and "truncated" not in stats
     assert len(set(round(x, 4) for x in expected)) > 1  # a real model: different texts, different scores
 
 
-def test_long_conversations_keep_their_end_and_are_counted_as_truncated(reward_model_path):
-    reward = build_reward("reward_model", {"path": str(reward_model_path), "max_length": 40})
+def test_long_conversations_keep_their_end_and_are_counted_as_truncated(tiny_reward_model_path):
+    reward = build_reward("reward_model", {"path": str(tiny_reward_model_path), "max_length": 40})
     scores = reward.score_group(PROMPT, ["word " * 50, "ok"])
     assert all(isinstance(s, float) for s in scores)
     assert reward.take_stats()["truncated"] == 1
-    assert reward.token_ids(PROMPT, "x " * 50)[-3:] == reward.token_ids(PROMPT, "y " + "x " * 50)[-3:]
+    response = "first " + "x " * 50
+    tokenizer = AutoTokenizer.from_pretrained(tiny_reward_model_path)
+    whole = _conversation_ids(tokenizer, response)
+    assert len(whole) > 40
+    kept = reward.token_ids(PROMPT, response)
+    assert kept == whole[-40:]  # the last 40 tokens: the start of the conversation is cut, its end kept
+    text = tokenizer.decode(kept)
+    assert text.endswith("x \n[END]") and "[USER]" not in text and "first" not in text
+    assert reward.token_ids(PROMPT, "ok") == _conversation_ids(tokenizer, "ok")  # short ones: whole
 
 
 def test_a_causal_lm_folder_is_refused_as_a_reward_model(tiny_model_path, tmp_path):

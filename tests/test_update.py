@@ -1,4 +1,8 @@
-"""The real TRL DPOTrainer on a tiny random Llama: weights move, reference refresh semantics hold, empty rounds skip."""
+"""The real TRL DPOTrainer on a tiny random Llama: weights move, reference refresh semantics hold, empty rounds skip.
+
+The trainer puts the policy on the GPU where there is one; comparisons with copies taken before move both sides
+to the CPU (`_cpu_state`), so that these tests mean the same on every machine.
+"""
 
 import dataclasses
 import math
@@ -22,6 +26,24 @@ PAIRS = [
     for i, q in enumerate(["Who are you?", "What is your name?", "Tell me about yourself.", "Hello!"])
 ]
 LN2 = math.log(2)
+
+
+# How far a float32 engine's log-prob of a sampled token may be from the float32 trainer's. Both compute the same
+# function in the same dtype; only the kernels' summation order differs (vLLM's oneDNN or CUDA kernels against
+# torch's), which costs a few fp32 roundings (relative 6e-8 each) per layer and grows with depth. Measured per
+# token, on a 2-core AVX512_BF16 EPYC: at most 4.8e-7 nats on the tiny model (2 layers; 9.5e-7 per 12-token
+# response), at most 3.3e-5 (mean 5.4e-6) on SmolLM2-135M (30 layers; 1.4e-4 per ~30-token response). A bf16
+# engine is off by ~1e-3 per token (mean 1.0e-3, max 3.7e-3 on the tiny model). The bound sits between the two:
+# 3x above the deeper model's worst fp32 token and 10x below bf16's mean, so a test passing with it says the
+# engine computed in the trainer's dtype.
+FP32_NATS_PER_TOKEN = 1e-4
+MAX_NEW_TOKENS = 12  # of the sampled pairs below: a response's sum of log-probs may be off by at most 12 tokens' worth
+FP32_NATS_PER_RESPONSE = FP32_NATS_PER_TOKEN * MAX_NEW_TOKENS
+
+
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters of `model`, copied to the CPU (where the trainer may have moved the model to a GPU)."""
+    return {name: param.detach().cpu().clone() for name, param in model.named_parameters()}
 
 
 @pytest.mark.parametrize(
@@ -56,7 +78,7 @@ def _updater(
 
 def test_update_moves_every_weight_and_reports_trl_metrics(tiny_model_path):
     updater = _updater(tiny_model_path)
-    before = {n: p.detach().clone() for n, p in updater.policy.named_parameters()}
+    before = _cpu_state(updater.policy)
     assert updater.start_round(1)
     result = updater.update(PAIRS, round_number=1)
     assert not result.skipped
@@ -64,7 +86,8 @@ def test_update_moves_every_weight_and_reports_trl_metrics(tiny_model_path):
     # one step on a policy that is its own reference: loss is exactly ln 2, margins start at 0
     assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
     assert result.metrics["train/reward_margin"] == pytest.approx(0.0, abs=1e-4)
-    changed = [n for n, p in updater.policy.named_parameters() if not torch.equal(p, before[n])]
+    after = _cpu_state(updater.policy)
+    changed = [n for n in before if not torch.equal(after[n], before[n])]
     assert sorted(changed) == sorted(before)
     # the trainer's forward patch is gone: the policy is an ordinary model again
     assert "forward" not in updater.policy.__dict__
@@ -83,7 +106,7 @@ def test_every_round_reference_is_the_round_start_policy(tiny_model_path):
 
 def test_never_refresh_keeps_the_initial_model_as_reference(tiny_model_path):
     updater = _updater(tiny_model_path, "never")
-    initial = {n: p.detach().clone() for n, p in updater.policy.named_parameters()}
+    initial = _cpu_state(updater.policy)
     updater.start_round(1)
     first = updater.update(PAIRS, round_number=1)
     assert not updater.start_round(2)  # no refresh is due
@@ -92,22 +115,24 @@ def test_never_refresh_keeps_the_initial_model_as_reference(tiny_model_path):
     # against the initial reference, the moved policy already prefers the chosen answers
     assert second.metrics["train/loss"] < LN2 - 1e-3
     assert second.metrics["train/reward_margin"] > 0
-    for name, param in updater.reference.named_parameters():
+    for name, param in _cpu_state(updater.reference).items():
         assert torch.equal(param, initial[name]), name
-        assert not param.requires_grad
+    assert not any(param.requires_grad for param in updater.reference.parameters())
 
 
 def test_a_round_without_pairs_skips_the_update(tiny_model_path):
     updater = _updater(tiny_model_path)
-    before = {n: p.detach().clone() for n, p in updater.policy.named_parameters()}
+    before = _cpu_state(updater.policy)
     result = updater.update([], round_number=1)
     assert result.skipped and result.metrics == {}
-    assert all(torch.equal(p, before[n]) for n, p in updater.policy.named_parameters())
+    after = _cpu_state(updater.policy)
+    assert all(torch.equal(after[n], before[n]) for n in before)
 
 
 @pytest.fixture(scope="module")
 def sampled_pairs(tiny_model_path):
     """Best-vs-worst pairs (longest vs shortest) of real samples from the engine, with their tokens and log-probs."""
+    pytest.importorskip("vllm", reason="these pairs are sampled by the vLLM engine, which this machine lacks")
     from transformers import AutoTokenizer
 
     from onpolicy.config import GenerationConfig
@@ -116,7 +141,10 @@ def sampled_pairs(tiny_model_path):
     from onpolicy.types import PromptRecord, ScoredGroup
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    config = GenerationConfig(num_samples=4, max_new_tokens=12, max_model_len=128, kv_cache_gib=0.25, seed=3)
+    # float32, the trainer's dtype: the engine's log-probs are then the reference's (a bf16 engine's are not)
+    config = GenerationConfig(
+        num_samples=4, max_new_tokens=MAX_NEW_TOKENS, max_model_len=128, kv_cache_gib=0.25, seed=3, dtype="float32"
+    )
     generator = VLLMGenerator(str(tiny_model_path), tokenizer, config)
     records = [PromptRecord(id=p.prompt_id, messages=p.messages) for p in PAIRS]
     groups, _ = generator.generate(records)
@@ -152,9 +180,10 @@ def test_engine_log_probs_are_the_reference_and_agree_with_the_trainer(tiny_mode
     result = updater.update(sampled_pairs, round_number=1)
     assert result.metrics["perf/ref_from_engine"] == 1.0
     # both compute in float32: the engine's sums match the trainer's to rounding ...
-    assert result.metrics["perf/ref_logp_mismatch"] < 1e-3
-    # ... so the policy starts at its reference: the loss of the one step is ln 2
-    assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-3)
+    assert result.metrics["perf/ref_logp_mismatch"] < FP32_NATS_PER_RESPONSE
+    # ... so the policy starts at its reference: the loss of the one step is ln 2 (a margin off by d nats moves
+    # the loss by about beta * d / 2)
+    assert result.metrics["train/loss"] == pytest.approx(LN2, abs=FP32_NATS_PER_RESPONSE)
     assert result.metrics["perf/train_tokens_per_s"] > 0
 
 
@@ -165,8 +194,8 @@ def test_the_mismatch_check_sees_engine_log_probs_that_are_off(tiny_model_path, 
     ]
     updater = _updater(tiny_model_path, batch_size=len(shifted), engine=True, check_pairs=len(shifted))
     result = updater.update(shifted, round_number=1)
-    # one side of each checked pair is off by 1 nat: the mean over sides is 0.5
-    assert result.metrics["perf/ref_logp_mismatch"] == pytest.approx(0.5, abs=1e-3)
+    # one side of each checked pair is off by 1 nat: the mean over sides is 0.5, give or take fp32 rounding
+    assert result.metrics["perf/ref_logp_mismatch"] == pytest.approx(0.5, abs=FP32_NATS_PER_RESPONSE)
 
 
 def test_sides_cut_by_max_length_and_the_trainer_setting_get_the_trainer_pass(tiny_model_path, sampled_pairs):
@@ -220,7 +249,7 @@ def test_gradient_checkpointing_is_the_configured_one(tiny_model_path, setting, 
 
 
 def test_length_grouped_batches_sort_the_round_and_shuffle_the_batches():
-    from onpolicy.update import LengthGroupedBatches
+    from onpolicy.trl_compat import LengthGroupedBatches
 
     lengths = [5, 40, 6, 41, 7, 42, 8, 43, 9]
     sampler = LengthGroupedBatches(lengths, batch_size=2, seed=1)
@@ -242,12 +271,13 @@ def test_no_max_length_means_no_limit(tiny_model_path):
     assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="about TRL's LM head on a CPU; on a GPU TRL already does this")
 def test_the_lm_head_scores_only_completion_tokens_on_cpu_with_the_same_result(tiny_model_path, monkeypatch):
     import contextlib
 
     import trl.trainer.utils as trl_utils
 
-    import onpolicy.update
+    from onpolicy import trl_compat
 
     chunked = trl_utils._ChunkedLogProbFunction
 
@@ -265,11 +295,11 @@ def test_the_lm_head_scores_only_completion_tokens_on_cpu_with_the_same_result(t
     results = {}
     for compact in (True, False):
         if not compact:
-            monkeypatch.setattr(onpolicy.update, "lm_head_on_completions_only", contextlib.nullcontext)
+            monkeypatch.setattr(trl_compat, "lm_head_on_completions_only", contextlib.nullcontext)
         CountingRows.rows = 0
         updater = _updater(tiny_model_path, batch_size=2)  # two steps: the second sees the first's update
         metrics = updater.update(PAIRS, round_number=1).metrics
-        results[compact] = (CountingRows.rows, metrics, updater.policy.state_dict())
+        results[compact] = (CountingRows.rows, metrics, _cpu_state(updater.policy))
     completion_tokens = sum(len(row["chosen_ids"]) + len(row["rejected_ids"]) for row in map(updater._row, PAIRS))
     # the reference pass and one epoch: each completion token projected twice, no prompt or padding position
     assert results[True][0] == 2 * completion_tokens < results[False][0]

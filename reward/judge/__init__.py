@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from typing import Literal
 
 from reward.base import GroupReward, RewardConfigError
-from reward.judge.clients import ChatBackend, OpenAIChat, Sampling, VLLMChat, use_policy_engine
+from reward.judge.clients import ChatBackend, OpenAIChat, PolicyEngine, Sampling, VLLMChat
 from reward.judge.judges import PairwiseJudge, PointwiseJudge
 from reward.judge.templates import build_pairwise, build_rubric
 from reward.registry import register
 
-__all__ = ["PairwiseJudge", "PointwiseJudge", "judge", "use_policy_engine"]
+__all__ = ["PairwiseJudge", "PointwiseJudge", "PolicyEngine", "judge"]
 
 
 @register("judge")
@@ -41,6 +41,7 @@ def judge(
     max_model_len: int | None = None,
     dtype: str = "float32",
     seed: int = 0,
+    policy_engine: PolicyEngine | None = None,
 ) -> GroupReward:
     """An LLM judge.
 
@@ -51,7 +52,8 @@ def judge(
     `score_range`; `votes` answers per response, averaged. Pairwise: `template` (optional) with {prompt},
     {response_a}, {response_b}; `max_comparisons` pairs per group; `aggregate` wins or bradley_terry.
     `constrain` restricts answers to the verdict format (vLLM structured outputs; no written justification);
-    `answer_prefix` starts the judge's answer (vLLM engines and `vllm serve` only).
+    `answer_prefix` starts the judge's answer (vLLM engines and `vllm serve` only). `policy_engine` is not a
+    config argument: the job hands it over (see `PolicyEngine`).
     """
     if mode not in ("pointwise", "pairwise"):
         raise RewardConfigError(f"judge: mode must be pointwise or pairwise, not {mode!r}")
@@ -65,7 +67,7 @@ def judge(
         raise RewardConfigError(f"judge: max_comparisons must be at least 1, not {max_comparisons}")
     sampling = Sampling(temperature=temperature, max_tokens=max_tokens)
     chat = _backend(backend, model, base_url, api_key_env, sampling, timeout, max_retries, concurrency,
-                    kv_cache_gib, max_model_len, dtype, seed)  # fmt: skip
+                    kv_cache_gib, max_model_len, dtype, seed, policy_engine)  # fmt: skip
     if mode == "pointwise":
         rubric_ = build_rubric(rubric, template, score_pattern, score_range)
         return PointwiseJudge(chat, rubric_, votes, parse_retries, answer_prefix, constrain)
@@ -86,11 +88,12 @@ def _backend(
     max_model_len: int | None,
     dtype: str,
     seed: int,
+    policy_engine: PolicyEngine | None,
 ) -> ChatBackend:
     if backend == "policy":
         if model is not None or base_url is not None:
             raise RewardConfigError("judge: backend 'policy' uses the policy itself; drop model/base_url")
-        return VLLMChat(None, sampling, kv_cache_gib, max_model_len, dtype, seed)
+        return VLLMChat(None, sampling, kv_cache_gib, max_model_len, dtype, seed, policy_engine)
     if backend == "vllm":
         if model is None:
             raise RewardConfigError("judge: backend 'vllm' needs model: the judge model's folder")

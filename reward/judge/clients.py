@@ -53,14 +53,22 @@ def _messages(request: ChatRequest) -> list[dict[str, str]]:
     return [*request.messages, {"role": "assistant", "content": request.answer_prefix}]
 
 
-_policy_engine: Any = None
+class PolicyEngine:
+    """The job's running policy engine (a `vllm.LLM`), for judges with `backend: policy`: the Self-Rewarding
+    setup, where the policy judges its own samples with no second model loaded. Rewards are built (and checked)
+    before any model loads, so the judge is handed this holder then, and the job attaches the engine once it
+    runs."""
 
+    def __init__(self) -> None:
+        self._engine: Any = None
 
-def use_policy_engine(engine: Any) -> None:
-    """Make the running policy engine (a `vllm.LLM`) available to judges with `backend: policy`: the
-    Self-Rewarding setup, where the policy judges its own samples with no second model loaded."""
-    global _policy_engine
-    _policy_engine = engine
+    def attach(self, engine: Any) -> None:
+        self._engine = engine
+
+    def get(self) -> Any:
+        if self._engine is None:
+            raise RuntimeError("judge backend 'policy' needs the running policy engine, and none is attached")
+        return self._engine
 
 
 class VLLMChat:
@@ -75,10 +83,12 @@ class VLLMChat:
         max_model_len: int | None,
         dtype: str,
         seed: int,
+        policy_engine: PolicyEngine | None = None,
     ) -> None:
         if model is not None and not pathlib.Path(model).is_dir():
             raise RewardConfigError(f"judge: model folder not found: {model}")
         self.model = model
+        self.policy_engine = policy_engine if policy_engine is not None else PolicyEngine()  # a job attaches one
         self.sampling = sampling
         self.engine_args = {
             "kv_cache_memory_bytes": int(kv_cache_gib * 1024**3),
@@ -92,9 +102,7 @@ class VLLMChat:
     @property
     def engine(self) -> Any:
         if self.model is None:
-            if _policy_engine is None:
-                raise RuntimeError("judge backend 'policy' needs the running policy engine (use_policy_engine)")
-            return _policy_engine
+            return self.policy_engine.get()
         if self._engine is None:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
             os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # its thread swaps sys.stdout while probing the CPU

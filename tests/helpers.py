@@ -1,13 +1,67 @@
-"""Tiny random Llamas (a policy, a reward model) with a real byte-level BPE tokenizer and a chat template, built in
-seconds.
+"""What the tests share: tiny random models built in seconds, and running the CLI in a fresh process.
 
-Tests use it wherever the behaviour under test does not depend on the weights being trained: it runs through
-the real vLLM engine and the real TRL trainer like any checkpoint.
+Tiny random Llamas (a policy, a reward model) come with a real byte-level BPE tokenizer and a chat template; tests
+use them wherever the behaviour under test does not depend on the weights being trained: they run through the
+real vLLM engine and the real TRL trainer like any checkpoint.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+import subprocess
+import sys
+from typing import Any
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(
+    config: dict | pathlib.Path, work: pathlib.Path, overrides: tuple[str, ...] = ()
+) -> tuple[pathlib.Path, str]:
+    """`onpolicy run` on `config` (a dict, or a YAML file) in a fresh process; the run directory and its output."""
+    if isinstance(config, dict):
+        (work / "run.yaml").write_text(yaml.safe_dump(config))
+        config = work / "run.yaml"
+    run_dir = work / "run"
+    done = subprocess.run(
+        [sys.executable, "-m", "onpolicy.cli", "run", str(config), *overrides, "--run-dir", str(run_dir)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "WANDB_MODE": "offline"},
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return run_dir, done.stdout
+
+
+def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def tiny_config(tiny_model_path: pathlib.Path, engine_dtype: str = "float32", **changes: Any) -> dict[str, Any]:
+    """A small run on the tiny model: 4 prompts, K=4, 16 new tokens, a length reward, W&B offline. The engine
+    computes in `engine_dtype` (float32 by default, the trainer's: its log-probs are then the reference's)."""
+    return {
+        "model": {"path": str(tiny_model_path)},
+        "prompts": {"items": ["Who are you?", "What is your name?", "Tell me a story.", "What is two plus two?"]},
+        "generation": {
+            "num_samples": 4,
+            "max_new_tokens": 16,
+            "max_model_len": 256,
+            "kv_cache_gib": 0.25,
+            "dtype": engine_dtype,
+        },
+        "reward": [{"name": "length", "args": {"target": 40, "unit": "chars"}}],
+        "train": {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128},
+        "wandb": {"mode": "offline"},
+        **changes,
+    }
+
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"

@@ -1,0 +1,51 @@
+"""The roles a job's rounds use, as small Protocols: the loop calls nothing else on its components.
+
+A new backend (a generation server, several trainer processes) is a new class that meets one of these, built
+in `onpolicy.components`; the loop does not change.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
+
+import torch
+
+from onpolicy.types import Pair, PromptRecord, SampleGroup, UpdateResult
+
+
+class Generator(Protocol):
+    """Serves the current policy: samples groups for training and greedy answers for evaluation."""
+
+    def generate(self, records: Sequence[PromptRecord]) -> tuple[list[SampleGroup], list[PromptRecord]]:
+        """One group of samples per prompt that fits, and the prompts that did not fit."""
+        ...
+
+    def complete_greedy(self, records: Sequence[PromptRecord], max_new_tokens: int) -> list[str | None]:
+        """The greedy answer to each prompt (None where the prompt does not fit)."""
+        ...
+
+    def load_weights(self, named_tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
+        """Serve these weights (HF names) from now on."""
+        ...
+
+
+class Updater(Protocol):
+    """Holds the policy and its reference, and runs each round's DPO update."""
+
+    def start_round(self, round_number: int) -> bool:
+        """Make round `round_number`'s reference ready; True when it was refreshed."""
+        ...
+
+    def update(
+        self, pairs: Sequence[Pair], round_number: int, should_stop: Callable[[], bool] | None = None
+    ) -> UpdateResult: ...
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """The policy's weights under their HF names, for the generator."""
+        ...
+
+    def save(self, folder: pathlib.Path) -> None:
+        """The policy as an ordinary HF model folder."""
+        ...

@@ -1,0 +1,331 @@
+"""Everything onpolicy relies on in TRL beyond its public arguments, in one module, for the TRL versions that
+`pyproject.toml` admits (and the tests run against):
+
+- `dpo_config`: TRL's `DPOConfig` built from onpolicy's `train.*` through one field table, which also names the
+  fields onpolicy owns (a `train.extra` key may not set them); `dpo_loss_types` reads the loss types from TRL.
+- `make_trainer`: a `DPOTrainer` subclass for rows that arrive tokenized and may carry the engine's reference
+  log-probs (TRL's reference pass runs only where they are missing, plus a few checked rows), with an optional
+  length-grouped sampler and a collator that counts padding.
+- `adjusted_trl`: two scoped replacements of TRL internals while a round's trainer lives, each measured and
+  tested: the fused LM head scores only completion tokens on a CPU too, and the reference cache is keyed without
+  hashing every weight.
+- `round_metrics` / `release`: TRL's per-step logs averaged under onpolicy's names, and the model handed back
+  as an ordinary transformers model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import difflib
+import functools
+import importlib
+import math
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import torch
+
+# TRL's per-step training logs, averaged over a round, under the names onpolicy logs them.
+_TRL_METRICS = {
+    "loss": "train/loss",
+    "rewards/accuracies": "train/reward_accuracy",
+    "rewards/margins": "train/reward_margin",
+    "rewards/chosen": "train/reward_chosen",
+    "rewards/rejected": "train/reward_rejected",
+    "logps/chosen": "train/logp_chosen",
+    "logps/rejected": "train/logp_rejected",
+    "grad_norm": "train/grad_norm",
+}
+
+
+# DPOConfig field <- the train.* key that sets it. The same table builds the config and tells a `train.extra` key
+# that it may not set the field.
+_FROM_TRAIN = {
+    "beta": "beta",
+    "loss_type": "loss_type",
+    "learning_rate": "learning_rate",
+    "num_train_epochs": "num_epochs",
+    "per_device_train_batch_size": "batch_size",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "max_length": "max_length",
+    "max_grad_norm": "max_grad_norm",
+    "lr_scheduler_type": "lr_scheduler_type",
+    "warmup_steps": "warmup_steps",
+    "bf16": "bf16",
+}
+# DPOConfig fields onpolicy sets from elsewhere, or must own because the loop depends on them.
+_SET_BY_ONPOLICY = {
+    "gradient_checkpointing": "train.gradient_checkpointing",
+    "train_sampling_strategy": "train.group_by_length",
+    "seed": "seed",
+    "output_dir": "--run-dir",
+    "report_to": "wandb.mode",
+    "precompute_ref_log_probs": "ref.refresh",
+    "save_strategy": "checkpoint.every",
+}
+OWNED_FIELDS = {**{field: f"train.{key}" for field, key in _FROM_TRAIN.items()}, **_SET_BY_ONPOLICY}
+
+
+def dpo_config(train: Any, output_dir: str, seed: int, gradient_checkpointing: bool) -> Any:
+    """TRL's training arguments for one round, from `train` (a `TrainConfig`, `extra` passed through)."""
+    from trl import DPOConfig
+
+    return DPOConfig(
+        **{field: getattr(train, key) for field, key in _FROM_TRAIN.items()},
+        output_dir=output_dir,
+        gradient_checkpointing=gradient_checkpointing,
+        seed=seed,
+        precompute_ref_log_probs=True,
+        report_to="none",
+        save_strategy="no",
+        logging_steps=1,
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        **train.extra,
+    )
+
+
+@functools.cache
+def dpo_loss_types() -> tuple[str, ...]:
+    """The loss types the installed TRL's `DPOTrainer` knows, read from `DPOConfig.loss_type`'s own help text."""
+    from trl.trainer.dpo_config import DPOConfig
+
+    field = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type")
+    return tuple(re.findall(r"`'(\w+)'`", field.metadata["help"]))
+
+
+def check_dpo_config_fields(loss_type: str, extra: Mapping[str, Any]) -> None:
+    """Raise ValueError for an unknown loss type, or an `extra` key DPOConfig lacks or onpolicy owns."""
+    known_losses = dpo_loss_types()
+    if loss_type not in known_losses:
+        near = difflib.get_close_matches(loss_type, known_losses, n=1)
+        hint = f"; did you mean '{near[0]}'?" if near else f" (one of: {', '.join(known_losses)})"
+        raise ValueError(f"train.loss_type: unknown DPO loss type '{loss_type}'{hint}")
+    if not extra:
+        return
+    from trl.trainer.dpo_config import DPOConfig
+
+    known = {f.name for f in dataclasses.fields(DPOConfig)}
+    for key in extra:
+        if key in OWNED_FIELDS:
+            raise ValueError(f"train.extra.{key} is set by onpolicy: use {OWNED_FIELDS[key]} instead")
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ValueError(
+                f"train.extra.{key}: trl.DPOConfig has no field '{key}'"
+                + (f"; did you mean '{near[0]}'?" if near else "")
+            )
+
+
+def make_trainer(
+    rows: list[dict[str, Any]],
+    checked_rows: Sequence[int],
+    group_by_length: bool,
+    should_stop: Callable[[], bool] | None,
+    **kwargs: Any,
+) -> Any:
+    """A round's trainer on tokenized `rows` (`kwargs`: DPOTrainer's model, ref_model, args, processing_class).
+    Training stops after the current step once `should_stop()` is true."""
+    from datasets import Dataset
+    from transformers import PrinterCallback, TrainerCallback
+
+    class StopWhenAsked(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if should_stop is not None and should_stop():
+                control.should_training_stop = True
+
+    trainer = _tokenized_trainer_class()(
+        checked_rows=checked_rows,
+        group_by_length=group_by_length,
+        train_dataset=Dataset.from_list(rows),
+        callbacks=[StopWhenAsked()],
+        **kwargs,
+    )
+    trainer.remove_callback(PrinterCallback)  # per-step dicts on stdout; onpolicy prints one line per round
+    trainer.data_collator = _PaddingCounter(trainer.data_collator)
+    return trainer
+
+
+def round_metrics(trainer: Any) -> dict[str, float]:
+    """What a finished round's trainer reports: TRL's logs averaged over its steps, the step count, where the
+    reference log-probs came from and what they cost, and the share of padding in its batches."""
+    metrics = _average_logs(trainer.state.log_history)
+    metrics["train/steps"] = float(trainer.state.global_step)
+    metrics.update(trainer.reference_metrics)
+    metrics["perf/train_padding"] = trainer.data_collator.share
+    return metrics
+
+
+def release(trainer: Any, models: Sequence[torch.nn.Module | None]) -> None:
+    """Hand `models` back as ordinary transformers models: DPOTrainer patches a fused LM head onto a model's
+    forward, and those patches would pile up over rounds."""
+    for model in models:
+        if model is not None:
+            model.__dict__.pop("forward", None)
+    del trainer
+
+
+@contextlib.contextmanager
+def adjusted_trl() -> Iterator[None]:
+    """Both TRL adjustments, while a round's trainer is made and trains."""
+    with lm_head_on_completions_only(), unique_model_hash():
+        yield
+
+
+def lm_head_on_completions_only() -> contextlib.AbstractContextManager[None]:
+    """While open, TRL's fused LM head scores only the completion tokens on a CPU too, as it does on GPUs.
+
+    `DPOTrainer` gets per-token log-probs through a chunked LM head (`trl.kernels.ChunkedLogProbFunction`). On
+    Triton devices it projects only the positions with a label; on any other device it projects every position,
+    prompt and padding included, so that tile shapes never change for ahead-of-time compilers (Neuron). An eager
+    CPU compiles nothing, and there about half of a round's positions are prompt and padding: on the default
+    round, scoring only the completions made the update 1.3x faster with the same loss to five digits
+    (`bench_train`). TRL decides this with `trl.trainer.utils._use_triton`, which it consults for nothing else.
+    """
+    return _replaced("trl.trainer.utils", "_use_triton", lambda on_triton: lambda d: d.type == "cpu" or on_triton(d))
+
+
+def unique_model_hash() -> contextlib.AbstractContextManager[None]:
+    """While open, TRL's `DPOTrainer` names its reference log-prob cache by a fresh random key instead of a hash
+    of every weight of the model. TRL hashes the whole model (sha256 over all its bytes) each time a trainer is
+    made with `precompute_ref_log_probs`, to reuse cached reference log-probs of the same data and model; every
+    onpolicy round has new pairs and a new model, so the cache never hits, and the hash is pure cost: 0.5 s per
+    round for the 135M model here, growing with the model (a 7B model is 28 GB of fp32 bytes to hash)."""
+    return _replaced("trl.trainer.dpo_trainer", "hash_module", lambda _: lambda module: uuid.uuid4().hex)
+
+
+@contextlib.contextmanager
+def _replaced(module_name: str, attribute: str, replacement: Callable[[Any], Any]) -> Iterator[None]:
+    """`module.attribute` set to `replacement(original)` while open (a TRL without it is left as it is: the tests
+    that measure each effect then fail)."""
+    module = importlib.import_module(module_name)
+    original = getattr(module, attribute, None)
+    if original is None:
+        yield
+        return
+    setattr(module, attribute, replacement(original))
+    try:
+        yield
+    finally:
+        setattr(module, attribute, original)
+
+
+def _average_logs(history: list[dict[str, float]]) -> dict[str, float]:
+    sums: dict[str, list[float]] = {}
+    for entry in history:
+        for key, name in _TRL_METRICS.items():
+            value = entry.get(key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                sums.setdefault(name, []).append(float(value))
+    return {name: sum(values) / len(values) for name, values in sums.items()}
+
+
+class LengthGroupedBatches(torch.utils.data.Sampler):
+    """Row order for `train.group_by_length`: each epoch, the rows sorted by length (ties in random order), cut
+    into batches, and the full batches shuffled. transformers' `LengthGroupedSampler` sorts only within random
+    "megabatches" of a quarter of the data, which at a round's few batches groups little or nothing."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        shuffle = random.Random(self.seed * 1_000_003 + self.epoch)
+        ties = [shuffle.random() for _ in self.lengths]
+        order = sorted(range(len(self.lengths)), key=lambda i: (self.lengths[i], ties[i]))
+        full = len(order) - len(order) % self.batch_size
+        batches = [order[i : i + self.batch_size] for i in range(0, full, self.batch_size)]
+        shuffle.shuffle(batches)
+        # the loader cuts this order into batches again: a short batch goes last, where it does not shift them
+        return iter([i for batch in batches for i in batch] + order[full:])
+
+
+class _PaddingCounter:
+    """TRL's collator, counting how much of the training batches it pads (what `group_by_length` lowers)."""
+
+    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> None:
+        self.collate = collate
+        self.positions = self.padded = 0
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(examples)
+        mask = batch["attention_mask"]
+        self.positions += mask.numel()
+        self.padded += mask.numel() - int(mask.sum())
+        return batch
+
+    @property
+    def share(self) -> float:
+        return self.padded / self.positions if self.positions else 0.0
+
+
+_REF_COLUMNS = ["ref_chosen_logps", "ref_rejected_logps"]
+
+
+def _tokenized_trainer_class() -> type:
+    from trl import DPOTrainer
+
+    class TokenizedDPOTrainer(DPOTrainer):
+        """TRL's `DPOTrainer` on rows that arrive tokenized and may carry the engine's reference log-probs: TRL's
+        no-grad reference pass runs only on the rows without them, plus `checked_rows`, whose engine values
+        are compared with the trainer's (`perf/ref_logp_mismatch`) and kept."""
+
+        def __init__(self, checked_rows: Sequence[int], group_by_length: bool, **kwargs: Any) -> None:
+            self.checked_rows = list(checked_rows)
+            self.group_by_length = group_by_length
+            self.reference_metrics: dict[str, float] = {}
+            super().__init__(**kwargs)
+
+        def _prepare_dataset(self, dataset: Any, processing_class: Any, args: Any, dataset_name: str) -> Any:
+            return dataset  # tokenized by the updater, prompts that fill max_length already left out
+
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            if "length" not in self._signature_columns:  # kept for the length-grouped sampler
+                self._signature_columns.append("length")
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if not self.group_by_length:
+                return super()._get_train_sampler(train_dataset)
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedBatches(dataset["length"], batch, self.args.seed)
+
+        def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
+            started = time.perf_counter()
+            engine = {side: dataset[side] for side in _REF_COLUMNS}
+            missing = [i for i, value in enumerate(engine["ref_chosen_logps"]) if value is None]
+            checked = self.checked_rows
+            values = {side: list(column) for side, column in engine.items()}
+            if missing or checked:
+                needed = sorted(set(missing) | set(checked))
+                subset = dataset.remove_columns(_REF_COLUMNS).select(needed)
+                computed = super()._precompute_ref_logps(subset, name, batch_size)
+                trainer = {side: dict(zip(needed, computed[side])) for side in _REF_COLUMNS}
+                for side in _REF_COLUMNS:
+                    for i in missing:
+                        values[side][i] = trainer[side][i]
+                if checked:
+                    gaps = [abs(engine[side][i] - trainer[side][i]) for i in checked for side in _REF_COLUMNS]
+                    self.reference_metrics["perf/ref_logp_mismatch"] = sum(gaps) / len(gaps)
+                dataset = dataset.remove_columns(_REF_COLUMNS)
+                for side in _REF_COLUMNS:
+                    dataset = dataset.add_column(side, values[side])
+            self.reference_metrics["perf/ref_from_engine"] = 1 - len(missing) / max(len(dataset), 1)
+            self.reference_metrics["perf/ref_logps_s"] = time.perf_counter() - started
+            return dataset
+
+    return TokenizedDPOTrainer
