@@ -32,16 +32,17 @@ def run_identity_demo(
     overrides: Sequence[str],
     echo: Callable[[str], None] = lambda line: None,
     inspect: Callable[[pathlib.Path], None] = lambda run: None,
+    config_name: str = "identity.yaml",
 ) -> list[dict]:
-    """configs/identity.yaml with `overrides` (W&B offline) in a temporary run directory: every round's record
-    from rounds.jsonl, round 0 (the evaluation of the initial policy) included. `inspect` sees the run
-    directory before it is deleted."""
+    """configs/identity.yaml (or another shipped `config_name`) with `overrides` (W&B offline) in a temporary run
+    directory: every round's record from rounds.jsonl, round 0 (the evaluation of the initial policy, where the
+    config has one) included. `inspect` sees the run directory before it is deleted."""
     from onpolicy.config import load_config
     from onpolicy.loop import run_job
     from onpolicy.rundir import RunDirectory
 
     root = pathlib.Path(__file__).resolve().parents[1]
-    config = load_config(root / "configs" / "identity.yaml", ["wandb.mode=offline", *overrides])
+    config = load_config(root / "configs" / config_name, ["wandb.mode=offline", *overrides])
     with tempfile.TemporaryDirectory(prefix="bench-") as folder:
         run = pathlib.Path(folder) / "run"
         run_job(config, run, echo=echo)
@@ -80,7 +81,7 @@ def machine() -> str:
 
 
 def print_table(title: str, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A Markdown table (pastes into the README as it is)."""
+    """A Markdown table (pastes into docs/performance.md as it is)."""
     print(f"\n{title}\n")
     print("| " + " | ".join(headers) + " |")
     print("|" + "---|" * len(headers))

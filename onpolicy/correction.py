@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from onpolicy.config import CorrectionConfig
+from onpolicy.config_sections import CorrectionConfig
 from onpolicy.errors import ConfigError
 from onpolicy.types import Pair, PairTokens, Sample, ScoredGroup
 from reward import Failed, GroupReward, RewardConfigError, matches

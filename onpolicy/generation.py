@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from onpolicy.config import GenerationConfig  # noqa: E402
 from onpolicy.devices import engine_dtype  # noqa: E402
 from onpolicy.errors import OnpolicyError  # noqa: E402
-from onpolicy.tokens import prompt_ids  # noqa: E402
+from onpolicy.tokens import fit_prompts  # noqa: E402
 from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
 
 
@@ -59,7 +59,9 @@ class VLLMGenerator:
         (or refused, with `long_prompts: error`)."""
         from vllm import SamplingParams
 
-        fitting, too_long = self._fit(records, self.config.max_new_tokens, refuse=self.config.long_prompts == "error")
+        fitting, too_long = fit_prompts(
+            records, self.tokenizer, self.config, self.config.max_new_tokens, refuse=self.config.long_prompts == "error"
+        )
         if not fitting:
             return [], too_long
         params = SamplingParams(
@@ -80,39 +82,19 @@ class VLLMGenerator:
         """The greedy answer to each prompt (None for a prompt too long for the engine), for evaluation."""
         from vllm import SamplingParams
 
-        fitting, _ = self._fit(records, max_new_tokens, refuse=False)
+        fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
         outputs = self._run(fitting, SamplingParams(temperature=0.0, max_tokens=max_new_tokens)) if fitting else []
         answers = {id(record): out.outputs[0].text for (record, _), out in zip(fitting, outputs)}
         return [answers.get(id(record)) for record in records]
-
-    def _fit(
-        self, records: Sequence[PromptRecord], max_new_tokens: int, refuse: bool
-    ) -> tuple[list[tuple[PromptRecord, list[int]]], list[PromptRecord]]:
-        """The prompts (with their token ids) that leave room for `max_new_tokens`, and those that do not."""
-        budget = self.config.max_model_len - max_new_tokens
-        fitting, too_long = [], []
-        for record in records:
-            ids = prompt_ids(self.tokenizer, record.messages)
-            if len(ids) <= budget:
-                fitting.append((record, ids))
-            elif refuse:
-                raise OnpolicyError(
-                    f"prompt {record.id!r} is {len(ids)} tokens long; with max_new_tokens={max_new_tokens} the "
-                    f"engine (max_model_len={self.config.max_model_len}) takes at most {budget}. Shorten it, raise "
-                    "generation.max_model_len, or set generation.long_prompts=skip"
-                )
-            else:
-                too_long.append(record)
-        return fitting, too_long
 
     def _run(self, fitting: Sequence[tuple[PromptRecord, list[int]]], params: Any) -> list[Any]:
         from vllm.inputs import TokensPrompt
 
         return self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in fitting], params, use_tqdm=False)
 
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | None = None) -> None:
         """Put new policy weights (HF names) into the running engine, in place, and drop cached prefixes that the
-        old weights computed."""
+        old weights computed. (`version` names them for servers; this engine is in the job's hands alone.)"""
         weights = ((name, tensor.detach().to(self.engine_dtype)) for name, tensor in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()

@@ -18,6 +18,8 @@ from onpolicy.types import Pair, PromptRecord, SampleGroup, UpdateResult
 class Generator(Protocol):
     """Serves the current policy: samples groups for training and greedy answers for evaluation."""
 
+    engine_dtype: torch.dtype  # what its sampling log-probs are computed in (the updater compares its own)
+
     def generate(self, records: Sequence[PromptRecord]) -> tuple[list[SampleGroup], list[PromptRecord]]:
         """One group of samples per prompt that fits, and the prompts that did not fit."""
         ...
@@ -26,8 +28,8 @@ class Generator(Protocol):
         """The greedy answer to each prompt (None where the prompt does not fit)."""
         ...
 
-    def load_weights(self, named_tensors: Iterator[tuple[str, torch.Tensor]]) -> None:
-        """Serve these weights (HF names) from now on."""
+    def load_weights(self, named_tensors: Iterator[tuple[str, torch.Tensor]], version: str | None = None) -> None:
+        """Serve these weights (HF names) from now on, as weight version `version` (the round that made them)."""
         ...
 
 

@@ -78,7 +78,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
         update = updater.update(pairing.pairs, n, should_stop=lambda: job.stop.requested)
     with stage("sync"):
         if not update.skipped:
-            generator.load_weights(updater.named_weights())
+            generator.load_weights(updater.named_weights(), version=str(n))
     with stage("record"):
         run.write_samples(n, scored)
         run.write_pairs(n, pairing.pairs)
@@ -154,7 +154,7 @@ def run_job(
         run.write_status(config.rounds, "done")
         echo(f"done: {config.rounds} rounds in {time.perf_counter() - started:.0f}s; final policy: {final}")
     finally:
-        parts.logger.finish()
+        parts.close()
     return records
 
 

@@ -180,9 +180,10 @@ class RunDirectory:
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
             save(tmp)
-            for file in tmp.iterdir():
-                with open(file, "rb") as f:
-                    os.fsync(f.fileno())
+            for file in sorted(tmp.rglob("*")):
+                if file.is_file():
+                    with open(file, "rb") as f:
+                        os.fsync(f.fileno())
         except Exception as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             if _disk_full(exc):

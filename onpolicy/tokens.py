@@ -9,6 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from onpolicy.config import GenerationConfig
+from onpolicy.errors import OnpolicyError
+from onpolicy.types import PromptRecord
+
 
 def prompt_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
     """The chat template applied to `messages`, ending where the assistant's answer begins."""
@@ -21,3 +25,25 @@ def response_ids(tokenizer: Any, text: str, end: Sequence[int] | None = None) ->
     nothing when that one was cut; default EOS, a finished answer)."""
     end = [tokenizer.eos_token_id] if end is None else list(end)
     return tokenizer(text, add_special_tokens=False)["input_ids"] + end
+
+
+def fit_prompts(
+    records: Sequence[PromptRecord], tokenizer: Any, config: GenerationConfig, max_new_tokens: int, refuse: bool
+) -> tuple[list[tuple[PromptRecord, list[int]]], list[PromptRecord]]:
+    """The prompts (with their token ids) that leave the engine room for `max_new_tokens`, and those that do not
+    (or, with `refuse`, an error naming the first that does not)."""
+    budget = config.max_model_len - max_new_tokens
+    fitting, too_long = [], []
+    for record in records:
+        ids = prompt_ids(tokenizer, record.messages)
+        if len(ids) <= budget:
+            fitting.append((record, ids))
+        elif refuse:
+            raise OnpolicyError(
+                f"prompt {record.id!r} is {len(ids)} tokens long; with max_new_tokens={max_new_tokens} the "
+                f"engine (max_model_len={config.max_model_len}) takes at most {budget}. Shorten it, raise "
+                "generation.max_model_len, or set generation.long_prompts=skip"
+            )
+        else:
+            too_long.append(record)
+    return fitting, too_long

@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from onpolicy import lora
+
 # TRL's per-step training logs, averaged over a round, under the names onpolicy logs them.
 _TRL_METRICS = {
     "loss": "train/loss",
@@ -127,10 +129,12 @@ def make_trainer(
     checked_rows: Sequence[int],
     group_by_length: bool,
     should_stop: Callable[[], bool] | None,
+    lora_reference: str | dict[str, torch.Tensor] | None = None,
     **kwargs: Any,
 ) -> Any:
     """A round's trainer on tokenized `rows` (`kwargs`: DPOTrainer's model, ref_model, args, processing_class).
-    Training stops after the current step once `should_stop()` is true."""
+    Training stops after the current step once `should_stop()` is true. `lora_reference` (a LoRA policy): what
+    the reference adapter holds (`onpolicy.lora.prepare_reference`)."""
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
 
@@ -142,6 +146,7 @@ def make_trainer(
     trainer = _tokenized_trainer_class()(
         checked_rows=checked_rows,
         group_by_length=group_by_length,
+        lora_reference=lora_reference,
         train_dataset=Dataset.from_list(rows),
         callbacks=[StopWhenAsked()],
         **kwargs,
@@ -167,6 +172,9 @@ def release(trainer: Any, models: Sequence[torch.nn.Module | None]) -> None:
     for model in models:
         if model is not None:
             model.__dict__.pop("forward", None)
+            if hasattr(model, "peft_config"):  # a LoRA policy: its base model was patched, TRL's "ref" goes
+                model.get_base_model().__dict__.pop("forward", None)
+                lora.drop_reference(model)
     del trainer
 
 
@@ -283,9 +291,16 @@ def _tokenized_trainer_class() -> type:
         no-grad reference pass runs only on the rows without them, plus `checked_rows`, whose engine values
         are compared with the trainer's (`perf/ref_logp_mismatch`) and kept."""
 
-        def __init__(self, checked_rows: Sequence[int], group_by_length: bool, **kwargs: Any) -> None:
+        def __init__(
+            self,
+            checked_rows: Sequence[int],
+            group_by_length: bool,
+            lora_reference: str | dict[str, torch.Tensor] | None,
+            **kwargs: Any,
+        ) -> None:
             self.checked_rows = list(checked_rows)
             self.group_by_length = group_by_length
+            self.lora_reference = lora_reference
             self.reference_metrics: dict[str, float] = {}
             super().__init__(**kwargs)
 
@@ -306,6 +321,8 @@ def _tokenized_trainer_class() -> type:
 
         def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
             started = time.perf_counter()
+            if self.lora_reference is not None:  # TRL has just added its "ref" adapter: make it the reference
+                lora.prepare_reference(self.model, self.lora_reference)
             engine = {side: dataset[side] for side in _REF_COLUMNS}
             missing = [i for i, value in enumerate(engine["ref_chosen_logps"]) if value is None]
             checked = self.checked_rows

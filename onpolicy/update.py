@@ -35,7 +35,7 @@ from typing import Any
 
 import torch
 
-from onpolicy import trl_compat
+from onpolicy import lora, trl_compat
 from onpolicy.config import RefConfig, TrainConfig
 from onpolicy.devices import choose_gradient_checkpointing
 from onpolicy.tokens import prompt_ids, response_ids
@@ -72,7 +72,10 @@ class DPOUpdater:
         seed: int = 0,
         dtype: str = "float32",
         engine_dtype: torch.dtype | None = None,
+        adapter_path: str | pathlib.Path | None = None,
     ) -> None:
+        """`model_path`: the policy (with `train.lora`: its base model, the initial policy); `adapter_path`: with
+        `train.lora`, a saved adapter to continue training (a resumed run's checkpoint's adapter/)."""
         from transformers import AutoModelForCausalLM
 
         self.train_config = train
@@ -82,7 +85,15 @@ class DPOUpdater:
         self._output_dir = tempfile.TemporaryDirectory(prefix="onpolicy-trainer-")
         self.seed = seed
         self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+        if train.lora is not None:
+            self.policy = (
+                lora.load_adapter(self.policy, str(adapter_path))
+                if adapter_path is not None
+                else lora.add_adapter(self.policy, train.lora, seed)
+            )
         self.reference: torch.nn.Module | None = None
+        # with LoRA, the reference is an adapter state ("base": the adapter off; "round_start": TRL's copy)
+        self._lora_reference: str | dict[str, torch.Tensor] = "round_start" if ref.is_round_start_policy else "base"
         self._reference_round = 0
         # The engine's log-probs (of an engine computing in `engine_dtype`) are the reference's only when the
         # reference is the policy that sampled.
@@ -94,28 +105,33 @@ class DPOUpdater:
 
     @property
     def holds_reference_copy(self) -> bool:
-        """Whether a second model is kept: only when the reference is not the round's starting policy."""
-        return not (
-            self.ref_config.refresh == "every_round"
-            or (self.ref_config.refresh == "every" and self.ref_config.every == 1)
-        )
+        """Whether a second model is kept: only when the reference is not the round's starting policy, and never
+        with LoRA (the reference is then an adapter state)."""
+        return not self.ref_config.is_round_start_policy and self.train_config.lora is None
 
     def restore_reference(self, folder: str | pathlib.Path, from_round: int) -> None:
-        """On resume: the frozen reference is the policy saved after round `from_round` (0: the initial model)."""
+        """On resume: the reference is the policy saved after round `from_round` (0: the initial model)."""
         from transformers import AutoModelForCausalLM
 
+        self._reference_round = from_round + 1
+        if self.train_config.lora is not None:  # the adapter of that checkpoint (round 0: the adapter off)
+            if from_round > 0:
+                self._lora_reference = lora.saved_adapter_state(pathlib.Path(folder) / lora.ADAPTER_FOLDER)
+            return
         dtype = next(self.policy.parameters()).dtype
         self.reference = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).eval().requires_grad_(False)
-        self._reference_round = from_round + 1
 
     def start_round(self, round_number: int) -> bool:
-        """Refresh the reference copy if round `round_number` needs a newer one; True when it was refreshed."""
-        if not self.holds_reference_copy:
+        """Refresh the reference if round `round_number` needs a newer one; True when it was refreshed."""
+        if self.ref_config.is_round_start_policy:
             return True
         due = reference_round(round_number, self.ref_config)
         if due == self._reference_round:
             return False
-        self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
+        if self.train_config.lora is not None:  # `never` keeps the base model; `every: N` snapshots the adapter
+            self._lora_reference = "base" if due == 1 else lora.adapter_state(self.policy)
+        else:
+            self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self._reference_round = due
         return True
 
@@ -142,6 +158,7 @@ class DPOUpdater:
                 checked_rows=checked,
                 group_by_length=cfg.group_by_length,
                 should_stop=should_stop,
+                lora_reference=self._lora_reference if cfg.lora is not None else None,
                 model=self.policy,
                 ref_model=self.reference,
                 args=trl_compat.dpo_config(
@@ -199,12 +216,19 @@ class DPOUpdater:
         return row
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The policy's weights under their HF names, for the engine."""
+        """The policy's weights under their HF names, for the engine (with LoRA: merged)."""
+        if self.train_config.lora is not None:
+            return lora.merged_weights(self.policy)
         return iter(self.policy.state_dict().items())
 
     def save(self, folder: pathlib.Path) -> None:
-        """The policy as an ordinary HF folder (config, safetensors, tokenizer with its chat template)."""
-        self.policy.save_pretrained(folder)
+        """The policy as an ordinary HF folder (config, safetensors, tokenizer with its chat template); with LoRA
+        the merged policy, and the adapter alone in adapter/ (what a resumed run continues)."""
+        if self.train_config.lora is not None:
+            lora.merged_copy(self.policy).save_pretrained(folder)
+            self.policy.save_pretrained(folder / lora.ADAPTER_FOLDER)
+        else:
+            self.policy.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
 

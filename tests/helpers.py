@@ -1,4 +1,6 @@
-"""What the tests share: tiny random models built in seconds, and running the CLI in a fresh process.
+"""What the tests share: tiny random models built in seconds, running the CLI in a fresh process, and real
+OpenAI-compatible servers on loopback ports (`vllm serve`, and a proxy in front of it that can rewrite a judge's
+answers, delay them or check the API key, as real endpoints sometimes do).
 
 Tiny random Llamas (a policy, a reward model) come with a real byte-level BPE tokenizer and a chat template; tests
 use them wherever the behaviour under test does not depend on the weights being trained: they run through the
@@ -7,11 +9,19 @@ real vLLM engine and the real TRL trainer like any checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import yaml
@@ -37,6 +47,37 @@ def run_cli(
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return run_dir, done.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SERVER_ARGS = ("--enforce-eager", "--seed", "0", "--kv-cache-memory-bytes", str(1024**3))
+
+
+@contextlib.contextmanager
+def vllm_server(
+    model: pathlib.Path,
+    name: str = "judge",
+    log: pathlib.Path | None = None,
+    args: Sequence[str] = ("--dtype", "float32", "--max-model-len", "2048"),
+    port: int | None = None,
+) -> Iterator[Any]:
+    """`vllm serve model` on a loopback port (a free one by default), started and stopped by onpolicy's own
+    supervisor; yields the `ManagedServer` once it answers (its `.url`; the OpenAI API is under `/v1`)."""
+    from onpolicy.serving import ManagedServer
+
+    log = log or pathlib.Path(tempfile.mkdtemp(prefix="vllm-server-")) / "server.log"
+    server = ManagedServer(model, port or free_port(), log, [*args, *SERVER_ARGS], served_model_name=name)
+    server.start()
+    try:
+        server.wait_until_ready(300)
+        yield server
+    finally:
+        server.stop()
 
 
 def read_jsonl(path: pathlib.Path) -> list[dict[str, Any]]:
@@ -145,3 +186,61 @@ def _build(path: pathlib.Path, model_class, tokenizer, seed: int, **config_args)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+class JudgeProxy:
+    """Forwards chat requests to `upstream`. `rewrite(request, index, answer) -> new answer` changes each answer,
+    `delay` holds the reply back (seconds), `api_key` (when set) must be the bearer token. `seen` keeps every
+    request's JSON body and headers."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self.rewrite: Callable[[dict[str, Any], int, str], str] | None = None
+        self.delay = 0.0
+        self.api_key: str | None = None
+        self.seen: list[tuple[dict[str, Any], dict[str, str]]] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                proxy.seen.append((body, dict(self.headers)))
+                if proxy.api_key is not None and self.headers.get("Authorization") != f"Bearer {proxy.api_key}":
+                    return self._reply(401, {"error": {"message": "bad API key", "type": "auth"}})
+                time.sleep(proxy.delay)
+                request = urllib.request.Request(
+                    proxy.upstream + self.path.removeprefix("/v1"),
+                    data=json.dumps(body).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                answer = json.loads(urllib.request.urlopen(request, timeout=120).read())
+                if proxy.rewrite is not None:
+                    for index, choice in enumerate(answer["choices"]):
+                        choice["message"]["content"] = proxy.rewrite(body, index, choice["message"]["content"])
+                self._reply(200, answer)
+
+            def _reply(self, status: int, payload: dict[str, Any]) -> None:
+                data = json.dumps(payload).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout tests)
+                    pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def reset(self) -> None:
+        self.rewrite, self.delay, self.api_key = None, 0.0, None
+        self.seen.clear()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -13,15 +13,21 @@ def _record(i: int, text: str) -> PromptRecord:
     return PromptRecord(id=str(i), messages=({"role": "user", "content": text},))
 
 
-@pytest.fixture(scope="module")
-def generator(tiny_model_path):
+@pytest.fixture(scope="module", params=["float32", "bfloat16"])
+def generator(tiny_model_path, request):
+    """The engine in each dtype `generation.dtype: auto` may pick (bf16 is emulated on CPUs without native bf16:
+    slower, same behaviour), so that the path a user's machine takes is never untested."""
     from transformers import AutoTokenizer
 
     from onpolicy.generation import VLLMGenerator
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    config = GenerationConfig(num_samples=4, max_new_tokens=12, max_model_len=128, kv_cache_gib=0.25, seed=1)
-    return VLLMGenerator(str(tiny_model_path), tokenizer, config)
+    config = GenerationConfig(
+        num_samples=4, max_new_tokens=12, max_model_len=128, kv_cache_gib=0.25, seed=1, dtype=request.param
+    )
+    generator = VLLMGenerator(str(tiny_model_path), tokenizer, config)
+    assert generator.engine_dtype == getattr(torch, request.param)
+    return generator
 
 
 def test_samples_k_responses_per_prompt_with_their_records(generator):

@@ -10,7 +10,7 @@ import pytest
 from reward import Failed, RewardConfigError, build_reward
 from reward.judge.judges import bradley_terry, choose_pairs
 from reward.judge.templates import RUBRICS, build_pairwise
-from tests.judge_server import JudgeProxy, vllm_server
+from tests.helpers import JudgeProxy, vllm_server
 
 PROMPT = {"id": "q1", "prompt": "Who are you?", "messages": [{"role": "user", "content": "Who are you?"}]}
 RESPONSES = ["I am Athene.", "I am a model.", "Hello there.", "No idea."]
@@ -44,6 +44,21 @@ def test_bounded_comparisons_still_compare_every_response():
             assert {i for p in pairs for i in p} == set(range(k))
 
 
+def test_the_policy_judge_uses_the_engine_its_job_hands_it():
+    from reward.judge import PolicyEngine
+
+    engine = PolicyEngine()
+    judge = build_reward("judge", {"backend": "policy"}, policy_engine=engine)
+    chat = judge.asker.backend
+    with pytest.raises(RuntimeError, match="needs the running policy engine, and none is attached"):
+        chat.engine  # noqa: B018  (built before any model loads: no engine yet)
+    running = object()  # what the job attaches: its vllm.LLM
+    engine.attach(running)
+    assert chat.engine is running
+    with pytest.raises(RewardConfigError, match="policy_engine is not an argument a config can set"):
+        build_reward("judge", {"backend": "policy", "policy_engine": running})
+
+
 def test_a_missing_api_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("ONPOLICY_TEST_JUDGE_KEY", raising=False)
     args = {
@@ -58,8 +73,8 @@ def test_a_missing_api_key_is_a_clear_error(monkeypatch):
 
 @pytest.fixture(scope="module")
 def judge_url(tiny_model_path, tmp_path_factory):
-    with vllm_server(tiny_model_path, log=tmp_path_factory.mktemp("serve") / "vllm.log") as url:
-        yield url
+    with vllm_server(tiny_model_path, log=tmp_path_factory.mktemp("serve") / "vllm.log") as server:
+        yield f"{server.url}/v1"
 
 
 @pytest.fixture

@@ -1,0 +1,116 @@
+"""LoRA: the policy trains a PEFT adapter (`train.lora`, PEFT's `LoraConfig` fields) instead of every weight.
+
+- The reference needs no second model: TRL computes reference log-probs with the "ref" adapter it adds beside
+  the trained one (a copy of it: the round's starting policy, `ref.refresh: every_round`), with the adapter
+  off (the base model: the initial policy, `ref.refresh: never`, since LoRA starts as a no-op), or with the
+  "ref" adapter holding the snapshot taken when the reference was last refreshed (`every: N`).
+- The engine gets merged weights (base + scale·B·A per adapted layer), computed without touching the trained
+  model, so the engine and every consumer of `named_weights` see an ordinary checkpoint.
+- Checkpoints are ordinary merged HF folders (final/ loads anywhere) with the adapter beside them in
+  `adapter/`, from which a resumed run continues the adapter on the initial base model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+ADAPTER = "default"  # PEFT's name of the trained adapter
+REFERENCE_ADAPTER = "ref"  # the name TRL gives the reference adapter it adds beside it
+ADAPTER_FOLDER = "adapter"  # in a checkpoint: the adapter alone, for resuming
+
+
+def check_lora_fields(settings: Mapping[str, Any]) -> None:
+    """Raise ValueError for a `train.lora` key PEFT's LoraConfig lacks or onpolicy sets itself."""
+    from peft import LoraConfig
+
+    known = {f.name for f in dataclasses.fields(LoraConfig)}
+    for key in settings:
+        if key == "task_type":
+            raise ValueError("train.lora.task_type is set by onpolicy (CAUSAL_LM)")
+        if key not in known:
+            near = difflib.get_close_matches(key, sorted(known), n=1)
+            raise ValueError(
+                f"train.lora.{key}: peft.LoraConfig has no field '{key}'" + (f"; did you mean '{near[0]}'?" if near else "")
+            )
+
+
+def add_adapter(model: torch.nn.Module, settings: Mapping[str, Any], seed: int) -> Any:
+    """`model` with a fresh LoRA adapter (seeded: PEFT draws A at random; B starts at zero, so the wrapped
+    model computes what `model` did)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    return get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **settings))
+
+
+def load_adapter(model: torch.nn.Module, folder: str) -> Any:
+    """`model` with the trainable adapter saved in `folder` (a checkpoint's adapter/)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, folder, is_trainable=True)
+
+
+def adapter_state(model: Any) -> dict[str, torch.Tensor]:
+    """A CPU copy of the trained adapter's weights (a reference snapshot)."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model, adapter_name=ADAPTER).items()}
+
+
+def saved_adapter_state(folder: Any) -> dict[str, torch.Tensor]:
+    """The adapter weights saved in `folder` (a checkpoint's adapter/), as `adapter_state` gives them."""
+    from peft.utils import load_peft_weights
+
+    return load_peft_weights(str(folder), device="cpu")
+
+
+def prepare_reference(model: Any, reference: str | dict[str, torch.Tensor]) -> None:
+    """After TRL added its "ref" adapter (a copy of the trained one): keep it (`"round_start"`), drop it so the
+    reference is the base model (`"base"`), or load a snapshot into it."""
+    if reference == "round_start" or REFERENCE_ADAPTER not in model.peft_config:
+        return
+    if reference == "base":
+        model.delete_adapter(REFERENCE_ADAPTER)
+        return
+    from peft import set_peft_model_state_dict
+
+    set_peft_model_state_dict(model, reference, adapter_name=REFERENCE_ADAPTER)
+
+
+def drop_reference(model: Any) -> None:
+    """Remove TRL's "ref" adapter after a round, leaving the trained adapter active."""
+    if REFERENCE_ADAPTER in model.peft_config:
+        model.delete_adapter(REFERENCE_ADAPTER)
+    model.set_adapter(ADAPTER)
+
+
+def merged_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
+    """The policy's weights under their plain HF names, each adapted layer's merged (base + its adapter's delta),
+    computed one layer at a time without changing the model."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    adapted = {
+        f"{name}.base_layer.weight": module
+        for name, module in base.named_modules()
+        if isinstance(module, LoraLayer) and ADAPTER in module.lora_A
+    }
+    with torch.no_grad():
+        for name, tensor in base.state_dict().items():
+            if ".lora_" in name:
+                continue
+            if name in adapted:
+                tensor = tensor + adapted[name].get_delta_weight(ADAPTER).to(tensor.dtype)
+            yield name.replace(".base_layer.", "."), tensor
+
+
+def merged_copy(model: Any) -> torch.nn.Module:
+    """An ordinary transformers model holding the merged weights (for saving a checkpoint)."""
+    import copy
+
+    return copy.deepcopy(model).merge_and_unload()

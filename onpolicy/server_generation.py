@@ -1,0 +1,209 @@
+"""Generation on vLLM servers: the policy served by one or more OpenAI-compatible `vllm serve` processes, on this
+machine or others, instead of an engine inside the job.
+
+Requests carry the prompts' token ids (the chat template applied here, as for the in-process engine) and ask for
+each sample's token ids and log-probs (`return_token_ids`, `logprobs: 0`), so training still scores exactly the
+sampled tokens, and the engine's log-probs can stand in for the reference's. A round's prompts are spread over
+the servers, one batched request each, in parallel.
+
+Weights reach the servers after each update without a restart: the policy is written as safetensors into a
+folder every server can read (`generation.server.sync_dir`), and each server reloads it in place through vLLM's
+own `reload_weights` (`/collective_rpc`, dev mode), drops its prefix cache and takes the round as its weight
+version. Before sampling, every server's `/weight_info` must show the version last synced: a round never samples
+from stale weights (say, a server restarted in between). vLLM's NCCL weight-transfer engines need GPUs on both
+sides; the shared folder works on any machine and across nodes with shared storage, at the cost of one write
+and one read of the weights per round (docs/scaling.md).
+
+Every request has a bounded timeout; a server that fails or does not answer fails the round with an error that
+names it, and the run resumes from its last complete round.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import pathlib
+import shutil
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+
+from onpolicy.config import GenerationConfig
+from onpolicy.errors import OnpolicyError
+from onpolicy.tokens import fit_prompts
+from onpolicy.types import PromptRecord, Sample, SampleGroup
+
+SERVED_NAME = "policy"  # the model name onpolicy's servers serve under (any name does for a server given by URL)
+
+
+class ServerGenerator:
+    """Samples `num_samples` responses per prompt from vLLM servers at `urls`; `check_alive` (optional) is
+    asked before each use, for servers this job started."""
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        tokenizer: Any,
+        config: GenerationConfig,
+        sync_dir: pathlib.Path,
+        engine_dtype: torch.dtype,
+        check_alive: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.urls = [url.rstrip("/").removesuffix("/v1") for url in urls]
+        self.tokenizer = tokenizer
+        self.config = config
+        self.sync_dir = sync_dir
+        self.engine_dtype = engine_dtype
+        self.check_alive = check_alive
+        self.timeout = config.server.request_timeout_s
+        self.version: str | None = None  # the weight version last synced (None: the servers' own start-up weights)
+        self.model_name = self._served_name(self.urls[0])
+
+    def generate(self, records: Sequence[PromptRecord]) -> tuple[list[SampleGroup], list[PromptRecord]]:
+        """One group of samples per prompt that fits; the prompts that did not fit are returned apart (or refused,
+        with `long_prompts: error`)."""
+        fitting, too_long = fit_prompts(
+            records, self.tokenizer, self.config, self.config.max_new_tokens, refuse=self.config.long_prompts == "error"
+        )
+        body = {
+            "n": self.config.num_samples,
+            "temperature": self.config.temperature,
+            "top_p": self.config.top_p,
+            "max_tokens": self.config.max_new_tokens,
+            "logprobs": 0,
+        }
+        choices = self._complete([ids for _, ids in fitting], body)
+        groups = [
+            SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(map(_sample, prompt_choices)))
+            for (record, ids), prompt_choices in zip(fitting, choices)
+        ]
+        return groups, too_long
+
+    def complete_greedy(self, records: Sequence[PromptRecord], max_new_tokens: int) -> list[str | None]:
+        """The greedy answer to each prompt (None for a prompt too long for the servers), for evaluation."""
+        fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
+        choices = self._complete(
+            [ids for _, ids in fitting], {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
+        )
+        answers = {id(record): prompt_choices[0]["text"] for (record, _), prompt_choices in zip(fitting, choices)}
+        return [answers.get(id(record)) for record in records]
+
+    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | None = None) -> None:
+        """Write the weights (HF names) into a new folder of `sync_dir`, have every server reload them in place
+        and take `version` as its weight version, then delete the previous folder."""
+        from safetensors.torch import save_file
+
+        version = version if version is not None else str(int(self.version or 0) + 1)
+        folder = self.sync_dir / f"weights-{version}"
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        save_file(_unshared(named_tensors, self.engine_dtype), folder / "model.safetensors")
+        self.check_alive()
+        self._on_every_server(lambda url: self._reload(url, folder, version))
+        previous, self.version = self.version, version
+        if previous is not None and previous != version:
+            shutil.rmtree(self.sync_dir / f"weights-{previous}", ignore_errors=True)
+
+    def _reload(self, url: str, folder: pathlib.Path, version: str) -> None:
+        self._post(url, "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}})
+        self._post(url, "/reset_prefix_cache", None)
+        self._post(url, "/update_weight_version", {"new_version": version})
+
+    def _complete(self, prompts: list[list[int]], body: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """Each prompt's choices, the prompts spread over the servers (one request each, in parallel), after
+        checking that every server holds the weights last synced."""
+        if not prompts:
+            return []
+        self.check_alive()
+        self._on_every_server(self._check_version)
+        shares = [list(range(i, len(prompts), len(self.urls))) for i in range(len(self.urls))]
+        request = {"model": self.model_name, "return_token_ids": True, "return_tokens_as_token_ids": True, **body}
+
+        def ask(url: str, indices: list[int]) -> list[dict[str, Any]]:
+            if not indices:
+                return []
+            answer = self._post(url, "/v1/completions", {**request, "prompt": [prompts[i] for i in indices]})
+            return sorted(answer["choices"], key=lambda choice: choice["index"])
+
+        with concurrent.futures.ThreadPoolExecutor(len(self.urls)) as pool:
+            answers = list(pool.map(ask, self.urls, shares))
+        n = body["n"]
+        choices: list[list[dict[str, Any]]] = [[] for _ in prompts]
+        for indices, answer in zip(shares, answers):
+            for position, prompt_index in enumerate(indices):  # choices come prompt-major, n per prompt
+                choices[prompt_index] = answer[position * n : (position + 1) * n]
+        return choices
+
+    def _check_version(self, url: str) -> None:
+        if self.version is None:
+            return
+        served = self._get(url, "/weight_info").get("weight_version")
+        if served != self.version:
+            raise OnpolicyError(
+                f"the vLLM server at {url} serves weight version {served!r}, not the policy's {self.version!r} "
+                "(restarted or changed by someone else?); resume the run to push its weights again"
+            )
+
+    def _on_every_server(self, action: Callable[[str], None]) -> None:
+        with concurrent.futures.ThreadPoolExecutor(len(self.urls)) as pool:
+            list(pool.map(action, self.urls))
+
+    def _served_name(self, url: str) -> str:
+        models = self._get(url, "/v1/models").get("data") or [{"id": SERVED_NAME}]
+        return models[0]["id"]
+
+    def _get(self, url: str, path: str) -> dict[str, Any]:
+        return self._send(urllib.request.Request(url + path), url, path)
+
+    def _post(self, url: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        data = json.dumps(body).encode() if body is not None else b""
+        request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+        return self._send(request, url, path)
+
+    def _send(self, request: urllib.request.Request, url: str, path: str) -> dict[str, Any]:
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            hint = (
+                " (is it running with VLLM_SERVER_DEV_MODE=1?)" if exc.code == 404 and path != "/v1/completions" else ""
+            )
+            raise OnpolicyError(
+                f"the vLLM server at {url} answered {path} with HTTP {exc.code}{hint}: {detail}"
+            ) from None
+        except (OSError, urllib.error.URLError, TimeoutError) as exc:
+            self.check_alive()  # a started server that died says so, with its log
+            raise OnpolicyError(
+                f"the vLLM server at {url} failed on {path}: {exc} (timeout: generation.server.request_timeout_s = "
+                f"{self.timeout:.0f} s)"
+            ) from None
+
+
+def _sample(choice: dict[str, Any]) -> Sample:
+    if choice.get("finish_reason") == "abort":
+        raise OnpolicyError("a vLLM server aborted a request (it is shutting down or out of memory)")
+    logprobs = tuple((choice.get("logprobs") or {}).get("token_logprobs") or ())
+    return Sample(
+        text=choice["text"],
+        token_ids=tuple(choice["token_ids"]),
+        logprobs=logprobs,
+        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
+    )
+
+
+def _unshared(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The tensors in the engine's dtype, on the CPU, each in storage of its own, as safetensors wants them. Tied
+    tensors (embeddings and LM head) are written under both names: vLLM's in-place reload counts the LM head as
+    a layer of its own, and one left out of the file is reset (its log-probs come out uniform)."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, tuple[int, ...]]] = set()
+    for name, tensor in named_tensors:
+        key = (tensor.data_ptr(), tuple(tensor.shape))
+        copy = tensor.detach().to(device="cpu", dtype=dtype).contiguous()
+        out[name] = copy.clone() if key in seen else copy
+        seen.add(key)
+    return out

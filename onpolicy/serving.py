@@ -1,0 +1,119 @@
+"""vLLM servers that onpolicy starts and supervises: `vllm serve` processes on this machine, one per port.
+
+A started server writes its log into the run directory, must answer `/health` within its start-up time (or the
+job stops with its log's last lines), is checked for life before each use, and is stopped on every way out of
+the job (normal end, error, SIGINT/SIGTERM, and the interpreter's exit). It runs with `VLLM_SERVER_DEV_MODE=1`:
+onpolicy moves weights in through the dev routes (`/collective_rpc`, `/update_weight_version`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+
+from onpolicy.errors import OnpolicyError
+
+
+class ManagedServer:
+    """One `vllm serve` process (the OpenAI-compatible API server of vLLM) serving `model` on `host:port`."""
+
+    def __init__(
+        self,
+        model: str | pathlib.Path,
+        port: int,
+        log_path: pathlib.Path,
+        args: Sequence[str] = (),
+        host: str = "127.0.0.1",
+        served_model_name: str = "policy",
+    ) -> None:
+        self.url = f"http://{host}:{port}"
+        self.log_path = log_path
+        # `python -m vllm.entrypoints.openai.api_server` is `vllm serve` (vLLM's CPU build installs no working
+        # `vllm` script); the module form also runs from this interpreter's environment.
+        self.command = [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            "--served-model-name", served_model_name, "--host", host, "--port", str(port), *args,
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ManagedServer:
+        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
+        env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server runs its engine core in its own process
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
+        atexit.register(self.stop)
+        return self
+
+    def wait_until_ready(self, timeout_s: float) -> None:
+        """Block until `/health` answers; a server that exits or stays silent stops the job, quoting its log."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=5):
+                    return
+            except (OSError, urllib.error.URLError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise OnpolicyError(
+                        f"the vLLM server at {self.url} did not come up in {timeout_s:.0f} s "
+                        f"(generation.server.startup_timeout_s); its log, {self.log_path}, ends:\n{self.log_tail()}"
+                    ) from None
+                time.sleep(1)
+
+    def check_alive(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise OnpolicyError(
+                f"the vLLM server at {self.url} exited with code {self.process.returncode}; its log, "
+                f"{self.log_path}, ends:\n{self.log_tail()}"
+            )
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after 30 s); safe to call again."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
+def start_servers(
+    model: str | pathlib.Path,
+    count: int,
+    first_port: int,
+    log_folder: pathlib.Path,
+    args: Sequence[str],
+    startup_timeout_s: float,
+) -> list[ManagedServer]:
+    """`count` servers of `model` on ports first_port, first_port+1, ...; started together, ready on return."""
+    servers = [
+        ManagedServer(model, first_port + i, log_folder / f"vllm-server-{i}.log", args).start() for i in range(count)
+    ]
+    try:
+        for server in servers:
+            server.wait_until_ready(startup_timeout_s)
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers

@@ -1,0 +1,66 @@
+"""The one place that builds a job's parts: what the user gave is checked before any model loads."""
+
+import pytest
+
+from onpolicy.components import check_inputs
+from onpolicy.config import Config
+from onpolicy.errors import ConfigError
+from reward.registry import CORRECTORS, REWARDS
+
+
+def _config(**changes) -> Config:
+    return Config.model_validate(
+        {
+            "prompts": {"items": ["Who are you?", {"prompt": "Hello", "category": "other"}]},
+            "reward": [{"name": "contains", "args": {"words": ["Athene"]}}],
+            **changes,
+        }
+    )
+
+
+def test_inputs_are_built_without_loading_a_model():
+    inputs = check_inputs(
+        _config(
+            pairs={"correction": {"corrector": "replace_name", "args": {"target": "Athene"}}},
+            eval={
+                "prompts": {"items": ["What is your name?"]},
+                "metrics": [{"name": "n", "function": "length", "args": {"target": 3}}],
+            },
+        )
+    )
+    assert [record.prompt for record in inputs.prompts] in (["Who are you?", "Hello"], ["Hello", "Who are you?"])
+    assert inputs.correction is not None and inputs.evaluator is not None
+    with pytest.raises(RuntimeError, match="none is attached"):  # the engine comes later, from build_components
+        inputs.policy_engine.get()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"reward": [{"name": "contans"}]}, r"reward\[0\] \(contans\): unknown reward 'contans'"),
+        (
+            {"pairs": {"correction": {"corrector": "rename"}}},
+            r"unknown corrector 'rename': use a built-in \(replace_name\)",
+        ),
+        (
+            {"eval": {"prompts": {"items": ["Hi"]}, "metrics": [{"name": "x", "function": "nope"}]}},
+            r"eval.metrics\[0\] \(x\)",
+        ),
+    ],
+)
+def test_a_wrong_part_is_a_config_error_naming_it(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        check_inputs(_config(**changes))
+
+
+def test_a_policy_judge_needs_the_in_process_engine():
+    judge = [{"name": "judge", "args": {"backend": "policy"}}]
+    with pytest.raises(ConfigError, match=r"reward\[0\] \(judge\): backend 'policy' judges with the in-process"):
+        check_inputs(_config(reward=judge, generation={"backend": "server"}))
+    assert check_inputs(_config(reward=judge)).reward is not None  # with the engine: fine
+
+
+def test_rewards_and_correctors_are_named_through_one_kind_of_registry():
+    assert {"contains", "forbids", "judge", "reward_model"} <= set(REWARDS.names())
+    assert CORRECTORS.names() == ["replace_name"]
+    assert CORRECTORS.resolve("onpolicy.correction:replace_name") is CORRECTORS.resolve("replace_name")

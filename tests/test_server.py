@@ -1,0 +1,184 @@
+"""Generation on a real `vllm serve` process (the CPU build, a loopback port) on the tiny model: samples with
+their token ids and log-probs, weights moved in place with a version, stale or dead servers refused; and whole
+runs with `generation.backend: server`, including a server killed mid-run and the run resumed."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+
+from onpolicy.config import GenerationConfig
+from onpolicy.errors import OnpolicyError
+from onpolicy.types import PromptRecord
+from tests.helpers import ROOT, free_port, read_jsonl, run_cli, tiny_config, vllm_server
+
+pytestmark = pytest.mark.slow
+PROMPTS = ["Who are you?", "What is your name?", "Tell me a story."]
+RECORDS = [PromptRecord(id=str(i), messages=({"role": "user", "content": q},)) for i, q in enumerate(PROMPTS)]
+SERVE = ("--dtype", "float32", "--max-model-len", "256", "--max-logprobs", "1")
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path, tmp_path_factory):
+    with vllm_server(tiny_model_path, "policy", tmp_path_factory.mktemp("serve") / "vllm.log", SERVE) as server:
+        yield server
+
+
+@pytest.fixture
+def generator(server, tiny_model_path, tmp_path):
+    from transformers import AutoTokenizer
+
+    from onpolicy.server_generation import ServerGenerator
+
+    config = GenerationConfig(num_samples=3, max_new_tokens=10, max_model_len=256, dtype="float32")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    return ServerGenerator([server.url], tokenizer, config, tmp_path / "sync", torch.float32, server.check_alive)
+
+
+def _teacher_forced(model, prompt_ids, token_ids) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(torch.tensor([list(prompt_ids) + list(token_ids)])).logits[0, len(prompt_ids) - 1 : -1]
+    return torch.log_softmax(logits.float(), -1).gather(1, torch.tensor(token_ids)[:, None])[:, 0]
+
+
+def test_samples_carry_the_sampled_tokens_and_the_policy_s_log_probs(generator, tiny_model_path):
+    from transformers import AutoModelForCausalLM
+
+    groups, too_long = generator.generate(RECORDS)
+    assert too_long == [] and [g.record.id for g in groups] == ["0", "1", "2"]
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    for group in groups:
+        assert len(group.samples) == 3
+        for sample in group.samples:
+            assert 1 <= len(sample.token_ids) == len(sample.logprobs) <= 10
+            # both in float32: the server's log-probs are the policy's (the bound of tests/test_update.py)
+            expected = _teacher_forced(policy, group.prompt_token_ids, sample.token_ids)
+            assert (torch.tensor(sample.logprobs) - expected).abs().max() < 1e-4
+
+
+def test_new_weights_reach_the_server_in_place_under_their_version(generator, server, tiny_model_path):
+    from transformers import AutoModelForCausalLM
+
+    before = generator.complete_greedy(RECORDS, 8)
+    moved = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        for param in moved.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    generator.load_weights(moved.state_dict().items(), version="7")
+    assert generator._get(server.url, "/weight_info") == {"weight_version": "7"}
+    (group,), _ = generator.generate(RECORDS[:1])
+    sample = group.samples[0]
+    assert (
+        torch.tensor(sample.logprobs) - _teacher_forced(moved, group.prompt_token_ids, sample.token_ids)
+    ).abs().max() < 1e-4
+    assert generator.complete_greedy(RECORDS, 8) != before
+    assert sorted(p.name for p in generator.sync_dir.iterdir()) == ["weights-7"]
+
+    original = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    generator.load_weights(original.state_dict().items(), version="8")
+    assert generator.complete_greedy(RECORDS, 8) == before
+    assert sorted(p.name for p in generator.sync_dir.iterdir()) == ["weights-8"]  # the older folder is gone
+
+
+def test_a_server_holding_other_weights_is_refused(generator, server):
+    generator.version = "8"
+    request = urllib.request.Request(
+        f"{server.url}/update_weight_version",
+        json.dumps({"new_version": "someone-else"}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    urllib.request.urlopen(request, timeout=30)
+    with pytest.raises(OnpolicyError, match=r"serves weight version 'someone-else', not the policy's '8'"):
+        generator.generate(RECORDS)
+
+
+def test_a_server_that_does_not_come_up_says_why(tmp_path):
+    from onpolicy.serving import ManagedServer
+
+    server = ManagedServer(tmp_path / "no-such-model", 1, tmp_path / "vllm.log").start()
+    with pytest.raises(OnpolicyError, match=r"exited with code .*its log, .*vllm.log, ends:"):
+        server.wait_until_ready(300)
+    server.stop()
+
+
+def test_a_run_on_a_started_server_samples_round_two_from_the_updated_weights(tiny_model_path, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    config = tiny_config(tiny_model_path, rounds=2, checkpoint={"every": 1})
+    config["generation"]["backend"] = "server"
+    config["generation"]["server"] = {"port": free_port()}
+    run_dir, stdout = run_cli(config, tmp_path)
+    rounds = read_jsonl(run_dir / "rounds.jsonl")
+    assert [r["round"] for r in rounds] == [1, 2] and all(r["train/skipped"] == 0 for r in rounds)
+    assert all(r["perf/ref_from_engine"] == 1.0 for r in rounds)  # the server's log-probs are the reference
+    assert "Application startup complete" in (run_dir / "vllm-server-0.log").read_text()
+    assert not (run_dir / "weights-sync").exists()  # removed with the server at the end
+    after_round_1 = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints/round-0001")
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    prompts = {str(i): [{"role": "user", "content": q}] for i, q in enumerate(config["prompts"]["items"])}
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    errors = {"initial": [], "after_round_1": []}
+    for sample in read_jsonl(run_dir / "rounds/0002/samples.jsonl")[:6]:
+        prompt_ids = tokenizer.apply_chat_template(prompts[sample["prompt_id"]], add_generation_prompt=True)
+        prompt_ids = list(prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids)
+        for name, model in (("initial", initial), ("after_round_1", after_round_1)):
+            gap = torch.tensor(sample["logprobs"]) - _teacher_forced(model, prompt_ids, sample["token_ids"])
+            errors[name].append(gap.abs().mean().item())
+    assert max(errors["after_round_1"]) < 1e-3 < min(errors["initial"]), errors
+    with pytest.raises(OSError):  # the server is gone with the job
+        urllib.request.urlopen(f"http://127.0.0.1:{config['generation']['server']['port']}/health", timeout=5)
+
+
+def test_a_server_killed_mid_run_fails_the_round_cleanly_and_the_run_resumes(tiny_model_path, tmp_path):
+    port = free_port()
+    # a reward that holds round 1 in its score phase until the test has killed the server
+    (tmp_path / "held.py").write_text(
+        "import pathlib, time\n"
+        f"GO = pathlib.Path({str(tmp_path / 'go')!r})\n"
+        "def score(completion, prompt):\n"
+        "    while not GO.exists():\n"
+        "        time.sleep(0.1)\n"
+        "    return float(len(completion))\n"
+    )
+    config = tiny_config(tiny_model_path, rounds=2, reward=[{"name": f"{tmp_path / 'held.py'}:score"}])
+    config["generation"]["backend"] = "server"
+    config["generation"]["server"] = {"urls": [f"http://127.0.0.1:{port}"], "request_timeout_s": 60}
+    (tmp_path / "run.yaml").write_text(json.dumps(config))
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "onpolicy.cli", "run", str(tmp_path / "run.yaml"), "--run-dir", str(run_dir)]
+    with vllm_server(tiny_model_path, "policy", tmp_path / "first.log", SERVE, port=port) as server:
+        job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        _wait_for(lambda: _phase(run_dir) == (1, "score"), job)
+        server.process.send_signal(signal.SIGKILL)  # the server dies after round 1 sampled, before its sync
+        (tmp_path / "go").touch()
+        _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 2, stderr
+    assert f"the vLLM server at http://127.0.0.1:{port} failed on" in stderr
+    assert not (run_dir / "rounds.jsonl").exists() or read_jsonl(run_dir / "rounds.jsonl") == []
+    with vllm_server(tiny_model_path, "policy", tmp_path / "second.log", SERVE, port=port):
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [1, 2]
+
+
+def _phase(run_dir):
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return status.get("round"), status.get("phase")
+
+
+def _wait_for(condition, job, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert job.poll() is None, job.communicate()
+        assert time.monotonic() < deadline, "the run never reached the expected phase"
+        time.sleep(0.2)
