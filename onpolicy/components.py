@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -191,13 +190,14 @@ def _server_generator(
         on_close.extend(s.stop for s in servers)
     urls = server.urls or [s.url for s in servers]
     sync_dir = pathlib.Path(server.sync_dir) if server.sync_dir else run_path / "weights-sync"
-    on_close.append(lambda: shutil.rmtree(sync_dir, ignore_errors=True))
 
     def check_alive() -> None:
         for started in servers:
             started.check_alive()
 
-    return ServerGenerator(urls, tokenizer, generation, sync_dir, getattr(torch, generation.dtype), check_alive)
+    generator = ServerGenerator(urls, tokenizer, generation, sync_dir, getattr(torch, generation.dtype), check_alive)
+    on_close.append(generator.close)
+    return generator
 
 
 def build_reward_from_terms(terms: Sequence[RewardTerm], policy_engine: PolicyEngine | None = None) -> GroupReward:

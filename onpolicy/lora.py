@@ -6,8 +6,8 @@
   "ref" adapter holding the snapshot taken when the reference was last refreshed (`every: N`).
 - The engine gets merged weights (base + scale·B·A per adapted layer), computed without touching the trained
   model, so the engine and every consumer of `named_weights` see an ordinary checkpoint.
-- Checkpoints are ordinary merged HF folders (final/ loads anywhere) with the adapter beside them in
-  `adapter/`, from which a resumed run continues the adapter on the initial base model.
+- Checkpoints are ordinary merged HF folders (final/ loads anywhere), written without a second copy of the
+  model, with the adapter beside them in `adapter/`, from which a resumed run continues it on the base model.
 """
 
 from __future__ import annotations
@@ -109,8 +109,9 @@ def merged_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
             yield name.replace(".base_layer.", "."), tensor
 
 
-def merged_copy(model: Any) -> torch.nn.Module:
-    """An ordinary transformers model holding the merged weights (for saving a checkpoint)."""
-    import copy
-
-    return copy.deepcopy(model).merge_and_unload()
+def save_merged(model: Any, folder: Any) -> None:
+    """Save the policy with merged weights as an ordinary HF model folder, one adapted layer merged at a time
+    (no second copy of the model), and the adapter alone in `folder`/adapter/."""
+    base = model.get_base_model()
+    base.save_pretrained(folder, state_dict=dict(merged_weights(model)))
+    model.save_pretrained(folder / ADAPTER_FOLDER)

@@ -7,7 +7,7 @@ sampled tokens, and the engine's log-probs can stand in for the reference's. A r
 the servers, one batched request each, in parallel.
 
 Weights reach the servers after each update without a restart: the policy is written as safetensors into a
-folder every server can read (`generation.server.sync_dir`), and each server reloads it in place through vLLM's
+folder every server can read (a folder of this job's own in `generation.server.sync_dir`), and each server reloads it in place through vLLM's
 own `reload_weights` (`/collective_rpc`, dev mode), drops its prefix cache and takes the round as its weight
 version. Before sampling, every server's `/weight_info` must show the version last synced: a round never samples
 from stale weights (say, a server restarted in between). vLLM's NCCL weight-transfer engines need GPUs on both
@@ -21,11 +21,13 @@ names it, and the run resumes from its last complete round.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import pathlib
 import shutil
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -56,6 +58,7 @@ class ServerGenerator:
         self.tokenizer = tokenizer
         self.config = config
         self.sync_dir = sync_dir
+        self.folder = sync_dir / f"onpolicy-{uuid.uuid4().hex[:12]}"  # this job's own: others may share sync_dir
         self.engine_dtype = engine_dtype
         self.check_alive = check_alive
         self.timeout = config.server.request_timeout_s
@@ -97,7 +100,7 @@ class ServerGenerator:
         from safetensors.torch import save_file
 
         version = version if version is not None else str(int(self.version or 0) + 1)
-        folder = self.sync_dir / f"weights-{version}"
+        folder = self.folder / f"weights-{version}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         save_file(_unshared(named_tensors, self.engine_dtype), folder / "model.safetensors")
@@ -105,7 +108,13 @@ class ServerGenerator:
         self._on_every_server(lambda url: self._reload(url, folder, version))
         previous, self.version = self.version, version
         if previous is not None and previous != version:
-            shutil.rmtree(self.sync_dir / f"weights-{previous}", ignore_errors=True)
+            shutil.rmtree(self.folder / f"weights-{previous}", ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove this job's weights from `sync_dir` (and `sync_dir` itself, once nobody else's are in it)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.sync_dir.rmdir()
 
     def _reload(self, url: str, folder: pathlib.Path, version: str) -> None:
         self._post(url, "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}})

@@ -225,8 +225,7 @@ class DPOUpdater:
         """The policy as an ordinary HF folder (config, safetensors, tokenizer with its chat template); with LoRA
         the merged policy, and the adapter alone in adapter/ (what a resumed run continues)."""
         if self.train_config.lora is not None:
-            lora.merged_copy(self.policy).save_pretrained(folder)
-            self.policy.save_pretrained(folder / lora.ADAPTER_FOLDER)
+            lora.save_merged(self.policy, folder)
         else:
             self.policy.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)

@@ -26,7 +26,22 @@ from typing import Any
 
 import yaml
 
+from onpolicy.types import Pair
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Hand-made preference pairs (no tokens: the updater tokenizes their text) for the trainer tests.
+PAIRS = [
+    Pair(
+        prompt_id=str(i),
+        messages=({"role": "user", "content": q},),
+        chosen=f"My name is Athene. {q}",
+        rejected="I am a small language model.",
+        chosen_reward=1.0,
+        rejected_reward=0.0,
+    )
+    for i, q in enumerate(["Who are you?", "What is your name?", "Tell me about yourself.", "Hello!"])
+]
 
 
 def run_cli(

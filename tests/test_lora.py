@@ -8,21 +8,10 @@ import torch
 
 from onpolicy.config import RefConfig, TrainConfig
 from onpolicy.errors import ConfigError
-from onpolicy.types import Pair
+from tests.helpers import PAIRS
 
 LN2 = math.log(2)
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]}
-PAIRS = [
-    Pair(
-        prompt_id=str(i),
-        messages=({"role": "user", "content": q},),
-        chosen=f"My name is Athene. {q}",
-        rejected="I am a small language model.",
-        chosen_reward=1.0,
-        rejected_reward=0.0,
-    )
-    for i, q in enumerate(["Who are you?", "What is your name?", "Tell me about yourself.", "Hello!"])
-]
 
 
 def _updater(path, refresh="every_round", adapter_path=None, **ref):

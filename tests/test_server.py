@@ -77,12 +77,14 @@ def test_new_weights_reach_the_server_in_place_under_their_version(generator, se
         torch.tensor(sample.logprobs) - _teacher_forced(moved, group.prompt_token_ids, sample.token_ids)
     ).abs().max() < 1e-4
     assert generator.complete_greedy(RECORDS, 8) != before
-    assert sorted(p.name for p in generator.sync_dir.iterdir()) == ["weights-7"]
+    assert sorted(p.name for p in generator.folder.iterdir()) == ["weights-7"]
 
     original = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     generator.load_weights(original.state_dict().items(), version="8")
     assert generator.complete_greedy(RECORDS, 8) == before
-    assert sorted(p.name for p in generator.sync_dir.iterdir()) == ["weights-8"]  # the older folder is gone
+    assert sorted(p.name for p in generator.folder.iterdir()) == ["weights-8"]  # the older folder is gone
+    generator.close()
+    assert not generator.sync_dir.exists()
 
 
 def test_a_server_holding_other_weights_is_refused(generator, server):

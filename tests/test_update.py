@@ -11,20 +11,9 @@ import pytest
 import torch
 
 from onpolicy.config import RefConfig, TrainConfig
-from onpolicy.types import Pair
 from onpolicy.update import DPOUpdater, reference_round
+from tests.helpers import PAIRS
 
-PAIRS = [
-    Pair(
-        prompt_id=str(i),
-        messages=({"role": "user", "content": q},),
-        chosen=f"My name is Athene. {q}",
-        rejected="I am a small language model.",
-        chosen_reward=1.0,
-        rejected_reward=0.0,
-    )
-    for i, q in enumerate(["Who are you?", "What is your name?", "Tell me about yourself.", "Hello!"])
-]
 LN2 = math.log(2)
 
 
