@@ -173,19 +173,14 @@ def _server_generator(
     import torch
 
     from onpolicy.server_generation import ServerGenerator
-    from onpolicy.serving import start_servers
+    from onpolicy.serving import cli_flags, engine_arguments, start_servers
 
     server = generation.server
     servers = []
     if not server.urls:
-        args = [
-            "--dtype", generation.dtype, "--max-model-len", str(generation.max_model_len),
-            "--seed", str(generation.seed), "--max-logprobs", "1",
-            "--kv-cache-memory-bytes", str(int(generation.kv_cache_gib * 1024**3)),
-            *(["--enforce-eager"] if generation.enforce_eager else []),
-            *(["--gpu-memory-utilization", str(generation.gpu_memory_utilization)] if torch.cuda.is_available() else []),
-            *server.extra_args,
-        ]  # fmt: skip
+        # the sampled token's own log-prob is all onpolicy asks a server for
+        arguments = {**engine_arguments(generation, torch.cuda.is_available()), "max_logprobs": 1}
+        args = [*cli_flags(arguments), *server.extra_args]
         servers = start_servers(policy_path, server.launch, server.port, run_path, args, server.startup_timeout_s)
         on_close.extend(s.stop for s in servers)
     urls = server.urls or [s.url for s in servers]
@@ -195,15 +190,14 @@ def _server_generator(
         for started in servers:
             started.check_alive()
 
-    generator = ServerGenerator(urls, tokenizer, generation, sync_dir, getattr(torch, generation.dtype), check_alive)
+    generator = ServerGenerator(urls, tokenizer, generation, sync_dir, check_alive)
     on_close.append(generator.close)
     return generator
 
 
 def build_reward_from_terms(terms: Sequence[RewardTerm], policy_engine: PolicyEngine | None = None) -> GroupReward:
     """The configured reward: the weighted sum of its terms. Errors name the term. A `policy` judge among them
-    uses `policy_engine` (a detached one by default: checking a config needs no engine)."""
-    policy_engine = policy_engine or PolicyEngine()
+    uses `policy_engine` (by default a detached one of its own: checking a config needs no engine)."""
     built = []
     for i, term in enumerate(terms):
         try:

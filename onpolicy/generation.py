@@ -22,8 +22,8 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 import torch  # noqa: E402
 
 from onpolicy.config import GenerationConfig  # noqa: E402
-from onpolicy.devices import engine_dtype  # noqa: E402
 from onpolicy.errors import OnpolicyError  # noqa: E402
+from onpolicy.serving import engine_arguments  # noqa: E402
 from onpolicy.tokens import fit_prompts  # noqa: E402
 from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
 
@@ -36,19 +36,9 @@ class VLLMGenerator:
 
         self.config = config
         self.tokenizer = tokenizer
-        on_gpu = torch.cuda.is_available()
-        kwargs: dict[str, Any] = {"gpu_memory_utilization": config.gpu_memory_utilization} if on_gpu else {}
         try:
             self.llm = LLM(
-                model=model_path,
-                tokenizer=model_path,
-                dtype=engine_dtype(config.dtype),
-                seed=config.seed,
-                max_model_len=config.max_model_len,
-                kv_cache_memory_bytes=int(config.kv_cache_gib * 1024**3),
-                enforce_eager=config.enforce_eager,
-                enable_prefix_caching=True,
-                **kwargs,
+                model=model_path, tokenizer=model_path, **engine_arguments(config, torch.cuda.is_available())
             )
         except (ValueError, RuntimeError) as exc:
             raise OnpolicyError(f"vLLM could not start on {model_path}: {exc}") from exc

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from onpolicy.config import GenerationConfig
+from onpolicy.devices import engine_dtype
 from onpolicy.errors import OnpolicyError
 from onpolicy.tokens import fit_prompts
 from onpolicy.types import PromptRecord, Sample, SampleGroup
@@ -51,7 +52,6 @@ class ServerGenerator:
         tokenizer: Any,
         config: GenerationConfig,
         sync_dir: pathlib.Path,
-        engine_dtype: torch.dtype,
         check_alive: Callable[[], None] = lambda: None,
     ) -> None:
         self.urls = [url.rstrip("/").removesuffix("/v1") for url in urls]
@@ -59,7 +59,7 @@ class ServerGenerator:
         self.config = config
         self.sync_dir = sync_dir
         self.folder = sync_dir / f"onpolicy-{uuid.uuid4().hex[:12]}"  # this job's own: others may share sync_dir
-        self.engine_dtype = engine_dtype
+        self.engine_dtype: torch.dtype = getattr(torch, engine_dtype(config.dtype))  # what the servers compute in
         self.check_alive = check_alive
         self.timeout = config.server.request_timeout_s
         self.version: str | None = None  # the weight version last synced (None: the servers' own start-up weights)

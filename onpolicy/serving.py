@@ -16,9 +16,40 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from onpolicy.config import GenerationConfig
+from onpolicy.devices import engine_dtype
 from onpolicy.errors import OnpolicyError
+
+
+def engine_arguments(config: GenerationConfig, cuda: bool) -> dict[str, Any]:
+    """vLLM's engine arguments from `generation.*`, the same for the job's own engine (`LLM(**arguments)`) and
+    for the servers it starts (`cli_flags(arguments)`). The KV cache is bounded on purpose: vLLM's CPU build
+    otherwise sizes it from all free RAM and starves the trainer beside it."""
+    return {
+        "dtype": engine_dtype(config.dtype),
+        "seed": config.seed,
+        "max_model_len": config.max_model_len,
+        "kv_cache_memory_bytes": int(config.kv_cache_gib * 1024**3),
+        "enforce_eager": config.enforce_eager,
+        "enable_prefix_caching": True,
+        **({"gpu_memory_utilization": config.gpu_memory_utilization} if cuda else {}),
+    }
+
+
+def cli_flags(arguments: Mapping[str, Any]) -> list[str]:
+    """Engine arguments as `vllm serve` flags: `--max-model-len 1024`; True as the bare flag, False left out
+    (vLLM's default for the switches `engine_arguments` sets)."""
+    flags: list[str] = []
+    for key, value in arguments.items():
+        if value is False:
+            continue
+        flags.append("--" + key.replace("_", "-"))
+        if value is not True:
+            flags.append(str(value))
+    return flags
 
 
 class ManagedServer:

@@ -47,7 +47,8 @@ class Registry:
         return sorted(self._entries)
 
     def is_builtin(self, name: str) -> bool:
-        return name in self.names()
+        self._load_builtins()
+        return name in self._entries
 
     def resolve(self, name: str) -> Callable[..., Any]:
         """The built-in called `name`, or the object at import path `name`."""

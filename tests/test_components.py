@@ -64,3 +64,24 @@ def test_rewards_and_correctors_are_named_through_one_kind_of_registry():
     assert {"contains", "forbids", "judge", "reward_model"} <= set(REWARDS.names())
     assert CORRECTORS.names() == ["replace_name"]
     assert CORRECTORS.resolve("onpolicy.correction:replace_name") is CORRECTORS.resolve("replace_name")
+
+
+def test_the_engine_and_started_servers_get_the_same_engine_arguments():
+    from onpolicy.config_sections import GenerationConfig
+    from onpolicy.serving import cli_flags, engine_arguments
+
+    config = GenerationConfig(dtype="float32", seed=3, max_model_len=256, kv_cache_gib=0.5, enforce_eager=False)
+    arguments = engine_arguments(config, cuda=False)
+    assert arguments == {
+        "dtype": "float32",
+        "seed": 3,
+        "max_model_len": 256,
+        "kv_cache_memory_bytes": 512 * 1024**2,
+        "enforce_eager": False,
+        "enable_prefix_caching": True,
+    }
+    assert cli_flags(arguments) == [
+        "--dtype", "float32", "--seed", "3", "--max-model-len", "256",
+        "--kv-cache-memory-bytes", str(512 * 1024**2), "--enable-prefix-caching",
+    ]  # fmt: skip
+    assert engine_arguments(config, cuda=True)["gpu_memory_utilization"] == config.gpu_memory_utilization

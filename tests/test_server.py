@@ -37,7 +37,9 @@ def generator(server, tiny_model_path, tmp_path):
 
     config = GenerationConfig(num_samples=3, max_new_tokens=10, max_model_len=256, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    return ServerGenerator([server.url], tokenizer, config, tmp_path / "sync", torch.float32, server.check_alive)
+    generator = ServerGenerator([server.url], tokenizer, config, tmp_path / "sync", server.check_alive)
+    assert generator.engine_dtype == torch.float32
+    return generator
 
 
 def _teacher_forced(model, prompt_ids, token_ids) -> torch.Tensor:
