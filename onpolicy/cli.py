@@ -59,6 +59,14 @@ def build_parser() -> argparse.ArgumentParser:
     intent.add_argument(
         "--fresh", action="store_true", help="start over in --run-dir, moving a run already there aside"
     )
+    run.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train data-parallel in N processes: starts `torchrun --standalone --nproc_per_node N` on this "
+        "command (one node; for several, or for accelerate's DeepSpeed/FSDP, use the launchers: docs/scaling.md)",
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="show the libraries' own logs and progress bars")
 
     config = sub.add_parser(
@@ -110,6 +118,8 @@ def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries(verbose=getattr(args, "verbose", False))
     try:
+        if args.command == "run" and args.processes != 1:
+            return _launch(args, sys.argv[1:] if argv is None else argv)
         if args.command == "run":
             return _run(args)
         if args.command == "config":
@@ -118,7 +128,7 @@ def _main(argv: list[str] | None) -> int:
             return _train_reward_model(args)
         return _prepare_model(args)
     except OnpolicyError as exc:
-        print(f"onpolicy: error: {exc}", file=sys.stderr)
+        print(f"onpolicy: error: {exc}{_process_name()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("onpolicy: interrupted; completed rounds are in the run directory", file=sys.stderr)
@@ -137,6 +147,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         run_job(config, run_dir, echo=lambda line: print(line, flush=True), mode=mode)
     except (Stopped, KeyboardInterrupt) as exc:
+        if _process_name():  # a training process beside the main one, which tells the user
+            return exc.exit_code if isinstance(exc, Stopped) else 130
         last = RunDirectory(run_dir).last_complete_round() if RunDirectory.holds_run(run_dir) else -1
         how = f"stopped by {exc}" if isinstance(exc, Stopped) else "aborted"
         overrides = "".join(f" {o}" for o in args.overrides)
@@ -147,6 +159,49 @@ def _run(args: argparse.Namespace) -> int:
         )
         return exc.exit_code if isinstance(exc, Stopped) else 130
     return 0
+
+
+def _launch(args: argparse.Namespace, argv: list[str]) -> int:
+    """`onpolicy run --processes N ...`: this same command as N training processes, started by torchrun's launcher
+    from here, which passes SIGINT/SIGTERM on to every process. The config is checked first; the exit code is
+    the one a single process would give (2: an error, 128 + n: stopped by signal n)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    from onpolicy.config import load_config
+    from onpolicy.distributed import check_batch_size, check_generation_backend, launched_processes
+
+    processes = args.processes
+    if processes < 1:
+        raise OnpolicyError(f"--processes {processes}: give 1 or more")
+    if launched_processes() > 1:
+        raise OnpolicyError("--processes: this command already runs under a launcher (torchrun, accelerate launch)")
+    config = load_config(args.config, args.overrides)
+    check_generation_backend(config.generation.backend, processes)
+    check_batch_size(config.train.batch_size, processes)
+    rest = [a for i, a in enumerate(argv) if a != "--processes" and not (i and argv[i - 1] == "--processes")]
+    rest = [a for a in rest if not a.startswith("--processes=")]
+    if not args.verbose:
+        logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    try:
+        run(parse_args(["--standalone", f"--nproc_per_node={processes}", "-m", "onpolicy.cli", *rest]))
+    except SignalException as exc:  # the processes were stopped in turn; the main one said how to resume
+        return 128 + int(exc.sigval)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        code = failure.exitcode if failure.exitcode >= 0 else 128 - failure.exitcode
+        if failure.exitcode < 0:
+            name = signal.Signals(-failure.exitcode).name
+            print(f"onpolicy: training process {rank} was ended by {name}", file=sys.stderr)
+        return code
+    return 0
+
+
+def _process_name() -> str:
+    """' (training process RANK)' in a process other than the main one of a job launched as several, else ''."""
+    rank = int(os.environ.get("RANK", "0"))
+    return f" (training process {rank})" if rank else ""
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onpolicy.config import Config, GenerationConfig, RewardTerm
 from onpolicy.correction import Correction, build_correction
 from onpolicy.devices import engine_dtype, engine_may_be_reference
+from onpolicy.distributed import MirroredUpdater, Team, TrainerStart, check_generation_backend, launched_processes
 from onpolicy.errors import ConfigError
 from onpolicy.evaluation import Evaluator, build_evaluator
 from onpolicy.interfaces import Generator, Updater
@@ -32,6 +34,9 @@ from onpolicy.tracking import RoundLogger, start_logger
 from onpolicy.types import PromptRecord
 from reward import Conditional, GroupReward, RewardConfigError, Term, WeightedSum, build_reward
 from reward.judge import PolicyEngine
+
+if TYPE_CHECKING:
+    from onpolicy.update import DPOUpdater
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +71,7 @@ class Components:
 def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
+    check_generation_backend(config.generation.backend, launched_processes())
     if config.generation.backend == "server":
         for i, term in enumerate(config.reward):
             if term.name == "judge" and term.args.get("backend", "policy") == "policy":
@@ -84,8 +90,11 @@ def check_inputs(config: Config) -> Inputs:
     )
 
 
-def build_components(config: Config, inputs: Inputs, start: Start, echo: Callable[[str], None] = print) -> Components:
-    """Start the engine, the policy and the logger for `config`, continuing the run `start` describes."""
+def build_components(
+    config: Config, inputs: Inputs, start: Start, echo: Callable[[str], None] = print, team: Team | None = None
+) -> Components:
+    """Start the engine, the policy and the logger for `config`, continuing the run `start` describes; with a
+    `team` (several training processes, this one the main), the policy on each of them."""
     from transformers import AutoTokenizer
 
     from onpolicy.generation import VLLMGenerator
@@ -111,11 +120,13 @@ def build_components(config: Config, inputs: Inputs, start: Start, echo: Callabl
         else:
             generator = VLLMGenerator(str(policy_path), tokenizer, generation)
             inputs.policy_engine.attach(generator.llm)
-        parts = _trainer_side(config, inputs, start, generator, tokenizer, str(model_path), str(policy_path))
+        parts = _trainer_side(config, inputs, start, generator, str(model_path), str(policy_path), team)
     except BaseException:
         for release in on_close:
             release()
         raise
+    if isinstance(parts.updater, MirroredUpdater):
+        on_close.insert(0, parts.updater.close)
     parts = dataclasses.replace(parts, on_close=tuple(on_close))
     echo(
         f"setup took {time.perf_counter() - started:.1f}s; engine: {dtype}; W&B: {parts.logger.mode}; "
@@ -129,29 +140,34 @@ def _trainer_side(
     inputs: Inputs,
     start: Start,
     generator: Generator,
-    tokenizer: Any,
     model_path: str,
     policy_path: str,
+    team: Team | None,
 ) -> Components:
-    """The policy's updater (with its reference as the run directory says) and the logger, beside `generator`."""
-    from onpolicy.update import DPOUpdater
-
+    """The policy's updater (with its reference as the run directory says; on every training process of a
+    `team`) and the logger, beside `generator`."""
     lora_adapter = None
     if config.train.lora is not None and start.policy is not None:  # LoRA continues its adapter on the base
-        lora_adapter = start.policy / ADAPTER_FOLDER
-    updater = DPOUpdater(
-        model_path if config.train.lora is not None else policy_path,
-        tokenizer,
-        config.train,
-        config.ref,
-        seed=config.seed,
-        dtype=config.model.train_dtype,
-        engine_dtype=generator.engine_dtype,
-        adapter_path=lora_adapter,
-    )
+        lora_adapter = str(start.policy / ADAPTER_FOLDER)
+    reference = None
     if not config.ref.is_round_start_policy and start.reference_from < start.last_complete:
-        source = model_path if start.reference_from == 0 else start.run.checkpoint(start.reference_from)
-        updater.restore_reference(source, start.reference_from)
+        source = model_path if start.reference_from == 0 else str(start.run.checkpoint(start.reference_from))
+        reference = (source, start.reference_from)
+    trainer_start = TrainerStart(
+        model_path=model_path if config.train.lora is not None else policy_path,
+        tokenizer_path=policy_path,
+        adapter_path=lora_adapter,
+        reference=reference,
+        engine_dtype=generator.engine_dtype,
+    )
+    updater: Updater
+    if team is None:
+        updater = build_updater(config, trainer_start)
+    else:
+        team.broadcast(trainer_start)
+        updater = MirroredUpdater(
+            build_updater(config, trainer_start, team.size), team, start.run.path / "trainer-data"
+        )
     if config.generation.backend == "server" and config.generation.server.urls:
         # servers given by URL serve whatever they were started with: push the policy this run continues from
         generator.load_weights(updater.named_weights(), version=str(max(start.last_complete, 0)))
@@ -159,6 +175,28 @@ def _trainer_side(
     if logger.run_id:
         start.run.write_state(wandb_run_id=logger.run_id)
     return Components(inputs=inputs, generator=generator, updater=updater, logger=logger)
+
+
+def build_updater(config: Config, start: TrainerStart, processes: int = 1) -> DPOUpdater:
+    """The policy and its updater as `start` describes, for one of `processes` training processes."""
+    from transformers import AutoTokenizer
+
+    from onpolicy.update import DPOUpdater
+
+    updater = DPOUpdater(
+        start.model_path,
+        AutoTokenizer.from_pretrained(start.tokenizer_path),
+        config.train,
+        config.ref,
+        seed=config.seed,
+        dtype=config.model.train_dtype,
+        engine_dtype=start.engine_dtype,
+        adapter_path=start.adapter_path,
+        processes=processes,
+    )
+    if start.reference is not None:
+        updater.restore_reference(*start.reference)
+    return updater
 
 
 def _server_generator(
@@ -185,6 +223,8 @@ def _server_generator(
         on_close.extend(s.stop for s in servers)
     urls = server.urls or [s.url for s in servers]
     sync_dir = pathlib.Path(server.sync_dir) if server.sync_dir else run_path / "weights-sync"
+    if not server.sync_dir:  # the run's own: whatever is there, a killed job left
+        shutil.rmtree(sync_dir, ignore_errors=True)
 
     def check_alive() -> None:
         for started in servers:

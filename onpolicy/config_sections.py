@@ -176,7 +176,12 @@ class TrainConfig(Section):
     loss_type: str = Field("sigmoid", description="TRL DPO loss type (sigmoid, ipo, hinge, robust, ...).")
     learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
     num_epochs: float = Field(1.0, gt=0, description="Passes over each round's pairs.")
-    batch_size: int = Field(8, ge=1, description="Pairs per device batch.")
+    batch_size: int = Field(
+        8,
+        ge=1,
+        description="Pairs per batch, over all training processes together (each of N processes takes "
+        "batch_size/N), so a step trains on the same pairs whatever N is.",
+    )
     gradient_accumulation_steps: int = Field(1, ge=1, description="Batches per optimizer step.")
     max_length: int | None = Field(512, ge=16, description="Prompt + response tokens kept per sequence.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping.")
@@ -204,6 +209,12 @@ class TrainConfig(Section):
         description="Train a LoRA adapter instead of every weight: PEFT LoraConfig fields, e.g. {r: 8, lora_alpha: "
         "16, target_modules: all-linear} (train.lora.r=8 on the command line). Empty: full fine-tuning. The "
         "reference is then an adapter state (no second model), the engine gets merged weights.",
+    )
+    process_timeout_s: int = Field(
+        86400,
+        ge=1,
+        description="With several training processes: how long they wait for one another, e.g. the other "
+        "processes for the main one while it generates and scores a round (torch.distributed's timeout).",
     )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Any other trl.DPOConfig field, passed through as is."

@@ -17,8 +17,9 @@ from typing import Any
 
 from transformers import set_seed
 
+from onpolicy import distributed
 from onpolicy import metrics as m
-from onpolicy.components import Components, build_components, check_inputs
+from onpolicy.components import Components, build_components, build_updater, check_inputs
 from onpolicy.config import Config
 from onpolicy.pairing import build_pairs
 from onpolicy.prompts import prompts_for_round
@@ -119,7 +120,30 @@ def run_job(
     mode: StartMode = "auto",
 ) -> list[dict[str, Any]]:
     """Run the rounds of `config` into `run_dir`, continuing the run already there (see `resume`); returns the
-    records of the rounds run by this call. A SIGINT/SIGTERM stops it at the next safe point (`Stopped`)."""
+    records of the rounds run by this call. A SIGINT/SIGTERM stops it at the next safe point (`Stopped`).
+
+    Launched as several processes (torchrun, accelerate launch), the main process runs the job and the others
+    train beside it (`onpolicy.distributed`); they return no records."""
+    team = distributed.join(config.train.batch_size, config.train.process_timeout_s)
+    if team is None:
+        return _run_job(config, run_dir, echo, mode, None)
+    try:
+        if not team.is_main:
+            with GracefulStop(announce=False) as stop:
+                distributed.follow_main(
+                    team, lambda start: build_updater(config, start, team.size), lambda: stop.requested
+                )
+                stop.check()
+            return []
+        return _run_job(config, run_dir, echo, mode, team)
+    finally:
+        team.dismiss()
+        team.leave()
+
+
+def _run_job(
+    config: Config, run_dir: pathlib.Path, echo: Callable[[str], None], mode: StartMode, team: distributed.Team | None
+) -> list[dict[str, Any]]:
     inputs = check_inputs(config)  # everything the user gave, before any model is loaded
     start = open_run(config, run_dir, mode)
     run = start.run
@@ -132,7 +156,7 @@ def run_job(
         return []
 
     started = time.perf_counter()
-    parts = build_components(config, inputs, start, echo)
+    parts = build_components(config, inputs, start, echo, team)
     records = []
     try:
         _catch_up_wandb(run, parts)

@@ -35,7 +35,8 @@ def check_lora_fields(settings: Mapping[str, Any]) -> None:
         if key not in known:
             near = difflib.get_close_matches(key, sorted(known), n=1)
             raise ValueError(
-                f"train.lora.{key}: peft.LoraConfig has no field '{key}'" + (f"; did you mean '{near[0]}'?" if near else "")
+                f"train.lora.{key}: peft.LoraConfig has no field '{key}'"
+                + (f"; did you mean '{near[0]}'?" if near else "")
             )
 
 

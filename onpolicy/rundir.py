@@ -10,6 +10,8 @@
     DIR/status.json                 what the job is doing now (round, phase), for whoever watches it
     DIR/final/                      the last policy: an ordinary HF folder that transformers and vLLM load
     DIR/wandb/                      the W&B run (offline runs: upload later with `wandb sync`)
+    DIR/trainer-data/               with several training processes: the round's training rows, which they all
+                                    read (so DIR must be on storage every node sees); removed when the job ends
 
 Files are written to a temporary name, fsynced and renamed into place. A round is complete when its line is in
 `rounds.jsonl`, appended (and fsynced) only after its samples, pairs, evaluation and checkpoint are in place;

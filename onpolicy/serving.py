@@ -21,6 +21,7 @@ from typing import Any
 
 from onpolicy.config import GenerationConfig
 from onpolicy.devices import engine_dtype
+from onpolicy.distributed import LAUNCHER_VARIABLES
 from onpolicy.errors import OnpolicyError
 
 
@@ -67,8 +68,10 @@ class ManagedServer:
         self.url = f"http://{host}:{port}"
         self.log_path = log_path
         # `python -m vllm.entrypoints.openai.api_server` is `vllm serve` (vLLM's CPU build installs no working
-        # `vllm` script); the module form also runs from this interpreter's environment.
+        # `vllm` script); the module form also runs from this interpreter's environment. `with_parent`: the server
+        # ends when the job's process does, even when that is killed.
         self.command = [
+            sys.executable, "-m", "onpolicy.with_parent",
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", served_model_name, "--host", host, "--port", str(port), *args,
         ]  # fmt: skip
@@ -77,6 +80,8 @@ class ManagedServer:
     def start(self) -> ManagedServer:
         env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server runs its engine core in its own process
+        for name in LAUNCHER_VARIABLES:  # started by a training process: the server is not one of the trainers
+            env.pop(name, None)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(

@@ -25,7 +25,9 @@ class Stopped(Exception):
 
 
 class GracefulStop:
-    def __init__(self) -> None:
+    def __init__(self, announce: bool = True) -> None:
+        """`announce`: say on stdout that the stop was heard (the one process of a job that talks to its user)."""
+        self.announce = announce
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -41,10 +43,11 @@ class GracefulStop:
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
-        _write_now(
-            f"onpolicy: {signal.Signals(signum).name} received: stopping at the next safe point "
-            "(send it again to abort now; completed rounds are kept either way)"
-        )
+        if self.announce:
+            _write_now(
+                f"onpolicy: {signal.Signals(signum).name} received: stopping at the next safe point "
+                "(send it again to abort now; completed rounds are kept either way)"
+            )
         # A second signal gets the default behaviour: KeyboardInterrupt for SIGINT, termination for SIGTERM.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)

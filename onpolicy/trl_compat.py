@@ -52,7 +52,6 @@ _FROM_TRAIN = {
     "loss_type": "loss_type",
     "learning_rate": "learning_rate",
     "num_train_epochs": "num_epochs",
-    "per_device_train_batch_size": "batch_size",
     "gradient_accumulation_steps": "gradient_accumulation_steps",
     "max_length": "max_length",
     "max_grad_norm": "max_grad_norm",
@@ -69,16 +68,27 @@ _SET_BY_ONPOLICY = {
     "report_to": "wandb.mode",
     "precompute_ref_log_probs": "ref.refresh",
     "save_strategy": "checkpoint.every",
+    "per_device_train_batch_size": "train.batch_size",
+    "ddp_backend": "the launcher (torchrun / accelerate launch)",
+    "ddp_timeout": "train.process_timeout_s",
 }
 OWNED_FIELDS = {**{field: f"train.{key}" for field, key in _FROM_TRAIN.items()}, **_SET_BY_ONPOLICY}
 
 
-def dpo_config(train: Any, output_dir: str, seed: int, gradient_checkpointing: bool) -> Any:
-    """TRL's training arguments for one round, from `train` (a `TrainConfig`, `extra` passed through)."""
+def dpo_config(train: Any, output_dir: str, seed: int, gradient_checkpointing: bool, processes: int = 1) -> Any:
+    """TRL's training arguments for one round, from `train` (a `TrainConfig`, `extra` passed through), for one of
+    `processes` data-parallel processes: `train.batch_size` is the batch of all of them together, so that a step
+    trains on the same pairs however many processes share it."""
     from trl import DPOConfig
 
+    cuda = torch.cuda.is_available()
+    # every weight of a causal LM takes part in its loss: DDP's search for unused ones would only cost time
+    defaults = {"ddp_find_unused_parameters": False}
     return DPOConfig(
         **{field: getattr(train, key) for field, key in _FROM_TRAIN.items()},
+        per_device_train_batch_size=train.batch_size // processes,
+        ddp_backend=None if processes == 1 or cuda else "gloo",
+        ddp_timeout=train.process_timeout_s,
         output_dir=output_dir,
         gradient_checkpointing=gradient_checkpointing,
         seed=seed,
@@ -87,8 +97,8 @@ def dpo_config(train: Any, output_dir: str, seed: int, gradient_checkpointing: b
         save_strategy="no",
         logging_steps=1,
         disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        **train.extra,
+        use_cpu=not cuda,
+        **{**defaults, **train.extra},
     )
 
 
@@ -125,17 +135,16 @@ def check_dpo_config_fields(loss_type: str, extra: Mapping[str, Any]) -> None:
 
 
 def make_trainer(
-    rows: list[dict[str, Any]],
+    dataset: Any,
     checked_rows: Sequence[int],
     group_by_length: bool,
     should_stop: Callable[[], bool] | None,
     lora_reference: str | dict[str, torch.Tensor] | None = None,
     **kwargs: Any,
 ) -> Any:
-    """A round's trainer on tokenized `rows` (`kwargs`: DPOTrainer's model, ref_model, args, processing_class).
+    """A round's trainer on a `datasets.Dataset` of tokenized rows (`kwargs`: DPOTrainer's model, ref_model, args, processing_class).
     Training stops after the current step once `should_stop()` is true. `lora_reference` (a LoRA policy): what
     the reference adapter holds (`onpolicy.lora.prepare_reference`)."""
-    from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
 
     class StopWhenAsked(TrainerCallback):
@@ -147,7 +156,7 @@ def make_trainer(
         checked_rows=checked_rows,
         group_by_length=group_by_length,
         lora_reference=lora_reference,
-        train_dataset=Dataset.from_list(rows),
+        train_dataset=dataset,
         callbacks=[StopWhenAsked()],
         **kwargs,
     )
@@ -316,7 +325,7 @@ def _tokenized_trainer_class() -> type:
             if not self.group_by_length:
                 return super()._get_train_sampler(train_dataset)
             dataset = train_dataset if train_dataset is not None else self.train_dataset
-            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
             return LengthGroupedBatches(dataset["length"], batch, self.args.seed)
 
         def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:

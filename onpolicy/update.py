@@ -25,13 +25,14 @@ log-probs, two scoped adjustments of its internals, the mapping of its logs) liv
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pathlib
 import random
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -40,6 +41,31 @@ from onpolicy.config import RefConfig, TrainConfig
 from onpolicy.devices import choose_gradient_checkpointing
 from onpolicy.tokens import prompt_ids, response_ids
 from onpolicy.types import Pair, UpdateResult
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRows:
+    """A round's pairs as TRL's tokenized preference rows (`dataset`, None when no pair is left), with the rows
+    whose engine log-probs are checked against the trainer's, and what was left out."""
+
+    dataset: Dataset | None  # a datasets.Dataset
+    checked: list[int]
+    dropped_long_prompts: int  # pairs whose prompt alone fills train.max_length
+    tokens: int  # prompt + response tokens of one pass over the rows
+
+    def on_disk(self, folder: pathlib.Path) -> TrainingRows:
+        """These rows saved in `folder` and read back from there. Several training processes need their round's
+        dataset in a folder they all see: TRL's main process writes the reference log-probs it computes next to
+        the dataset's files, and the others read them from there. Such a dataset pickles as its path."""
+        from datasets import load_from_disk
+
+        if self.dataset is None:
+            return self
+        self.dataset.save_to_disk(str(folder))
+        return dataclasses.replace(self, dataset=load_from_disk(str(folder)))
 
 
 def reference_round(round_number: int, ref: RefConfig) -> int:
@@ -73,9 +99,11 @@ class DPOUpdater:
         dtype: str = "float32",
         engine_dtype: torch.dtype | None = None,
         adapter_path: str | pathlib.Path | None = None,
+        processes: int = 1,
     ) -> None:
         """`model_path`: the policy (with `train.lora`: its base model, the initial policy); `adapter_path`: with
-        `train.lora`, a saved adapter to continue training (a resumed run's checkpoint's adapter/)."""
+        `train.lora`, a saved adapter to continue training (a resumed run's checkpoint's adapter/); `processes`:
+        how many data-parallel training processes run this update together (`onpolicy.distributed`)."""
         from transformers import AutoModelForCausalLM
 
         self.train_config = train
@@ -84,6 +112,7 @@ class DPOUpdater:
         # TRL wants an output folder; with save_strategy="no" it stays empty, so keep it out of the run directory.
         self._output_dir = tempfile.TemporaryDirectory(prefix="onpolicy-trainer-")
         self.seed = seed
+        self.processes = processes
         self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
         if train.lora is not None:
             self.policy = (
@@ -140,29 +169,48 @@ class DPOUpdater:
     ) -> UpdateResult:
         """A DPO update on `pairs`; skipped (and said so) when there are none. When `should_stop()` turns true,
         training stops after the current step (the caller then abandons the round)."""
-        if not pairs:
-            return UpdateResult(skipped=True, metrics={})
-        cfg = self.train_config
+        return self.train(self.prepare(pairs, round_number), round_number, should_stop)
+
+    def prepare(self, pairs: Sequence[Pair], round_number: int) -> TrainingRows:
+        """The round's pairs as the trainer's rows (what every training process of a job receives)."""
+        from datasets import Dataset
+
         # As TRL does: a prompt that fills max_length leaves no completion to learn from.
         rows = [row for row in map(self._row, pairs) if len(row["prompt_ids"]) < self._max_length]
-        if not rows:
-            return UpdateResult(skipped=True, metrics={"train/dropped_long_prompts": float(len(pairs))})
         checked = [i for i, row in enumerate(rows) if row["ref_chosen_logps"] is not None]
         checked = sorted(
             random.Random(self.seed + round_number).sample(checked, min(len(checked), self.ref_config.check_pairs))
         )
+        tokens = sum(min(len(r["prompt_ids"]) + len(r[side]), self._max_length) for r in rows for side in _SIDES)
+        return TrainingRows(
+            dataset=Dataset.from_list(rows) if rows else None,
+            checked=checked,
+            dropped_long_prompts=len(pairs) - len(rows),
+            tokens=tokens,
+        )
+
+    def train(
+        self, data: TrainingRows, round_number: int, should_stop: Callable[[], bool] | None = None
+    ) -> UpdateResult:
+        """The DPO update on prepared rows (`prepare`); skipped when there are none."""
+        if data.dataset is None:
+            metrics = (
+                {"train/dropped_long_prompts": float(data.dropped_long_prompts)} if data.dropped_long_prompts else {}
+            )
+            return UpdateResult(skipped=True, metrics=metrics)
+        cfg = self.train_config
         with trl_compat.adjusted_trl():
             started = time.perf_counter()
             trainer = trl_compat.make_trainer(
-                rows,
-                checked_rows=checked,
+                data.dataset,
+                checked_rows=data.checked,
                 group_by_length=cfg.group_by_length,
                 should_stop=should_stop,
                 lora_reference=self._lora_reference if cfg.lora is not None else None,
                 model=self.policy,
                 ref_model=self.reference,
                 args=trl_compat.dpo_config(
-                    cfg, self._output_dir.name, self.seed + round_number, self.gradient_checkpointing
+                    cfg, self._output_dir.name, self.seed + round_number, self.gradient_checkpointing, self.processes
                 ),
                 processing_class=self.tokenizer,
             )
@@ -172,14 +220,11 @@ class DPOUpdater:
                 trainer.train()
                 steps_s = time.perf_counter() - started
                 metrics = trl_compat.round_metrics(trainer)
-                metrics["train/dropped_long_prompts"] = float(len(pairs) - len(rows))
-                tokens = sum(
-                    min(len(r["prompt_ids"]) + len(r[side]), self._max_length) for r in rows for side in _SIDES
-                )
+                metrics["train/dropped_long_prompts"] = float(data.dropped_long_prompts)
                 epochs = trainer.state.global_step / max(trainer.state.max_steps, 1) * cfg.num_epochs
                 metrics["perf/train_setup_s"] = setup_s - metrics["perf/ref_logps_s"]
                 metrics["perf/train_steps_s"] = steps_s
-                metrics["perf/train_tokens_per_s"] = tokens * epochs / steps_s if steps_s > 0 else 0.0
+                metrics["perf/train_tokens_per_s"] = data.tokens * epochs / steps_s if steps_s > 0 else 0.0
             finally:
                 trl_compat.release(trainer, (self.policy, self.reference))
                 self.policy.eval()

@@ -1,0 +1,192 @@
+"""Several training processes: a job started by `torchrun --nproc_per_node N`, `accelerate launch --num_processes N`
+(or `onpolicy run --processes N`, which starts torchrun) trains data-parallel.
+
+The main process (rank 0) runs the job as a single process does: it generates, scores and pairs, syncs the
+weights into the generator, writes the run directory and logs. The other processes hold the policy too and only
+train. The main process tells them each step that changes the policy (`MirroredUpdater`); they follow
+(`follow_main`), and TRL's trainer then runs each update on all of them together (DDP through accelerate), each
+process taking `train.batch_size / N` pairs of every batch. Every process holds the whole policy, so syncing and
+saving need the main process alone.
+
+A stop (SIGINT/SIGTERM, which torchrun passes to every process) ends training after the same step on every
+process: each step they agree whether any of them was asked to stop. A process that dies makes the launcher end
+the others; the run directory then holds the rounds completed before, as after a kill of a single process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import pathlib
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from onpolicy.errors import ConfigError
+from onpolicy.types import Pair, UpdateResult
+
+if TYPE_CHECKING:
+    from onpolicy.update import DPOUpdater
+
+LAUNCHED_PROCESSES = "WORLD_SIZE"  # what torchrun and accelerate launch set in every process they start
+# What the launchers set to make a process one of theirs: a process the job starts (a vLLM server) drops them, or
+# its engine would try to join the training processes' group.
+LAUNCHER_VARIABLES = (
+    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
+    "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
+    "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE",
+    "TORCHELASTIC_ERROR_FILE", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "ACCELERATE_DYNAMO_BACKEND",
+)  # fmt: skip
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started for this job (1 without a launcher)."""
+    return int(os.environ.get(LAUNCHED_PROCESSES, "1"))
+
+
+def check_generation_backend(backend: str, processes: int) -> None:
+    """Refuse the in-process engine beside several training processes: vLLM joins a torch.distributed group it
+    finds in its process, and would take the trainers' for its own."""
+    if backend == "engine" and processes > 1:
+        raise ConfigError(
+            f"generation.backend: engine runs vLLM inside the main training process, where it would join the "
+            f"{processes} training processes' torch.distributed group; with several training processes, generate "
+            "on a vLLM server: generation.backend=server (onpolicy starts it; docs/scaling.md)"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerStart:
+    """What every training process needs to build the same policy, reference and updater: decided by the main
+    process (which alone reads the run directory and resolves the model) and sent to the others."""
+
+    model_path: str  # what the updater loads (with LoRA: the base model)
+    tokenizer_path: str
+    adapter_path: str | None  # LoRA: the adapter a resumed run continues
+    reference: tuple[str, int] | None  # resume: restore the reference from (folder, round it was saved after)
+    engine_dtype: torch.dtype | None
+
+
+class Team:
+    """The job's training processes over torch.distributed: the group the trainer uses (gloo on CPUs, NCCL on
+    GPUs), and a gloo group for the main process's commands, which carries Python objects on any device."""
+
+    def __init__(self, timeout_s: int) -> None:
+        import torch.distributed as dist
+
+        timeout = datetime.timedelta(seconds=timeout_s)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+        self.rank = dist.get_rank()
+        self.size = dist.get_world_size()
+        self._commands = dist.new_group(backend="gloo", timeout=timeout)
+        self._dismissed = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def broadcast(self, value: Any = None) -> Any:
+        """The main process's `value`, on every process (the others pass nothing and wait for it)."""
+        import torch.distributed as dist
+
+        objects = [value]
+        dist.broadcast_object_list(objects, src=0, group=self._commands)
+        return objects[0]
+
+    def anyone(self, asked: Callable[[], bool] | None) -> Callable[[], bool]:
+        """`asked` agreed by all: true on every process when it is true on any. Every process must call the
+        result at the same points (here: after each training step)."""
+        import torch.distributed as dist
+
+        def agreed() -> bool:
+            flag = torch.tensor([int(asked is not None and asked())])
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._commands)
+            return bool(flag.item())
+
+        return agreed
+
+    def dismiss(self) -> None:
+        """From the main process: tell the others the job is over (once; they then leave `follow_main`)."""
+        if self.is_main and not self._dismissed:
+            self._dismissed = True
+            try:
+                self.broadcast(None)
+            except Exception:  # noqa: BLE001 - a process died: the launcher ends the others, the job's error stands
+                pass
+
+    def leave(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def join(batch_size: int, timeout_s: int) -> Team | None:
+    """This process's team when the job was launched as several processes, else None."""
+    processes = launched_processes()
+    if processes == 1:
+        return None
+    check_batch_size(batch_size, processes)
+    return Team(timeout_s)
+
+
+def check_batch_size(batch_size: int, processes: int) -> None:
+    if batch_size % processes:
+        raise ConfigError(
+            f"train.batch_size={batch_size} is the batch of all {processes} training processes together: give "
+            f"a multiple of {processes}"
+        )
+
+
+class MirroredUpdater:
+    """The main process's updater in a team: what changes the policy runs on every process, the rest (weights
+    for the generator, checkpoints) on the main process alone. Meets `onpolicy.interfaces.Updater`."""
+
+    def __init__(self, updater: DPOUpdater, team: Team, data_dir: pathlib.Path) -> None:
+        self.updater = updater
+        self.team = team
+        self.data_dir = data_dir  # the round's training rows, in a folder every process sees
+        shutil.rmtree(data_dir, ignore_errors=True)  # what a killed job left
+
+    def start_round(self, round_number: int) -> bool:
+        self.team.broadcast(("start_round", (round_number,)))
+        return self.updater.start_round(round_number)
+
+    def update(
+        self, pairs: Sequence[Pair], round_number: int, should_stop: Callable[[], bool] | None = None
+    ) -> UpdateResult:
+        shutil.rmtree(self.data_dir, ignore_errors=True)  # the round before's rows: every process is done with them
+        rows = self.updater.prepare(pairs, round_number).on_disk(self.data_dir / f"round-{round_number:04d}")
+        self.team.broadcast(("train", (rows, round_number)))
+        return self.updater.train(rows, round_number, self.team.anyone(should_stop))
+
+    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self.updater.named_weights()
+
+    def save(self, folder: pathlib.Path) -> None:
+        self.updater.save(folder)
+
+    def close(self) -> None:
+        self.team.dismiss()
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
+
+def follow_main(
+    team: Team, build_updater: Callable[[TrainerStart], DPOUpdater], stop_asked: Callable[[], bool]
+) -> None:
+    """A process other than the main one: build the updater the main process describes, then run each step it
+    sends until it dismisses the team."""
+    start = team.broadcast()
+    if start is None:  # the main process stopped before training began
+        return
+    updater = build_updater(start)
+    while (command := team.broadcast()) is not None:
+        step, args = command
+        if step == "train":
+            updater.train(*args, should_stop=team.anyone(stop_asked))
+        else:
+            getattr(updater, step)(*args)

@@ -1,0 +1,58 @@
+"""Two rounds of DPO updates on fixed pairs, through the parts a job of several training processes uses
+(`onpolicy.distributed`): run as one process (`python`) or as several (`torchrun`), it writes the losses and
+the final weights of the main process to OUT (.json and .safetensors), for test_distributed to compare.
+
+    python tests/distributed_update.py CONFIG.yaml OUT
+    torchrun --standalone --nproc_per_node 2 tests/distributed_update.py CONFIG.yaml OUT
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+import sys
+
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from onpolicy import distributed  # noqa: E402
+from onpolicy.components import build_updater  # noqa: E402
+from onpolicy.config import load_config  # noqa: E402
+from tests.helpers import PAIRS  # noqa: E402
+
+# 8 pairs: two full batches of 4 (a last, short batch would be padded differently by several processes)
+EIGHT_PAIRS = [*PAIRS, *(dataclasses.replace(p, prompt_id=f"{p.prompt_id}b", rejected="No.") for p in PAIRS)]
+
+
+def main(config_path: str, out: str) -> None:
+    config = load_config(config_path)
+    team = distributed.join(config.train.batch_size, config.train.process_timeout_s)
+    start = distributed.TrainerStart(
+        model_path=config.model.path, tokenizer_path=config.model.path, adapter_path=None, reference=None,
+        engine_dtype=None,
+    )  # fmt: skip
+    if team is not None and not team.is_main:
+        distributed.follow_main(team, lambda s: build_updater(config, s, team.size), lambda: False)
+        team.leave()
+        return
+    updater = build_updater(config, start, team.size if team else 1)
+    if team is not None:
+        team.broadcast(start)
+        updater = distributed.MirroredUpdater(updater, team, pathlib.Path(out).parent / "trainer-data")
+    losses = []
+    for n in (1, 2):
+        updater.start_round(n)
+        result = updater.update(EIGHT_PAIRS, n)
+        losses.append(result.metrics["train/loss"])
+    weights = {name: t.detach().contiguous().clone() for name, t in updater.named_weights()}
+    if team is not None:
+        updater.close()
+        team.leave()
+    pathlib.Path(f"{out}.json").write_text(json.dumps({"losses": losses}))
+    save_file(weights, f"{out}.safetensors")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
