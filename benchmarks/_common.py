@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
+import multiprocessing
 import os
 import pathlib
 import platform
@@ -48,6 +50,16 @@ def run_identity_demo(
         run_job(config, run, echo=echo)
         inspect(run)
         return RunDirectory(run).read_rounds()
+
+
+def run_identity_demo_alone(overrides: Sequence[str], config_name: str = "identity.yaml") -> list[dict]:
+    """`run_identity_demo` in a fresh process, for benchmarks that compare jobs: each job's peak memory
+    (`perf/peak_rss_gib`, the process's high-water mark) is then its own, not the largest of the jobs before it,
+    and no job meets the process-wide state an earlier vLLM engine left (an engine with LoRA support fails to
+    start after another engine in the same process)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
+        return pool.submit(run_identity_demo, list(overrides), config_name=config_name).result()
 
 
 def median_seconds(action: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:

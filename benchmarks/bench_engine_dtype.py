@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from benchmarks._common import print_table, run_identity_demo
+from benchmarks._common import print_table, run_identity_demo_alone
 from onpolicy.devices import NATIVE_BF16_FLAGS, cpu_flags
 
 COLUMNS = [
@@ -43,7 +43,7 @@ def main() -> None:
     for config in args.configs:
         for dtype in args.dtypes:
             overrides = [f"rounds={args.rounds}", "ref.refresh=every_round", f"generation.dtype={dtype}"]
-            records = run_identity_demo(overrides, config_name=config)
+            records = run_identity_demo_alone(overrides, config_name=config)
             steady = [r for r in records if r["round"] >= 2]
             last = records[-1]
             learnt = f"reward {last['reward/mean']:.3f}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from benchmarks._common import print_table, run_identity_demo
+from benchmarks._common import print_table, run_identity_demo_alone
 
 COLUMNS = [
     ("sync s", "perf/sync_s"),
@@ -34,7 +34,7 @@ def main() -> None:
     rows = []
     for backend in ("engine", "server"):
         overrides = [f"rounds={args.rounds}", f"generation.backend={backend}", "generation.dtype=float32"]
-        records = run_identity_demo(overrides, config_name=args.config)
+        records = run_identity_demo_alone(overrides, config_name=args.config)
         steady = [r for r in records if r["round"] >= 2]
         rows.append([backend, *(statistics.median(r[metric] for r in steady) for _, metric in COLUMNS)])
     print_table(

@@ -58,6 +58,7 @@ class Components:
     generator: Generator
     updater: Updater
     logger: RoundLogger
+    sync: Callable[[str], None]  # the updated policy into the generator, as weight version str(round)
     on_close: tuple[Callable[[], None], ...] = ()
 
     def close(self) -> None:
@@ -72,13 +73,19 @@ def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
     check_generation_backend(config.generation.backend, launched_processes())
-    if config.generation.backend == "server":
-        for i, term in enumerate(config.reward):
-            if term.name == "judge" and term.args.get("backend", "policy") == "policy":
-                raise ConfigError(
-                    f"reward[{i}] (judge): backend 'policy' judges with the in-process engine; with "
-                    "generation.backend: server use backend: openai, base_url: <a server's URL>/v1, model: policy"
-                )
+    for i, term in enumerate(config.reward):
+        if term.name != "judge" or term.args.get("backend", "policy") != "policy":
+            continue
+        if config.generation.backend == "server":
+            raise ConfigError(
+                f"reward[{i}] (judge): backend 'policy' judges with the in-process engine; with "
+                "generation.backend: server use backend: openai, base_url: <a server's URL>/v1, model: policy"
+            )
+        if config.generation.lora_sync == "adapter":
+            raise ConfigError(
+                f"reward[{i}] (judge): backend 'policy' judges with the engine's base model, which with "
+                "generation.lora_sync: adapter is not the policy; use lora_sync: merged"
+            )
     policy_engine = PolicyEngine()
     reward = build_reward_from_terms(config.reward, policy_engine)
     return Inputs(
@@ -113,12 +120,16 @@ def build_components(
         config.generation.dtype, engine_may_be_reference(config.ref, config.train), config.model.train_dtype
     )
     generation = config.generation.model_copy(update={"dtype": dtype})
+    # with the adapter sent to it, the engine serves the base model (the adapter is loaded on top)
+    sends_adapter = config.generation.lora_sync == "adapter"
+    lora_rank = int(config.train.lora.get("r", 8)) if sends_adapter and config.train.lora is not None else None
+    engine_model = str(model_path if sends_adapter else policy_path)
     on_close: list[Callable[[], None]] = []
     try:
         if generation.backend == "server":
-            generator = _server_generator(generation, str(policy_path), tokenizer, start.run.path, on_close)
+            generator = _server_generator(generation, engine_model, tokenizer, start.run.path, on_close, lora_rank)
         else:
-            generator = VLLMGenerator(str(policy_path), tokenizer, generation)
+            generator = VLLMGenerator(engine_model, tokenizer, generation, lora_rank)
             inputs.policy_engine.attach(generator.llm)
         parts = _trainer_side(config, inputs, start, generator, str(model_path), str(policy_path), team)
     except BaseException:
@@ -168,13 +179,25 @@ def _trainer_side(
         updater = MirroredUpdater(
             build_updater(config, trainer_start, team.size), team, start.run.path / "trainer-data"
         )
-    if config.generation.backend == "server" and config.generation.server.urls:
-        # servers given by URL serve whatever they were started with: push the policy this run continues from
-        generator.load_weights(updater.named_weights(), version=str(max(start.last_complete, 0)))
+    sync = policy_sync(config, generator, updater)
+    if (config.generation.backend == "server" and config.generation.server.urls) or (
+        config.generation.lora_sync == "adapter" and start.policy is not None
+    ):
+        # servers given by URL serve whatever they were started with, and an engine sent adapters starts on the
+        # base model: push the policy this run continues from
+        sync(str(max(start.last_complete, 0)))
     logger = start_logger(config.wandb, start.run.path, config.model_dump(mode="json"), start.wandb_run_id)
     if logger.run_id:
         start.run.write_state(wandb_run_id=logger.run_id)
-    return Components(inputs=inputs, generator=generator, updater=updater, logger=logger)
+    return Components(inputs=inputs, generator=generator, updater=updater, logger=logger, sync=sync)
+
+
+def policy_sync(config: Config, generator: Generator, updater: Updater) -> Callable[[str], None]:
+    """How the updated policy reaches the generator, as weight version `version`: its weights (with LoRA: merged),
+    or its LoRA adapter alone (`generation.lora_sync: adapter`)."""
+    if config.generation.lora_sync == "adapter":
+        return lambda version: generator.load_adapter(updater.save_adapter, version)
+    return lambda version: generator.load_weights(updater.named_weights(), version)
 
 
 def build_updater(config: Config, start: TrainerStart, processes: int = 1) -> DPOUpdater:
@@ -205,6 +228,7 @@ def _server_generator(
     tokenizer: Any,
     run_path: pathlib.Path,
     on_close: list[Callable[[], None]],
+    lora_rank: int | None,
 ) -> Generator:
     """Generation on vLLM servers: those at generation.server.urls, or `launch` servers started here (their logs
     in the run directory), stopped when the job ends (`on_close`)."""
@@ -217,7 +241,7 @@ def _server_generator(
     servers = []
     if not server.urls:
         # the sampled token's own log-prob is all onpolicy asks a server for
-        arguments = {**engine_arguments(generation, torch.cuda.is_available()), "max_logprobs": 1}
+        arguments = {**engine_arguments(generation, torch.cuda.is_available(), lora_rank), "max_logprobs": 1}
         args = [*cli_flags(arguments), *server.extra_args]
         servers = start_servers(policy_path, server.launch, server.port, run_path, args, server.startup_timeout_s)
         on_close.extend(s.stop for s in servers)

@@ -64,6 +64,12 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _adapter_sync_needs_an_adapter(self) -> Config:
+        if self.generation.lora_sync == "adapter" and self.train.lora is None:
+            raise ValueError("generation.lora_sync: adapter needs train.lora (the adapter to send)")
+        return self
+
+    @model_validator(mode="after")
     def _eval_needs_prompts(self) -> Config:
         if self.eval.metrics and self.eval.prompts is None:
             raise ValueError("eval.metrics needs eval.prompts (a file or a list of held-out prompts)")

@@ -103,6 +103,13 @@ class GenerationConfig(Section):
         True, description="Skip graph compilation: ~5 s engine start instead of ~60 s, ~5-10% slower generation."
     )
     gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of GPU memory vLLM may use (GPU only).")
+    lora_sync: Literal["merged", "adapter"] = Field(
+        "merged",
+        description="With train.lora, what reaches the engine after each update: merged (base + the adapter's "
+        "delta, loaded in place as ordinary weights: the engine runs the plain model) or adapter (the adapter "
+        "alone, served by vLLM's LoRA support: a sync writes megabytes instead of the model, but each forward "
+        "pays for the adapter; on CPUs generation was 4x slower: docs/performance.md).",
+    )
     long_prompts: Literal["skip", "error"] = Field(
         "skip", description="A prompt that leaves no room for max_new_tokens: skip and count it, or stop the run."
     )

@@ -170,6 +170,9 @@ class MirroredUpdater:
     def save(self, folder: pathlib.Path) -> None:
         self.updater.save(folder)
 
+    def save_adapter(self, folder: pathlib.Path) -> None:
+        self.updater.save_adapter(folder)
+
     def close(self) -> None:
         self.team.dismiss()
         shutil.rmtree(self.data_dir, ignore_errors=True)

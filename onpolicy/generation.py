@@ -13,7 +13,10 @@ CPU, and whatever the job prints meanwhile is lost (and there is nobody to send 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -23,7 +26,7 @@ import torch  # noqa: E402
 
 from onpolicy.config import GenerationConfig  # noqa: E402
 from onpolicy.errors import OnpolicyError  # noqa: E402
-from onpolicy.serving import engine_arguments  # noqa: E402
+from onpolicy.serving import ADAPTER_NAME, engine_arguments  # noqa: E402
 from onpolicy.tokens import fit_prompts  # noqa: E402
 from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
 
@@ -31,14 +34,17 @@ from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
 class VLLMGenerator:
     """Samples `num_samples` responses per prompt with a vLLM engine that lives for the whole job."""
 
-    def __init__(self, model_path: str, tokenizer: Any, config: GenerationConfig) -> None:
+    def __init__(self, model_path: str, tokenizer: Any, config: GenerationConfig, lora_rank: int | None = None) -> None:
+        """`lora_rank`: the engine serves `model_path` with LoRA adapters of this rank (`load_adapter`)."""
         from vllm import LLM
 
         self.config = config
         self.tokenizer = tokenizer
+        self.adapter: Any = None  # the LoRARequest of the adapter served, once one was loaded
+        self._adapter_dir: tempfile.TemporaryDirectory[str] | None = None
         try:
             self.llm = LLM(
-                model=model_path, tokenizer=model_path, **engine_arguments(config, torch.cuda.is_available())
+                model=model_path, tokenizer=model_path, **engine_arguments(config, torch.cuda.is_available(), lora_rank)
             )
         except (ValueError, RuntimeError) as exc:
             raise OnpolicyError(f"vLLM could not start on {model_path}: {exc}") from exc
@@ -80,13 +86,28 @@ class VLLMGenerator:
     def _run(self, fitting: Sequence[tuple[PromptRecord, list[int]]], params: Any) -> list[Any]:
         from vllm.inputs import TokensPrompt
 
-        return self.llm.generate([TokensPrompt(prompt_token_ids=ids) for _, ids in fitting], params, use_tqdm=False)
+        prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids in fitting]
+        return self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.adapter)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | None = None) -> None:
         """Put new policy weights (HF names) into the running engine, in place, and drop cached prefixes that the
         old weights computed. (`version` names them for servers; this engine is in the job's hands alone.)"""
         weights = ((name, tensor.detach().to(self.engine_dtype)) for name, tensor in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()
+
+    def load_adapter(self, save_adapter: Callable[[pathlib.Path], None], version: str | None = None) -> None:
+        """Serve the LoRA adapter `save_adapter(folder)` writes, in place of the one before (same adapter id,
+        reloaded: vLLM's `load_inplace`), and drop cached prefixes the old adapter computed."""
+        from vllm.lora.request import LoRARequest
+
+        if self._adapter_dir is None:
+            self._adapter_dir = tempfile.TemporaryDirectory(prefix="onpolicy-adapter-")
+        folder = pathlib.Path(self._adapter_dir.name) / "adapter"
+        shutil.rmtree(folder, ignore_errors=True)
+        save_adapter(folder)
+        self.adapter = LoRARequest(ADAPTER_NAME, 1, str(folder), load_inplace=True)
+        self.llm.llm_engine.add_lora(self.adapter)  # loaded now, not at the first request
         self.llm.reset_prefix_cache()
 
 

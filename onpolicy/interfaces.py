@@ -32,6 +32,10 @@ class Generator(Protocol):
         """Serve these weights (HF names) from now on, as weight version `version` (the round that made them)."""
         ...
 
+    def load_adapter(self, save_adapter: Callable[[pathlib.Path], None], version: str | None = None) -> None:
+        """Serve the base model with the LoRA adapter that `save_adapter(folder)` writes, from now on."""
+        ...
+
 
 class Updater(Protocol):
     """Holds the policy and its reference, and runs each round's DPO update."""
@@ -50,4 +54,8 @@ class Updater(Protocol):
 
     def save(self, folder: pathlib.Path) -> None:
         """The policy as an ordinary HF model folder."""
+        ...
+
+    def save_adapter(self, folder: pathlib.Path) -> None:
+        """With `train.lora`: the adapter alone, as PEFT saves it."""
         ...

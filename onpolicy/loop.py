@@ -79,7 +79,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
         update = updater.update(pairing.pairs, n, should_stop=lambda: job.stop.requested)
     with stage("sync"):
         if not update.skipped:
-            generator.load_weights(updater.named_weights(), version=str(n))
+            parts.sync(str(n))
     with stage("record"):
         run.write_samples(n, scored)
         run.write_pairs(n, pairing.pairs)

@@ -36,6 +36,7 @@ import torch
 from onpolicy.config import GenerationConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.errors import OnpolicyError
+from onpolicy.serving import ADAPTER_NAME
 from onpolicy.tokens import fit_prompts
 from onpolicy.types import PromptRecord, Sample, SampleGroup
 
@@ -110,6 +111,23 @@ class ServerGenerator:
         if previous is not None and previous != version:
             shutil.rmtree(self.folder / f"weights-{previous}", ignore_errors=True)
 
+    def load_adapter(self, save_adapter: Callable[[pathlib.Path], None], version: str | None = None) -> None:
+        """Write the LoRA adapter into a new folder of `sync_dir` (`save_adapter(folder)`), have every server load it
+        in place of the one before (`/v1/load_lora_adapter`, `load_inplace`) and take `version` as its weight
+        version; requests then ask for the adapter. Servers need `--enable-lora` and
+        VLLM_ALLOW_RUNTIME_LORA_UPDATING=True (those the job starts have both)."""
+        version = version if version is not None else str(int(self.version or 0) + 1)
+        folder = self.folder / f"adapter-{version}"
+        shutil.rmtree(folder, ignore_errors=True)
+        save_adapter(folder)
+        self.check_alive()
+        load = {"lora_name": ADAPTER_NAME, "lora_path": str(folder), "load_inplace": True}
+        self._on_every_server(lambda url: self._load_adapter(url, load, version))
+        self.model_name = ADAPTER_NAME
+        previous, self.version = self.version, version
+        if previous is not None and previous != version:
+            shutil.rmtree(self.folder / f"adapter-{previous}", ignore_errors=True)
+
     def close(self) -> None:
         """Remove this job's weights from `sync_dir` (and `sync_dir` itself, once nobody else's are in it)."""
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -118,6 +136,11 @@ class ServerGenerator:
 
     def _reload(self, url: str, folder: pathlib.Path, version: str) -> None:
         self._post(url, "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": str(folder)}})
+        self._post(url, "/reset_prefix_cache", None)
+        self._post(url, "/update_weight_version", {"new_version": version})
+
+    def _load_adapter(self, url: str, load: dict[str, Any], version: str) -> None:
+        self._post(url, "/v1/load_lora_adapter", load)
         self._post(url, "/reset_prefix_cache", None)
         self._post(url, "/update_weight_version", {"new_version": version})
 
@@ -175,12 +198,14 @@ class ServerGenerator:
     def _send(self, request: urllib.request.Request, url: str, path: str) -> dict[str, Any]:
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                return json.loads(response.read() or b"{}")
+                body = response.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
-            hint = (
-                " (is it running with VLLM_SERVER_DEV_MODE=1?)" if exc.code == 404 and path != "/v1/completions" else ""
-            )
+            hint = ""
+            if exc.code == 404 and path == "/v1/load_lora_adapter":
+                hint = " (is it running with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True?)"
+            elif exc.code == 404 and path != "/v1/completions":
+                hint = " (is it running with VLLM_SERVER_DEV_MODE=1?)"
             raise OnpolicyError(
                 f"the vLLM server at {url} answered {path} with HTTP {exc.code}{hint}: {detail}"
             ) from None
@@ -190,6 +215,10 @@ class ServerGenerator:
                 f"the vLLM server at {url} failed on {path}: {exc} (timeout: generation.server.request_timeout_s = "
                 f"{self.timeout:.0f} s)"
             ) from None
+        try:
+            return json.loads(body or b"{}")
+        except ValueError:  # some routes answer in plain text
+            return {"text": body.decode(errors="replace")}
 
 
 def _sample(choice: dict[str, Any]) -> Sample:

@@ -22,13 +22,24 @@ from typing import Any
 from onpolicy.config import GenerationConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.distributed import LAUNCHER_VARIABLES
-from onpolicy.errors import OnpolicyError
+from onpolicy.errors import ConfigError, OnpolicyError
+
+ADAPTER_NAME = "policy-lora"  # what the policy's LoRA adapter is served as (`generation.lora_sync: adapter`)
+# the adapter ranks vLLM's LoRA support is built for (vllm.config.lora.MaxLoRARanks)
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
-def engine_arguments(config: GenerationConfig, cuda: bool) -> dict[str, Any]:
+def engine_arguments(config: GenerationConfig, cuda: bool, lora_rank: int | None = None) -> dict[str, Any]:
     """vLLM's engine arguments from `generation.*`, the same for the job's own engine (`LLM(**arguments)`) and
     for the servers it starts (`cli_flags(arguments)`). The KV cache is bounded on purpose: vLLM's CPU build
-    otherwise sizes it from all free RAM and starves the trainer beside it."""
+    otherwise sizes it from all free RAM and starves the trainer beside it. `lora_rank`: serve LoRA adapters of
+    this rank (`generation.lora_sync: adapter`), one at a time."""
+    lora = {}
+    if lora_rank is not None:
+        fitting = [rank for rank in VLLM_LORA_RANKS if rank >= lora_rank]
+        if not fitting:
+            raise ConfigError(f"train.lora.r={lora_rank}: vLLM serves adapters up to rank {VLLM_LORA_RANKS[-1]}")
+        lora = {"enable_lora": True, "max_lora_rank": fitting[0], "max_loras": 1}
     return {
         "dtype": engine_dtype(config.dtype),
         "seed": config.seed,
@@ -37,6 +48,7 @@ def engine_arguments(config: GenerationConfig, cuda: bool) -> dict[str, Any]:
         "enforce_eager": config.enforce_eager,
         "enable_prefix_caching": True,
         **({"gpu_memory_utilization": config.gpu_memory_utilization} if cuda else {}),
+        **lora,
     }
 
 
@@ -78,7 +90,11 @@ class ManagedServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ManagedServer:
-        env = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
+        # dev routes for weight syncs; adapters loaded at run time (`generation.lora_sync: adapter`)
+        env = {
+            **os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1",
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+        }  # fmt: skip
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server runs its engine core in its own process
         for name in LAUNCHER_VARIABLES:  # started by a training process: the server is not one of the trainers
             env.pop(name, None)

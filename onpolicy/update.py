@@ -266,6 +266,10 @@ class DPOUpdater:
             return lora.merged_weights(self.policy)
         return iter(self.policy.state_dict().items())
 
+    def save_adapter(self, folder: pathlib.Path) -> None:
+        """The LoRA adapter alone, as PEFT saves it (what `generation.lora_sync: adapter` sends the engine)."""
+        self.policy.save_pretrained(folder)
+
     def save(self, folder: pathlib.Path) -> None:
         """The policy as an ordinary HF folder (config, safetensors, tokenizer with its chat template); with LoRA
         the merged policy, and the adapter alone in adapter/ (what a resumed run continues)."""

@@ -58,6 +58,23 @@ def test_a_policy_judge_needs_the_in_process_engine():
     with pytest.raises(ConfigError, match=r"reward\[0\] \(judge\): backend 'policy' judges with the in-process"):
         check_inputs(_config(reward=judge, generation={"backend": "server"}))
     assert check_inputs(_config(reward=judge)).reward is not None  # with the engine: fine
+    with pytest.raises(ConfigError, match=r"the engine's base model, which with generation.lora_sync: adapter"):
+        check_inputs(_config(reward=judge, generation={"lora_sync": "adapter"}, train={"lora": {"r": 8}}))
+
+
+def test_adapters_are_sent_only_with_an_adapter_and_served_at_a_rank_vllm_has():
+    from onpolicy.config_sections import GenerationConfig
+    from onpolicy.serving import engine_arguments
+
+    with pytest.raises(ValueError, match="generation.lora_sync: adapter needs train.lora"):
+        _config(generation={"lora_sync": "adapter"})
+    config = GenerationConfig()
+    assert "enable_lora" not in engine_arguments(config, cuda=False)
+    lora = engine_arguments(config, cuda=False, lora_rank=4)
+    assert (lora["enable_lora"], lora["max_lora_rank"], lora["max_loras"]) == (True, 8, 1)
+    assert engine_arguments(config, cuda=False, lora_rank=64)["max_lora_rank"] == 64
+    with pytest.raises(ConfigError, match="train.lora.r=600: vLLM serves adapters up to rank 512"):
+        engine_arguments(config, cuda=False, lora_rank=600)
 
 
 def test_rewards_and_correctors_are_named_through_one_kind_of_registry():

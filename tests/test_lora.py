@@ -1,5 +1,6 @@
 """LoRA through the real TRL trainer on the tiny model: only the adapter trains, the reference is an adapter state
-(no second model), the engine and checkpoints get merged weights, a resumed run continues the adapter."""
+(no second model), the engine gets merged weights or the adapter, checkpoints are merged folders, a resumed run
+continues the adapter."""
 
 import math
 
@@ -105,32 +106,47 @@ def test_lora_settings_are_checked_against_peft():
 
 
 @pytest.mark.slow
-def test_lora_rounds_through_the_cli_reach_the_engine_and_resume(tiny_model_path, tmp_path):
-    """Two LoRA rounds through the real engine: round 2 is sampled from the merged weights of round 1; a third
-    round, asked for later, continues the adapter from the checkpoint."""
+@pytest.mark.parametrize(("backend", "lora_sync"), [("engine", "merged"), ("engine", "adapter"), ("server", "adapter")])
+def test_lora_rounds_through_the_cli_reach_the_engine_and_resume(tiny_model_path, tmp_path, backend, lora_sync):
+    """Two LoRA rounds through the real engine (or a started server): round 2 is sampled from the policy of round
+    1, sent as merged weights or as the adapter; a third round, asked for later, continues the adapter from the
+    checkpoint (an engine sent adapters gets the checkpoint's adapter at start)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tests.helpers import read_jsonl, run_cli, tiny_config
+    from tests.helpers import free_port, read_jsonl, run_cli, tiny_config
 
     config = tiny_config(tiny_model_path, rounds=2, checkpoint={"every": 1})
     config["train"] = {**config["train"], "learning_rate": 1e-2, "lora": LORA}
+    config["generation"] = {**config["generation"], "backend": backend, "lora_sync": lora_sync}
+    if backend == "server":
+        config["generation"]["server"] = {"port": free_port()}
     run_dir, _ = run_cli(config, tmp_path)
     assert (run_dir / "checkpoints/round-0001/adapter/adapter_config.json").is_file()
     after_round_1 = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints/round-0001")
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     gaps = {"initial": [], "after_round_1": []}
+    prompts = config["prompts"]["items"]
     for sample in read_jsonl(run_dir / "rounds/0002/samples.jsonl")[:6]:
-        messages = [{"role": "user", "content": config["prompts"]["items"][int(sample["prompt_id"])]}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"] + sample["token_ids"]
         for name, model in (("initial", initial), ("after_round_1", after_round_1)):
-            with torch.no_grad():
-                logits = model(torch.tensor([ids])).logits[0, -len(sample["token_ids"]) - 1 : -1]
-            expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(sample["token_ids"])[:, None])[:, 0]
-            gaps[name].append((torch.tensor(sample["logprobs"]) - expected).abs().mean().item())
+            gaps[name].append(_logprob_gap(model, tokenizer, prompts, sample))
     assert max(gaps["after_round_1"]) < 1e-3 < min(gaps["initial"]), gaps
 
     run_cli(config, tmp_path, overrides=("rounds=3",))
     rounds = read_jsonl(run_dir / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[2]["train/skipped"] == 0
+    # round 3, after the resume, was sampled from round 2's policy
+    after_round_2 = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints/round-0002")
+    sample = read_jsonl(run_dir / "rounds/0003/samples.jsonl")[0]
+    assert _logprob_gap(after_round_2, tokenizer, prompts, sample) < 1e-3
+
+
+def _logprob_gap(model, tokenizer, prompts, sample) -> float:
+    """Mean distance per token between a sample's engine log-probs and `model`'s own for the same tokens."""
+    messages = [{"role": "user", "content": prompts[int(sample["prompt_id"])]}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + sample["token_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -len(sample["token_ids"]) - 1 : -1]
+    expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(sample["token_ids"])[:, None])[:, 0]
+    return (torch.tensor(sample["logprobs"]) - expected).abs().mean().item()
