@@ -20,7 +20,7 @@ import datetime
 import os
 import pathlib
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -131,7 +131,25 @@ def join(batch_size: int, timeout_s: int) -> Team | None:
     if processes == 1:
         return None
     check_batch_size(batch_size, processes)
+    check_strategy(os.environ)
     return Team(timeout_s)
+
+
+# what `accelerate launch` sets for the strategies that shard the policy over the processes
+SHARDING_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+
+
+def check_strategy(environment: Mapping[str, str]) -> None:
+    """Refuse an accelerate config that shards the policy (FSDP, DeepSpeed): the main process syncs and saves the
+    policy alone, which needs every process to hold it whole, as DDP does. (On a machine without GPUs accelerate
+    would quietly run such a config as DDP.)"""
+    for variable, strategy in SHARDING_LAUNCHES.items():
+        if environment.get(variable, "false").lower() == "true":
+            raise ConfigError(
+                f"accelerate launched this job with {strategy}, which shards the policy over the processes; "
+                "onpolicy trains with DDP only so far (every process holds the whole policy): launch with "
+                "configs/accelerate/ddp.yaml (docs/scaling.md)"
+            )
 
 
 def check_batch_size(batch_size: int, processes: int) -> None:

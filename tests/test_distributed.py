@@ -72,6 +72,17 @@ def _write(config, tmp_path):
     return path
 
 
+def test_a_sharding_accelerate_config_is_refused_not_quietly_run_as_ddp():
+    from onpolicy.distributed import check_strategy
+    from onpolicy.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="accelerate launched this job with FSDP"):
+        check_strategy({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
+    with pytest.raises(ConfigError, match="with DeepSpeed"):
+        check_strategy({"ACCELERATE_USE_DEEPSPEED": "True"})
+    check_strategy({"ACCELERATE_USE_FSDP": "false"})  # what a DDP launch sets
+
+
 def test_the_in_process_engine_and_an_uneven_batch_are_refused_before_anything_starts(
     tiny_model_path, tmp_path, capsys
 ):
