@@ -131,7 +131,7 @@ def build_components(
         else:
             generator = VLLMGenerator(engine_model, tokenizer, generation, lora_rank)
             inputs.policy_engine.attach(generator.llm)
-        parts = _trainer_side(config, inputs, start, generator, str(model_path), str(policy_path), team)
+        parts = _trainer_side(config, inputs, start, generator, tokenizer, str(model_path), str(policy_path), team)
     except BaseException:
         for release in on_close:
             release()
@@ -151,6 +151,7 @@ def _trainer_side(
     inputs: Inputs,
     start: Start,
     generator: Generator,
+    tokenizer: Any,
     model_path: str,
     policy_path: str,
     team: Team | None,
@@ -173,11 +174,11 @@ def _trainer_side(
     )
     updater: Updater
     if team is None:
-        updater = build_updater(config, trainer_start)
+        updater = build_updater(config, trainer_start, tokenizer=tokenizer)
     else:
         team.broadcast(trainer_start)
         updater = MirroredUpdater(
-            build_updater(config, trainer_start, team.size), team, start.run.path / "trainer-data"
+            build_updater(config, trainer_start, team.size, tokenizer), team, start.run.path / "trainer-data"
         )
     sync = policy_sync(config, generator, updater)
     if (config.generation.backend == "server" and config.generation.server.urls) or (
@@ -200,15 +201,16 @@ def policy_sync(config: Config, generator: Generator, updater: Updater) -> Calla
     return lambda version: generator.load_weights(updater.named_weights(), version)
 
 
-def build_updater(config: Config, start: TrainerStart, processes: int = 1) -> DPOUpdater:
-    """The policy and its updater as `start` describes, for one of `processes` training processes."""
+def build_updater(config: Config, start: TrainerStart, processes: int = 1, tokenizer: Any = None) -> DPOUpdater:
+    """The policy and its updater as `start` describes, for one of `processes` training processes (`tokenizer`:
+    the one the generator uses, where this process has it; else loaded from `start.tokenizer_path`)."""
     from transformers import AutoTokenizer
 
     from onpolicy.update import DPOUpdater
 
     updater = DPOUpdater(
         start.model_path,
-        AutoTokenizer.from_pretrained(start.tokenizer_path),
+        tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(start.tokenizer_path),
         config.train,
         config.ref,
         seed=config.seed,

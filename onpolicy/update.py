@@ -51,7 +51,7 @@ class TrainingRows:
     """A round's pairs as TRL's tokenized preference rows (`dataset`, None when no pair is left), with the rows
     whose engine log-probs are checked against the trainer's, and what was left out."""
 
-    dataset: Dataset | None  # a datasets.Dataset
+    dataset: Dataset | None
     checked: list[int]
     dropped_long_prompts: int  # pairs whose prompt alone fills train.max_length
     tokens: int  # prompt + response tokens of one pass over the rows
