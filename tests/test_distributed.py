@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from onpolicy.cli import main
 from tests.helpers import ROOT, free_port, read_jsonl, tiny_config
 
+# Two training processes need two devices: the tests pin the CPUs (gloo) on any machine, a one-GPU one included.
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
 TRAIN = {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128, "num_epochs": 2}
 VARIANTS = {
     "full fine-tuning, reference = round start": {"train": TRAIN},
@@ -39,7 +41,7 @@ def _run_update(command, config, out):
     done = subprocess.run(
         [*command, str(ROOT / "tests/distributed_update.py"), str(config), str(out)],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
-        env={**os.environ, "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"},
+        env={**os.environ, **CPU_ONLY, "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return json.loads(out.with_suffix(".json").read_text())["losses"], load_file(out.with_suffix(".safetensors"))
@@ -72,6 +74,28 @@ def _write(config, tmp_path):
     return path
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_process_started_through_with_parent_ends_when_its_parent_is_killed():
+    import psutil
+
+    starter = (
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'onpolicy.with_parent', 'sleep', '300'])\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", starter], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    child = psutil.Process(int(parent.stdout.readline()))
+    time.sleep(1)  # `sleep` has replaced the wrapper (the request survives the exec)
+    assert child.is_running() and child.status() != psutil.STATUS_ZOMBIE
+    parent.kill()  # no clean-up runs in the parent
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child outlived its killed parent"
+        time.sleep(0.1)
+
+
 def test_a_sharding_accelerate_config_is_refused_not_quietly_run_as_ddp():
     from onpolicy.distributed import check_strategy
     from onpolicy.errors import ConfigError
@@ -102,7 +126,9 @@ def test_a_training_process_killed_mid_round_stops_the_job_and_accelerate_launch
     port = config["generation"]["server"]["port"]
     config, run_dir = _write(config, tmp_path), tmp_path / "run"
     command = [sys.executable, "-m", "onpolicy.cli", "run", str(config), "--run-dir", str(run_dir), "--processes", "2"]
-    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **CPU_ONLY}
+    )
     _wait_for_phase(job, run_dir, 2, "train")
     os.kill(_training_process(job.pid, rank=1), signal.SIGKILL)
     _, stderr = job.communicate(timeout=300)
@@ -113,7 +139,9 @@ def test_a_training_process_killed_mid_round_stops_the_job_and_accelerate_launch
         sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/ddp.yaml"),
         "--num_processes", "2", "-m", "onpolicy.cli", "run", str(config), "--run-dir", str(run_dir),
     ]  # fmt: skip
-    resumed = subprocess.run(accelerate, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        accelerate, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **CPU_ONLY}
+    )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
     assert "resuming after round 1" in resumed.stdout and resumed.stdout.count("round 3/3") == 1  # one voice
     rounds = read_jsonl(run_dir / "rounds.jsonl")
@@ -128,7 +156,9 @@ def test_sigterm_to_the_launcher_stops_every_process_at_a_safe_point(tiny_model_
     config = _write(_server_config(tiny_model_path, rounds=2, train=train), tmp_path)
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "onpolicy.cli", "run", str(config), "--run-dir", str(run_dir), "--processes", "2"]
-    job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **CPU_ONLY}
+    )
     _wait_for_phase(job, run_dir, 1, "train")
     asked = time.monotonic()
     job.send_signal(signal.SIGTERM)
