@@ -1,6 +1,7 @@
 """Two rounds of DPO updates on fixed pairs, through the parts a job of several training processes uses
-(`onpolicy.distributed`): run as one process (`python`) or as several (`torchrun`), it writes the losses and
-the final weights of the main process to OUT (.json and .safetensors), for test_distributed to compare.
+(`onpolicy.distributed`): run as one process (`python`) or as several (`torchrun`), it writes the losses, the
+device the policy trained on and the final weights of the main process to OUT (.json and .safetensors), for
+test_distributed (processes) and test_cuda (devices) to compare.
 
     python tests/distributed_update.py CONFIG.yaml OUT
     torchrun --standalone --nproc_per_node 2 tests/distributed_update.py CONFIG.yaml OUT
@@ -46,11 +47,13 @@ def main(config_path: str, out: str) -> None:
         updater.start_round(n)
         result = updater.update(EIGHT_PAIRS, n)
         losses.append(result.metrics["train/loss"])
-    weights = {name: t.detach().contiguous().clone() for name, t in updater.named_weights()}
+    named = list(updater.named_weights())
+    device = named[0][1].device.type
+    weights = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in named}
     if team is not None:
         updater.close()
         team.leave()
-    pathlib.Path(f"{out}.json").write_text(json.dumps({"losses": losses}))
+    pathlib.Path(f"{out}.json").write_text(json.dumps({"losses": losses, "device": device}))
     save_file(weights, f"{out}.safetensors")
 
 

@@ -1,0 +1,112 @@
+"""The trainer side on a GPU: the same two rounds of DPO updates as tests/test_distributed.py, on CUDA against the
+CPU, with and without LoRA, with bf16, and through `accelerate launch` with the shipped DDP config.
+
+vLLM's CPU build cannot run on a GPU machine, so these tests check the training half of a job (what a GPU node
+runs beside a `vllm serve` on other GPUs). They are skipped where torch sees no GPU, as in CI; on a GPU machine:
+`.venv/bin/python -m pytest tests/test_cuda.py`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from tests.helpers import ROOT
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
+TRAIN = {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128, "num_epochs": 2}
+LORA = {"r": 8, "target_modules": "all-linear"}
+# float32 variants: the GPU must give the CPU's numbers, to float rounding
+EXACT = {
+    "full fine-tuning": {"train": TRAIN},
+    "LoRA, frozen reference": {"train": {**TRAIN, "lora": LORA}, "ref": {"refresh": "never"}},
+}
+# bf16 variants: what a GPU job runs (autocast, or bf16 weights under LoRA), close to the float32 CPU numbers
+BF16 = {
+    "full fine-tuning, bf16 autocast": ({"train": {**TRAIN, "bf16": True}}, "full fine-tuning"),
+    "LoRA on bf16 weights": (
+        {"model": {"train_dtype": "bfloat16"}, "train": {**TRAIN, "lora": LORA}, "ref": {"refresh": "never"}},
+        "LoRA, frozen reference",
+    ),
+}
+
+
+def _config(tiny_model_path, tmp_path, name, variant):
+    base = {"prompts": {"items": ["hi"]}, "reward": [{"name": "length"}]}
+    model = {"path": str(tiny_model_path), **variant.get("model", {})}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({**base, **variant, "model": model}))
+    return path
+
+
+def _run_update(command, config, out, env=()):
+    done = subprocess.run(
+        [*command, str(ROOT / "tests/distributed_update.py"), str(config), str(out)],
+        capture_output=True, text=True, cwd=ROOT, timeout=600,
+        env={**os.environ, "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", **dict(env)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    result = json.loads(out.with_suffix(".json").read_text())
+    return result["losses"], result["device"], load_file(out.with_suffix(".safetensors"))
+
+
+@pytest.mark.parametrize("variant", list(EXACT))
+def test_the_gpu_trains_as_the_cpu_does(tiny_model_path, tmp_path, variant):
+    config = _config(tiny_model_path, tmp_path, "update", EXACT[variant])
+    gpu_losses, gpu_device, gpu = _run_update([sys.executable], config, tmp_path / "gpu")
+    cpu_losses, cpu_device, cpu = _run_update([sys.executable], config, tmp_path / "cpu", CPU_ONLY)
+    assert (gpu_device, cpu_device) == ("cuda", "cpu")
+    assert gpu_losses == pytest.approx(cpu_losses, abs=1e-4)
+    # Adam divides each step by the gradient's running size, so the few weights whose gradients are near zero
+    # step apart by the other device's rounding (measured on an H100: 1.1e-4 apart, for 8e-3 moved)
+    initial = load_file(tiny_model_path / "model.safetensors")
+    moved = max((gpu[k] - initial[k]).abs().max().item() for k in initial)
+    apart = max((gpu[k] - cpu[k]).abs().max().item() for k in initial)
+    assert moved > 20 * apart, (moved, apart)
+    assert _cosine(_update(gpu, initial), _update(cpu, initial)) > 0.999
+
+
+@pytest.mark.parametrize("variant", list(BF16))
+def test_bf16_on_the_gpu_trains_close_to_float32(tiny_model_path, tmp_path, variant):
+    bf16, float32 = BF16[variant]
+    gpu_losses, device, gpu = _run_update(
+        [sys.executable], _config(tiny_model_path, tmp_path, "bf16", bf16), tmp_path / "gpu"
+    )
+    cpu_losses, _, cpu = _run_update(
+        [sys.executable], _config(tiny_model_path, tmp_path, "fp32", EXACT[float32]), tmp_path / "cpu", CPU_ONLY
+    )
+    assert device == "cuda"
+    assert gpu_losses == pytest.approx(cpu_losses, abs=1e-2)
+    # bf16 rounds single weights apart by up to half of what they moved (Adam's steps are sign-like), but the
+    # update as a whole points the same way (cosine 0.999 between bf16 and float32 on the CPU)
+    initial = load_file(tiny_model_path / "model.safetensors")
+    assert _cosine(_update(gpu, initial), _update(cpu, initial)) > 0.95
+
+
+def _update(weights, initial):
+    """The flattened change of `weights` from `initial` (rounded first to the weights' dtype)."""
+    return torch.cat([(weights[k].float() - initial[k].to(weights[k].dtype).float()).flatten() for k in initial])
+
+
+def _cosine(a, b):
+    return torch.nn.functional.cosine_similarity(a, b, dim=0).item()
+
+
+def test_accelerate_launch_with_the_ddp_config_trains_on_the_gpu(tiny_model_path, tmp_path):
+    config = _config(tiny_model_path, tmp_path, "update", EXACT["full fine-tuning"])
+    accelerate = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/ddp.yaml"),
+        "--num_processes", "1",
+    ]  # fmt: skip
+    launched_losses, device, launched = _run_update(accelerate, config, tmp_path / "launched")
+    plain_losses, _, plain = _run_update([sys.executable], config, tmp_path / "plain")
+    assert device == "cuda"
+    assert launched_losses == pytest.approx(plain_losses, abs=1e-6)
+    assert max((launched[k] - plain[k]).abs().max().item() for k in plain) < 1e-5
