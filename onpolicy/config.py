@@ -43,6 +43,12 @@ from onpolicy.errors import ConfigError
 class Config(Section):
     rounds: int = Field(3, ge=1, description="Rounds of generate -> score -> pair -> update -> sync -> log.")
     seed: int = Field(0, description="Seed for prompt order and training.")
+    stop_after_unscored_rounds: int = Field(
+        3,
+        ge=0,
+        description="Stop the job with an error after this many rounds in a row in which no sample got a reward "
+        "(every score failed: a reward server down, a judge answering garbage). 0: never.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     prompts: PromptsConfig
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

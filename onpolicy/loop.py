@@ -19,11 +19,12 @@ from transformers import set_seed
 
 from onpolicy import distributed
 from onpolicy import metrics as m
-from onpolicy.components import Components, build_components, build_updater, check_inputs
+from onpolicy.components import Components, Inputs, build_components, build_updater, check_inputs
 from onpolicy.config import Config
+from onpolicy.errors import OnpolicyError
 from onpolicy.pairing import build_pairs
 from onpolicy.prompts import prompts_for_round
-from onpolicy.resume import StartMode, open_run, retention
+from onpolicy.resume import Start, StartMode, open_run, retention
 from onpolicy.rundir import RunDirectory
 from onpolicy.scoring import score_groups
 from onpolicy.stopping import GracefulStop
@@ -146,6 +147,13 @@ def _run_job(
 ) -> list[dict[str, Any]]:
     inputs = check_inputs(config)  # everything the user gave, before any model is loaded
     start = open_run(config, run_dir, mode)
+    with start.lock:
+        return _run_rounds(config, inputs, start, echo, team)
+
+
+def _run_rounds(
+    config: Config, inputs: Inputs, start: Start, echo: Callable[[str], None], team: distributed.Team | None
+) -> list[dict[str, Any]]:
     run = start.run
     for note in start.notes:
         echo(note)
@@ -174,12 +182,34 @@ def _run_job(
                     echo(f"  warning: {warning}")
                 records.append(outcome.line())
                 echo(m.progress_line(n, config.rounds, outcome.metrics))
+                _check_scoring_works(run, config.stop_after_unscored_rounds, outcome)
         final = run.save_model("final", parts.updater.save)
         run.write_status(config.rounds, "done")
         echo(f"done: {config.rounds} rounds in {time.perf_counter() - started:.0f}s; final policy: {final}")
     finally:
         parts.close()
     return records
+
+
+def _check_scoring_works(run: RunDirectory, limit: int, outcome: RoundRecord) -> None:
+    """Stop the job when no sample got a reward for `limit` rounds in a row (resumed rounds count too): a reward
+    backend that is down all along would otherwise end the job "successfully" with an untrained policy."""
+    streak = 0
+    for record in reversed(run.read_rounds()):
+        if record["round"] == 0:  # the initial evaluation: no scoring
+            continue
+        if record.get("reward/scored", 1) > 0:
+            break
+        streak += 1
+    if not limit or streak < limit:
+        return
+    example = next((w for w in outcome.warnings if "excluded" in w), None)
+    raise OnpolicyError(
+        f"no sample got a reward in the last {streak} rounds (rounds {outcome.round - streak + 1}-{outcome.round})"
+        + (f"; e.g. {example}" if example else "")
+        + f". The reward backend looks down or broken. Rounds up to {outcome.round} are complete in {run.path}: fix "
+        "it and run the same command to resume (stop_after_unscored_rounds sets how many such rounds stop a job)"
+    )
 
 
 def _catch_up_wandb(run: RunDirectory, parts: Components) -> None:

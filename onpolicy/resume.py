@@ -20,6 +20,7 @@ import yaml
 
 from onpolicy.config import Config
 from onpolicy.errors import OnpolicyError
+from onpolicy.run_lock import RunLock
 from onpolicy.rundir import RunDirectory
 from onpolicy.update import reference_round
 
@@ -34,6 +35,7 @@ class Start:
     policy: pathlib.Path | None  # the checkpoint to continue from (None: the configured model)
     reference_from: int  # the reference is the policy after this round (0: the initial model)
     wandb_run_id: str | None
+    lock: RunLock  # held for the job's life: release it when the job ends
     notes: tuple[str, ...] = ()
 
     @property
@@ -43,33 +45,48 @@ class Start:
 
 def open_run(config: Config, path: pathlib.Path, mode: StartMode = "auto") -> Start:
     """A fresh run directory, or the run already in `path` ready to continue (`auto` decides by whether
-    `path` holds a run; `resume` insists on one; `fresh` moves an existing run aside and starts anew)."""
-    exists = RunDirectory.holds_run(path)
-    if mode == "resume" and not exists:
+    `path` holds a run; `resume` insists on one; `fresh` moves an existing run aside and starts anew). The
+    directory is locked for this job (`Start.lock`); a job already running there is refused."""
+    if mode == "resume" and not RunDirectory.holds_run(path):
         raise OnpolicyError(f"--resume: {path} holds no run to resume")
     notes: list[str] = []
-    if exists and mode == "fresh":
-        aside = path.with_name(f"{path.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
-        path.rename(aside)
+    if mode == "fresh" and RunDirectory.holds_run(path):
+        with RunLock.take(path):  # a job running there keeps its directory
+            aside = path.with_name(f"{path.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+            path.rename(aside)
         notes.append(f"the run that was in {path} is now in {aside}")
-        exists = False
-    if not exists:
-        run = RunDirectory.create(path, config.to_yaml())
-        return Start(run, -1, None, 0, None, tuple(notes))
-    run = RunDirectory(path)
-    notes += _check_same_experiment(run, config)
-    last = run.last_complete_round()
+    lock = RunLock.take(path)
+    try:
+        return _open_locked(config, RunDirectory(path), lock, notes)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _open_locked(config: Config, run: RunDirectory, lock: RunLock, notes: list[str]) -> Start:
+    if not RunDirectory.holds_run(run.path):
+        RunDirectory.create(run.path, config.to_yaml())
+        return Start(run, -1, None, 0, None, lock, tuple(notes))
+    last = run.last_complete_round()  # before anything changes: a damaged rounds.jsonl stops here
+    if last < 0 and _changed_settings(run, config):
+        # the run never completed a round (its model did not load, say): nothing of the old config to keep
+        run.write_text("state.json", "{}\n")
+        notes.append(f"{run.path} held a run with another config that completed no round: starting it anew")
+    else:
+        notes += _check_same_experiment(run, config)
     removed = run.discard_unfinished(max(last, 0))
     if removed:
         notes.append(f"discarded the unfinished work of round {max(last, 0) + 1}: {', '.join(removed)}")
-    if last >= 1 and not run.checkpoint(last).is_dir():
-        raise OnpolicyError(
-            f"{path}: round {last} is complete but its checkpoint {run.checkpoint(last)} is missing; it cannot be "
-            "resumed (use --fresh to start over, or another --run-dir)"
+    resumable = _last_resumable_round(run, config, last)
+    if resumable < last:
+        kept = run.set_aside_rounds_after(resumable)
+        notes.append(
+            f"the checkpoints needed to continue after round {last} are damaged or missing (a power cut?): "
+            f"continuing after round {resumable}; the records and files of rounds {resumable + 1}-{last} are in "
+            f"{kept}"
         )
+        last = resumable
     reference_from = reference_round(last + 1, config.ref) - 1 if last >= 0 else 0
-    if reference_from >= 1 and not run.checkpoint(reference_from).is_dir():
-        raise OnpolicyError(f"{path}: the reference checkpoint {run.checkpoint(reference_from)} is missing")
     state = run.read_state()
     run.write_text("config.yaml", config.to_yaml())  # `rounds` and the other changeable keys may have changed
     return Start(
@@ -78,8 +95,19 @@ def open_run(config: Config, path: pathlib.Path, mode: StartMode = "auto") -> St
         policy=run.checkpoint(last) if last >= 1 else None,
         reference_from=reference_from,
         wandb_run_id=state.get("wandb_run_id"),
+        lock=lock,
         notes=tuple(notes),
     )
+
+
+def _last_resumable_round(run: RunDirectory, config: Config, last: int) -> int:
+    """The newest complete round (at most `last`) whose checkpoint and next reference are whole: the round a
+    job continues after. 0 (or -1 when nothing is complete) needs no checkpoint."""
+    for candidate in range(last, 0, -1):
+        reference_from = reference_round(candidate + 1, config.ref) - 1
+        if run.checkpoint_is_whole(candidate) and (reference_from < 1 or run.checkpoint_is_whole(reference_from)):
+            return candidate
+    return min(last, 0)
 
 
 def retention(newest: int, config: Config) -> Callable[[int], bool]:
@@ -98,17 +126,25 @@ def retention(newest: int, config: Config) -> Callable[[int], bool]:
     return kept
 
 
+def _changed_settings(run: RunDirectory, config: Config) -> list[str]:
+    """The settings of `config` that differ from the run's saved config, beyond those a resume may change."""
+    return [
+        f"{key} ({old!r} -> {new!r})"
+        for key, old, new in _saved_differences(run, config)
+        if key.split(".")[0] not in CHANGEABLE_ON_RESUME and old is not _ABSENT
+    ]
+
+
+def _saved_differences(run: RunDirectory, config: Config) -> list[tuple[str, Any, Any]]:
+    saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8")) or {}
+    return _differences(saved, config.model_dump(mode="json"))
+
+
 def _check_same_experiment(run: RunDirectory, config: Config) -> list[str]:
     """Refuse a config that changes the experiment; return notes on settings the saved config predates (keys a
     newer onpolicy added), which take their current values."""
-    saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8")) or {}
-    differences = _differences(saved, config.model_dump(mode="json"))
-    added = [f"{key}={new!r}" for key, old, new in differences if old is _ABSENT]
-    changed = [
-        f"{key} ({old!r} -> {new!r})"
-        for key, old, new in differences
-        if key.split(".")[0] not in CHANGEABLE_ON_RESUME and old is not _ABSENT
-    ]
+    added = [f"{key}={new!r}" for key, old, new in _saved_differences(run, config) if old is _ABSENT]
+    changed = _changed_settings(run, config)
     if changed:
         raise OnpolicyError(
             f"{run.path} holds a run with another config; changed: {'; '.join(changed[:5])}"

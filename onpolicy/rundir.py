@@ -13,9 +13,10 @@
     DIR/trainer-data/               with several training processes: the round's training rows, which they all
                                     read (so DIR must be on storage every node sees); removed when the job ends
 
-Files are written to a temporary name, fsynced and renamed into place. A round is complete when its line is in
-`rounds.jsonl`, appended (and fsynced) only after its samples, pairs, evaluation and checkpoint are in place;
-anything of a later round is unfinished work that resuming discards.
+Files are written to a temporary name, fsynced and renamed into place, and the rename itself is fsynced (the
+directory's entry), so that what a power cut leaves is the old file or the new one, whole. A round is complete
+when its line is in `rounds.jsonl`, appended (and fsynced) only after its samples, pairs, evaluation and
+checkpoint are in place; anything of a later round is unfinished work that resuming discards.
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class RunDirectory:
                 f.flush()
                 os.fsync(f.fileno())
         os.replace(tmp, target)
+        if durable:
+            _fsync_directory(target.parent)
         return target
 
     def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
@@ -98,31 +101,39 @@ class RunDirectory:
 
     def append_round(self, record: Mapping[str, Any]) -> None:
         """Mark a round complete: one line in rounds.jsonl, on disk before this returns."""
-        with open(self.path / "rounds.jsonl", "a", encoding="utf-8") as f:
+        file = self.path / "rounds.jsonl"
+        new = not file.exists()
+        with open(file, "a", encoding="utf-8") as f:
             f.write(json.dumps(dict(record), ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if new:
+            _fsync_directory(self.path)
 
     def read_rounds(self) -> list[dict[str, Any]]:
-        """The completed rounds' records. A last line cut short by a crash mid-append is not a record: it is
-        dropped from the file (the round it belonged to was not complete)."""
+        """The completed rounds' records, in order. A last line cut short by a crash mid-append (no newline at
+        its end) is not a record: it is dropped from the file (its round was not complete). Anything else that is
+        not a round's record (an edit, a disk error) stops with a message naming the line, and nothing changes:
+        guessing which rounds it belonged to could discard finished work."""
         file = self.path / "rounds.jsonl"
         if not file.exists():
             return []
-        text = file.read_text(encoding="utf-8")
-        records, good = [], 0
-        for line in text.splitlines(keepends=True):
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            if not line.endswith("\n"):
-                records.pop()
-                break
-            good += len(line.encode("utf-8"))
-        if good < len(text.encode("utf-8")):
+        data = file.read_bytes()
+        *lines, torn = data.split(b"\n")
+        records = []
+        for number, line in enumerate(lines, start=1):
+            record = _round_record(line)
+            problem = _out_of_place(record, records[-1]["round"] if records else -1)
+            if problem:
+                raise OnpolicyError(
+                    f"{file}, line {number}: {problem} ({line[:80]!r}). Only a crash's torn last line is repaired "
+                    "on resume; this file was changed otherwise and nothing has been touched. Restore the line "
+                    "(one JSON object per complete round, with its 'round') or move the run aside, then run again"
+                )
+            records.append(record)
+        if torn:
             with open(file, "r+b") as f:
-                f.truncate(good)
+                f.truncate(len(data) - len(torn))
                 os.fsync(f.fileno())
         return records
 
@@ -159,8 +170,29 @@ class RunDirectory:
                 removed.append(str(tmp.relative_to(self.path)))
         return removed
 
+    def set_aside_rounds_after(self, round_number: int) -> pathlib.Path:
+        """Move the records, files and checkpoints of the complete rounds after `round_number` into a folder of
+        their own (returned), so that the run continues after `round_number` and nothing of them is deleted."""
+        aside = self.path / "set-aside" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        records = self.read_rounds()
+        later = [record for record in records if record["round"] > round_number]
+        for kind in ("rounds", "checkpoints"):
+            (aside / kind).mkdir(parents=True, exist_ok=True)
+        (aside / "rounds.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in later))
+        for record in later:
+            for folder in (self.path / self.round_folder(record["round"]), self.checkpoint(record["round"])):
+                if folder.exists():
+                    folder.rename(aside / folder.parent.name / folder.name)
+        self.write_jsonl("rounds.jsonl", [record for record in records if record["round"] <= round_number])
+        return aside
+
     def checkpoint(self, round_number: int) -> pathlib.Path:
         return self.path / "checkpoints" / f"round-{round_number:04d}"
+
+    def checkpoint_is_whole(self, round_number: int) -> bool:
+        """Whether round `round_number`'s checkpoint is there and whole: a config, weights, and every JSON and
+        safetensors file in it readable to its end (what a power cut before its files reached the disk breaks)."""
+        return is_whole_model_folder(self.checkpoint(round_number))
 
     def save_checkpoint(self, round_number: int, save: Callable[[pathlib.Path], None]) -> pathlib.Path:
         return self.save_model(str(self.checkpoint(round_number).relative_to(self.path)), save)
@@ -199,7 +231,53 @@ class RunDirectory:
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+        _fsync_directory(target.parent)
         return target
+
+
+def is_whole_model_folder(folder: pathlib.Path) -> bool:
+    """A saved HF model folder with a config and weights, each of its JSON and safetensors files complete."""
+    from safetensors import safe_open
+
+    if not (folder / "config.json").is_file() or not any(folder.rglob("*.safetensors")):
+        return False
+    try:
+        for file in folder.rglob("*.json"):
+            json.loads(file.read_text(encoding="utf-8"))
+        for file in folder.rglob("*.safetensors"):
+            with safe_open(str(file), "pt"):  # checks that the header's tensors cover the file exactly
+                pass
+    except Exception:
+        return False
+    return True
+
+
+def _out_of_place(record: dict[str, Any] | None, previous: int) -> str | None:
+    """Why `record` (None: unreadable) cannot follow round `previous` in rounds.jsonl; None when it can."""
+    if record is None:
+        return "it is not a round's JSON record"
+    if record["round"] <= previous:
+        return f"round {record['round']} follows round {previous}"
+    return None
+
+
+def _round_record(line: bytes) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or type(record.get("round")) is not int:
+        return None
+    return record
+
+
+def _fsync_directory(path: pathlib.Path) -> None:
+    """Make a rename or a new file in `path` durable (the entry lives in the directory, not in the file)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _checkpoint_round(folder: pathlib.Path) -> int:

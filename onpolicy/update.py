@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import pathlib
 import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -39,6 +40,7 @@ import torch
 from onpolicy import lora, trl_compat
 from onpolicy.config import RefConfig, TrainConfig
 from onpolicy.devices import choose_gradient_checkpointing
+from onpolicy.errors import OnpolicyError
 from onpolicy.tokens import prompt_ids, response_ids
 from onpolicy.types import Pair, UpdateResult
 
@@ -225,6 +227,7 @@ class DPOUpdater:
                 metrics["perf/train_setup_s"] = setup_s - metrics["perf/ref_logps_s"]
                 metrics["perf/train_steps_s"] = steps_s
                 metrics["perf/train_tokens_per_s"] = data.tokens * epochs / steps_s if steps_s > 0 else 0.0
+                check_finite(round_number, metrics, self.policy)
             finally:
                 trl_compat.release(trainer, (self.policy, self.reference))
                 self.policy.eval()
@@ -281,3 +284,32 @@ class DPOUpdater:
 
 
 _SIDES = ("chosen_ids", "rejected_ids")
+
+
+class Diverged(OnpolicyError):
+    """An update left a non-finite training metric or non-finite weights."""
+
+
+def check_finite(round_number: int, metrics: Mapping[str, float], policy: torch.nn.Module) -> None:
+    """Stop the job when round `round_number`'s update diverged: a training metric or a trained weight that is
+    NaN or infinite. Raised before the weights reach the engine or a checkpoint, so the last complete round
+    stays the last good one."""
+    bad_metrics = [f"{key} = {value}" for key, value in metrics.items() if not math.isfinite(value)]
+    bad_weights = [
+        f"{int((~torch.isfinite(weight)).sum())} of {weight.numel()} in {name}"
+        for name, weight in policy.named_parameters()
+        if weight.requires_grad and not bool(torch.isfinite(weight).all())
+    ]
+    if not bad_metrics and not bad_weights:
+        return
+    found = "; ".join(
+        ([f"non-finite {', '.join(bad_metrics[:4])}"] if bad_metrics else [])
+        + ([f"non-finite weights: {', '.join(bad_weights[:3])}" + (" ..." if len(bad_weights) > 3 else "")]
+           if bad_weights else [])
+    )  # fmt: skip
+    raise Diverged(
+        f"round {round_number}'s update diverged ({found}). Its weights were neither sent to the engine nor "
+        f"saved: round {round_number - 1} stays the last complete round. Resuming would repeat the same update; "
+        "start again with a lower train.learning_rate (or a lower train.max_grad_norm), with --fresh or another "
+        "--run-dir"
+    )

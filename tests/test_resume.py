@@ -14,6 +14,7 @@ import time
 import pytest
 import yaml
 
+from onpolicy.cli import main
 from onpolicy.wandb_offline import offline_history
 from tests.helpers import ROOT, read_jsonl
 
@@ -146,11 +147,14 @@ def test_sigkill_in_generation_then_in_training_loses_only_the_round_in_flight(t
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0003", "round-0004"]
 
 
-def test_sigterm_stops_at_a_safe_point_and_says_how_to_resume(tiny_model_path, tmp_path):
+def test_sigterm_stops_at_a_safe_point_and_says_how_to_resume(tiny_model_path, tmp_path, capsys):
     config = _config(tiny_model_path, train={"num_epochs": 20, "batch_size": 1, "max_length": 256})
     config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
     job = _start(config_file, run_dir)
     _wait_for_phase(job, run_dir, 2, "train")
+    # another job on the same run directory while this one trains (in this process: it must start at once)
+    assert main(["run", str(config_file), "--run-dir", str(run_dir)]) == 2
+    assert f"is in use by another job (pid {job.pid} on this machine, since " in capsys.readouterr().err
     asked = time.monotonic()
     job.send_signal(signal.SIGTERM)
     stdout, stderr = job.communicate(timeout=120)
@@ -226,3 +230,19 @@ def test_status_and_state_files_say_where_the_job_is(tiny_model_path, tmp_path):
     assert status["round"] == 1 and status["phase"] == "done" and status["pid"] != os.getpid()
     state = json.loads((run_dir / "state.json").read_text())
     assert state["wandb_run_id"] in next((run_dir / "wandb").glob("offline-run-*")).name
+
+
+def test_a_reward_backend_down_all_along_stops_the_job_with_an_error(tiny_model_path, tmp_path):
+    (tmp_path / "down.py").write_text(
+        "def score(completion, prompt):\n    raise ConnectionError('reward server at http://rm:8000 refused')\n"
+    )
+    config = _config(
+        tiny_model_path, rounds=4, stop_after_unscored_rounds=2, reward=[{"name": f"{tmp_path / 'down.py'}:score"}]
+    )
+    config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
+    done = _run(config_file, run_dir)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "no sample got a reward in the last 2 rounds (rounds 1-2); e.g. reward " in done.stderr
+    assert "raised ConnectionError: reward server at http://rm:8000 refused" in done.stderr
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1, 2]  # the rounds run are kept
+    assert not (run_dir / "final").exists()  # not a finished job

@@ -121,16 +121,140 @@ def test_a_full_disk_while_saving_a_model_leaves_nothing_half_written(tmp_path):
 def test_resuming_a_run_from_an_older_onpolicy_accepts_settings_it_did_not_have(tmp_path):
     import yaml
 
-    from onpolicy.config import Config
     from onpolicy.resume import open_run
 
-    config = Config.model_validate({"prompts": {"items": ["x"]}, "reward": [{"name": "length", "args": {"target": 1}}]})
-    open_run(config, tmp_path / "run")
+    config = _config()
+    open_run(config, tmp_path / "run").lock.release()
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     del saved["ref"]["logps"]  # as written by a version without that setting
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
     start = open_run(config, tmp_path / "run", "resume")
+    start.lock.release()
     assert "settings newer than this run take their values: ref.logps='auto'" in start.notes
+    start.run.append_round({"round": 0})  # the initial evaluation: the run has begun
     changed = config.model_copy(update={"seed": 7})
     with pytest.raises(OnpolicyError, match=r"changed: seed \(0 -> 7\)"):
         open_run(changed, tmp_path / "run", "resume")
+
+
+def _config(**changes):
+    from onpolicy.config import Config
+
+    return Config.model_validate(
+        {"prompts": {"items": ["x"]}, "reward": [{"name": "length", "args": {"target": 1}}], **changes}
+    )
+
+
+def _open(path, mode="auto", **changes):
+    from onpolicy.resume import open_run
+
+    start = open_run(_config(**changes), path, mode)
+    start.lock.release()
+    return start
+
+
+HOLD_THE_LOCK = """
+import pathlib, sys, time
+from onpolicy.run_lock import RunLock
+RunLock.take(pathlib.Path(sys.argv[1]))
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_job_is_refused_while_one_holds_the_directory_and_a_dead_job_s_lock_is_taken_over(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from onpolicy.resume import open_run
+    from onpolicy.run_lock import RunDirectoryBusy
+    from tests.helpers import ROOT
+
+    run_dir = tmp_path / "run"
+    _open(run_dir)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THE_LOCK, str(run_dir)], cwd=ROOT, stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout.readline() == b"held\n"
+        rounds_before = sorted(p.name for p in run_dir.iterdir())
+        for mode in ("auto", "resume", "fresh"):
+            with pytest.raises(
+                RunDirectoryBusy, match=rf"in use by another job \(pid {holder.pid} on this machine, since 20"
+            ):
+                open_run(_config(), run_dir, mode)
+        assert sorted(p.name for p in run_dir.iterdir()) == rounds_before  # --fresh moved nothing aside
+        assert not list(tmp_path.glob("run.replaced-*"))
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # dies holding the lock: the kernel frees it
+        holder.wait()
+    start = open_run(_config(), run_dir)
+    assert str(os.getpid()) in (run_dir / "job.lock").read_text()
+    start.lock.release()
+    assert (run_dir / "job.lock").read_text() == ""
+
+
+@pytest.mark.parametrize(
+    ("damage", "line"),
+    [
+        (lambda text: text.replace('{"round": 2', '\n{"round": 2', 1), 2),  # a blank line after round 1
+        (lambda text: text.replace('"round": 3', '"round": 1', 1), 3),  # rounds out of order
+        (lambda text: text.replace('{"round": 2}', '{"round": 2', 1), 2),  # a line cut in the middle
+    ],
+)
+def test_a_damaged_line_before_the_last_stops_the_job_and_changes_nothing(tmp_path, damage, line):
+    run_dir = tmp_path / "run"
+    run = _open(run_dir).run
+    for n in (1, 2, 3, 4):
+        run.write_text(f"rounds/{n:04d}/samples.jsonl", "{}\n")
+        run.append_round({"round": n})
+    rounds = run_dir / "rounds.jsonl"
+    rounds.write_text(damage(rounds.read_text()))
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    with pytest.raises(OnpolicyError, match=rf"rounds.jsonl, line {line}: .*nothing has been touched"):
+        _open(run_dir)
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def _save_checkpoint(run, n):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    def save(folder):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"round": n}))
+        save_file({"w": torch.full((64,), float(n))}, str(folder / "model.safetensors"))
+
+    run.save_checkpoint(n, save)
+
+
+def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_whole_round_and_deletes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    run = _open(run_dir).run
+    for n in (1, 2, 3):
+        run.write_text(f"rounds/{n:04d}/samples.jsonl", f"{n}\n")
+        _save_checkpoint(run, n)
+        run.append_round({"round": n})
+    weights = run.checkpoint(3) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-10])  # the power went before its data reached the disk
+    start = _open(run_dir)
+    assert start.last_complete == 2 and start.policy == run.checkpoint(2)
+    assert [r["round"] for r in run.read_rounds()] == [1, 2]
+    [aside] = (run_dir / "set-aside").iterdir()
+    assert any(f"rounds 3-3 are in {aside}" in note for note in start.notes), start.notes
+    assert (aside / "rounds.jsonl").read_text() == '{"round": 3}\n'
+    assert (aside / "rounds" / "0003" / "samples.jsonl").read_text() == "3\n"
+    assert (aside / "checkpoints" / "round-0003" / "config.json").exists()
+    assert not (run_dir / "rounds" / "0003").exists() and not run.checkpoint(3).exists()
+
+
+def test_a_run_that_completed_no_round_starts_anew_with_a_corrected_config(tmp_path):
+    run_dir = tmp_path / "run"
+    run = _open(run_dir, seed=1).run
+    run.write_state(wandb_run_id="first-try")
+    start = _open(run_dir, seed=2)  # e.g. the first model path did not load
+    assert start.last_complete == -1 and start.wandb_run_id is None
+    assert any("completed no round: starting it anew" in note for note in start.notes)
+    assert "seed: 2" in (run_dir / "config.yaml").read_text()

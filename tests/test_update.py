@@ -55,9 +55,8 @@ def _updater(
     """An updater; with `engine`, beside an engine that computes in float32 (the trainer's dtype)."""
     from transformers import AutoTokenizer
 
-    train = TrainConfig(
-        learning_rate=1e-3, batch_size=batch_size, num_epochs=1, max_length=max_length, **dict(train_settings)
-    )
+    settings = {"learning_rate": 1e-3, "batch_size": batch_size, "num_epochs": 1, "max_length": max_length}
+    train = TrainConfig(**{**settings, **dict(train_settings)})
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     engine_dtype = torch.float32 if engine else None
     return DPOUpdater(
@@ -107,6 +106,16 @@ def test_never_refresh_keeps_the_initial_model_as_reference(tiny_model_path):
     for name, param in _cpu_state(updater.reference).items():
         assert torch.equal(param, initial[name]), name
     assert not any(param.requires_grad for param in updater.reference.parameters())
+
+
+def test_an_update_that_diverges_stops_the_job_naming_what_is_not_finite(tiny_model_path):
+    from onpolicy.update import Diverged
+
+    updater = _updater(tiny_model_path, train_settings={"learning_rate": 1e38, "num_epochs": 3})
+    updater.start_round(1)
+    with pytest.raises(Diverged, match=r"round 1's update diverged \(non-finite (train/loss = nan|weights).*round 0 "):
+        updater.update(PAIRS, round_number=1)
+    assert "forward" not in updater.policy.__dict__  # the trainer was released all the same
 
 
 def test_a_round_without_pairs_skips_the_update(tiny_model_path):
