@@ -30,9 +30,10 @@ from onpolicy.interfaces import Generator, Updater
 from onpolicy.lora import ADAPTER_FOLDER
 from onpolicy.prompts import load_prompts
 from onpolicy.resume import Start
+from onpolicy.tokens import check_prompts_leave_room_to_train
 from onpolicy.tracking import RoundLogger, start_logger
 from onpolicy.types import PromptRecord
-from reward import Conditional, GroupReward, RewardConfigError, Term, WeightedSum, build_reward
+from reward import Conditional, GroupReward, RewardConfigError, Term, WeightedSum, build_reward, matches
 from reward.judge import PolicyEngine
 
 if TYPE_CHECKING:
@@ -73,6 +74,12 @@ def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
     check_generation_backend(config.generation.backend, launched_processes())
+    for i, term in enumerate(config.reward):
+        if term.when is not None and not any(matches(record.reward_view(), term.when) for record in prompts):
+            raise ConfigError(
+                f"reward[{i}] ({term.label or term.name}): no prompt matches when={term.when}, so it would never "
+                "score; check the field names and values against the prompt records"
+            )
     for i, term in enumerate(config.reward):
         if term.name != "judge" or term.args.get("backend", "policy") != "policy":
             continue
@@ -116,6 +123,7 @@ def build_components(
         else f"policy: {policy_path}"
     )
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    check_prompts_leave_room_to_train(inputs.prompts, tokenizer, config.train.max_length)
     dtype = engine_dtype(
         config.generation.dtype, engine_may_be_reference(config.ref, config.train), config.model.train_dtype
     )

@@ -79,6 +79,12 @@ class Correction:
         self.rejected = config.rejected
         self.negatives = config.negatives
         self.max_negative_ratio = config.max_negative_ratio
+        self._problems: dict[str, str] = {}  # the first message of each kind of failure since the last take
+
+    def take_problems(self) -> tuple[str, ...]:
+        """What went wrong with the corrector since the last call: one example per kind, for the round's warnings."""
+        problems, self._problems = tuple(self._problems.values()), {}
+        return problems
 
     def applies(self, group: ScoredGroup) -> bool:
         return bool(group.valid) and group.best_and_worst()[0][1] < self.min_reward
@@ -92,13 +98,22 @@ class Correction:
         original = samples[best_index].text
         try:
             edited = self.corrector(original, prompt, **self.args)
-        except Exception:
+        except Exception as exc:
+            self._problems.setdefault("raised", f"the corrector raised {type(exc).__name__}: {exc}")
             return None, "correction_error"
         if edited is None:
             return None, None
+        if not isinstance(edited, str):
+            self._problems.setdefault(
+                "type", f"the corrector returned {type(edited).__name__}, not the corrected text (a str, or None)"
+            )
+            return None, "correction_error"
         if edited == original:
             return None, "correction_unchanged"
-        (score,) = [check_score(s) for s in self.reward.score_group(prompt, [edited])]
+        try:
+            (score,) = [check_score(s) for s in self.reward.score_group(prompt, [edited])]
+        except Exception as exc:  # scored like any sample: a reward that raises excludes it
+            score = Failed(f"raised {type(exc).__name__}: {exc}", "error")
         if isinstance(score, Failed):
             return None, "correction_not_better"
         if self.negatives and best - score > 0 and best - score >= min_margin:

@@ -2,7 +2,8 @@
 every round, through the same engine that generates (so it sees exactly the policy that was synced).
 
 An eval metric is a reward (built-in or import path) applied to each greedy answer of the prompts matching its
-`when`; `eval/<name>` is the mean over those prompts. Prompts too long for the engine are left out and counted.
+`when`; `eval/<name>` is the mean over those prompts. Prompts too long for the engine are left out and counted,
+and so are answers the metric fails on (it raises, returns NaN): `eval/<name>_failed`, the reason in eval.jsonl.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from onpolicy.config import EvalConfig
 from onpolicy.errors import ConfigError
 from onpolicy.prompts import load_prompts
 from onpolicy.types import PromptRecord
-from reward import GroupReward, RewardConfigError, build_reward, matches
+from reward import Failed, GroupReward, RewardConfigError, build_reward, matches
 from reward.registry import check_score
 
 
@@ -44,19 +45,34 @@ class Evaluator:
         ]
         results: dict[str, float] = {}
         for metric in self.metrics:
-            scores = []
+            scores, failed = [], 0
             for record, answer, row in zip(self.records, answers, rows):
                 if answer is None or not matches(record.reward_view(), metric.when):
                     continue
-                (score,) = [check_score(s) for s in metric.function.score_group(record.reward_view(), [answer])]
-                if isinstance(score, float):
+                score = _score(metric.function, record, answer)
+                if isinstance(score, Failed):
+                    failed += 1
+                    row[f"{metric.name}_failure"] = score.reason
+                else:
                     scores.append(score)
                     row[metric.name] = score
             results[f"eval/{metric.name}"] = sum(scores) / len(scores) if scores else float("nan")
+            if failed:
+                results[f"eval/{metric.name}_failed"] = float(failed)
         answered = [a for a in answers if a is not None]
         results["eval/skipped_long_prompts"] = float(len(answers) - len(answered))
         results["eval/mean_chars"] = sum(map(len, answered)) / len(answered) if answered else 0.0
         return results, rows
+
+
+def _score(function: GroupReward, record: PromptRecord, answer: str) -> float | Failed:
+    """One answer's score, or why it has none: a metric that raises, or returns NaN, leaves the answer out of the
+    metric's mean (counted in eval/<name>_failed), as a failed reward leaves a sample out of pairing."""
+    try:
+        (score,) = [check_score(s) for s in function.score_group(record.reward_view(), [answer])]
+    except Exception as exc:
+        return Failed(f"raised {type(exc).__name__}: {exc}", "error")
+    return score
 
 
 def build_evaluator(config: EvalConfig, seed: int = 0) -> Evaluator | None:

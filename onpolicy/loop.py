@@ -28,7 +28,7 @@ from onpolicy.resume import Start, StartMode, open_run, retention
 from onpolicy.rundir import RunDirectory
 from onpolicy.scoring import score_groups
 from onpolicy.stopping import GracefulStop
-from onpolicy.types import RoundRecord
+from onpolicy.types import PairingResult, RoundRecord, UpdateResult
 from reward import take_stats
 
 
@@ -109,8 +109,9 @@ def run_round(n: int, job: Job) -> RoundRecord:
     run.prune_checkpoints(retention(n, config))
     if too_long:
         warnings.append(f"{len(too_long)} prompt(s) too long for the engine were skipped, e.g. {too_long[0].id!r}")
+    warnings += pairing.problems
     if update.skipped:
-        warnings.append("no pairs this round: the update was skipped")
+        warnings.append(_no_update_reason(pairing, update, config.train.max_length))
     return RoundRecord(round=n, metrics=metrics, pairs=pairing.pairs, warnings=tuple(warnings))
 
 
@@ -189,6 +190,16 @@ def _run_rounds(
     finally:
         parts.close()
     return records
+
+
+def _no_update_reason(pairing: PairingResult, update: UpdateResult, max_length: int | None) -> str:
+    dropped = int(update.metrics.get("train/dropped_long_prompts", 0))
+    if pairing.pairs and dropped == len(pairing.pairs):
+        return (
+            f"no pair trained this round: the prompts of all {dropped} pairs fill train.max_length ({max_length} "
+            "tokens), leaving no response to learn from; raise train.max_length"
+        )
+    return "no pairs this round: the update was skipped"
 
 
 def _check_scoring_works(run: RunDirectory, limit: int, outcome: RoundRecord) -> None:

@@ -35,6 +35,8 @@ class Corrector(Protocol):
 
     def pair(self, group: ScoredGroup, min_margin: float) -> tuple[Pair | None, str | None]: ...
 
+    def take_problems(self) -> tuple[str, ...]: ...
+
 
 def build_pairs(
     groups: Sequence[ScoredGroup], min_margin: float = 0.0, correction: Corrector | None = None
@@ -52,9 +54,11 @@ def build_pairs(
             dropped[reason] += 1
         else:
             pairs.append(pair)
+    problems: tuple[str, ...] = ()
     if correction is not None:
         pairs = _cap_negatives(pairs, correction.max_negative_ratio, dropped)
-    return PairingResult(pairs=tuple(pairs), dropped=dict(dropped))
+        problems = correction.take_problems()
+    return PairingResult(pairs=tuple(pairs), dropped=dict(dropped), problems=problems)
 
 
 def _cap_negatives(pairs: list[Pair], ratio: float, dropped: Counter[str]) -> list[Pair]:

@@ -54,14 +54,38 @@ def _read_file(path: pathlib.Path) -> list[Any]:
                         raise OnpolicyError(f"{path}, line {n}: not valid JSON ({exc.msg})") from None
             return rows
         if suffix == ".parquet":
-            import pyarrow.parquet as pq
-
-            return pq.read_table(path).to_pylist()
+            return _read_parquet(path)
         if suffix in {".txt", ".text"}:
             return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as exc:
+        raise OnpolicyError(
+            f"prompt file {path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 4]!r}); "
+            "save it as UTF-8"
+        ) from None
     except OSError as exc:
         raise OnpolicyError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
     raise OnpolicyError(f"prompt file {path}: unknown format '{suffix}' (use .jsonl, .parquet or .txt)")
+
+
+def _read_parquet(path: pathlib.Path) -> list[Any]:
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path).to_pylist()
+    except pyarrow.ArrowException as exc:
+        raise OnpolicyError(f"prompt file {path} is not a readable Parquet file: {exc}") from None
+
+
+def _check_text(where: str, text: str) -> None:
+    """Refuse a string that cannot be written as UTF-8: a lone surrogate (from a JSON escape like \\ud800)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise OnpolicyError(
+            f"{where}: holds {text[exc.start]!r} at character {exc.start}, half of a UTF-16 pair (a lone "
+            "surrogate), which is not text; fix the prompt"
+        ) from None
 
 
 def _to_record(item: Any, index: int, config: PromptsConfig, source: str) -> PromptRecord:
@@ -84,6 +108,8 @@ def _to_record(item: Any, index: int, config: PromptsConfig, source: str) -> Pro
             f"{where}: no prompt text: expected a non-empty string field '{config.field}' or a 'messages' list "
             f"(fields present: {', '.join(map(str, item)) or 'none'}); set prompts.field to the right column"
         )
+    for message in messages:
+        _check_text(where, str(message["content"]))
     if config.system_prompt is not None and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": config.system_prompt})
     prompt_id = str(item.get("id", index))

@@ -20,6 +20,22 @@ def prompt_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[in
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def check_prompts_leave_room_to_train(
+    records: Sequence[PromptRecord], tokenizer: Any, max_length: int | None, sample: int = 256
+) -> None:
+    """Refuse a `train.max_length` that no prompt fits under (a prompt that fills it leaves no response to learn
+    from, so every pair would be dropped), judged on up to `sample` prompts, before any engine starts."""
+    if max_length is None:
+        return
+    checked = records[:sample]
+    shortest = min(len(prompt_ids(tokenizer, record.messages)) for record in checked)
+    if shortest >= max_length:
+        raise OnpolicyError(
+            f"train.max_length is {max_length} tokens, and the shortest of {len(checked)} prompts takes {shortest}: "
+            "no pair would leave room for a response to learn from. Raise train.max_length (or shorten the prompts)"
+        )
+
+
 def response_ids(tokenizer: Any, text: str, end: Sequence[int] | None = None) -> list[int]:
     """A response given as text: its tokens, then `end` (the end of the response it comes from: its EOS, or
     nothing when that one was cut; default EOS, a finished answer)."""

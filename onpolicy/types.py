@@ -128,10 +128,12 @@ class Pair:
 
 @dataclasses.dataclass(frozen=True)
 class PairingResult:
-    """The pairs of a round and, per reason, how many groups gave none."""
+    """The pairs of a round, per reason how many groups gave none, and what went wrong in building them (one
+    example per kind of failure, for the user)."""
 
     pairs: tuple[Pair, ...]
     dropped: Mapping[str, int]
+    problems: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

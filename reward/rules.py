@@ -7,6 +7,7 @@ Each is a `GroupReward` built by its function's keyword arguments (the `args:` o
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -158,6 +159,8 @@ def _canonical(answer: str) -> str:
     try:
         value = float(number)
     except ValueError:
+        return text
+    if not math.isfinite(value):  # "inf", "nan": words, not numbers to write one way
         return text
     return f"{value:g}" if value != int(value) else str(int(value))
 

@@ -46,6 +46,10 @@ def test_inputs_are_built_without_loading_a_model():
             {"eval": {"prompts": {"items": ["Hi"]}, "metrics": [{"name": "x", "function": "nope"}]}},
             r"eval.metrics\[0\] \(x\)",
         ),
+        (
+            {"reward": [{"name": "length", "args": {"target": 3}, "when": {"category": "identity"}}]},
+            r"reward\[0\] \(length\): no prompt matches when=\{'category': 'identity'\}, so it would never score",
+        ),
     ],
 )
 def test_a_wrong_part_is_a_config_error_naming_it(changes, message):

@@ -110,6 +110,8 @@ def _by_name(response, prompt):
         return response + " I am SmolLM."  # 0 -> -1: a negative pair (with negatives on)
     if "bug" in response:
         raise RuntimeError("bug")
+    if "Num" in response:
+        return 42  # not text: a bug in the corrector
     return None  # nothing to correct: the group is paired as usual
 
 
@@ -123,6 +125,7 @@ def test_groups_without_a_pair_are_counted_by_reason():
         _scored(IDENTITY, ["Nova here.", "Hello."], reward),  # correction_unchanged (the first of a tie)
         _scored(IDENTITY, ["I am Zed.", "I am SmolLM."], reward),  # correction_not_better: 0 vs 0
         _scored(IDENTITY, ["A bug.", "I am SmolLM."], reward),  # correction_error
+        _scored(IDENTITY, ["Num.", "I am SmolLM."], reward),  # correction_error: not a string
         _scored(IDENTITY, ["I am Rex.", "I am SmolLM."], reward),  # negative: 0 over -1, kept
         _scored(IDENTITY, ["Rex.", "I am SmolLM."], reward),  # negative, negative_cap
         _scored(IDENTITY, ["Rex!", "I am SmolLM."], reward),  # negative, negative_cap
@@ -147,10 +150,14 @@ def test_groups_without_a_pair_are_counted_by_reason():
         "identical": 1,
         "correction_unchanged": 2,
         "correction_not_better": 1,
-        "correction_error": 1,
+        "correction_error": 2,
         "negative_cap": 2,
     }
     assert sum(result.dropped.values()) + len(result.pairs) == len(groups)
+    assert result.problems == (  # what the round's warnings say
+        "the corrector raised RuntimeError: bug",
+        "the corrector returned int, not the corrected text (a str, or None)",
+    )
 
 
 def test_without_a_correction_only_the_pairing_reasons_are_counted():

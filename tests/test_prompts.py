@@ -70,11 +70,14 @@ def test_per_round_takes_the_next_prompts_and_wraps_around():
         ("p.jsonl", "[1, 2]\n", "expected a string or a record"),
         ("p.csv", "a,b\n", "unknown format '.csv'"),
         ("p.txt", "\n\n", "holds no prompts"),
+        ("p.txt", b"caf\xe9\n", r"p.txt is not UTF-8 text \(byte 3: b'\\xe9\\n'\); save it as UTF-8"),
+        ("p.parquet", b"PAR1 not really parquet PAR1", r"p.parquet is not a readable Parquet file: "),
+        ("p.jsonl", '{"prompt": "half \\ud800 pair"}\n', r"prompt 1: holds '\\ud800' at character 5, .*lone surrogate"),
     ],
 )
 def test_bad_prompt_files_say_where(tmp_path, name, content, message):
     path = tmp_path / name
-    path.write_text(content)
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
     with pytest.raises(OnpolicyError, match=message):
         load_prompts(PromptsConfig(path=str(path)))
 

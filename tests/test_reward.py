@@ -153,6 +153,8 @@ def test_missing_eos_penalises_responses_cut_at_the_token_limit():
         ({"extract": "boxed"}, "x^2", [r"\boxed{1} so \boxed{X^2}", r"\boxed{x}"], [1, 0]),
         ({"extract": "hashes"}, "7", ["8 apples\n#### 7", "#### 7\n#### 9"], [1, 0]),
         ({"pattern": r"Answer: (\w+)", "correct": 2.0, "wrong": -1.0}, "Paris", ["Answer: paris", "Paris"], [2, -1]),
+        ({"pattern": r"is (\S+)"}, "inf", ["It is inf", "It is nan", "It is 1e999"], [1, 0, 0]),  # not numbers
+        ({"pattern": r"is (\S+)"}, "4", ["It is inf", "It is nan"], [0, 0]),
     ],
 )
 def test_exact_match_compares_the_extracted_answer_with_the_reference(args, reference, responses, expected):

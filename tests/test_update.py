@@ -321,3 +321,35 @@ def test_trainer_set_up_does_not_hash_the_model(tiny_model_path, monkeypatch):
     assert hashed == []
     dpo_trainer.hash_module(torch.nn.Linear(1, 1))  # TRL's own function is back after the update
     assert len(hashed) == 1
+
+
+def test_a_max_length_no_prompt_fits_under_is_refused_before_the_engine_starts(tiny_model_path):
+    from transformers import AutoTokenizer
+
+    from onpolicy.config import PromptsConfig
+    from onpolicy.errors import OnpolicyError
+    from onpolicy.prompts import load_prompts
+    from onpolicy.tokens import check_prompts_leave_room_to_train
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    records = load_prompts(PromptsConfig(items=["Who are you?", "Tell me a story about a dragon."]))
+    with pytest.raises(OnpolicyError, match=r"train.max_length is 4 tokens, and the shortest of 2 prompts takes \d+"):
+        check_prompts_leave_room_to_train(records, tokenizer, 4)
+    check_prompts_leave_room_to_train(records, tokenizer, 64)
+    check_prompts_leave_room_to_train(records, tokenizer, None)
+
+
+def test_a_round_whose_every_pair_has_too_long_a_prompt_says_so():
+    from onpolicy.loop import _no_update_reason
+    from onpolicy.types import PairingResult, UpdateResult
+
+    pairing = PairingResult(pairs=tuple(PAIRS), dropped={})
+    skipped = UpdateResult(skipped=True, metrics={"train/dropped_long_prompts": float(len(PAIRS))})
+    assert _no_update_reason(pairing, skipped, 16) == (
+        f"no pair trained this round: the prompts of all {len(PAIRS)} pairs fill train.max_length (16 tokens), "
+        "leaving no response to learn from; raise train.max_length"
+    )
+    nothing = PairingResult(pairs=(), dropped={"tie": 4})
+    assert _no_update_reason(nothing, UpdateResult(skipped=True, metrics={}), 16) == (
+        "no pairs this round: the update was skipped"
+    )
