@@ -214,7 +214,11 @@ def _config(args: argparse.Namespace) -> int:
         return 0
     if args.config is None:
         raise OnpolicyError("give a CONFIG file (or --docs)")
-    print(load_config(args.config, args.overrides).to_yaml(), end="")
+    from onpolicy.components import check_inputs
+
+    config = load_config(args.config, args.overrides)
+    check_inputs(config)  # a dry run: everything `run` checks before it loads a model
+    print(config.to_yaml(), end="")
     return 0
 
 

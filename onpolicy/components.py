@@ -28,10 +28,12 @@ from onpolicy.errors import ConfigError
 from onpolicy.evaluation import Evaluator, build_evaluator
 from onpolicy.interfaces import Generator, Updater
 from onpolicy.lora import ADAPTER_FOLDER
+from onpolicy.model_store import check_model_folder
 from onpolicy.prompts import load_prompts
 from onpolicy.resume import Start
 from onpolicy.tokens import check_prompts_leave_room_to_train
 from onpolicy.tracking import RoundLogger, start_logger
+from onpolicy.trl_compat import check_dpo_config_values
 from onpolicy.types import PromptRecord
 from reward import Conditional, GroupReward, RewardConfigError, Term, WeightedSum, build_reward, matches
 from reward.judge import PolicyEngine
@@ -93,6 +95,11 @@ def check_inputs(config: Config) -> Inputs:
                 f"reward[{i}] (judge): backend 'policy' judges with the engine's base model, which with "
                 "generation.lora_sync: adapter is not the policy; use lora_sync: merged"
             )
+    try:
+        check_dpo_config_values(config.train)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    check_model_folder(config.model.path)
     policy_engine = PolicyEngine()
     reward = build_reward_from_terms(config.reward, policy_engine)
     return Inputs(

@@ -42,7 +42,7 @@ from onpolicy.errors import ConfigError
 
 class Config(Section):
     rounds: int = Field(3, ge=1, description="Rounds of generate -> score -> pair -> update -> sync -> log.")
-    seed: int = Field(0, description="Seed for prompt order and training.")
+    seed: int = Field(0, ge=0, description="Seed for prompt order and training.")
     stop_after_unscored_rounds: int = Field(
         3,
         ge=0,
@@ -94,6 +94,7 @@ def load_config(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) 
         source = str(path)
         data = config_loading.read_yaml(path)
     override_keys = config_loading.apply_overrides(data, overrides)
+    config_loading.check_text(data, source)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

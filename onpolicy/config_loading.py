@@ -37,7 +37,9 @@ def read_yaml(path: pathlib.Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
     if loaded is not None and not isinstance(loaded, dict):
@@ -46,6 +48,25 @@ def read_yaml(path: pathlib.Path) -> dict[str, Any]:
     resolve_paths(data, path.parent.resolve())
     resolve_reward_files(data, path.parent.resolve())
     return data
+
+
+def check_text(data: Any, source: str, key: str = "") -> None:
+    """Refuse a string no file can hold as UTF-8 (a lone surrogate, from an escape like "\\ud800"), naming its key:
+    it would otherwise fail when the run directory's files are written."""
+    if isinstance(data, dict):
+        for name, value in data.items():
+            check_text(value, source, f"{key}.{name}" if key else str(name))
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            check_text(value, source, f"{key}[{i}]")
+    elif isinstance(data, str):
+        try:
+            data.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ConfigError(
+                f"'{key}' in {source}: holds {data[exc.start]!r}, half of a UTF-16 pair (a lone surrogate), which "
+                "is not text"
+            ) from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, str]:
@@ -106,8 +127,13 @@ def resolve_paths(data: dict[str, Any], base: pathlib.Path, only: str | None = N
 
 
 def resolve_reward_files(data: dict[str, Any], base: pathlib.Path) -> None:
-    """`file.py:function` reward names are files too, and so are a reward model's `path` and a local judge's
-    `model`: make them absolute, like the other paths."""
+    """`file.py:function` reward names and eval metric functions are files too, and so are a reward model's
+    `path` and a local judge's `model`: make them absolute, like the other paths."""
+    evaluation = data.get("eval")
+    metrics = evaluation.get("metrics") if isinstance(evaluation, dict) else None
+    for metric in metrics if isinstance(metrics, list) else []:
+        if isinstance(metric, dict) and isinstance(metric.get("function"), str):
+            metric["function"] = _absolute_py_name(metric["function"], base)
     terms = data.get("reward")
     if not isinstance(terms, list):
         return
@@ -115,9 +141,7 @@ def resolve_reward_files(data: dict[str, Any], base: pathlib.Path) -> None:
         if not isinstance(term, dict):
             continue
         if isinstance(term.get("name"), str):
-            file, sep, func = term["name"].rpartition(":")
-            if sep and file.endswith(".py") and not pathlib.Path(file).is_absolute():
-                term["name"] = f"{(base / file).resolve()}:{func}"
+            term["name"] = _absolute_py_name(term["name"], base)
         args = term.get("args")
         if not isinstance(args, dict):
             continue
@@ -125,6 +149,14 @@ def resolve_reward_files(data: dict[str, Any], base: pathlib.Path) -> None:
         for key in keys:
             if isinstance(args.get(key), str) and not pathlib.Path(args[key]).expanduser().is_absolute():
                 args[key] = str((base / pathlib.Path(args[key]).expanduser()).resolve())
+
+
+def _absolute_py_name(name: str, base: pathlib.Path) -> str:
+    """`file.py:function` with the file made absolute against `base`; any other name as it is."""
+    file, sep, function = name.rpartition(":")
+    if sep and file.endswith(".py") and not pathlib.Path(file).expanduser().is_absolute():
+        return f"{(base / pathlib.Path(file).expanduser()).resolve()}:{function}"
+    return name
 
 
 def check_files(config: Config, source: str) -> None:

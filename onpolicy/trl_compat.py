@@ -23,6 +23,7 @@ import importlib
 import math
 import random
 import re
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -59,7 +60,8 @@ _FROM_TRAIN = {
     "warmup_steps": "warmup_steps",
     "bf16": "bf16",
 }
-# DPOConfig fields onpolicy sets from elsewhere, or must own because the loop depends on them.
+# DPOConfig fields onpolicy sets from elsewhere (what sets them instead), or must own because the loop depends on
+# them (why): every field `dpo_config` passes itself is here, so `train.extra` cannot pass it a second time.
 _SET_BY_ONPOLICY = {
     "gradient_checkpointing": "train.gradient_checkpointing",
     "train_sampling_strategy": "train.group_by_length",
@@ -71,6 +73,9 @@ _SET_BY_ONPOLICY = {
     "per_device_train_batch_size": "train.batch_size",
     "ddp_backend": "the launcher (torchrun / accelerate launch)",
     "ddp_timeout": "train.process_timeout_s",
+    "logging_steps": "every step is logged, and averaged per round (rounds.jsonl, W&B)",
+    "disable_tqdm": "the job's own progress display",
+    "use_cpu": "CUDA_VISIBLE_DEVICES (empty: train on the CPU)",
 }
 OWNED_FIELDS = {**{field: f"train.{key}" for field, key in _FROM_TRAIN.items()}, **_SET_BY_ONPOLICY}
 
@@ -125,13 +130,25 @@ def check_dpo_config_fields(loss_type: str, extra: Mapping[str, Any]) -> None:
     known = {f.name for f in dataclasses.fields(DPOConfig)}
     for key in extra:
         if key in OWNED_FIELDS:
-            raise ValueError(f"train.extra.{key} is set by onpolicy: use {OWNED_FIELDS[key]} instead")
+            raise ValueError(f"train.extra.{key} is set by onpolicy; it follows {OWNED_FIELDS[key]}")
         if key not in known:
             near = difflib.get_close_matches(key, sorted(known), n=1)
             raise ValueError(
                 f"train.extra.{key}: trl.DPOConfig has no field '{key}'"
                 + (f"; did you mean '{near[0]}'?" if near else "")
             )
+
+
+def check_dpo_config_values(train: Any) -> None:
+    """Raise ValueError when trl.DPOConfig refuses the round's settings (a bad `train.extra` value): checked when
+    the job starts, not at the first update."""
+    if not train.extra:
+        return
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            dpo_config(train, folder, seed=0, gradient_checkpointing=False)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"train.extra: trl.DPOConfig refuses {dict(train.extra)}: {exc}") from None
 
 
 def make_trainer(

@@ -4,7 +4,7 @@ import pytest
 
 from onpolicy.components import check_inputs
 from onpolicy.config import Config
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, OnpolicyError
 from reward.registry import CORRECTORS, REWARDS
 
 
@@ -106,3 +106,27 @@ def test_the_engine_and_started_servers_get_the_same_engine_arguments():
         "--kv-cache-memory-bytes", str(512 * 1024**2), "--enable-prefix-caching",
     ]  # fmt: skip
     assert engine_arguments(config, cuda=True)["gpu_memory_utilization"] == config.gpu_memory_utilization
+
+
+def test_train_extra_values_trl_refuses_are_config_errors_before_any_model_loads():
+    with pytest.raises(ConfigError, match=r"train.extra: trl.DPOConfig refuses \{'optim': 'adamw_nonsense'\}"):
+        check_inputs(_config(train={"extra": {"optim": "adamw_nonsense"}}))
+    assert check_inputs(_config(train={"extra": {"label_smoothing": 0.1}})) is not None
+
+
+def test_a_model_folder_transformers_cannot_load_is_refused_naming_it(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "no-such-architecture"}')
+    with pytest.raises(OnpolicyError, match=rf"model.path {tmp_path}: transformers cannot load its config.json"):
+        check_inputs(_config(model={"path": str(tmp_path)}))
+
+
+def test_onpolicy_config_is_a_dry_run_of_what_run_checks_before_loading_models(tmp_path, capsys):
+    from onpolicy.cli import main
+
+    (tmp_path / "run.yaml").write_text(
+        "prompts: {items: [hi]}\n"
+        "reward: [{name: length, args: {target: 3}}]\n"
+        "eval: {prompts: {items: [hi]}, metrics: [{name: m, function: missing.py:f}]}\n"
+    )
+    assert main(["config", str(tmp_path / "run.yaml")]) == 2
+    assert "eval.metrics[0] (m)" in capsys.readouterr().err

@@ -93,7 +93,7 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
             ["train.loss_type=sigmod"],
             r"train.loss_type: unknown DPO loss type 'sigmod'; did you mean 'sigmoid'\?",
         ),
-        (MINIMAL, ["train.extra={beta: 0.3}"], r"train.extra.beta is set by onpolicy: use train.beta"),
+        (MINIMAL, ["train.extra={beta: 0.3}"], r"train.extra.beta is set by onpolicy; it follows train.beta"),
         (
             MINIMAL,
             ["train.extra={labl_smoothing: 0.1}"],
@@ -112,6 +112,12 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
             r"exactly one of prompts.path .* or prompts.items",
         ),
         (MINIMAL, ["rounds"], r"not of the form key.path=value"),
+        (MINIMAL, ["train.beta=.inf"], r"'train.beta' in command-line override .*finite number"),
+        (MINIMAL, ["seed=-3"], r"'seed' in command-line override .*greater than or equal to 0"),
+        (MINIMAL, ["generation.temperature=.inf"], r"'generation.temperature' .*finite number"),
+        (MINIMAL, ["reward.0.weight=.nan"], r"'reward\[0\].weight' .*finite number"),
+        (MINIMAL, ["train.extra={logging_steps: 5}"], r"train.extra.logging_steps is set by onpolicy; it follows"),
+        (MINIMAL, ['prompts.system_prompt="\\ud800"'], r"'prompts.system_prompt' in .*lone surrogate"),
     ],
 )
 def test_bad_config_gives_one_clear_error(tmp_path, data, overrides, message):
@@ -137,6 +143,9 @@ def test_missing_files_are_named(tmp_path):
 
 
 def test_yaml_that_is_not_a_mapping_or_not_yaml(tmp_path):
+    (tmp_path / "latin1.yaml").write_bytes(b"rounds: 2\n# caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin1.yaml is not UTF-8 text \(byte 15\)"):
+        load_config(tmp_path / "latin1.yaml")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_config(_write(tmp_path, "- a\n- b\n"))
     with pytest.raises(ConfigError, match="is not valid YAML"):
@@ -156,6 +165,9 @@ def test_relative_paths_in_yaml_are_relative_to_the_yaml_and_on_the_command_line
     assert config.reward[0].name == f"{tmp_path / 'data' / 'r.py'}:f"
     config = load_config(_write(sub, data), ["prompts.path=p.txt"])
     assert config.prompts.path == str(tmp_path / "data" / "p.txt")
+    metric = {"name": "m", "function": "../data/r.py:f"}  # an eval metric's file, like a reward's
+    config = load_config(_write(sub, {**data, "eval": {"prompts": {"items": ["x"]}, "metrics": [metric]}}))
+    assert config.eval.metrics[0].function == f"{tmp_path / 'data' / 'r.py'}:f"
 
 
 def test_every_key_is_documented():
