@@ -168,9 +168,10 @@ class CorrectionConfig(Section):
     max_negative_ratio: float = Field(
         1.0,
         ge=0.0,
+        allow_inf_nan=True,  # .inf: no cap (NaN fails `ge`)
         description="At most this many negative pairs per other pair of the round (the rest are dropped as "
         "negative_cap): once the target behaviour is learnt its groups tie and give no pairs, and counter-examples "
-        "alone would then unlearn it.",
+        "alone would then unlearn it. .inf: no cap.",
     )
 
 
