@@ -128,7 +128,9 @@ def _main(argv: list[str] | None) -> int:
             return _train_reward_model(args)
         return _prepare_model(args)
     except OnpolicyError as exc:
-        print(f"onpolicy: error: {exc}{_process_name()}", file=sys.stderr)
+        from onpolicy.redaction import redact_text
+
+        print(f"onpolicy: error: {redact_text(str(exc))}{_process_name()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("onpolicy: interrupted; completed rounds are in the run directory", file=sys.stderr)
@@ -138,6 +140,7 @@ def _main(argv: list[str] | None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from onpolicy.config import load_config
     from onpolicy.loop import run_job
+    from onpolicy.redaction import redact_text
     from onpolicy.rundir import RunDirectory, default_run_dir
     from onpolicy.stopping import Stopped
 
@@ -145,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or default_run_dir(args.config)
     mode = "resume" if args.resume else "fresh" if args.fresh else "auto"
     try:
-        run_job(config, run_dir, echo=lambda line: print(line, flush=True), mode=mode)
+        run_job(config, run_dir, echo=lambda line: print(redact_text(line), flush=True), mode=mode)
     except (Stopped, KeyboardInterrupt) as exc:
         if _process_name():  # a training process beside the main one, which tells the user
             return exc.exit_code if isinstance(exc, Stopped) else 130

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from onpolicy import redaction
 from onpolicy.config import Config, GenerationConfig, RewardTerm
 from onpolicy.correction import Correction, build_correction
 from onpolicy.devices import engine_dtype, engine_may_be_reference
@@ -202,7 +203,8 @@ def _trainer_side(
         # servers given by URL serve whatever they were started with, and an engine sent adapters starts on the
         # base model: push the policy this run continues from
         sync(str(max(start.last_complete, 0)))
-    logger = start_logger(config.wandb, start.run.path, config.model_dump(mode="json"), start.wandb_run_id)
+    run_config = redaction.redact(config.model_dump(mode="json"))
+    logger = start_logger(config.wandb, start.run.path, run_config, start.wandb_run_id)
     if logger.run_id:
         start.run.write_state(wandb_run_id=logger.run_id)
     return Components(inputs=inputs, generator=generator, updater=updater, logger=logger, sync=sync)

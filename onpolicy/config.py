@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
-from onpolicy import config_loading
+from onpolicy import config_loading, redaction
 from onpolicy.config_sections import (
     CheckpointConfig,
     EvalConfig,
@@ -82,7 +82,8 @@ class Config(Section):
         return self
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+        """The config as YAML, secrets masked (`onpolicy.redaction`): what the run directory keeps and prints."""
+        return yaml.safe_dump(redaction.redact(self.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
 
 
 def load_config(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) -> Config:
@@ -95,6 +96,7 @@ def load_config(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) 
         data = config_loading.read_yaml(path)
     override_keys = config_loading.apply_overrides(data, overrides)
     config_loading.check_text(data, source)
+    redaction.remember(redaction.secrets_in(data))
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from onpolicy import redaction
 from onpolicy.config import Config
 from onpolicy.errors import OnpolicyError
 from onpolicy.run_lock import RunLock
@@ -137,7 +138,7 @@ def _changed_settings(run: RunDirectory, config: Config) -> list[str]:
 
 def _saved_differences(run: RunDirectory, config: Config) -> list[tuple[str, Any, Any]]:
     saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8")) or {}
-    return _differences(saved, config.model_dump(mode="json"))
+    return _differences(saved, redaction.redact(config.model_dump(mode="json")))  # saved with secrets masked
 
 
 def _check_same_experiment(run: RunDirectory, config: Config) -> list[str]:

@@ -205,8 +205,8 @@ def _build(path: pathlib.Path, model_class, tokenizer, seed: int, **config_args)
 
 class JudgeProxy:
     """Forwards chat requests to `upstream`. `rewrite(request, index, answer) -> new answer` changes each answer,
-    `delay` holds the reply back (seconds), `api_key` (when set) must be the bearer token. `seen` keeps every
-    request's JSON body and headers."""
+    `delay` holds the reply back (seconds), `api_key` (when set) must be the bearer token (a wrong one is echoed
+    in the error). `seen` keeps every request's JSON body and headers."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
@@ -224,7 +224,9 @@ class JudgeProxy:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 proxy.seen.append((body, dict(self.headers)))
                 if proxy.api_key is not None and self.headers.get("Authorization") != f"Bearer {proxy.api_key}":
-                    return self._reply(401, {"error": {"message": "bad API key", "type": "auth"}})
+                    # as some endpoints do: the error echoes the request's key
+                    message = f"bad API key: {self.headers.get('Authorization')}"
+                    return self._reply(401, {"error": {"message": message, "type": "auth"}})
                 time.sleep(proxy.delay)
                 request = urllib.request.Request(
                     proxy.upstream + self.path.removeprefix("/v1"),

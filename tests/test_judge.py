@@ -181,10 +181,11 @@ def test_the_api_key_comes_from_the_environment_and_is_checked(proxy, monkeypatc
     proxy.rewrite = lambda request, index, answer: "Score: 5"
     monkeypatch.setenv("ONPOLICY_TEST_JUDGE_KEY", "s3cret-key")
     assert _judge(proxy.url, api_key_env="ONPOLICY_TEST_JUDGE_KEY").score_group(PROMPT, RESPONSES[:1]) == [5.0]
-    monkeypatch.setenv("ONPOLICY_TEST_JUDGE_KEY", "wrong")
+    monkeypatch.setenv("ONPOLICY_TEST_JUDGE_KEY", "wrong-key-42")
     failed = _judge(proxy.url, api_key_env="ONPOLICY_TEST_JUDGE_KEY", max_retries=0).score_group(PROMPT, RESPONSES[:1])
     assert failed[0].kind == "judge_error" and "AuthenticationError" in failed[0].reason
-    assert "wrong" not in failed[0].reason and "s3cret" not in failed[0].reason
+    assert "bad API key: Bearer ***" in failed[0].reason  # the endpoint echoed the key; it is masked
+    assert "wrong-key-42" not in failed[0].reason and "s3cret" not in failed[0].reason
 
 
 @pytest.mark.slow

@@ -197,6 +197,7 @@ class OpenAIChat:
         if concurrency < 1:
             raise RewardConfigError(f"judge: concurrency must be at least 1, not {concurrency}")
         self.model = model
+        self._api_key = api_key if api_key_env is not None else None  # a real key, to keep out of messages
         self.sampling = sampling
         self.concurrency = concurrency
         self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
@@ -223,7 +224,9 @@ class OpenAIChat:
                 extra_body=extra or None,
             )
         except openai.APIError as exc:
-            return ChatAnswer([], error=f"{type(exc).__name__}: {_first_line(exc)}")
+            error = f"{type(exc).__name__}: {_first_line(exc)}"
+            # an endpoint may echo the request, its Authorization header included: the key never leaves here
+            return ChatAnswer([], error=error.replace(self._api_key, "***") if self._api_key else error)
         usage = response.usage
         return ChatAnswer(
             texts=[request.answer_prefix + (choice.message.content or "") for choice in response.choices],

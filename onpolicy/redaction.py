@@ -1,0 +1,85 @@
+"""Secrets stay out of the run directory, W&B and messages.
+
+onpolicy reads API keys from environment variables (`api_key_env`), never from the config. A config can still
+carry one: a reward's argument named like a key, a URL with a password or a token in its query. What is written
+down (`config.yaml`, the W&B config) and what is printed (errors, warnings) shows `***` in its place:
+
+- the value of any key whose name has a part `key`, `apikey`, `token`, `secret`, `password`, `passwd`,
+  `credential(s)`, `auth` or `authorization` (parts split at `_`, `-`, `.`; `max_new_tokens` and `tokenizer` are
+  not secrets, and a key ending in `_env` names an environment variable, not a secret);
+- the password of a URL (`https://user:PASSWORD@host`) and the value of a secret-named query parameter.
+
+The secrets of the loaded config are remembered, so that a message quoting one (an endpoint echoing a
+request, an exception showing an argument) is scrubbed too.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from typing import Any
+
+MASK = "***"
+SECRET_WORDS = frozenset(
+    {"key", "apikey", "token", "secret", "password", "passwd", "credential", "credentials", "auth", "authorization"}
+)
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)([^/\s@]+)(@)")
+_SECRET_QUERY = re.compile(r"([?&][A-Za-z0-9_.-]+=)([^&#\s]+)")
+
+_remembered: set[str] = set()
+
+
+def is_secret_key(name: str) -> bool:
+    parts = [part for part in re.split(r"[_\-.\s]+", name.lower()) if part]
+    if parts and parts[-1] == "env":
+        return False
+    return any(part in SECRET_WORDS for part in parts)
+
+
+def redact(data: Any) -> Any:
+    """A copy of `data` (the config as plain data) with its secrets masked."""
+    if isinstance(data, dict):
+        return {
+            key: MASK if is_secret_key(str(key)) and isinstance(value, str) and value else redact(value)
+            for key, value in data.items()
+        }
+    if isinstance(data, list):
+        return [redact(value) for value in data]
+    if isinstance(data, str):
+        return redact_text(data)
+    return data
+
+
+def redact_text(text: str) -> str:
+    """`text` with URL passwords, secret-named query parameters and remembered secrets masked."""
+    text = _URL_PASSWORD.sub(rf"\1{MASK}\3", text)
+    text = _SECRET_QUERY.sub(
+        lambda m: m.group(1) + MASK if is_secret_key(m.group(1).strip("?&=")) else m.group(0),
+        text,
+    )
+    for secret in sorted(_remembered, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def remember(secrets: Iterable[str]) -> None:
+    """Mask these values in every later `redact_text` (secrets that only live in memory, like an API key)."""
+    _remembered.update(s for s in secrets if len(s) >= 4)  # a shorter "secret" would mask ordinary text
+
+
+def secrets_in(data: Any) -> list[str]:
+    """The secret values `redact` would mask in `data`."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if is_secret_key(str(key)) and isinstance(value, str) and value:
+                found.append(value)
+            else:
+                found += secrets_in(value)
+    elif isinstance(data, list):
+        for value in data:
+            found += secrets_in(value)
+    elif isinstance(data, str):
+        found += [m.group(2) for m in _URL_PASSWORD.finditer(data)]
+        found += [m.group(2) for m in _SECRET_QUERY.finditer(data) if is_secret_key(m.group(1).strip("?&="))]
+    return found
