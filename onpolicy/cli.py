@@ -148,7 +148,10 @@ def _run(args: argparse.Namespace) -> int:
     run_dir = args.run_dir or default_run_dir(args.config)
     mode = "resume" if args.resume else "fresh" if args.fresh else "auto"
     try:
-        run_job(config, run_dir, echo=lambda line: print(redact_text(line), flush=True), mode=mode)
+        run_job(
+            config, run_dir, echo=lambda line: print(redact_text(line), flush=True), mode=mode,
+            interactive=sys.stdout.isatty(),
+        )  # fmt: skip
     except (Stopped, KeyboardInterrupt) as exc:
         if _process_name():  # a training process beside the main one, which tells the user
             return exc.exit_code if isinstance(exc, Stopped) else 130

@@ -43,6 +43,12 @@ from onpolicy.errors import ConfigError
 class Config(Section):
     rounds: int = Field(3, ge=1, description="Rounds of generate -> score -> pair -> update -> sync -> log.")
     seed: int = Field(0, ge=0, description="Seed for prompt order and training.")
+    progress_every_s: float = Field(
+        30.0,
+        ge=0,
+        description="When the output is not a terminal (a log, CI): a progress line every this many seconds during "
+        "a long phase (generate, score, train, evaluate). On a terminal a progress bar shows instead. 0: no lines.",
+    )
     stop_after_unscored_rounds: int = Field(
         3,
         ge=0,

@@ -88,9 +88,7 @@ class GenerationConfig(Section):
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(64, ge=1, description="Longest response; longer ones are cut and count as truncated.")
-    seed: int = Field(
-        0, ge=0, description="Seed of the vLLM engine (the CPU build crashes with per-request seeds)."
-    )
+    seed: int = Field(0, ge=0, description="Seed of the vLLM engine (the CPU build crashes with per-request seeds).")
     max_model_len: int = Field(1024, ge=16, description="Longest prompt + response the engine accepts.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto",

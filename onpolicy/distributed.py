@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from onpolicy.errors import ConfigError
+from onpolicy.progress import PhaseProgress
 from onpolicy.types import Pair, UpdateResult
 
 if TYPE_CHECKING:
@@ -175,12 +176,16 @@ class MirroredUpdater:
         return self.updater.start_round(round_number)
 
     def update(
-        self, pairs: Sequence[Pair], round_number: int, should_stop: Callable[[], bool] | None = None
+        self,
+        pairs: Sequence[Pair],
+        round_number: int,
+        should_stop: Callable[[], bool] | None = None,
+        progress: PhaseProgress | None = None,
     ) -> UpdateResult:
         shutil.rmtree(self.data_dir, ignore_errors=True)  # the round before's rows: every process is done with them
         rows = self.updater.prepare(pairs, round_number).on_disk(self.data_dir / f"round-{round_number:04d}")
         self.team.broadcast(("train", (rows, round_number)))
-        return self.updater.train(rows, round_number, self.team.anyone(should_stop))
+        return self.updater.train(rows, round_number, self.team.anyone(should_stop), progress)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         return self.updater.named_weights()

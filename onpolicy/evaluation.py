@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from onpolicy.config import EvalConfig
 from onpolicy.errors import ConfigError
+from onpolicy.progress import PhaseProgress
 from onpolicy.prompts import load_prompts
 from onpolicy.types import PromptRecord
 from reward import Failed, GroupReward, RewardConfigError, build_reward, matches
@@ -21,7 +22,9 @@ from reward.registry import check_score
 
 
 class GreedyCompleter(Protocol):
-    def complete_greedy(self, records: Sequence[PromptRecord], max_new_tokens: int) -> list[str | None]: ...
+    def complete_greedy(
+        self, records: Sequence[PromptRecord], max_new_tokens: int, progress: PhaseProgress | None = None
+    ) -> list[str | None]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,9 +40,11 @@ class Evaluator:
         self.metrics = list(metrics)
         self.max_new_tokens = max_new_tokens
 
-    def run(self, engine: GreedyCompleter) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    def run(
+        self, engine: GreedyCompleter, progress: PhaseProgress | None = None
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """The eval metrics and one row per prompt (its greedy answer and scores)."""
-        answers = engine.complete_greedy(self.records, self.max_new_tokens)
+        answers = engine.complete_greedy(self.records, self.max_new_tokens, progress)
         rows = [
             {"prompt_id": r.id, "prompt": r.prompt, **r.metadata, "answer": a} for r, a in zip(self.records, answers)
         ]

@@ -26,6 +26,7 @@ import torch  # noqa: E402
 
 from onpolicy.config import GenerationConfig  # noqa: E402
 from onpolicy.errors import OnpolicyError  # noqa: E402
+from onpolicy.progress import PhaseProgress, engine_bar
 from onpolicy.serving import ADAPTER_NAME, engine_arguments  # noqa: E402
 from onpolicy.tokens import fit_prompts  # noqa: E402
 from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
@@ -50,7 +51,9 @@ class VLLMGenerator:
             raise OnpolicyError(f"vLLM could not start on {model_path}: {exc}") from exc
         self.engine_dtype = self.llm.model_config.dtype
 
-    def generate(self, records: Sequence[PromptRecord]) -> tuple[list[SampleGroup], list[PromptRecord]]:
+    def generate(
+        self, records: Sequence[PromptRecord], progress: PhaseProgress | None = None
+    ) -> tuple[list[SampleGroup], list[PromptRecord]]:
         """One group of samples per prompt that fits the engine; the prompts that did not fit are returned apart
         (or refused, with `long_prompts: error`)."""
         from vllm import SamplingParams
@@ -67,27 +70,32 @@ class VLLMGenerator:
             max_tokens=self.config.max_new_tokens,
             logprobs=0,  # the sampled token's own log-prob
         )
-        outputs = self._run(fitting, params)
+        outputs = self._run(fitting, params, progress)
         groups = [
             SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(_sample(c) for c in out.outputs))
             for (record, ids), out in zip(fitting, outputs)
         ]
         return groups, too_long
 
-    def complete_greedy(self, records: Sequence[PromptRecord], max_new_tokens: int) -> list[str | None]:
+    def complete_greedy(
+        self, records: Sequence[PromptRecord], max_new_tokens: int, progress: PhaseProgress | None = None
+    ) -> list[str | None]:
         """The greedy answer to each prompt (None for a prompt too long for the engine), for evaluation."""
         from vllm import SamplingParams
 
         fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
-        outputs = self._run(fitting, SamplingParams(temperature=0.0, max_tokens=max_new_tokens)) if fitting else []
+        greedy = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        outputs = self._run(fitting, greedy, progress) if fitting else []
         answers = {id(record): out.outputs[0].text for (record, _), out in zip(fitting, outputs)}
         return [answers.get(id(record)) for record in records]
 
-    def _run(self, fitting: Sequence[tuple[PromptRecord, list[int]]], params: Any) -> list[Any]:
+    def _run(
+        self, fitting: Sequence[tuple[PromptRecord, list[int]]], params: Any, progress: PhaseProgress | None
+    ) -> list[Any]:
         from vllm.inputs import TokensPrompt
 
         prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids in fitting]
-        return self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.adapter)
+        return self.llm.generate(prompts, params, use_tqdm=engine_bar(progress), lora_request=self.adapter)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | None = None) -> None:
         """Put new policy weights (HF names) into the running engine, in place, and drop cached prefixes that the

@@ -12,6 +12,7 @@ from typing import Protocol
 
 import torch
 
+from onpolicy.progress import PhaseProgress
 from onpolicy.types import Pair, PromptRecord, SampleGroup, UpdateResult
 
 
@@ -20,11 +21,16 @@ class Generator(Protocol):
 
     engine_dtype: torch.dtype  # what its sampling log-probs are computed in (the updater compares its own)
 
-    def generate(self, records: Sequence[PromptRecord]) -> tuple[list[SampleGroup], list[PromptRecord]]:
-        """One group of samples per prompt that fits, and the prompts that did not fit."""
+    def generate(
+        self, records: Sequence[PromptRecord], progress: PhaseProgress | None = None
+    ) -> tuple[list[SampleGroup], list[PromptRecord]]:
+        """One group of samples per prompt that fits, and the prompts that did not fit; `progress` advances by
+        one per prompt answered."""
         ...
 
-    def complete_greedy(self, records: Sequence[PromptRecord], max_new_tokens: int) -> list[str | None]:
+    def complete_greedy(
+        self, records: Sequence[PromptRecord], max_new_tokens: int, progress: PhaseProgress | None = None
+    ) -> list[str | None]:
         """The greedy answer to each prompt (None where the prompt does not fit)."""
         ...
 
@@ -45,7 +51,11 @@ class Updater(Protocol):
         ...
 
     def update(
-        self, pairs: Sequence[Pair], round_number: int, should_stop: Callable[[], bool] | None = None
+        self,
+        pairs: Sequence[Pair],
+        round_number: int,
+        should_stop: Callable[[], bool] | None = None,
+        progress: PhaseProgress | None = None,
     ) -> UpdateResult: ...
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:

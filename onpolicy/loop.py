@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,6 +24,7 @@ from onpolicy.components import Components, Inputs, build_components, build_upda
 from onpolicy.config import Config
 from onpolicy.errors import OnpolicyError
 from onpolicy.pairing import build_pairs
+from onpolicy.progress import PhaseProgress, Progress
 from onpolicy.prompts import prompts_for_round
 from onpolicy.resume import Start, StartMode, open_run, retention
 from onpolicy.rundir import RunDirectory
@@ -40,6 +42,7 @@ class Job:
     parts: Components
     run: RunDirectory
     stop: GracefulStop
+    progress: Progress
 
 
 def run_round(n: int, job: Job) -> RoundRecord:
@@ -64,20 +67,22 @@ def run_round(n: int, job: Job) -> RoundRecord:
     set_seed(config.seed + n)  # each round's sampling and shuffling: the same whether the job was resumed or not
     seconds: dict[str, float] = {}
 
-    def stage(name: str) -> Any:
+    @contextmanager
+    def stage(name: str, total: int | None = None, unit: str = "") -> Iterator[PhaseProgress]:
         job.stop.check()
-        run.write_status(n, name)
-        return _timed(seconds, name)
+        with job.progress.phase(n, name, total, unit) as progress, _timed(seconds, name):
+            yield progress
 
-    with stage("generate"):
-        groups, too_long = generator.generate(prompts_for_round(parts.inputs.prompts, n - 1, config.prompts.per_round))
-    with stage("score"):
-        scored, excluded, warnings = score_groups(reward, groups)
+    prompts = prompts_for_round(parts.inputs.prompts, n - 1, config.prompts.per_round)
+    with stage("generate", len(prompts), "prompts") as progress:
+        groups, too_long = generator.generate(prompts, progress)
+    with stage("score", len(groups), "groups") as progress:
+        scored, excluded, warnings = score_groups(reward, groups, progress)
     with stage("pair"):
         pairing = build_pairs(scored, config.pairs.min_margin, parts.inputs.correction)
-    with stage("train"):
+    with stage("train", unit="steps") as progress:
         refreshed = updater.start_round(n)
-        update = updater.update(pairing.pairs, n, should_stop=lambda: job.stop.requested)
+        update = updater.update(pairing.pairs, n, should_stop=lambda: job.stop.requested, progress=progress)
     with stage("sync"):
         if not update.skipped:
             parts.sync(str(n))
@@ -97,11 +102,10 @@ def run_round(n: int, job: Job) -> RoundRecord:
         "perf/record_s": record_s,
     }
     if parts.inputs.evaluator is not None:
-        run.write_status(n, "evaluate")
         metrics.update(_evaluate(job, n))
-    run.write_status(n, "checkpoint")
     started = time.perf_counter()
-    run.save_checkpoint(n, updater.save)
+    with job.progress.phase(n, "checkpoint"):
+        run.save_checkpoint(n, updater.save)
     metrics["perf/checkpoint_s"] = time.perf_counter() - started
     metrics["perf/round_total_s"] = time.perf_counter() - round_started  # with evaluation, records, checkpoint
     run.append_round({"round": n, **metrics})  # the round is complete from here on
@@ -120,15 +124,17 @@ def run_job(
     run_dir: pathlib.Path,
     echo: Callable[[str], None] = print,
     mode: StartMode = "auto",
+    interactive: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the rounds of `config` into `run_dir`, continuing the run already there (see `resume`); returns the
     records of the rounds run by this call. A SIGINT/SIGTERM stops it at the next safe point (`Stopped`).
+    `echo` prints a line for the user; `interactive`: it prints to a terminal (progress bars, not lines).
 
     Launched as several processes (torchrun, accelerate launch), the main process runs the job and the others
     train beside it (`onpolicy.distributed`); they return no records."""
     team = distributed.join(config.train.batch_size, config.train.process_timeout_s)
     if team is None:
-        return _run_job(config, run_dir, echo, mode, None)
+        return _run_job(config, run_dir, echo, mode, None, interactive)
     try:
         if not team.is_main:
             with GracefulStop(announce=False) as stop:
@@ -137,23 +143,34 @@ def run_job(
                 )
                 stop.check()
             return []
-        return _run_job(config, run_dir, echo, mode, team)
+        return _run_job(config, run_dir, echo, mode, team, interactive)
     finally:
         team.dismiss()
         team.leave()
 
 
 def _run_job(
-    config: Config, run_dir: pathlib.Path, echo: Callable[[str], None], mode: StartMode, team: distributed.Team | None
+    config: Config,
+    run_dir: pathlib.Path,
+    echo: Callable[[str], None],
+    mode: StartMode,
+    team: distributed.Team | None,
+    interactive: bool,
 ) -> list[dict[str, Any]]:
     inputs = check_inputs(config)  # everything the user gave, before any model is loaded
     start = open_run(config, run_dir, mode)
     with start.lock:
-        return _run_rounds(config, inputs, start, echo, team)
+        progress = Progress(start.run, echo, interactive, config.progress_every_s, sys.stdout)
+        return _run_rounds(config, inputs, start, echo, team, progress)
 
 
 def _run_rounds(
-    config: Config, inputs: Inputs, start: Start, echo: Callable[[str], None], team: distributed.Team | None
+    config: Config,
+    inputs: Inputs,
+    start: Start,
+    echo: Callable[[str], None],
+    team: distributed.Team | None,
+    progress: Progress,
 ) -> list[dict[str, Any]]:
     run = start.run
     for note in start.notes:
@@ -170,9 +187,8 @@ def _run_rounds(
     try:
         _catch_up_wandb(run, parts)
         with GracefulStop() as stop:
-            job = Job(config, parts, run, stop)
+            job = Job(config, parts, run, stop, progress)
             if inputs.evaluator is not None and start.last_complete < 0:  # round 0: the initial policy
-                run.write_status(0, "evaluate")
                 record = {"round": 0, **_evaluate(job, 0)}
                 run.append_round(record)
                 parts.logger.log_round(0, record)
@@ -236,7 +252,9 @@ def _catch_up_wandb(run: RunDirectory, parts: Components) -> None:
 def _evaluate(job: Job, round_number: int) -> dict[str, float]:
     """Greedy answers to the eval prompts from the generator's current weights, saved and scored."""
     start = time.perf_counter()
-    results, rows = job.parts.inputs.evaluator.run(job.parts.generator)
+    evaluator = job.parts.inputs.evaluator
+    with job.progress.phase(round_number, "evaluate", len(evaluator.records), "prompts") as progress:
+        results, rows = evaluator.run(job.parts.generator, progress)
     job.run.write_jsonl(f"{job.run.round_folder(round_number)}/eval.jsonl", rows)
     return {**results, "perf/eval_s": time.perf_counter() - start}
 

@@ -7,7 +7,7 @@
     DIR/checkpoints/round-0002/     the policy after round 2 (the last `checkpoint.keep_last`, every N-th, and
                                     the one the reference comes from)
     DIR/state.json                  what resuming needs besides the files above: the W&B run id
-    DIR/status.json                 what the job is doing now (round, phase), for whoever watches it
+    DIR/status.json                 what the job is doing now (round, phase, how far), for whoever watches it
     DIR/final/                      the last policy: an ordinary HF folder that transformers and vLLM load
     DIR/wandb/                      the W&B run (offline runs: upload later with `wandb sync`)
     DIR/trainer-data/               with several training processes: the round's training rows, which they all
@@ -148,9 +148,10 @@ class RunDirectory:
     def write_state(self, **updates: Any) -> None:
         self.write_text("state.json", json.dumps({**self.read_state(), **updates}, indent=1) + "\n")
 
-    def write_status(self, round_number: int, phase: str) -> None:
-        """What the job is doing now. Not fsynced: it is for watching, never for resuming."""
-        status = {"round": round_number, "phase": phase, "pid": os.getpid(), "time": time.time()}
+    def write_status(self, round_number: int, phase: str, **progress: Any) -> None:
+        """What the job is doing now, and how far the phase is (`onpolicy.progress`). Not fsynced: it is for
+        watching, never for resuming."""
+        status = {"round": round_number, "phase": phase, "pid": os.getpid(), "time": time.time(), **progress}
         self.write_text("status.json", json.dumps(status) + "\n", durable=False)
 
     def discard_unfinished(self, last_complete: int) -> list[str]:

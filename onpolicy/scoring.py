@@ -10,16 +10,17 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from onpolicy.progress import PhaseProgress
 from onpolicy.types import SampleGroup, ScoredGroup
 from reward import Failed, GroupReward, Response
 from reward.registry import check_score
 
 
 def score_groups(
-    reward: GroupReward, groups: Sequence[SampleGroup]
+    reward: GroupReward, groups: Sequence[SampleGroup], progress: PhaseProgress | None = None
 ) -> tuple[list[ScoredGroup], Counter[str], list[str]]:
     """Scored groups; excluded samples counted by kind ("error", "nonfinite", "invalid", ...); and one line per
-    kind with an example reason, for the user."""
+    kind with an example reason, for the user. `progress` advances by one per group scored."""
     scored = []
     excluded: Counter[str] = Counter()
     examples: dict[str, str] = {}
@@ -43,6 +44,8 @@ def score_groups(
                 rewards.append(score)
                 failures.append(None)
         scored.append(ScoredGroup(group=group, rewards=tuple(rewards), failures=tuple(failures)))
+        if progress is not None:
+            progress.advance()
     messages = [
         f"reward {reward.name!r}: {n} sample(s) excluded ({kind}), e.g. {examples[kind]}"
         for kind, n in sorted(excluded.items())

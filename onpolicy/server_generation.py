@@ -36,6 +36,7 @@ import torch
 from onpolicy.config import GenerationConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.errors import OnpolicyError
+from onpolicy.progress import PhaseProgress
 from onpolicy.serving import ADAPTER_NAME
 from onpolicy.tokens import fit_prompts
 from onpolicy.types import PromptRecord, Sample, SampleGroup
@@ -66,7 +67,9 @@ class ServerGenerator:
         self.version: str | None = None  # the weight version last synced (None: the servers' own start-up weights)
         self.model_name = self._served_name(self.urls[0])
 
-    def generate(self, records: Sequence[PromptRecord]) -> tuple[list[SampleGroup], list[PromptRecord]]:
+    def generate(
+        self, records: Sequence[PromptRecord], progress: PhaseProgress | None = None
+    ) -> tuple[list[SampleGroup], list[PromptRecord]]:
         """One group of samples per prompt that fits; the prompts that did not fit are returned apart (or refused,
         with `long_prompts: error`)."""
         fitting, too_long = fit_prompts(
@@ -79,19 +82,20 @@ class ServerGenerator:
             "max_tokens": self.config.max_new_tokens,
             "logprobs": 0,
         }
-        choices = self._complete([ids for _, ids in fitting], body)
+        choices = self._complete([ids for _, ids in fitting], body, progress)
         groups = [
             SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(map(_sample, prompt_choices)))
             for (record, ids), prompt_choices in zip(fitting, choices)
         ]
         return groups, too_long
 
-    def complete_greedy(self, records: Sequence[PromptRecord], max_new_tokens: int) -> list[str | None]:
+    def complete_greedy(
+        self, records: Sequence[PromptRecord], max_new_tokens: int, progress: PhaseProgress | None = None
+    ) -> list[str | None]:
         """The greedy answer to each prompt (None for a prompt too long for the servers), for evaluation."""
         fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
-        choices = self._complete(
-            [ids for _, ids in fitting], {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
-        )
+        greedy = {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
+        choices = self._complete([ids for _, ids in fitting], greedy, progress)
         answers = {id(record): prompt_choices[0]["text"] for (record, _), prompt_choices in zip(fitting, choices)}
         return [answers.get(id(record)) for record in records]
 
@@ -144,9 +148,11 @@ class ServerGenerator:
         self._post(url, "/reset_prefix_cache", None)
         self._post(url, "/update_weight_version", {"new_version": version})
 
-    def _complete(self, prompts: list[list[int]], body: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    def _complete(
+        self, prompts: list[list[int]], body: dict[str, Any], progress: PhaseProgress | None = None
+    ) -> list[list[dict[str, Any]]]:
         """Each prompt's choices, the prompts spread over the servers (one request each, in parallel), after
-        checking that every server holds the weights last synced."""
+        checking that every server holds the weights last synced; `progress` advances as each server answers."""
         if not prompts:
             return []
         self.check_alive()
@@ -158,6 +164,8 @@ class ServerGenerator:
             if not indices:
                 return []
             answer = self._post(url, "/v1/completions", {**request, "prompt": [prompts[i] for i in indices]})
+            if progress is not None:
+                progress.advance(len(indices))
             return sorted(answer["choices"], key=lambda choice: choice["index"])
 
         with concurrent.futures.ThreadPoolExecutor(len(self.urls)) as pool:

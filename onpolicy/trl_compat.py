@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from onpolicy import lora
+from onpolicy.progress import PhaseProgress
 
 # TRL's per-step training logs, averaged over a round, under the names onpolicy logs them.
 _TRL_METRICS = {
@@ -157,15 +158,22 @@ def make_trainer(
     group_by_length: bool,
     should_stop: Callable[[], bool] | None,
     lora_reference: str | dict[str, torch.Tensor] | None = None,
+    progress: PhaseProgress | None = None,
     **kwargs: Any,
 ) -> Any:
     """A round's trainer on a `datasets.Dataset` of tokenized rows (`kwargs`: DPOTrainer's model, ref_model, args, processing_class).
-    Training stops after the current step once `should_stop()` is true. `lora_reference` (a LoRA policy): what
-    the reference adapter holds (`onpolicy.lora.prepare_reference`)."""
+    Training stops after the current step once `should_stop()` is true; each step advances `progress`.
+    `lora_reference` (a LoRA policy): what the reference adapter holds (`onpolicy.lora.prepare_reference`)."""
     from transformers import PrinterCallback, TrainerCallback
 
     class StopWhenAsked(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if progress is not None:
+                progress.total = state.max_steps
+
         def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+            if progress is not None:
+                progress.advance()
             if should_stop is not None and should_stop():
                 control.should_training_stop = True
 

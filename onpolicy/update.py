@@ -41,6 +41,7 @@ from onpolicy import lora, trl_compat
 from onpolicy.config import RefConfig, TrainConfig
 from onpolicy.devices import choose_gradient_checkpointing
 from onpolicy.errors import OnpolicyError
+from onpolicy.progress import PhaseProgress
 from onpolicy.tokens import prompt_ids, response_ids
 from onpolicy.types import Pair, UpdateResult
 
@@ -167,11 +168,16 @@ class DPOUpdater:
         return True
 
     def update(
-        self, pairs: Sequence[Pair], round_number: int, should_stop: Callable[[], bool] | None = None
+        self,
+        pairs: Sequence[Pair],
+        round_number: int,
+        should_stop: Callable[[], bool] | None = None,
+        progress: PhaseProgress | None = None,
     ) -> UpdateResult:
         """A DPO update on `pairs`; skipped (and said so) when there are none. When `should_stop()` turns true,
-        training stops after the current step (the caller then abandons the round)."""
-        return self.train(self.prepare(pairs, round_number), round_number, should_stop)
+        training stops after the current step (the caller then abandons the round); each step advances
+        `progress`."""
+        return self.train(self.prepare(pairs, round_number), round_number, should_stop, progress)
 
     def prepare(self, pairs: Sequence[Pair], round_number: int) -> TrainingRows:
         """The round's pairs as the trainer's rows (what every training process of a job receives)."""
@@ -192,7 +198,11 @@ class DPOUpdater:
         )
 
     def train(
-        self, data: TrainingRows, round_number: int, should_stop: Callable[[], bool] | None = None
+        self,
+        data: TrainingRows,
+        round_number: int,
+        should_stop: Callable[[], bool] | None = None,
+        progress: PhaseProgress | None = None,
     ) -> UpdateResult:
         """The DPO update on prepared rows (`prepare`); skipped when there are none."""
         if data.dataset is None:
@@ -208,6 +218,7 @@ class DPOUpdater:
                 checked_rows=data.checked,
                 group_by_length=cfg.group_by_length,
                 should_stop=should_stop,
+                progress=progress,
                 lora_reference=self._lora_reference if cfg.lora is not None else None,
                 model=self.policy,
                 ref_model=self.reference,

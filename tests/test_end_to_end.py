@@ -1,5 +1,7 @@
 """Two real rounds through the CLI on a tiny random Llama: vLLM engine, TRL update, W&B offline, run directory."""
 
+import re
+
 import pytest
 import torch
 import yaml
@@ -46,7 +48,8 @@ EXPECTED_KEYS = {
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_path, tmp_path_factory):
     """Two rounds with a float32 engine: the default on CPUs, and the one whose log-probs are the reference's."""
-    config = tiny_config(tiny_model_path, rounds=2, checkpoint={"every": 1})
+    # a progress line at every unit of work (the output is not a terminal)
+    config = tiny_config(tiny_model_path, rounds=2, checkpoint={"every": 1}, progress_every_s=1e-9)
     return run_cli(config, tmp_path_factory.mktemp("e2e"))
 
 
@@ -93,6 +96,14 @@ def test_a_bf16_engine_runs_the_rounds_with_the_trainer_s_reference_pass(bf16_en
     assert rounds[0]["train/loss"] == pytest.approx(0.6931, abs=1e-3)
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["generation"]["dtype"] == "bfloat16"
+
+
+def test_long_phases_report_progress_in_lines_when_the_output_is_not_a_terminal(finished_run):
+    _, stdout = finished_run
+    for n in (1, 2):
+        assert re.search(rf"^  round {n} generate: 4/4 prompts, [\d.e+]+/s$", stdout, re.M), stdout
+        assert re.search(rf"^  round {n} score: 4/4 groups, ", stdout, re.M), stdout
+        assert re.search(rf"^  round {n} train: (\d+)/\1 steps, ", stdout, re.M), stdout
 
 
 def test_samples_and_pairs_of_each_round_are_on_disk(finished_run):
