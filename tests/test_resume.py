@@ -237,12 +237,13 @@ def test_a_reward_backend_down_all_along_stops_the_job_with_an_error(tiny_model_
         "def score(completion, prompt):\n    raise ConnectionError('reward server at http://rm:8000 refused')\n"
     )
     config = _config(
-        tiny_model_path, rounds=4, stop_after_unscored_rounds=2, reward=[{"name": f"{tmp_path / 'down.py'}:score"}]
-    )
+        tiny_model_path, rounds=4, stop_after_unscored_rounds=2, reward=[{"name": f"{tmp_path / 'down.py'}:score"}],
+        eval={"prompts": None, "metrics": []},
+    )  # fmt: skip
     config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
     done = _run(config_file, run_dir)
     assert done.returncode == 2, done.stderr[-3000:]
     assert "no sample got a reward in the last 2 rounds (rounds 1-2); e.g. reward " in done.stderr
     assert "raised ConnectionError: reward server at http://rm:8000 refused" in done.stderr
-    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1, 2]  # the rounds run are kept
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [1, 2]  # the rounds run are kept
     assert not (run_dir / "final").exists()  # not a finished job
