@@ -1,6 +1,7 @@
 """W&B in offline mode, read back; an unreachable W&B server never ends the run."""
 
 import pathlib
+import time
 
 import pytest
 
@@ -37,7 +38,10 @@ def test_offline_run_logs_one_step_per_round(clean_env, tmp_path):
     logger.log_round(1, {"reward/mean": 0.25, "pairs/kept": 3.0})
     logger.log_round(2, {"reward/mean": 0.5, "pairs/kept": 4.0})
     logger.finish()
-    history = offline_history(tmp_path)
+    # W&B's service process may still be writing the file when finish() returns (seen once on a loaded machine)
+    deadline = time.monotonic() + 15
+    while not (history := offline_history(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert [(row["_step"], row["reward/mean"], row["pairs/kept"]) for row in history] == [(1, 0.25, 3), (2, 0.5, 4)]
 
 
