@@ -22,6 +22,7 @@ from onpolicy import distributed
 from onpolicy import metrics as m
 from onpolicy.components import Components, Inputs, build_components, build_updater, check_inputs
 from onpolicy.config import Config
+from onpolicy.diagnostics import diagnose_pairs
 from onpolicy.errors import OnpolicyError
 from onpolicy.pairing import build_pairs
 from onpolicy.progress import PhaseProgress, Progress
@@ -90,11 +91,14 @@ def run_round(n: int, job: Job) -> RoundRecord:
         run.write_samples(n, scored)
         run.write_pairs(n, pairing.pairs)
     record_s = seconds.pop("record")  # perf/round_s is the five stages above
+    diagnostics = diagnose_pairs(pairing.pairs)
+    warnings += diagnostics.warnings(_last_round_metrics(run))
     gen = m.generation_metrics(groups, len(too_long))
     metrics = {
         **gen,
         **m.reward_metrics(scored, excluded),
         **m.pair_metrics(pairing),
+        **diagnostics.metrics,
         **{f"reward/{key}": value for key, value in take_stats(reward).items()},
         **m.update_metrics(update),
         "ref/refreshed": float(refreshed),
@@ -206,6 +210,11 @@ def _run_rounds(
     finally:
         parts.close()
     return records
+
+
+def _last_round_metrics(run: RunDirectory) -> dict[str, Any] | None:
+    """The metrics of the last complete training round (not the initial evaluation), if any."""
+    return next((record for record in reversed(run.read_rounds()) if record["round"] >= 1), None)
 
 
 def _no_update_reason(pairing: PairingResult, update: UpdateResult, max_length: int | None) -> str:
