@@ -174,6 +174,17 @@ class CorrectionConfig(Section):
 
 
 class PairsConfig(Section):
+    strategy: Literal["max_min", "max_random", "all_above_margin"] = Field(
+        "max_min",
+        description="Which samples of a group face each other: max_min (best vs worst), max_random (best vs a random "
+        "sample below it by min_margin), all_above_margin (every two samples at least min_margin apart).",
+    )
+    length_penalty: float = Field(
+        0.0,
+        ge=0.0,
+        description="Choose the sides by reward - length_penalty x response tokens (RLHF-Workflow's length-penalised "
+        "max_min, against length exploitation); the pairs keep their true rewards.",
+    )
     min_margin: float = Field(
         0.0, ge=0.0, description="Groups whose best-worst reward gap is below this are dropped (ties always are)."
     )

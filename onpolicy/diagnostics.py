@@ -111,9 +111,7 @@ def find_shortcut(chosen: Sequence[str], rejected: Sequence[str]) -> Shortcut | 
     ]
     # the widest gap; among equals a single word before a bigram, the longest word (the telling one: "athene"
     # rather than the "so" that always follows it), then the first in alphabetical order
-    return min(
-        candidates, key=lambda s: (-round(s.gap, 9), len(s.ngram.split()), -len(s.ngram), s.ngram), default=None
-    )
+    return min(candidates, key=lambda s: (-round(s.gap, 9), len(s.ngram.split()), -len(s.ngram), s.ngram), default=None)
 
 
 def _document_counts(texts: Iterable[str]) -> Counter[str]:

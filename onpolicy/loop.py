@@ -24,7 +24,7 @@ from onpolicy.components import Components, Inputs, build_components, build_upda
 from onpolicy.config import Config
 from onpolicy.diagnostics import diagnose_pairs
 from onpolicy.errors import OnpolicyError
-from onpolicy.pairing import build_pairs
+from onpolicy.pairing import Selection, build_pairs
 from onpolicy.progress import PhaseProgress, Progress
 from onpolicy.prompts import prompts_for_round
 from onpolicy.resume import Start, StartMode, open_run, retention
@@ -80,7 +80,8 @@ def run_round(n: int, job: Job) -> RoundRecord:
     with stage("score", len(groups), "groups") as progress:
         scored, excluded, warnings = score_groups(reward, groups, progress)
     with stage("pair"):
-        pairing = build_pairs(scored, config.pairs.min_margin, parts.inputs.correction)
+        selection = Selection(config.pairs.strategy, config.pairs.length_penalty, config.seed + n)
+        pairing = build_pairs(scored, config.pairs.min_margin, parts.inputs.correction, selection)
     with stage("train", unit="steps") as progress:
         refreshed = updater.start_round(n)
         update = updater.update(pairing.pairs, n, should_stop=lambda: job.stop.requested, progress=progress)

@@ -17,7 +17,9 @@ for a prompt leaves the group to the ordinary pairing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import random
 from collections import Counter
 from collections.abc import Sequence
 from typing import Protocol
@@ -38,8 +40,29 @@ class Corrector(Protocol):
     def take_problems(self) -> tuple[str, ...]: ...
 
 
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Which of a group's samples face each other (`pairs.strategy`, `pairs.length_penalty`; `seed`: the round's,
+    for `max_random`):
+
+    - `max_min`: the best against the worst (one pair);
+    - `max_random`: the best against a random sample below it by the margin (one pair; seeded by round and
+      prompt, so a resumed run draws the same);
+    - `all_above_margin`: every two samples whose gap reaches the margin (up to K(K-1)/2 pairs).
+
+    With `length_penalty` λ the sides are chosen by reward − λ·(response tokens), as in the RLHF-Workflow recipe
+    against length exploitation; the pair keeps the true rewards."""
+
+    strategy: str = "max_min"
+    length_penalty: float = 0.0
+    seed: int = 0
+
+
 def build_pairs(
-    groups: Sequence[ScoredGroup], min_margin: float = 0.0, correction: Corrector | None = None
+    groups: Sequence[ScoredGroup],
+    min_margin: float = 0.0,
+    correction: Corrector | None = None,
+    selection: Selection = Selection(),
 ) -> PairingResult:
     pairs = []
     reasons = DROP_REASONS + (CORRECTION_DROP_REASONS if correction else ())
@@ -48,12 +71,15 @@ def build_pairs(
         pair, reason = None, None
         if correction is not None and correction.applies(group):
             pair, reason = correction.pair(group, min_margin)
-        if pair is None and reason is None:
-            pair, reason = best_vs_worst(group, min_margin)
-        if pair is None:
+        if pair is not None:
+            pairs.append(pair)
+        elif reason is not None:
             dropped[reason] += 1
         else:
-            pairs.append(pair)
+            group_result, reason = group_pairs(group, min_margin, selection)
+            pairs += group_result
+            if reason is not None:
+                dropped[reason] += 1
     problems: tuple[str, ...] = ()
     if correction is not None:
         pairs = _cap_negatives(pairs, correction.max_negative_ratio, dropped)
@@ -77,30 +103,53 @@ def _cap_negatives(pairs: list[Pair], ratio: float, dropped: Counter[str]) -> li
     return kept
 
 
-def best_vs_worst(group: ScoredGroup, min_margin: float = 0.0) -> tuple[Pair | None, str | None]:
-    """The group's pair, or None and the reason it has none."""
-    if len(group.valid) < 2:
-        return None, "too_few_scored"
-    (best_index, best), (worst_index, worst) = group.best_and_worst()
-    gap = best - worst
-    if gap <= 0:
-        return None, "tie"
-    if gap < min_margin:
-        return None, "below_margin"
+def group_pairs(
+    group: ScoredGroup, min_margin: float = 0.0, selection: Selection = Selection()
+) -> tuple[list[Pair], str | None]:
+    """The group's pairs, or none and the reason (`too_few_scored`, `tie`, `below_margin`, `identical`)."""
     samples = group.group.samples
-    if samples[best_index].text == samples[worst_index].text:
-        return None, "identical"
-    record = group.group.record
-    chosen, rejected = samples[best_index], samples[worst_index]
-    pair = Pair(
+    scores = {i: r - selection.length_penalty * len(samples[i].token_ids) for i, r in group.valid}
+    if len(scores) < 2:
+        return [], "too_few_scored"
+    best = max(scores, key=lambda i: (scores[i], -i))  # the first in sampling order among equals
+    worst = min(scores, key=lambda i: (scores[i], i))
+    gap = scores[best] - scores[worst]
+    if gap <= 0:
+        return [], "tie"
+    if gap < min_margin:
+        return [], "below_margin"
+
+    def apart(i: int, j: int) -> bool:
+        return scores[i] - scores[j] > 0 and scores[i] - scores[j] >= min_margin
+
+    if selection.strategy == "max_random":
+        below = [j for j in scores if apart(best, j)]
+        sides = [(best, random.Random(f"{selection.seed}:{group.group.record.id}").choice(below))]
+    elif selection.strategy == "all_above_margin":
+        sides = [(i, j) for i in scores for j in scores if apart(i, j)]
+    else:
+        sides = [(best, worst)]
+    pairs = [_pair(group, i, j) for i, j in sides if samples[i].text != samples[j].text]
+    return pairs, None if pairs else "identical"
+
+
+def best_vs_worst(group: ScoredGroup, min_margin: float = 0.0) -> tuple[Pair | None, str | None]:
+    """The group's best-vs-worst pair, or None and the reason it has none."""
+    pairs, reason = group_pairs(group, min_margin)
+    return (pairs[0] if pairs else None), reason
+
+
+def _pair(group: ScoredGroup, chosen_index: int, rejected_index: int) -> Pair:
+    samples, record = group.group.samples, group.group.record
+    chosen, rejected = samples[chosen_index], samples[rejected_index]
+    return Pair(
         prompt_id=record.id,
         messages=record.messages,
         chosen=chosen.text,
         rejected=rejected.text,
-        chosen_reward=best,
-        rejected_reward=worst,
+        chosen_reward=group.rewards[chosen_index],
+        rejected_reward=group.rewards[rejected_index],
         tokens=PairTokens(
             group.group.prompt_token_ids, chosen.token_ids, rejected.token_ids, chosen.logp, rejected.logp
         ),
     )
-    return pair, None

@@ -121,3 +121,55 @@ def test_rewards_see_the_prompt_record_with_its_metadata():
 
     score_groups(Spy(), [_group(["x"])])
     assert seen[0]["category"] == "id" and seen[0]["prompt"] == "Who are you?" and seen[0]["id"] == "p1"
+
+
+def _scored_lengths(rewards, lengths):
+    samples = tuple(
+        Sample(text=f"answer {i}", token_ids=(1,) * n, logprobs=(-0.5,) * n, finish_reason="stop")
+        for i, n in enumerate(lengths)
+    )
+    group = SampleGroup(record=RECORD, prompt_token_ids=(1, 2), samples=samples)
+    return ScoredGroup(group=group, rewards=tuple(rewards), failures=(None,) * len(rewards))
+
+
+def test_max_random_faces_the_best_with_a_seeded_sample_below_it_by_the_margin():
+    from onpolicy.pairing import Selection, group_pairs
+
+    group = _scored([0.2, 1.5, -0.7, 0.9, 1.4])
+    drawn = set()
+    for seed in range(40):
+        (pair,), reason = group_pairs(group, min_margin=0.5, selection=Selection("max_random", seed=seed))
+        assert reason is None and pair.chosen == "answer 1"
+        drawn.add(pair.rejected)
+        again, _ = group_pairs(group, min_margin=0.5, selection=Selection("max_random", seed=seed))
+        assert again[0].rejected == pair.rejected  # the same round draws the same (a resumed run too)
+    assert drawn == {"answer 0", "answer 2", "answer 3"}  # 1.4 is within the margin of 1.5
+
+
+def test_all_above_margin_pairs_every_two_samples_far_enough_apart():
+    from onpolicy.pairing import Selection, group_pairs
+
+    pairs, reason = group_pairs(_scored([0.0, 1.0, 2.0, 2.2]), 1.0, Selection("all_above_margin"))
+    assert reason is None
+    assert sorted((p.chosen, p.rejected) for p in pairs) == [
+        ("answer 1", "answer 0"),
+        ("answer 2", "answer 0"),
+        ("answer 2", "answer 1"),
+        ("answer 3", "answer 0"),
+        ("answer 3", "answer 1"),
+    ]
+    result = build_pairs(
+        [_scored([0.0, 1.0, 2.0, 2.2]), _scored([1.0, 1.0])], 1.0, selection=Selection("all_above_margin")
+    )
+    assert len(result.pairs) == 5 and result.dropped["tie"] == 1
+
+
+def test_a_length_penalty_chooses_the_sides_by_reward_minus_length_and_keeps_the_true_rewards():
+    from onpolicy.pairing import Selection, group_pairs
+
+    group = _scored_lengths([1.0, 0.9, 0.0], lengths=[50, 10, 12])
+    (plain,), _ = group_pairs(group)
+    assert (plain.chosen, plain.rejected) == ("answer 0", "answer 2")
+    (penalised,), _ = group_pairs(group, selection=Selection(length_penalty=0.01))  # 0.5, 0.8, -0.12
+    assert (penalised.chosen, penalised.rejected) == ("answer 1", "answer 2")
+    assert (penalised.chosen_reward, penalised.rejected_reward) == (0.9, 0.0)
