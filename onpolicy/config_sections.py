@@ -193,7 +193,14 @@ class PairsConfig(Section):
 
 class TrainConfig(Section):
     beta: float = Field(0.1, gt=0, description="DPO beta: strength of the pull towards the reference.")
-    loss_type: str = Field("sigmoid", description="TRL DPO loss type (sigmoid, ipo, hinge, robust, ...).")
+    loss_type: str | list[str] = Field(
+        "sigmoid",
+        description="TRL DPO loss type (sigmoid, ipo, hinge, robust, ...), or a list of them summed with "
+        "train.loss_weights, e.g. [sigmoid, sft] for DPO plus an NLL term on the chosen answers (as in RPO).",
+    )
+    loss_weights: list[float] | None = Field(
+        None, description="Weights of the loss types in train.loss_type's list (empty: 1 each)."
+    )
     learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
     num_epochs: float = Field(1.0, gt=0, description="Passes over each round's pairs.")
     batch_size: int = Field(
@@ -245,6 +252,12 @@ class TrainConfig(Section):
         from onpolicy.trl_compat import check_dpo_config_fields
 
         check_dpo_config_fields(self.loss_type, self.extra)
+        losses = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
+        if self.loss_weights is not None and len(self.loss_weights) != len(losses):
+            raise ValueError(
+                f"train.loss_weights has {len(self.loss_weights)} weights for {len(losses)} loss types "
+                f"({', '.join(losses)}): give one weight per type"
+            )
         if self.lora is not None:
             from onpolicy.lora import check_lora_fields
 

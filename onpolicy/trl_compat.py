@@ -52,6 +52,7 @@ _TRL_METRICS = {
 _FROM_TRAIN = {
     "beta": "beta",
     "loss_type": "loss_type",
+    "loss_weights": "loss_weights",
     "learning_rate": "learning_rate",
     "num_train_epochs": "num_epochs",
     "gradient_accumulation_steps": "gradient_accumulation_steps",
@@ -117,13 +118,14 @@ def dpo_loss_types() -> tuple[str, ...]:
     return tuple(re.findall(r"`'(\w+)'`", field.metadata["help"]))
 
 
-def check_dpo_config_fields(loss_type: str, extra: Mapping[str, Any]) -> None:
+def check_dpo_config_fields(loss_type: str | Sequence[str], extra: Mapping[str, Any]) -> None:
     """Raise ValueError for an unknown loss type, or an `extra` key DPOConfig lacks or onpolicy owns."""
     known_losses = dpo_loss_types()
-    if loss_type not in known_losses:
-        near = difflib.get_close_matches(loss_type, known_losses, n=1)
-        hint = f"; did you mean '{near[0]}'?" if near else f" (one of: {', '.join(known_losses)})"
-        raise ValueError(f"train.loss_type: unknown DPO loss type '{loss_type}'{hint}")
+    for loss in [loss_type] if isinstance(loss_type, str) else loss_type:
+        if loss not in known_losses:
+            near = difflib.get_close_matches(loss, known_losses, n=1)
+            hint = f"; did you mean '{near[0]}'?" if near else f" (one of: {', '.join(known_losses)})"
+            raise ValueError(f"train.loss_type: unknown DPO loss type '{loss}'{hint}")
     if not extra:
         return
     from trl.trainer.dpo_config import DPOConfig

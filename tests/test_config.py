@@ -113,6 +113,12 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
         ),
         (MINIMAL, ["rounds"], r"not of the form key.path=value"),
         (MINIMAL, ["train.beta=.inf"], r"'train.beta' in command-line override .*finite number"),
+        (MINIMAL, ["train.loss_type=[sigmoid, sfd]"], r"unknown DPO loss type 'sfd'; did you mean 'sft'\?"),
+        (
+            MINIMAL,
+            ["train.loss_type=[sigmoid, sft]", "train.loss_weights=[1.0]"],
+            r"train.loss_weights has 1 weights for 2 loss types \(sigmoid, sft\)",
+        ),
         (MINIMAL, ["seed=-3"], r"'seed' in command-line override .*greater than or equal to 0"),
         (MINIMAL, ["generation.temperature=.inf"], r"'generation.temperature' .*finite number"),
         (MINIMAL, ["reward.0.weight=.nan"], r"'reward\[0\].weight' .*finite number"),

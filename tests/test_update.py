@@ -353,3 +353,12 @@ def test_a_round_whose_every_pair_has_too_long_a_prompt_says_so():
     assert _no_update_reason(nothing, UpdateResult(skipped=True, metrics={}), 16) == (
         "no pairs this round: the update was skipped"
     )
+
+
+def test_a_list_of_loss_types_with_weights_adds_their_losses(tiny_model_path):
+    updater = _updater(tiny_model_path, train_settings={"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5]})
+    updater.start_round(1)
+    loss = updater.update(PAIRS, round_number=1).metrics["train/loss"]
+    # the policy is its own reference: sigmoid gives ln 2; half the chosen answers' NLL (a random model's, about
+    # ln(vocab) = 6.2 per token) comes on top
+    assert LN2 + 1.0 < loss < LN2 + 0.5 * 7.0
