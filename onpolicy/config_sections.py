@@ -202,6 +202,16 @@ class TrainConfig(Section):
         None, description="Weights of the loss types in train.loss_type's list (empty: 1 each)."
     )
     learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
+    beta_by_round: dict[int, float] | None = Field(
+        None,
+        description="A beta schedule over rounds: {round: beta}, each from that round on, train.beta before the "
+        "first (e.g. {1: 0.1, 5: 0.05}).",
+    )
+    learning_rate_by_round: dict[int, float] | None = Field(
+        None,
+        description="A learning-rate schedule over rounds, like beta_by_round (train.lr_scheduler_type shapes the "
+        "rate within each round).",
+    )
     num_epochs: float = Field(1.0, gt=0, description="Passes over each round's pairs.")
     batch_size: int = Field(
         8,
@@ -252,6 +262,10 @@ class TrainConfig(Section):
         from onpolicy.trl_compat import check_dpo_config_fields
 
         check_dpo_config_fields(self.loss_type, self.extra)
+        for key in ("beta_by_round", "learning_rate_by_round"):
+            for round_number, value in (getattr(self, key) or {}).items():
+                if round_number < 1 or value <= 0:
+                    raise ValueError(f"train.{key}: {{{round_number}: {value}}}: rounds start at 1, values above 0")
         losses = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
         if self.loss_weights is not None and len(self.loss_weights) != len(losses):
             raise ValueError(
@@ -263,6 +277,13 @@ class TrainConfig(Section):
 
             check_lora_fields(self.lora)
         return self
+
+
+def for_round(value: float, schedule: dict[int, float] | None, round_number: int) -> float:
+    """A setting's value in round `round_number`: the schedule's entry for the latest round at or before it, else
+    `value`."""
+    started = [n for n in schedule or {} if n <= round_number]
+    return schedule[max(started)] if started else value
 
 
 class RefConfig(Section):

@@ -82,17 +82,25 @@ _SET_BY_ONPOLICY = {
 OWNED_FIELDS = {**{field: f"train.{key}" for field, key in _FROM_TRAIN.items()}, **_SET_BY_ONPOLICY}
 
 
-def dpo_config(train: Any, output_dir: str, seed: int, gradient_checkpointing: bool, processes: int = 1) -> Any:
-    """TRL's training arguments for one round, from `train` (a `TrainConfig`, `extra` passed through), for one of
-    `processes` data-parallel processes: `train.batch_size` is the batch of all of them together, so that a step
-    trains on the same pairs however many processes share it."""
+def dpo_config(
+    train: Any, output_dir: str, seed: int, gradient_checkpointing: bool, processes: int = 1, round_number: int = 1
+) -> Any:
+    """TRL's training arguments for round `round_number`, from `train` (a `TrainConfig`, `extra` passed through;
+    beta and the learning rate as its schedules give them for the round), for one of `processes` data-parallel
+    processes: `train.batch_size` is the batch of all of them together, so that a step trains on the same pairs
+    however many processes share it."""
     from trl import DPOConfig
+
+    from onpolicy.config_sections import for_round
 
     cuda = torch.cuda.is_available()
     # every weight of a causal LM takes part in its loss: DDP's search for unused ones would only cost time
     defaults = {"ddp_find_unused_parameters": False}
+    settings = {field: getattr(train, key) for field, key in _FROM_TRAIN.items()}
+    settings["beta"] = for_round(train.beta, train.beta_by_round, round_number)
+    settings["learning_rate"] = for_round(train.learning_rate, train.learning_rate_by_round, round_number)
     return DPOConfig(
-        **{field: getattr(train, key) for field, key in _FROM_TRAIN.items()},
+        **settings,
         per_device_train_batch_size=train.batch_size // processes,
         ddp_backend=None if processes == 1 or cuda else "gloo",
         ddp_timeout=train.process_timeout_s,

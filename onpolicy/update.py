@@ -223,8 +223,13 @@ class DPOUpdater:
                 model=self.policy,
                 ref_model=self.reference,
                 args=trl_compat.dpo_config(
-                    cfg, self._output_dir.name, self.seed + round_number, self.gradient_checkpointing, self.processes
-                ),
+                    cfg,
+                    self._output_dir.name,
+                    self.seed + round_number,
+                    self.gradient_checkpointing,
+                    self.processes,
+                    round_number,
+                ),  # fmt: skip
                 processing_class=self.tokenizer,
             )
             setup_s = time.perf_counter() - started
@@ -234,6 +239,8 @@ class DPOUpdater:
                 steps_s = time.perf_counter() - started
                 metrics = trl_compat.round_metrics(trainer)
                 metrics["train/dropped_long_prompts"] = float(data.dropped_long_prompts)
+                metrics["train/beta"] = trainer.args.beta
+                metrics["train/learning_rate"] = trainer.args.learning_rate  # the round's, before lr_scheduler_type
                 epochs = trainer.state.global_step / max(trainer.state.max_steps, 1) * cfg.num_epochs
                 metrics["perf/train_setup_s"] = setup_s - metrics["perf/ref_logps_s"]
                 metrics["perf/train_steps_s"] = steps_s

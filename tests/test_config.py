@@ -113,6 +113,8 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
         ),
         (MINIMAL, ["rounds"], r"not of the form key.path=value"),
         (MINIMAL, ["train.beta=.inf"], r"'train.beta' in command-line override .*finite number"),
+        (MINIMAL, ["train.beta_by_round={0: 0.1}"], r"train.beta_by_round: \{0: 0.1\}: rounds start at 1"),
+        (MINIMAL, ["train.learning_rate_by_round={2: -1}"], r"rounds start at 1, values above 0"),
         (MINIMAL, ["train.loss_type=[sigmoid, sfd]"], r"unknown DPO loss type 'sfd'; did you mean 'sft'\?"),
         (
             MINIMAL,
