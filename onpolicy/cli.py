@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
     reward_model.add_argument("--learning-rate", type=float, default=2e-5)
     reward_model.add_argument("--head-only", action="store_true", help="train only the new score head")
     reward_model.add_argument("--seed", type=int, default=0)
+
+    report = sub.add_parser(
+        "report",
+        help="draw and tabulate runs (PNG plots, a Markdown/HTML summary), no W&B needed",
+        description="Read the run directories, group them into variants by the settings that differ (seeds "
+        "become bands), and write one PNG per metric (against round and wall-clock), summary.md, summary.html "
+        "and report.json to OUT.",
+    )
+    report.add_argument("runs", nargs="+", type=pathlib.Path, metavar="RUN_DIR")
+    report.add_argument("--out", type=pathlib.Path, required=True, help="folder for the plots and summaries")
+    report.add_argument(
+        "--metrics", help="comma-separated metrics to draw (a trailing * takes a namespace, e.g. eval/*)"
+    )
     return parser
 
 
@@ -126,6 +139,8 @@ def _main(argv: list[str] | None) -> int:
             return _config(args)
         if args.command == "train-reward-model":
             return _train_reward_model(args)
+        if args.command == "report":
+            return _report(args)
         return _prepare_model(args)
     except OnpolicyError as exc:
         from onpolicy.redaction import redact_text
@@ -225,6 +240,15 @@ def _config(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     check_inputs(config)  # a dry run: everything `run` checks before it loads a model
     print(config.to_yaml(), end="")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from onpolicy.report import DEFAULT_METRICS, report
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else DEFAULT_METRICS
+    written = report(args.runs, args.out, metrics)
+    print(f"{len(args.runs)} run(s) -> {args.out}: {', '.join(written)}")
     return 0
 
 

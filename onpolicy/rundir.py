@@ -110,9 +110,10 @@ class RunDirectory:
         if new:
             _fsync_directory(self.path)
 
-    def read_rounds(self) -> list[dict[str, Any]]:
+    def read_rounds(self, repair: bool = True) -> list[dict[str, Any]]:
         """The completed rounds' records, in order. A last line cut short by a crash mid-append (no newline at
-        its end) is not a record: it is dropped from the file (its round was not complete). Anything else that is
+        its end) is not a record: it is dropped from the file (its round was not complete), unless `repair` is
+        off (a reader beside a job that may be appending it). Anything else that is
         not a round's record (an edit, a disk error) stops with a message naming the line, and nothing changes:
         guessing which rounds it belonged to could discard finished work."""
         file = self.path / "rounds.jsonl"
@@ -131,7 +132,7 @@ class RunDirectory:
                     "(one JSON object per complete round, with its 'round') or move the run aside, then run again"
                 )
             records.append(record)
-        if torn:
+        if torn and repair:
             with open(file, "r+b") as f:
                 f.truncate(len(data) - len(torn))
                 os.fsync(f.fileno())
