@@ -102,6 +102,23 @@ def build_parser() -> argparse.ArgumentParser:
     reward_model.add_argument("--head-only", action="store_true", help="train only the new score head")
     reward_model.add_argument("--seed", type=int, default=0)
 
+    sweep = sub.add_parser(
+        "sweep",
+        help="run every combination of a grid of config values (and seeds), one run directory each",
+        description="Run CONFIG once per combination of the --grid values and per seed, one after another, each "
+        "an ordinary run in its own directory under --out and one W&B group; running it again resumes it. "
+        "--wandb-sweep writes a W&B sweep config instead, for `wandb agent`s on several machines.",
+    )
+    sweep.add_argument("config", metavar="CONFIG", help="YAML config file")
+    sweep.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings every run of the sweep shares")
+    sweep.add_argument(
+        "--grid", action="append", required=True, metavar="KEY=V1,V2", help="values of one key (repeatable)"
+    )
+    sweep.add_argument("--seeds", type=int, default=1, help="seeds per combination: seed, seed+1, ... (default 1)")
+    sweep.add_argument("--out", type=pathlib.Path, help="folder of the runs (default: runs/<config>-sweep)")
+    sweep.add_argument("--wandb-sweep", type=pathlib.Path, metavar="FILE", help="write a W&B sweep config, run none")
+    sweep.add_argument("--dry-run", action="store_true", help="list the runs, run none")
+
     report = sub.add_parser(
         "report",
         help="draw and tabulate runs (PNG plots, a Markdown/HTML summary), no W&B needed",
@@ -141,6 +158,8 @@ def _main(argv: list[str] | None) -> int:
             return _train_reward_model(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "sweep":
+            return _sweep(args)
         return _prepare_model(args)
     except OnpolicyError as exc:
         from onpolicy.redaction import redact_text
@@ -240,6 +259,27 @@ def _config(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     check_inputs(config)  # a dry run: everything `run` checks before it loads a model
     print(config.to_yaml(), end="")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from onpolicy.sweep import parse_grid, plan, run_sweep, write_wandb_sweep
+
+    grid = parse_grid(args.grid)
+    if args.wandb_sweep is not None:
+        write_wandb_sweep(args.wandb_sweep, args.config, grid, args.seeds)
+        print(f"W&B sweep config written to {args.wandb_sweep}: wandb sweep {args.wandb_sweep}, then wandb agent ID")
+        return 0
+    out = args.out or pathlib.Path("runs") / f"{pathlib.Path(args.config).stem}-sweep"
+    runs = plan(args.config, grid, args.seeds, out, args.overrides)
+    if args.dry_run:
+        for run in runs:
+            print(f"{run.run_dir}: {' '.join(run.overrides)}")
+        return 0
+    failed = run_sweep(args.config, runs, echo=lambda line: print(line, flush=True))
+    if failed:
+        raise OnpolicyError(f"{len(failed)} of {len(runs)} runs failed: {', '.join(str(r.run_dir) for r in failed)}")
+    print(f"sweep done: {len(runs)} runs in {out}; draw them with: onpolicy report {out}/* --out {out}-report")
     return 0
 
 

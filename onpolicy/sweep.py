@@ -1,0 +1,124 @@
+"""`onpolicy sweep CONFIG --grid KEY=V1,V2 ... [--seeds N]`: every combination of the grid's values, each seed,
+as runs of their own, one after another.
+
+Each run is an ordinary `onpolicy run CONFIG KEY=VALUE ... seed=S` in a fresh process, in its own run
+directory under `--out` (named by its values), in one W&B group (the sweep's name). Running the same sweep
+again resumes it: finished runs say so and are skipped, an interrupted one continues from its last complete
+round. A run that fails does not stop the others; the sweep then ends with exit code 2 naming it.
+
+Users who spread a sweep over machines use W&B's own scheduler instead: `--wandb-sweep FILE` writes a W&B sweep
+config (grid method) whose `wandb agent`s each run `onpolicy run CONFIG KEY=VALUE ...`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import pathlib
+import re
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import yaml
+
+from onpolicy.config import load_config
+from onpolicy.errors import OnpolicyError
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepRun:
+    overrides: tuple[str, ...]  # KEY=VALUE, seed=S and the W&B group
+    run_dir: pathlib.Path
+
+
+def parse_grid(items: Sequence[str]) -> dict[str, list[str]]:
+    """`KEY=V1,V2` items as {KEY: [V1, V2]} (values as written: each is parsed like a command-line override)."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        if not sep or not key.strip() or not values.strip():
+            raise OnpolicyError(f"--grid {item!r}: give KEY=VALUE1,VALUE2 (e.g. train.beta=0.1,0.3)")
+        if key.strip() in grid:
+            raise OnpolicyError(f"--grid: {key.strip()} is given twice")
+        grid[key.strip()] = [value.strip() for value in _split_values(values)]
+    return grid
+
+
+def plan(
+    config: str, grid: dict[str, list[str]], seeds: int, out: pathlib.Path, overrides: Sequence[str] = ()
+) -> list[SweepRun]:
+    """Every run of the sweep, each config checked (a bad value fails here, before any run starts)."""
+    if seeds < 1:
+        raise OnpolicyError(f"--seeds {seeds}: give 1 or more")
+    if "seed" in grid:
+        raise OnpolicyError("--grid seed=...: use --seeds N for seeds")
+    base_seed = load_config(config, overrides).seed
+    group = out.name
+    runs = []
+    for values in itertools.product(*grid.values()):
+        for seed in range(base_seed, base_seed + seeds):
+            chosen = [f"{key}={value}" for key, value in zip(grid, values)]
+            run_overrides = (*overrides, *chosen, f"seed={seed}", f"wandb.group={group}")
+            load_config(config, run_overrides)
+            runs.append(SweepRun(run_overrides, out / _dir_name([*chosen, f"seed={seed}"])))
+    return runs
+
+
+def run_sweep(config: str, runs: Sequence[SweepRun], echo: Callable[[str], None] = print) -> list[SweepRun]:
+    """Run each planned run in a fresh process, one after another; returns those that failed."""
+    failed = []
+    for i, run in enumerate(runs, start=1):
+        echo(f"sweep {i}/{len(runs)}: {' '.join(run.overrides)} -> {run.run_dir}")
+        command = [sys.executable, "-m", "onpolicy.cli", "run", config, *run.overrides, "--run-dir", str(run.run_dir)]
+        done = subprocess.run(command)
+        if done.returncode != 0:
+            echo(f"sweep {i}/{len(runs)}: failed (exit code {done.returncode}); the sweep goes on")
+            failed.append(run)
+    return failed
+
+
+def wandb_sweep_config(config: str, grid: dict[str, list[str]], seeds: int, base_seed: int) -> dict[str, Any]:
+    """A W&B sweep (grid method) over the same values: each agent runs `onpolicy run CONFIG KEY=VALUE ...`."""
+    parameters = {key: {"values": [_yaml_value(v) for v in values]} for key, values in grid.items()}
+    parameters["seed"] = {"values": list(range(base_seed, base_seed + seeds))}
+    return {
+        "program": "onpolicy",
+        "method": "grid",
+        "parameters": parameters,
+        "command": ["${env}", "onpolicy", "run", str(pathlib.Path(config).resolve()), "${args_no_hyphens}"],
+    }
+
+
+def write_wandb_sweep(file: pathlib.Path, config: str, grid: dict[str, list[str]], seeds: int) -> None:
+    sweep = wandb_sweep_config(config, grid, seeds, load_config(config).seed)
+    file.write_text(yaml.safe_dump(sweep, sort_keys=False))
+
+
+def _split_values(values: str) -> list[str]:
+    """Comma-separated values, commas inside brackets or braces kept (`train.lora={r: 8},{r: 16}`)."""
+    parts, depth, current = [], 0, ""
+    for char in values:
+        if char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
+
+
+def _yaml_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _dir_name(parts: Sequence[str]) -> str:
+    """A folder name from KEY=VALUE parts: readable, and safe on any filesystem."""
+    return re.sub(r"[^A-Za-z0-9=.,_+-]+", "_", ",".join(parts)).strip("_")[:200]
