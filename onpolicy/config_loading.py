@@ -161,7 +161,7 @@ def _absolute_py_name(name: str, base: pathlib.Path) -> str:
 
 def check_files(config: Config, source: str) -> None:
     for key, prompts in (("prompts", config.prompts), ("eval.prompts", config.eval.prompts)):
-        if prompts is not None and prompts.path is not None and not pathlib.Path(prompts.path).is_file():
+        if prompts is not None and prompts.path is not None and not pathlib.Path(prompts.path).exists():
             raise ConfigError(f"{key}.path in {source}: prompt file not found: {prompts.path}")
     if config.model.path is not None and not (pathlib.Path(config.model.path) / "config.json").is_file():
         raise ConfigError(

@@ -30,7 +30,12 @@ class ModelConfig(Section):
 
 
 class PromptsConfig(Section):
-    path: str | None = Field(None, description="Prompt file: .jsonl, .parquet or .txt (one prompt per line).")
+    path: str | None = Field(
+        None,
+        description="Prompt file: .jsonl, .parquet or .txt (one prompt per line), or a folder a Hugging Face "
+        "dataset was saved to (datasets' save_to_disk).",
+    )
+    split: str = Field("train", description="With a saved dataset of several splits: the split to take.")
     items: list[str | dict[str, Any]] | None = Field(
         None, description="Prompts given in the config itself: strings, or records like those of a JSONL file."
     )

@@ -1,4 +1,5 @@
-"""Prompt sources: a JSONL, Parquet or text file, or a list in the config, read into `PromptRecord`s.
+"""Prompt sources: a JSONL, Parquet or text file, a Hugging Face dataset saved to a folder, or a list in the
+config, read into `PromptRecord`s.
 
 A record's prompt is its `prompts.field` (default "prompt") as a string, or a `messages` list of chat turns
 ending with a user turn. Its other fields are kept as metadata (rewards see them); `id` names it, else its
@@ -24,7 +25,9 @@ def load_prompts(config: PromptsConfig, seed: int = 0) -> list[PromptRecord]:
     if config.items is not None:
         raw, source = list(config.items), "prompts.items"
     else:
-        raw, source = _read_file(pathlib.Path(config.path)), config.path
+        path = pathlib.Path(config.path)
+        raw = _read_dataset(path, config.split) if path.is_dir() else _read_file(path)
+        source = config.path
     records = [_to_record(item, i, config, source) for i, item in enumerate(raw)]
     if not records:
         raise OnpolicyError(f"{source} holds no prompts")
@@ -65,6 +68,21 @@ def _read_file(path: pathlib.Path) -> list[Any]:
     except OSError as exc:
         raise OnpolicyError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
     raise OnpolicyError(f"prompt file {path}: unknown format '{suffix}' (use .jsonl, .parquet or .txt)")
+
+
+def _read_dataset(path: pathlib.Path, split: str) -> list[Any]:
+    """The rows of a Hugging Face dataset saved with `save_to_disk` (one split of a DatasetDict)."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as exc:
+        raise OnpolicyError(f"prompts folder {path} is not a dataset saved by datasets' save_to_disk: {exc}") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise OnpolicyError(f"prompts: the dataset in {path} has no split {split!r} (it has {', '.join(loaded)})")
+        loaded = loaded[split]
+    return loaded.to_list()
 
 
 def _read_parquet(path: pathlib.Path) -> list[Any]:

@@ -90,3 +90,26 @@ def test_an_empty_prompt_list_is_refused(tmp_path):
     config.write_text("prompts: {items: []}\nreward: [{name: length, args: {target: 3}}]\n")
     with pytest.raises(ConfigError, match="prompts.items is empty"):
         load_config(config)
+
+
+def test_a_dataset_saved_by_datasets_is_a_prompt_source_with_the_same_field_mapping(tmp_path):
+    import datasets
+
+    rows = {"question": ["Who are you?", "What is 2+2?"], "id": ["q1", "q2"], "answer": ["Athene", "4"]}
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(rows),
+            "test": datasets.Dataset.from_dict({k: v[:1] for k, v in rows.items()}),
+        }
+    ).save_to_disk(str(tmp_path / "qa"))
+    records = load_prompts(PromptsConfig(path=str(tmp_path / "qa"), field="question", shuffle=False))
+    assert [(r.id, r.prompt, r.metadata) for r in records] == [
+        ("q1", "Who are you?", {"answer": "Athene"}),
+        ("q2", "What is 2+2?", {"answer": "4"}),
+    ]
+    assert len(load_prompts(PromptsConfig(path=str(tmp_path / "qa"), field="question", split="test"))) == 1
+    with pytest.raises(OnpolicyError, match=r"has no split 'validation' \(it has train, test\)"):
+        load_prompts(PromptsConfig(path=str(tmp_path / "qa"), field="question", split="validation"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OnpolicyError, match="is not a dataset saved by datasets' save_to_disk"):
+        load_prompts(PromptsConfig(path=str(tmp_path / "empty")))
