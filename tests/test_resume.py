@@ -207,9 +207,16 @@ def test_a_disk_that_fills_up_while_checkpointing_stops_cleanly_and_resumes(tiny
     _assert_every_round_once(run_dir, 2)
 
 
-def test_a_changed_config_is_refused_unless_fresh_and_resume_needs_a_run(tiny_model_path, tmp_path):
+def test_a_changed_config_is_refused_unless_fresh_and_resume_needs_a_run_and_status_says_where_a_job_is(
+    tiny_model_path, tmp_path
+):
     config_file, run_dir = _write(_config(tiny_model_path, rounds=1), tmp_path), tmp_path / "run"
     assert _run(config_file, run_dir).returncode == 0
+    # the status and state files say where the finished job is
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["round"] == 1 and status["phase"] == "done" and status["pid"] != os.getpid()
+    state = json.loads((run_dir / "state.json").read_text())
+    assert state["wandb_run_id"] in next((run_dir / "wandb").glob("offline-run-*")).name
     changed = _run(config_file, run_dir, "rounds=2", "train.learning_rate=0.5")
     assert changed.returncode == 2
     assert "holds a run with another config; changed: train.learning_rate (0.001 -> 0.5)" in changed.stderr
@@ -221,15 +228,6 @@ def test_a_changed_config_is_refused_unless_fresh_and_resume_needs_a_run(tiny_mo
     assert [r["round"] for r in read_jsonl(aside / "rounds.jsonl")] == [0, 1]  # the old run is kept
     missing = _run(config_file, tmp_path / "nothing-here", "--resume")
     assert missing.returncode == 2 and "holds no run to resume" in missing.stderr
-
-
-def test_status_and_state_files_say_where_the_job_is(tiny_model_path, tmp_path):
-    config_file, run_dir = _write(_config(tiny_model_path, rounds=1), tmp_path), tmp_path / "run"
-    assert _run(config_file, run_dir).returncode == 0
-    status = json.loads((run_dir / "status.json").read_text())
-    assert status["round"] == 1 and status["phase"] == "done" and status["pid"] != os.getpid()
-    state = json.loads((run_dir / "state.json").read_text())
-    assert state["wandb_run_id"] in next((run_dir / "wandb").glob("offline-run-*")).name
 
 
 def test_a_reward_backend_down_all_along_stops_the_job_with_an_error(tiny_model_path, tmp_path):
