@@ -25,9 +25,10 @@ from typing import Any
 
 from onpolicy.config_sections import CorrectionConfig
 from onpolicy.errors import ConfigError
+from onpolicy.scoring import guarded_scores
 from onpolicy.types import Pair, PairTokens, Sample, ScoredGroup
 from reward import Failed, GroupReward, RewardConfigError, matches
-from reward.registry import CORRECTORS, check_score
+from reward.registry import CORRECTORS
 
 Corrector = Callable[..., "str | None"]
 
@@ -110,10 +111,7 @@ class Correction:
             return None, "correction_error"
         if edited == original:
             return None, "correction_unchanged"
-        try:
-            (score,) = [check_score(s) for s in self.reward.score_group(prompt, [edited])]
-        except Exception as exc:  # scored like any sample: a reward that raises excludes it
-            score = Failed(f"raised {type(exc).__name__}: {exc}", "error")
+        (score,) = guarded_scores(self.reward, prompt, [edited])
         if isinstance(score, Failed):
             return None, "correction_not_better"
         if self.negatives and best - score > 0 and best - score >= min_margin:

@@ -16,9 +16,9 @@ from onpolicy.config import EvalConfig
 from onpolicy.errors import ConfigError
 from onpolicy.progress import PhaseProgress
 from onpolicy.prompts import load_prompts
+from onpolicy.scoring import guarded_scores
 from onpolicy.types import PromptRecord
 from reward import Failed, GroupReward, RewardConfigError, build_reward, matches
-from reward.registry import check_score
 
 
 class GreedyCompleter(Protocol):
@@ -54,7 +54,7 @@ class Evaluator:
             for record, answer, row in zip(self.records, answers, rows):
                 if answer is None or not matches(record.reward_view(), metric.when):
                     continue
-                score = _score(metric.function, record, answer)
+                (score,) = guarded_scores(metric.function, record.reward_view(), [answer])
                 if isinstance(score, Failed):
                     failed += 1
                     row[f"{metric.name}_failure"] = score.reason
@@ -68,16 +68,6 @@ class Evaluator:
         results["eval/skipped_long_prompts"] = float(len(answers) - len(answered))
         results["eval/mean_chars"] = sum(map(len, answered)) / len(answered) if answered else 0.0
         return results, rows
-
-
-def _score(function: GroupReward, record: PromptRecord, answer: str) -> float | Failed:
-    """One answer's score, or why it has none: a metric that raises, or returns NaN, leaves the answer out of the
-    metric's mean (counted in eval/<name>_failed), as a failed reward leaves a sample out of pairing."""
-    try:
-        (score,) = [check_score(s) for s in function.score_group(record.reward_view(), [answer])]
-    except Exception as exc:
-        return Failed(f"raised {type(exc).__name__}: {exc}", "error")
-    return score
 
 
 def build_evaluator(config: EvalConfig, seed: int = 0) -> Evaluator | None:

@@ -8,12 +8,28 @@ can say what went wrong.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from onpolicy.progress import PhaseProgress
 from onpolicy.types import SampleGroup, ScoredGroup
 from reward import Failed, GroupReward, Response
 from reward.registry import check_score
+
+
+def guarded_scores(
+    reward: GroupReward, prompt: Mapping[str, Any], responses: Sequence[Response | str]
+) -> list[float | Failed]:
+    """`reward`'s checked score of each response, where a reward that raises or returns the wrong number of
+    scores fails them all (kind "error") instead of stopping the job. Every scoring of samples, corrections and
+    eval answers goes through here."""
+    try:
+        scores = list(reward.score_group(prompt, responses))
+        if len(scores) != len(responses):
+            raise ValueError(f"returned {len(scores)} scores for {len(responses)} responses")
+    except Exception as exc:
+        scores = [Failed(f"raised {type(exc).__name__}: {exc}", "error")] * len(responses)
+    return list(map(check_score, scores))
 
 
 def score_groups(
@@ -26,15 +42,9 @@ def score_groups(
     examples: dict[str, str] = {}
     for group in groups:
         texts = [Response(s.text, s.finish_reason == "length", len(s.token_ids)) for s in group.samples]
-        try:
-            scores = list(reward.score_group(group.record.reward_view(), texts))
-            if len(scores) != len(texts):
-                raise ValueError(f"returned {len(scores)} scores for {len(texts)} responses")
-        except Exception as exc:
-            scores = [Failed(f"raised {type(exc).__name__}: {exc}", "error")] * len(texts)
         rewards: list[float | None] = []
         failures: list[str | None] = []
-        for score in map(check_score, scores):
+        for score in guarded_scores(reward, group.record.reward_view(), texts):
             if isinstance(score, Failed):
                 excluded[score.kind] += 1
                 examples.setdefault(score.kind, score.reason)
