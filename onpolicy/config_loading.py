@@ -50,6 +50,16 @@ def read_yaml(path: pathlib.Path) -> dict[str, Any]:
     return data
 
 
+def lone_surrogate(text: str) -> int | None:
+    """Where `text` holds half of a UTF-16 pair (a lone surrogate, from an escape like "\\ud800"), which no
+    UTF-8 file can hold; None when it is text throughout."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
+
+
 def check_text(data: Any, source: str, key: str = "") -> None:
     """Refuse a string no file can hold as UTF-8 (a lone surrogate, from an escape like "\\ud800"), naming its key:
     it would otherwise fail when the run directory's files are written."""
@@ -59,14 +69,10 @@ def check_text(data: Any, source: str, key: str = "") -> None:
     elif isinstance(data, list):
         for i, value in enumerate(data):
             check_text(value, source, f"{key}[{i}]")
-    elif isinstance(data, str):
-        try:
-            data.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ConfigError(
-                f"'{key}' in {source}: holds {data[exc.start]!r}, half of a UTF-16 pair (a lone surrogate), which "
-                "is not text"
-            ) from None
+    elif isinstance(data, str) and (at := lone_surrogate(data)) is not None:
+        raise ConfigError(
+            f"'{key}' in {source}: holds {data[at]!r}, half of a UTF-16 pair (a lone surrogate), which is not text"
+        )
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, str]:

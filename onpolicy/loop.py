@@ -231,6 +231,8 @@ def _no_update_reason(pairing: PairingResult, update: UpdateResult, max_length: 
 def _check_scoring_works(run: RunDirectory, limit: int, outcome: RoundRecord) -> None:
     """Stop the job when no sample got a reward for `limit` rounds in a row (resumed rounds count too): a reward
     backend that is down all along would otherwise end the job "successfully" with an untrained policy."""
+    if not limit:
+        return
     streak = 0
     for record in reversed(run.read_rounds()):
         if record["round"] == 0:  # the initial evaluation: no scoring
@@ -238,7 +240,7 @@ def _check_scoring_works(run: RunDirectory, limit: int, outcome: RoundRecord) ->
         if record.get("reward/scored", 1) > 0:
             break
         streak += 1
-    if not limit or streak < limit:
+    if streak < limit:
         return
     example = next((w for w in outcome.warnings if "excluded" in w), None)
     raise OnpolicyError(

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onpolicy.config import PromptsConfig
+from onpolicy.config_loading import lone_surrogate
 from onpolicy.errors import OnpolicyError
 from onpolicy.types import PromptRecord
 
@@ -95,17 +96,6 @@ def _read_parquet(path: pathlib.Path) -> list[Any]:
         raise OnpolicyError(f"prompt file {path} is not a readable Parquet file: {exc}") from None
 
 
-def _check_text(where: str, text: str) -> None:
-    """Refuse a string that cannot be written as UTF-8: a lone surrogate (from a JSON escape like \\ud800)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise OnpolicyError(
-            f"{where}: holds {text[exc.start]!r} at character {exc.start}, half of a UTF-16 pair (a lone "
-            "surrogate), which is not text; fix the prompt"
-        ) from None
-
-
 def _to_record(item: Any, index: int, config: PromptsConfig, source: str) -> PromptRecord:
     where = f"{source}, prompt {index + 1}"
     if isinstance(item, str):
@@ -127,7 +117,12 @@ def _to_record(item: Any, index: int, config: PromptsConfig, source: str) -> Pro
             f"(fields present: {', '.join(map(str, item)) or 'none'}); set prompts.field to the right column"
         )
     for message in messages:
-        _check_text(where, str(message["content"]))
+        text = str(message["content"])
+        if (at := lone_surrogate(text)) is not None:
+            raise OnpolicyError(
+                f"{where}: holds {text[at]!r} at character {at}, half of a UTF-16 pair (a lone surrogate), which is "
+                "not text; fix the prompt"
+            )
     if config.system_prompt is not None and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": config.system_prompt})
     prompt_id = str(item.get("id", index))

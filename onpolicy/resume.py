@@ -69,12 +69,13 @@ def _open_locked(config: Config, run: RunDirectory, lock: RunLock, notes: list[s
         RunDirectory.create(run.path, config.to_yaml())
         return Start(run, -1, None, 0, None, lock, tuple(notes))
     last = run.last_complete_round()  # before anything changes: a damaged rounds.jsonl stops here
-    if last < 0 and _changed_settings(run, config):
+    differences = _saved_differences(run, config)
+    if last < 0 and _changed_settings(differences):
         # the run never completed a round (its model did not load, say): nothing of the old config to keep
         run.write_text("state.json", "{}\n")
         notes.append(f"{run.path} held a run with another config that completed no round: starting it anew")
     else:
-        notes += _check_same_experiment(run, config)
+        notes += _check_same_experiment(run, differences)
     removed = run.discard_unfinished(max(last, 0))
     if removed:
         notes.append(f"discarded the unfinished work of round {max(last, 0) + 1}: {', '.join(removed)}")
@@ -127,11 +128,11 @@ def retention(newest: int, config: Config) -> Callable[[int], bool]:
     return kept
 
 
-def _changed_settings(run: RunDirectory, config: Config) -> list[str]:
-    """The settings of `config` that differ from the run's saved config, beyond those a resume may change."""
+def _changed_settings(differences: list[tuple[str, Any, Any]]) -> list[str]:
+    """Of the `differences` from the run's saved config, those a resume may not change."""
     return [
         f"{key} ({old!r} -> {new!r})"
-        for key, old, new in _saved_differences(run, config)
+        for key, old, new in differences
         if key.split(".")[0] not in CHANGEABLE_ON_RESUME and old is not _ABSENT
     ]
 
@@ -141,11 +142,11 @@ def _saved_differences(run: RunDirectory, config: Config) -> list[tuple[str, Any
     return _differences(saved, redaction.redact(config.model_dump(mode="json")))  # saved with secrets masked
 
 
-def _check_same_experiment(run: RunDirectory, config: Config) -> list[str]:
-    """Refuse a config that changes the experiment; return notes on settings the saved config predates (keys a
-    newer onpolicy added), which take their current values."""
-    added = [f"{key}={new!r}" for key, old, new in _saved_differences(run, config) if old is _ABSENT]
-    changed = _changed_settings(run, config)
+def _check_same_experiment(run: RunDirectory, differences: list[tuple[str, Any, Any]]) -> list[str]:
+    """Refuse a config that changes the experiment (`differences` from the run's saved config); return notes on
+    settings the saved config predates (keys a newer onpolicy added), which take their current values."""
+    added = [f"{key}={new!r}" for key, old, new in differences if old is _ABSENT]
+    changed = _changed_settings(differences)
     if changed:
         raise OnpolicyError(
             f"{run.path} holds a run with another config; changed: {'; '.join(changed[:5])}"
