@@ -220,28 +220,6 @@ def test_failing_rewards_and_a_round_without_pairs_do_not_stop_the_run(tiny_mode
     assert (run_dir / "final" / "config.json").exists()
 
 
-def test_one_round_on_the_embedded_smollm2(embedded_model_path, tmp_path):
-    """The README's default model, through the whole loop once, from its converted cache folder."""
-    config = {
-        "rounds": 1,
-        "model": {"cache_dir": str(embedded_model_path.parent)},
-        "prompts": {"items": ["Who are you?", "What is the capital of France?", "Why is the sky blue?"]},
-        "generation": {"num_samples": 4, "max_new_tokens": 24, "kv_cache_gib": 0.5},
-        "reward": [{"name": "length", "args": {"target": 12}}],
-        "train": {"learning_rate": 1.0e-5, "batch_size": 4, "max_length": 128},
-        "eval": {
-            "prompts": {"items": ["What is the capital of France?"]},
-            "metrics": [{"name": "paris", "function": "contains", "args": {"words": ["Paris"]}}],
-        },
-    }
-    run_dir, stdout = run_cli(config, tmp_path)
-    initial, record = read_jsonl(run_dir / "rounds.jsonl")
-    assert initial["eval/paris"] == 1.0  # real weights, real answers (greedy; samples at temperature 1 vary)
-    assert f"policy: {embedded_model_path}" in stdout
-    assert record["gen/samples"] == 12 and record["pairs/kept"] == 3 and record["train/skipped"] == 0
-    assert record["train/loss"] == pytest.approx(0.6931, abs=1e-3)  # first step: the policy is its own reference
-
-
 def test_memory_stays_flat_from_round_to_round(tiny_model_path, tmp_path):
     """Engine, tokenizer and policy are built once and weights move in place: after the first rounds' warm-up,
     the process's peak memory does not grow (a leaked trainer, model copy or engine would add to it each round).

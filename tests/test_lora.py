@@ -109,8 +109,8 @@ def test_lora_settings_are_checked_against_peft():
 @pytest.mark.parametrize(("backend", "lora_sync"), [("engine", "merged"), ("engine", "adapter"), ("server", "adapter")])
 def test_lora_rounds_through_the_cli_reach_the_engine_and_resume(tiny_model_path, tmp_path, backend, lora_sync):
     """Two LoRA rounds through the real engine (or a started server): round 2 is sampled from the policy of round
-    1, sent as merged weights or as the adapter; with the in-process engine, a third round, asked for later,
-    continues the adapter from the checkpoint (an engine sent adapters gets the checkpoint's adapter at start)."""
+    1, sent as merged weights or as the adapter; with the in-process engine sent adapters, a third round, asked
+    for later, continues the adapter from the checkpoint (the engine gets the checkpoint's adapter at start)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tests.helpers import free_port, read_jsonl, run_cli, tiny_config
@@ -132,8 +132,8 @@ def test_lora_rounds_through_the_cli_reach_the_engine_and_resume(tiny_model_path
             gaps[name].append(_logprob_gap(model, tokenizer, prompts, sample))
     assert max(gaps["after_round_1"]) < 1e-3 < min(gaps["initial"]), gaps
 
-    if backend == "server":  # resuming on a server: tests/test_server.py; the adapter's way back: engine-adapter
-        return
+    if lora_sync == "merged" or backend == "server":
+        return  # a merged resume starts the engine from the checkpoint folder, as full fine-tuning does (test_resume)
     run_cli(config, tmp_path, overrides=("rounds=3",))
     rounds = read_jsonl(run_dir / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [1, 2, 3] and rounds[2]["train/skipped"] == 0
