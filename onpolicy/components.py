@@ -32,6 +32,7 @@ from onpolicy.lora import ADAPTER_FOLDER
 from onpolicy.model_store import check_model_folder
 from onpolicy.prompts import load_prompts
 from onpolicy.resume import Start
+from onpolicy.rundir import REFERENCE_FOLDER
 from onpolicy.tokens import check_prompts_leave_room_to_train
 from onpolicy.tracking import RoundLogger, start_logger
 from onpolicy.trl_compat import check_dpo_config_values
@@ -77,25 +78,7 @@ def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
     check_generation_backend(config.generation.backend, launched_processes())
-    for i, term in enumerate(config.reward):
-        if term.when is not None and not any(matches(record.reward_view(), term.when) for record in prompts):
-            raise ConfigError(
-                f"reward[{i}] ({term.label or term.name}): no prompt matches when={term.when}, so it would never "
-                "score; check the field names and values against the prompt records"
-            )
-    for i, term in enumerate(config.reward):
-        if term.name != "judge" or term.args.get("backend", "policy") != "policy":
-            continue
-        if config.generation.backend == "server":
-            raise ConfigError(
-                f"reward[{i}] (judge): backend 'policy' judges with the in-process engine; with "
-                "generation.backend: server use backend: openai, base_url: <a server's URL>/v1, model: policy"
-            )
-        if config.generation.lora_sync == "adapter":
-            raise ConfigError(
-                f"reward[{i}] (judge): backend 'policy' judges with the engine's base model, which with "
-                "generation.lora_sync: adapter is not the policy; use lora_sync: merged"
-            )
+    _check_reward_terms(config.reward, "reward", prompts, config.generation)
     try:
         check_dpo_config_values(config.train)
     except ValueError as exc:
@@ -103,13 +86,53 @@ def check_inputs(config: Config) -> Inputs:
     check_model_folder(config.model.path)
     policy_engine = PolicyEngine()
     reward = build_reward_from_terms(config.reward, policy_engine)
+    evaluator = build_evaluator(config.eval, seed=config.seed)
+    if evaluator is not None and config.eval.reward is not None:
+        evaluator.reward = _eval_reward(config, reward, policy_engine, evaluator.records)
     return Inputs(
         prompts=prompts,
         reward=reward,
         correction=build_correction(config.pairs.correction, reward),
-        evaluator=build_evaluator(config.eval, seed=config.seed),
+        evaluator=evaluator,
         policy_engine=policy_engine,
     )
+
+
+def _check_reward_terms(
+    terms: Sequence[RewardTerm], where: str, prompts: Sequence[PromptRecord], generation: GenerationConfig
+) -> None:
+    """Refuse reward terms that could never score (a `when` no prompt matches) or whose judge cannot reach the
+    policy engine; `where` names the terms' list in messages."""
+    for i, term in enumerate(terms):
+        if term.when is not None and not any(matches(record.reward_view(), term.when) for record in prompts):
+            raise ConfigError(
+                f"{where}[{i}] ({term.label or term.name}): no prompt matches when={term.when}, so it would never "
+                "score; check the field names and values against the prompt records"
+            )
+    for i, term in enumerate(terms):
+        if term.name != "judge" or term.args.get("backend", "policy") != "policy":
+            continue
+        if generation.backend == "server":
+            raise ConfigError(
+                f"{where}[{i}] (judge): backend 'policy' judges with the in-process engine; with "
+                "generation.backend: server use backend: openai, base_url: <a server's URL>/v1, model: policy"
+            )
+        if generation.lora_sync == "adapter":
+            raise ConfigError(
+                f"{where}[{i}] (judge): backend 'policy' judges with the engine's base model, which with "
+                "generation.lora_sync: adapter is not the policy; use lora_sync: merged"
+            )
+
+
+def _eval_reward(
+    config: Config, job_reward: GroupReward, policy_engine: PolicyEngine, eval_prompts: Sequence[PromptRecord]
+) -> GroupReward:
+    """What compares eval answers with the initial policy's (`eval.reward`, not None)."""
+    if config.eval.reward == "job":
+        return job_reward
+    assert config.eval.reward is not None
+    _check_reward_terms(config.eval.reward, "eval.reward", eval_prompts, config.generation)
+    return build_reward_from_terms(config.eval.reward, policy_engine, where="eval.reward")
 
 
 def build_components(
@@ -177,15 +200,11 @@ def _trainer_side(
     lora_adapter = None
     if config.train.lora is not None and start.policy is not None:  # LoRA continues its adapter on the base
         lora_adapter = str(start.policy / ADAPTER_FOLDER)
-    reference = None
-    if not config.ref.is_round_start_policy and start.reference_from < start.last_complete:
-        source = model_path if start.reference_from == 0 else str(start.run.checkpoint(start.reference_from))
-        reference = (source, start.reference_from)
     trainer_start = TrainerStart(
         model_path=model_path if config.train.lora is not None else policy_path,
         tokenizer_path=policy_path,
         adapter_path=lora_adapter,
-        reference=reference,
+        reference=reference_to_restore(config, start, model_path),
         engine_dtype=generator.engine_dtype,
     )
     updater: Updater
@@ -208,6 +227,19 @@ def _trainer_side(
     if logger.run_id:
         start.run.write_state(wandb_run_id=logger.run_id)
     return Components(inputs=inputs, generator=generator, updater=updater, logger=logger, sync=sync)
+
+
+def reference_to_restore(config: Config, start: Start, model_path: str) -> tuple[str, int] | None:
+    """Where a resumed job's reference comes from, as (folder, the round after which it stood); None where the
+    updater makes it itself (the round's starting policy, or a reference not taken yet)."""
+    if config.ref.is_round_start_policy or start.last_complete < 1:
+        return None
+    if config.ref.refresh == "mix":  # the reference the last round trained against, saved with it
+        return str(start.run.checkpoint(start.last_complete) / REFERENCE_FOLDER), start.last_complete - 1
+    if start.reference_from < start.last_complete:
+        source = model_path if start.reference_from == 0 else str(start.run.checkpoint(start.reference_from))
+        return source, start.reference_from
+    return None
 
 
 def policy_sync(config: Config, generator: Generator, updater: Updater) -> Callable[[str], None]:
@@ -278,21 +310,24 @@ def _server_generator(
     return generator
 
 
-def build_reward_from_terms(terms: Sequence[RewardTerm], policy_engine: PolicyEngine | None = None) -> GroupReward:
-    """The configured reward: the weighted sum of its terms. Errors name the term. A `policy` judge among them
-    uses `policy_engine` (by default a detached one of its own: checking a config needs no engine)."""
+def build_reward_from_terms(
+    terms: Sequence[RewardTerm], policy_engine: PolicyEngine | None = None, where: str = "reward"
+) -> GroupReward:
+    """The configured reward: the weighted sum of its terms. Errors name the term (in the list `where`). A
+    `policy` judge among them uses `policy_engine` (by default a detached one of its own: checking a config needs
+    no engine)."""
     built = []
     for i, term in enumerate(terms):
         try:
             reward = build_reward(term.name, term.args, policy_engine)
         except RewardConfigError as exc:
-            raise ConfigError(f"reward[{i}] ({term.name}): {exc}") from None
+            raise ConfigError(f"{where}[{i}] ({term.name}): {exc}") from None
         reward = Conditional(reward, term.when) if term.when else reward
         built.append(Term(reward, term.weight, term.label or _default_label(term, i, terms), term.normalize))
     try:  # a sum even of one term: every backend's metrics are then reward/<label>/...
         return WeightedSum(built)
     except RewardConfigError as exc:
-        raise ConfigError(f"reward: {exc}; give the terms distinct label:s") from None
+        raise ConfigError(f"{where}: {exc}; give the terms distinct label:s") from None
 
 
 def _default_label(term: RewardTerm, index: int, terms: Sequence[RewardTerm]) -> str:

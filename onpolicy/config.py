@@ -82,6 +82,15 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _mixed_reference_needs_full_weights(self) -> Config:
+        if self.ref.refresh == "mix" and self.train.lora is not None:
+            raise ValueError(
+                "ref.refresh: mix needs full fine-tuning: a mix of two LoRA policies is no adapter of the same rank "
+                "(its change is the sum of two low-rank products); with train.lora use every_round, every or never"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _eval_needs_prompts(self) -> Config:
         if self.eval.metrics and self.eval.prompts is None:
             raise ValueError("eval.metrics needs eval.prompts (a file or a list of held-out prompts)")

@@ -292,12 +292,19 @@ def for_round(value: float, schedule: dict[int, float] | None, round_number: int
 
 
 class RefConfig(Section):
-    refresh: Literal["every_round", "every", "never"] = Field(
+    refresh: Literal["every_round", "every", "never", "mix"] = Field(
         "every_round",
         description="every_round: round n+1's reference is the policy after round n; every: refreshed every "
-        "`ref.every` rounds; never: the initial model throughout.",
+        "`ref.every` rounds; never: the initial model throughout; mix: after each round the reference moves "
+        "toward the policy, ref = mix * policy + (1 - mix) * ref (TR-DPO's soft update, once per round).",
     )
     every: int = Field(1, ge=1, description="With refresh=every: rounds between reference refreshes.")
+    mix: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="With refresh=mix: the policy's share of the new reference (1: the policy, as every_round).",
+    )
     logps: Literal["auto", "engine", "trainer"] = Field(
         "auto",
         description="Where the reference log-probs of sampled responses come from when the reference is the "
@@ -338,6 +345,27 @@ class EvalConfig(Section):
     )
     max_new_tokens: int = Field(48, ge=1, description="Longest greedy answer.")
     metrics: list[EvalMetric] = Field(default_factory=list, description="What to measure on the greedy answers.")
+    reward: Literal["job"] | list[RewardTerm] | None = Field(
+        "job",
+        description="Scores each greedy answer together with the initial policy's greedy answer to the same prompt "
+        "(a group of two): eval/reward is the answers' mean score, eval/win_rate the share of prompts where the "
+        "answer scores above the initial one (ties count half; a pairwise judge sees the two in both orders). "
+        "job: the job's reward; a list of terms like `reward` (e.g. a judge or a reward model that does not "
+        "train the policy); null: neither.",
+    )
+
+    @model_validator(mode="after")
+    def _metric_names_are_free(self) -> EvalConfig:
+        names = [metric.name for metric in self.metrics]
+        for i, name in enumerate(names):
+            if name in {"reward", "win_rate", "mean_chars", "skipped_long_prompts"} or name.endswith("_failed"):
+                raise ValueError(
+                    f"eval.metrics[{i}].name {name!r} is taken: eval/{name} is logged by onpolicy or names a "
+                    "metric's failures; rename the metric"
+                )
+            if name in names[:i]:
+                raise ValueError(f"eval.metrics[{i}].name {name!r} is given twice; metric names must differ")
+        return self
 
 
 class CheckpointConfig(Section):

@@ -193,6 +193,9 @@ class MirroredUpdater:
     def save(self, folder: pathlib.Path) -> None:
         self.updater.save(folder)
 
+    def save_checkpoint(self, folder: pathlib.Path) -> None:
+        self.updater.save_checkpoint(folder)
+
     def save_adapter(self, folder: pathlib.Path) -> None:
         self.updater.save_adapter(folder)
 

@@ -4,12 +4,17 @@ every round, through the same engine that generates (so it sees exactly the poli
 An eval metric is a reward (built-in or import path) applied to each greedy answer of the prompts matching its
 `when`; `eval/<name>` is the mean over those prompts. Prompts too long for the engine are left out and counted,
 and so are answers the metric fails on (it raises, returns NaN): `eval/<name>_failed`, the reason in eval.jsonl.
+
+Each answer is also compared with the initial policy's greedy answer to the same prompt (`eval.reward`): the two
+are scored as one group, so any reward serves, a pairwise judge included (it sees them in both orders). The
+initial answers are round 0's; a resumed job reads them back from round 0's eval.jsonl.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from onpolicy.config import EvalConfig
@@ -18,7 +23,7 @@ from onpolicy.progress import PhaseProgress
 from onpolicy.prompts import load_prompts
 from onpolicy.scoring import guarded_scores
 from onpolicy.types import PromptRecord
-from reward import Failed, GroupReward, RewardConfigError, build_reward, matches
+from reward import Failed, GroupReward, RewardConfigError, build_reward, matches, take_stats
 
 
 class GreedyCompleter(Protocol):
@@ -35,20 +40,39 @@ class _Metric:
 
 
 class Evaluator:
-    def __init__(self, records: Sequence[PromptRecord], metrics: Sequence[_Metric], max_new_tokens: int) -> None:
+    def __init__(
+        self,
+        records: Sequence[PromptRecord],
+        metrics: Sequence[_Metric],
+        max_new_tokens: int,
+        reward: GroupReward | None = None,
+    ) -> None:
+        """`reward`: what compares each answer with the initial policy's (None: no comparison)."""
         self.records = list(records)
         self.metrics = list(metrics)
         self.max_new_tokens = max_new_tokens
+        self.reward = reward
+        self.initial_answers: dict[str, str] | None = None  # prompt id -> the initial policy's greedy answer
+
+    def remember_initial(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """The initial policy's answers, from round 0's eval rows (a resumed job's first evaluation compares with
+        them)."""
+        self.initial_answers = {str(row["prompt_id"]): row["answer"] for row in rows if row.get("answer") is not None}
 
     def run(
         self, engine: GreedyCompleter, progress: PhaseProgress | None = None
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """The eval metrics and one row per prompt (its greedy answer and scores)."""
+        """The eval metrics and one row per prompt (its greedy answer and scores). The first run, with no
+        initial answers remembered, is the initial policy's."""
+        started = time.perf_counter()
         answers = engine.complete_greedy(self.records, self.max_new_tokens, progress)
+        results: dict[str, float] = {"perf/eval_generate_s": time.perf_counter() - started}
+        started = time.perf_counter()
+        if self.initial_answers is None:
+            self.initial_answers = {r.id: a for r, a in zip(self.records, answers) if a is not None}
         rows = [
             {"prompt_id": r.id, "prompt": r.prompt, **r.metadata, "answer": a} for r, a in zip(self.records, answers)
         ]
-        results: dict[str, float] = {}
         for metric in self.metrics:
             scores, failed = [], 0
             for record, answer, row in zip(self.records, answers, rows):
@@ -61,17 +85,53 @@ class Evaluator:
                 else:
                     scores.append(score)
                     row[metric.name] = score
-            results[f"eval/{metric.name}"] = sum(scores) / len(scores) if scores else float("nan")
+            results[f"eval/{metric.name}"] = _mean(scores)
             if failed:
                 results[f"eval/{metric.name}_failed"] = float(failed)
+        if self.reward is not None:
+            results.update(self._against_initial(answers, rows))
         answered = [a for a in answers if a is not None]
         results["eval/skipped_long_prompts"] = float(len(answers) - len(answered))
-        results["eval/mean_chars"] = sum(map(len, answered)) / len(answered) if answered else 0.0
+        results["eval/mean_chars"] = _mean(list(map(len, answered))) if answered else 0.0
+        results["perf/eval_score_s"] = time.perf_counter() - started
         return results, rows
+
+    def _against_initial(self, answers: Sequence[str | None], rows: list[dict[str, Any]]) -> dict[str, float]:
+        """eval/reward and eval/win_rate: each answer and the initial policy's, scored as a group of two. An answer
+        the same as the initial one ties without being scored against it."""
+        assert self.reward is not None and self.initial_answers is not None
+        rewards, wins, failed = [], [], 0
+        for record, answer, row in zip(self.records, answers, rows):
+            initial = self.initial_answers.get(record.id)
+            if answer is None or initial is None:
+                continue
+            scores = guarded_scores(self.reward, record.reward_view(), [answer, initial])
+            problem = next((s for s in scores if isinstance(s, Failed)), None)
+            if problem is not None:
+                failed += 1
+                row["reward_failure"] = problem.reason
+                continue
+            mine, theirs = scores
+            win = 0.5 if answer == initial or mine == theirs else float(mine > theirs)
+            row.update(reward=mine, initial_reward=theirs, win=win)
+            rewards.append(mine)
+            wins.append(win)
+        results = {"eval/reward": _mean(rewards), "eval/win_rate": _mean(wins)}
+        if failed:
+            results["eval/reward_failed"] = float(failed)
+        # The reward's own statistics would mix the two answers of each group: left out, and kept out of the next
+        # round's reward/* (the job's reward may be this one). Their cost is perf/eval_score_s.
+        take_stats(self.reward)
+        return results
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def build_evaluator(config: EvalConfig, seed: int = 0) -> Evaluator | None:
-    """The configured evaluation, checked before any model loads; None without eval prompts."""
+    """The configured evaluation, checked before any model loads; None without eval prompts. Its `reward`
+    (`eval.reward`) is for the caller to set: it may be the job's own."""
     if config.prompts is None:
         return None
     records = load_prompts(config.prompts.model_copy(update={"shuffle": False}), seed=seed)

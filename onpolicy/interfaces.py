@@ -66,6 +66,10 @@ class Updater(Protocol):
         """The policy as an ordinary HF model folder."""
         ...
 
+    def save_checkpoint(self, folder: pathlib.Path) -> None:
+        """What a resumed run continues from: the policy, and a reference no other folder holds."""
+        ...
+
     def save_adapter(self, folder: pathlib.Path) -> None:
         """With `train.lora`: the adapter alone, as PEFT saves it."""
         ...

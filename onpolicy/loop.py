@@ -28,9 +28,10 @@ from onpolicy.pairing import Selection, build_pairs
 from onpolicy.progress import PhaseProgress, Progress
 from onpolicy.prompts import prompts_for_round
 from onpolicy.resume import Start, StartMode, open_run, retention
-from onpolicy.rundir import RunDirectory
+from onpolicy.rundir import REFERENCE_FOLDER, RunDirectory
 from onpolicy.scoring import score_groups
 from onpolicy.stopping import GracefulStop
+from onpolicy.tracking import Table
 from onpolicy.types import PairingResult, RoundRecord, UpdateResult
 from reward import take_stats
 
@@ -106,15 +107,17 @@ def run_round(n: int, job: Job) -> RoundRecord:
         **m.perf_metrics(seconds, gen["gen/tokens"]),
         "perf/record_s": record_s,
     }
+    tables = {"pairs/examples": m.pair_table(pairing.pairs)}
     if parts.inputs.evaluator is not None:
-        metrics.update(_evaluate(job, n))
+        results, tables["eval/answers"] = _evaluate(job, n)
+        metrics.update(results)
     started = time.perf_counter()
     with job.progress.phase(n, "checkpoint"):
-        run.save_checkpoint(n, updater.save)
+        run.save_checkpoint(n, updater.save_checkpoint)
     metrics["perf/checkpoint_s"] = time.perf_counter() - started
     metrics["perf/round_total_s"] = time.perf_counter() - round_started  # with evaluation, records, checkpoint
     run.append_round({"round": n, **metrics})  # the round is complete from here on
-    parts.logger.log_round(n, metrics, tables={"pairs/examples": m.pair_table(pairing.pairs)})
+    parts.logger.log_round(n, metrics, tables=tables)
     run.prune_checkpoints(retention(n, config))
     if too_long:
         warnings.append(f"{len(too_long)} prompt(s) too long for the engine were skipped, e.g. {too_long[0].id!r}")
@@ -182,7 +185,10 @@ def _run_rounds(
         echo(note)
     if start.last_complete >= config.rounds:
         if start.policy is not None and not (run.path / "final").is_dir():  # the job died writing final/
-            run.save_model("final", lambda folder: shutil.copytree(start.policy, folder))
+            run.save_model(
+                "final",
+                lambda folder: shutil.copytree(start.policy, folder, ignore=shutil.ignore_patterns(REFERENCE_FOLDER)),
+            )
         echo(f"{run.path} has all {config.rounds} rounds already (raise rounds= to continue it)")
         return []
 
@@ -194,10 +200,13 @@ def _run_rounds(
         with GracefulStop() as stop:
             job = Job(config, parts, run, stop, progress)
             if inputs.evaluator is not None and start.last_complete < 0:  # round 0: the initial policy
-                record = {"round": 0, **_evaluate(job, 0)}
+                results, table = _evaluate(job, 0)
+                record = {"round": 0, **results}
                 run.append_round(record)
-                parts.logger.log_round(0, record)
+                parts.logger.log_round(0, results, tables={"eval/answers": table})
                 echo(m.progress_line(0, config.rounds, record))
+            elif inputs.evaluator is not None:  # a resumed job compares with the initial policy's answers
+                inputs.evaluator.remember_initial(run.read_jsonl(f"{run.round_folder(0)}/eval.jsonl"))
             for n in range(max(start.last_complete, 0) + 1, config.rounds + 1):
                 outcome = run_round(n, job)
                 for warning in outcome.warnings:
@@ -261,14 +270,15 @@ def _catch_up_wandb(run: RunDirectory, parts: Components) -> None:
             parts.logger.log_round(record["round"], {k: v for k, v in record.items() if k != "round"})
 
 
-def _evaluate(job: Job, round_number: int) -> dict[str, float]:
-    """Greedy answers to the eval prompts from the generator's current weights, saved and scored."""
+def _evaluate(job: Job, round_number: int) -> tuple[dict[str, float], Table]:
+    """Greedy answers to the eval prompts from the generator's current weights, saved and scored; the metrics
+    and the answers as a table."""
     start = time.perf_counter()
     evaluator = job.parts.inputs.evaluator
     with job.progress.phase(round_number, "evaluate", len(evaluator.records), "prompts") as progress:
         results, rows = evaluator.run(job.parts.generator, progress)
     job.run.write_jsonl(f"{job.run.round_folder(round_number)}/eval.jsonl", rows)
-    return {**results, "perf/eval_s": time.perf_counter() - start}
+    return {**results, "perf/eval_s": time.perf_counter() - start}, m.eval_table(rows)
 
 
 @contextmanager

@@ -86,12 +86,22 @@ def pair_table(pairs: Sequence[Pair], limit: int = 8) -> tuple[list[str], list[l
     return columns, rows
 
 
+def eval_table(rows: Sequence[Mapping[str, Any]], limit: int = 100) -> tuple[list[str], list[list[Any]]]:
+    """The round's eval answers (the first `limit`) with their scores as (columns, rows), for a W&B Table."""
+    columns = ["prompt_id", "prompt", "answer"]
+    for row in rows:
+        columns += [key for key in row if key not in columns and not isinstance(row[key], (list, dict))]
+    return columns, [[row.get(column) for column in columns] for row in rows[:limit]]
+
+
 def progress_line(round_number: int, rounds: int, metrics: Mapping[str, float]) -> str:
     """One terminal line per round (round 0: the evaluation of the initial policy)."""
     evals = " ".join(
         f"{key.removeprefix('eval/')} {value:.2f}"
         for key, value in metrics.items()
-        if key.startswith("eval/") and key not in {"eval/skipped_long_prompts", "eval/mean_chars"}
+        if key.startswith("eval/")
+        and key not in {"eval/skipped_long_prompts", "eval/mean_chars"}
+        and key.count("/") == 1  # not eval/reward/<statistic>
     )
     if round_number == 0:
         return f"round 0/{rounds} (initial policy) | eval {evals}"

@@ -22,7 +22,7 @@ from onpolicy import redaction
 from onpolicy.config import Config
 from onpolicy.errors import OnpolicyError
 from onpolicy.run_lock import RunLock
-from onpolicy.rundir import RunDirectory
+from onpolicy.rundir import REFERENCE_FOLDER, RunDirectory, is_whole_model_folder
 from onpolicy.update import reference_round
 
 StartMode = Literal["auto", "resume", "fresh"]
@@ -107,7 +107,12 @@ def _last_resumable_round(run: RunDirectory, config: Config, last: int) -> int:
     job continues after. 0 (or -1 when nothing is complete) needs no checkpoint."""
     for candidate in range(last, 0, -1):
         reference_from = reference_round(candidate + 1, config.ref) - 1
-        if run.checkpoint_is_whole(candidate) and (reference_from < 1 or run.checkpoint_is_whole(reference_from)):
+        mixed_reference = run.checkpoint(candidate) / REFERENCE_FOLDER
+        if (
+            run.checkpoint_is_whole(candidate)
+            and (reference_from < 1 or run.checkpoint_is_whole(reference_from))
+            and (config.ref.refresh != "mix" or is_whole_model_folder(mixed_reference))
+        ):
             return candidate
     return min(last, 0)
 

@@ -5,7 +5,8 @@
     DIR/rounds/0001/samples.jsonl   every sample of round 1 with its reward (or why it has none)
     DIR/rounds/0001/pairs.jsonl     the pairs round 1 trained on
     DIR/checkpoints/round-0002/     the policy after round 2 (the last `checkpoint.keep_last`, every N-th, and
-                                    the one the reference comes from)
+                                    the one the reference comes from); with `ref.refresh: mix`, the reference
+                                    round 2 trained against in its reference/
     DIR/state.json                  what resuming needs besides the files above: the W&B run id
     DIR/status.json                 what the job is doing now (round, phase, how far), for whoever watches it
     DIR/final/                      the last policy: an ordinary HF folder that transformers and vLLM load
@@ -33,6 +34,8 @@ from typing import Any
 
 from onpolicy.errors import OnpolicyError
 from onpolicy.types import Pair, ScoredGroup, to_json
+
+REFERENCE_FOLDER = "reference"  # in a round checkpoint: the mixed reference (`ref.refresh: mix`)
 
 
 def default_run_dir(config_path: str | None) -> pathlib.Path:
@@ -78,6 +81,13 @@ class RunDirectory:
 
     def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
         return self.write_text(name, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+
+    def read_jsonl(self, name: str) -> list[dict[str, Any]]:
+        """The rows of a JSONL file this directory holds; none when it is missing."""
+        path = self.path / name
+        if not path.is_file():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     def round_folder(self, round_number: int) -> str:
         return f"rounds/{round_number:04d}"

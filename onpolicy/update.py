@@ -17,6 +17,9 @@ The reference costs no training time:
   load the *initial* checkpoint from disk: a silent "never refresh").
 - `never` / `every: N`: a frozen copy of the policy is taken when the reference is due for a refresh, and TRL
   precomputes the reference log-probs with it before training; still no reference forward per step.
+- `mix: a`: the frozen copy moves toward the policy at the start of every round after the first,
+  `ref = a * policy + (1 - a) * ref` (TR-DPO's soft update, per round rather than per step). A mix is no
+  model saved anywhere else, so each round's checkpoint keeps it in `reference/` for a resumed run.
 
 Everything that relies on TRL beyond its public arguments (the trainer subclass for tokenized rows with engine
 log-probs, two scoped adjustments of its internals, the mapping of its logs) lives in `onpolicy.trl_compat`.
@@ -42,6 +45,7 @@ from onpolicy.config import RefConfig, TrainConfig
 from onpolicy.devices import choose_gradient_checkpointing
 from onpolicy.errors import OnpolicyError
 from onpolicy.progress import PhaseProgress
+from onpolicy.rundir import REFERENCE_FOLDER
 from onpolicy.tokens import prompt_ids, response_ids
 from onpolicy.types import Pair, UpdateResult
 
@@ -72,8 +76,9 @@ class TrainingRows:
 
 
 def reference_round(round_number: int, ref: RefConfig) -> int:
-    """The round (1-based) whose starting policy is the reference of round `round_number`."""
-    if ref.refresh == "every_round":
+    """The round (1-based) whose starting policy is the reference of round `round_number` (with `mix`: the
+    newest round whose starting policy went into it; the mixed reference is saved in its round checkpoints)."""
+    if ref.refresh in ("every_round", "mix"):
         return round_number
     if ref.refresh == "never":
         return 1
@@ -142,7 +147,8 @@ class DPOUpdater:
         return not self.ref_config.is_round_start_policy and self.train_config.lora is None
 
     def restore_reference(self, folder: str | pathlib.Path, from_round: int) -> None:
-        """On resume: the reference is the policy saved after round `from_round` (0: the initial model)."""
+        """On resume: the reference as it stood after round `from_round` (0: the initial model), from `folder`:
+        the policy saved after that round, or with `mix` the reference saved in the next round's checkpoint."""
         from transformers import AutoModelForCausalLM
 
         self._reference_round = from_round + 1
@@ -162,6 +168,8 @@ class DPOUpdater:
             return False
         if self.train_config.lora is not None:  # `never` keeps the base model; `every: N` snapshots the adapter
             self._lora_reference = "base" if due == 1 else lora.adapter_state(self.policy)
+        elif self.ref_config.refresh == "mix" and self.reference is not None:
+            mix_into(self.reference, self.policy, self.ref_config.mix)
         else:
             self.reference = copy.deepcopy(self.policy).eval().requires_grad_(False)
         self._reference_round = due
@@ -300,8 +308,24 @@ class DPOUpdater:
             self.policy.save_pretrained(folder)
         self.tokenizer.save_pretrained(folder)
 
+    def save_checkpoint(self, folder: pathlib.Path) -> None:
+        """What a resumed run continues from: the policy (`save`) and, with `ref.refresh: mix`, the reference of
+        the round just trained in `reference/` (no other folder holds a mix)."""
+        self.save(folder)
+        if self.ref_config.refresh == "mix" and self.reference is not None:
+            self.reference.save_pretrained(folder / REFERENCE_FOLDER)
+
 
 _SIDES = ("chosen_ids", "rejected_ids")
+
+
+@torch.no_grad()
+def mix_into(reference: torch.nn.Module, policy: torch.nn.Module, share: float) -> None:
+    """reference <- share * policy + (1 - share) * reference, weight by weight, in place (parameters, not the
+    state dict: a tied embedding is one parameter under two state-dict names, and must move once)."""
+    policy_weights = dict(policy.named_parameters())
+    for name, weight in reference.named_parameters():
+        weight.lerp_(policy_weights[name].to(weight.dtype), share)
 
 
 class Diverged(OnpolicyError):

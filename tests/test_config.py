@@ -87,7 +87,7 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
         ({**MINIMAL, "rounds": "many"}, [], r"'rounds' in .*run.yaml: Input should be a valid integer"),
         ({**MINIMAL, "rounds": 0}, [], r"'rounds' .*greater than or equal to 1"),
         (MINIMAL, ["generation.num_samples=1"], r"greater than or equal to 2"),
-        (MINIMAL, ["ref.refresh=sometimes"], r"'every_round', 'every' or 'never'"),
+        (MINIMAL, ["ref.refresh=sometimes"], r"'every_round', 'every', 'never' or 'mix'"),
         (
             MINIMAL,
             ["train.loss_type=sigmod"],
@@ -126,6 +126,18 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
         (MINIMAL, ["reward.0.weight=.nan"], r"'reward\[0\].weight' .*finite number"),
         (MINIMAL, ["train.extra={logging_steps: 5}"], r"train.extra.logging_steps is set by onpolicy; it follows"),
         (MINIMAL, ['prompts.system_prompt="\\ud800"'], r"'prompts.system_prompt' in .*lone surrogate"),
+        (MINIMAL, ["ref.refresh=mix", "train.lora={r: 8}"], r"ref.refresh: mix needs full fine-tuning"),
+        (MINIMAL, ["ref.refresh=mix", "ref.mix=0"], r"'ref.mix' in command-line override .*greater than 0"),
+        (
+            MINIMAL,
+            ["eval.prompts={items: [a]}", "eval.metrics=[{name: win_rate, function: length}]"],
+            r"eval.metrics\[0\].name 'win_rate' is taken: eval/win_rate is logged by onpolicy",
+        ),
+        (
+            MINIMAL,
+            ["eval.prompts={items: [a]}", "eval.metrics=[{name: x, function: length}, {name: x, function: length}]"],
+            r"eval.metrics\[1\].name 'x' is given twice",
+        ),
     ],
 )
 def test_bad_config_gives_one_clear_error(tmp_path, data, overrides, message):

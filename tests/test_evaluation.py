@@ -1,5 +1,7 @@
 """Evaluation metrics over fixed greedy answers: a metric that fails on an answer leaves it out, counted."""
 
+import pytest
+
 from onpolicy.config import EvalConfig
 from onpolicy.evaluation import build_evaluator
 
@@ -37,3 +39,36 @@ def test_a_metric_that_raises_or_returns_nan_leaves_the_answer_out_and_counts_it
     assert rows[1]["picky_failure"] == "raised KeyError: 'no such field'"
     assert rows[2]["picky_failure"] == "returned nan"
     assert results["eval/exact"] == 0.0 and "eval/exact_failed" not in results  # "inf" is a word, not a crash
+
+
+def _comparing_evaluator(prompts, reward):
+    evaluator = build_evaluator(EvalConfig.model_validate({"prompts": {"items": prompts}}))
+    evaluator.reward = reward
+    return evaluator
+
+
+def test_answers_are_compared_with_the_initial_policy_s_under_a_reward_ties_counting_half():
+    from reward import build_reward
+
+    evaluator = _comparing_evaluator(["a", "b", "c", "d"], build_reward("length", {"target": 10, "unit": "chars"}))
+    initial = {"a": "x" * 4, "b": "x" * 10, "c": "x" * 8, "d": "x" * 6}
+    results, _ = evaluator.run(FixedAnswers(initial))  # round 0: the initial policy against itself
+    assert results["eval/win_rate"] == 0.5
+    assert results["eval/reward"] == pytest.approx((-0.6 + 0.0 - 0.2 - 0.4) / 4)
+    later = {"a": "x" * 9, "b": "x" * 13, "c": "x" * 12, "d": "x" * 6}  # closer, farther, as far, the same
+    results, rows = evaluator.run(FixedAnswers(later))
+    assert results["eval/win_rate"] == pytest.approx((1 + 0 + 0.5 + 0.5) / 4)
+    assert results["eval/reward"] == pytest.approx((-0.1 - 0.3 - 0.2 - 0.4) / 4)
+    assert rows[0]["win"] == 1.0 and rows[0]["initial_reward"] == pytest.approx(-0.6)
+    assert results["perf/eval_generate_s"] >= 0 and results["perf/eval_score_s"] >= 0
+
+
+def test_a_resumed_evaluation_compares_with_round_0_s_answers_and_a_failing_reward_is_counted(tmp_path):
+    from reward import build_reward
+
+    (tmp_path / "picky.py").write_text("def score(completion, prompt):\n    return 1 / (len(completion) - 3)\n")
+    evaluator = _comparing_evaluator(["a", "b"], build_reward(f"{tmp_path / 'picky.py'}:score"))
+    evaluator.remember_initial([{"prompt_id": "0", "answer": "xxxxx"}, {"prompt_id": "1", "answer": "xxxxxx"}])
+    results, rows = evaluator.run(FixedAnswers({"a": "xxxx", "b": "xxx"}))  # b divides by zero
+    assert results["eval/win_rate"] == 1.0 and results["eval/reward"] == 1.0  # 1/1 against the initial 1/2
+    assert results["eval/reward_failed"] == 1 and "ZeroDivisionError" in rows[1]["reward_failure"]

@@ -157,6 +157,33 @@ def test_pairwise_judge_ranks_by_content_in_both_orders(proxy, aggregate):
 
 
 @pytest.mark.slow
+def test_eval_win_rate_against_the_initial_policy_under_a_pairwise_judge(proxy):
+    from onpolicy.config import EvalConfig
+    from onpolicy.evaluation import build_evaluator
+
+    proxy.rewrite = lambda request, index, answer: (
+        "[[A]]"
+        if "Athene" in _answer_of(request, "A")
+        else ("[[B]]" if "Athene" in _answer_of(request, "B") else "[[C]]")
+    )
+    evaluator = build_evaluator(EvalConfig.model_validate({"prompts": {"items": ["Who are you?", "Hi", "Name?"]}}))
+    evaluator.reward = _judge(proxy.url, mode="pairwise")
+
+    class Answers:
+        def __init__(self, *answers):
+            self.answers = list(answers)
+
+        def complete_greedy(self, records, max_new_tokens, progress=None):
+            return self.answers
+
+    evaluator.run(Answers("I am a model.", "Hello.", "I am Athene."))  # round 0: the initial answers
+    proxy.seen.clear()
+    results, rows = evaluator.run(Answers("I am Athene.", "Hello.", "I am a model."))  # won, the same, lost
+    assert results["eval/win_rate"] == pytest.approx(0.5) and [row["win"] for row in rows] == [1.0, 0.5, 0.0]
+    assert len(proxy.seen) == 6  # each prompt's two answers, in both orders
+
+
+@pytest.mark.slow
 def test_a_judge_that_always_picks_the_first_position_is_measured_and_cancelled(proxy):
     proxy.rewrite = lambda request, index, answer: "[[A]]"
     judge = _judge(proxy.url, mode="pairwise", max_comparisons=4)

@@ -93,9 +93,10 @@ def _assert_every_round_once(run_dir, rounds):
 
 
 def test_a_resumed_run_is_the_run_it_would_have_been(tiny_model_path, tmp_path):
-    """Stopping after round 1 and resuming to round 3 gives the same samples and pairs as an uninterrupted
-    3-round run (and two fresh runs agree on round 1: determinism on CPU)."""
-    config_file = _write(_config(tiny_model_path), tmp_path)
+    """Stopping after round 1 and resuming to round 3 gives the same samples, pairs and losses as an uninterrupted
+    3-round run (and two fresh runs agree on round 1: determinism on CPU). The reference is a mix, which only
+    the checkpoints hold: the resumed job must take it from there (the other tests here resume `never`)."""
+    config_file = _write(_config(tiny_model_path, ref={"refresh": "mix", "mix": 0.5}), tmp_path)
     whole = _run(config_file, tmp_path / "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
     first = _run(config_file, tmp_path / "resumed", "rounds=1")
@@ -109,22 +110,25 @@ def test_a_resumed_run_is_the_run_it_would_have_been(tiny_model_path, tmp_path):
             assert resumed == (tmp_path / f"whole/rounds/{n:04d}/{name}").read_text(), (n, name)
     records = _assert_every_round_once(tmp_path / "resumed", 3)
     assert len(list((tmp_path / "resumed/wandb").glob("offline-run-*"))) == 2  # one W&B run id, two segments
-    assert [r["train/loss"] for r in records[1:]] == [
-        r["train/loss"] for r in read_jsonl(tmp_path / "whole/rounds.jsonl")[1:]
-    ]
+    whole_records = read_jsonl(tmp_path / "whole/rounds.jsonl")
+    assert [r["train/loss"] for r in records[1:]] == [r["train/loss"] for r in whole_records[1:]]
+    # after the resume, answers are still compared with round 0's
+    assert [r["eval/win_rate"] for r in records] == [r["eval/win_rate"] for r in whole_records]
     assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["round-0003"]  # keep_last 1
+    assert (tmp_path / "resumed/checkpoints/round-0003/reference/model.safetensors").is_file()
     shutil.rmtree(tmp_path / "resumed/final")  # as if the job died writing final/
     again = _run(config_file, tmp_path / "resumed")
     assert again.returncode == 0 and "has all 3 rounds already" in again.stdout
     assert (tmp_path / "resumed/final/model.safetensors").read_bytes() == (
         tmp_path / "resumed/checkpoints/round-0003/model.safetensors"
     ).read_bytes()
+    assert not (tmp_path / "resumed/final/reference").exists()  # final/ is the policy alone
 
 
 def test_sigkill_in_generation_then_in_training_loses_only_the_round_in_flight(tiny_model_path, tmp_path):
     config = _config(
         tiny_model_path,
-        rounds=4,
+        rounds=3,
         generation={"max_new_tokens": 160, "num_samples": 8},  # phases long enough to be caught in
         train={"num_epochs": 6, "batch_size": 1, "max_length": 256},
         checkpoint={"keep_last": 2},
@@ -143,14 +147,29 @@ def test_sigkill_in_generation_then_in_training_loses_only_the_round_in_flight(t
     last = _run(config_file, run_dir)
     assert last.returncode == 0, last.stderr[-3000:]
     assert "resuming after round 2" in last.stdout
-    _assert_every_round_once(run_dir, 4)
-    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0003", "round-0004"]
+    _assert_every_round_once(run_dir, 3)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0002", "round-0003"]
 
 
-def test_sigterm_stops_at_a_safe_point_and_says_how_to_resume(tiny_model_path, tmp_path, capsys):
+def _ignore_file_size_signal():
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE then fails with EFBIG
+
+
+def test_sigint_twice_aborts_sigterm_stops_at_a_safe_point_and_the_run_resumes_after_each(
+    tiny_model_path, tmp_path, capsys
+):
     config = _config(tiny_model_path, train={"num_epochs": 20, "batch_size": 1, "max_length": 256})
     config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
     job = _start(config_file, run_dir)
+    _wait_for_phase(job, run_dir, 1, "train")
+    job.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    job.send_signal(signal.SIGINT)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 130 and "aborted" in stderr, stderr[-3000:]
+    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0]
+
+    job = _start(config_file, run_dir)  # resumes after round 0
     _wait_for_phase(job, run_dir, 2, "train")
     # another job on the same run directory while this one trains (in this process: it must start at once)
     assert main(["run", str(config_file), "--run-dir", str(run_dir)]) == 2
@@ -164,29 +183,10 @@ def test_sigterm_stops_at_a_safe_point_and_says_how_to_resume(tiny_model_path, t
     assert f"stopped by SIGTERM; rounds up to 1 are complete in {run_dir}. Resume with: onpolicy run" in stderr
     assert "Traceback" not in stderr
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1]
+
     resumed = _run(config_file, run_dir, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _assert_every_round_once(run_dir, 3)
-
-
-def test_a_second_sigint_aborts_at_once_and_the_run_still_resumes(tiny_model_path, tmp_path):
-    config = _config(tiny_model_path, train={"num_epochs": 40, "batch_size": 1, "max_length": 256})
-    config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
-    job = _start(config_file, run_dir)
-    _wait_for_phase(job, run_dir, 1, "train")
-    job.send_signal(signal.SIGINT)
-    time.sleep(0.05)
-    job.send_signal(signal.SIGINT)
-    _, stderr = job.communicate(timeout=120)
-    assert job.returncode == 130 and "aborted" in stderr, stderr[-3000:]
-    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0]
-    resumed = _run(config_file, run_dir)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    _assert_every_round_once(run_dir, 3)
-
-
-def _ignore_file_size_signal():
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past RLIMIT_FSIZE then fails with EFBIG
 
 
 def test_a_disk_that_fills_up_while_checkpointing_stops_cleanly_and_resumes(tiny_model_path, tmp_path):
@@ -208,7 +208,7 @@ def test_a_disk_that_fills_up_while_checkpointing_stops_cleanly_and_resumes(tiny
 
 
 def test_a_changed_config_is_refused_unless_fresh_and_resume_needs_a_run_and_status_says_where_a_job_is(
-    tiny_model_path, tmp_path
+    tiny_model_path, tmp_path, capsys
 ):
     config_file, run_dir = _write(_config(tiny_model_path, rounds=1), tmp_path), tmp_path / "run"
     assert _run(config_file, run_dir).returncode == 0
@@ -217,17 +217,17 @@ def test_a_changed_config_is_refused_unless_fresh_and_resume_needs_a_run_and_sta
     assert status["round"] == 1 and status["phase"] == "done" and status["pid"] != os.getpid()
     state = json.loads((run_dir / "state.json").read_text())
     assert state["wandb_run_id"] in next((run_dir / "wandb").glob("offline-run-*")).name
-    changed = _run(config_file, run_dir, "rounds=2", "train.learning_rate=0.5")
-    assert changed.returncode == 2
-    assert "holds a run with another config; changed: train.learning_rate (0.001 -> 0.5)" in changed.stderr
+    # refusals come before any model loads: checked in this process
+    assert main(["run", str(config_file), "rounds=2", "train.learning_rate=0.5", "--run-dir", str(run_dir)]) == 2
+    assert "holds a run with another config; changed: train.learning_rate (0.001 -> 0.5)" in capsys.readouterr().err
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1]  # untouched
     fresh = _run(config_file, run_dir, "train.learning_rate=0.5", "--fresh")
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "is now in" in fresh.stdout
     (aside,) = tmp_path.glob("run.replaced-*")
     assert [r["round"] for r in read_jsonl(aside / "rounds.jsonl")] == [0, 1]  # the old run is kept
-    missing = _run(config_file, tmp_path / "nothing-here", "--resume")
-    assert missing.returncode == 2 and "holds no run to resume" in missing.stderr
+    assert main(["run", str(config_file), "--resume", "--run-dir", str(tmp_path / "nothing-here")]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err
 
 
 def test_a_reward_backend_down_all_along_stops_the_job_with_an_error(tiny_model_path, tmp_path):

@@ -42,6 +42,7 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         ("never", 1, [1, 1, 1, 1, 1]),
         ("every", 2, [1, 1, 3, 3, 5]),
         ("every", 3, [1, 1, 1, 4, 4]),
+        ("mix", 1, [1, 2, 3, 4, 5]),  # the newest policy in the mix
     ],
 )
 def test_reference_round(refresh, every, expected):
@@ -106,6 +107,34 @@ def test_never_refresh_keeps_the_initial_model_as_reference(tiny_model_path):
     for name, param in _cpu_state(updater.reference).items():
         assert torch.equal(param, initial[name]), name
     assert not any(param.requires_grad for param in updater.reference.parameters())
+
+
+def test_a_mixed_reference_moves_toward_the_policy_each_round_and_comes_back_from_the_checkpoint(
+    tiny_model_path, tmp_path
+):
+    updater = _updater(tiny_model_path, "mix", mix=0.25)
+    initial = _cpu_state(updater.policy)
+    assert updater.holds_reference_copy and not updater.engine_logps
+    assert updater.start_round(1)
+    updater.update(PAIRS, round_number=1)
+    after_round_1 = _cpu_state(updater.policy)
+    assert updater.start_round(2)  # ref = 0.25 * policy + 0.75 * ref
+    mixed = _cpu_state(updater.reference)
+    for name in mixed:
+        torch.testing.assert_close(mixed[name], 0.25 * after_round_1[name] + 0.75 * initial[name])
+    assert all(not torch.equal(mixed[name], initial[name]) for name in mixed)
+    second = updater.update(PAIRS, round_number=2)
+    assert second.metrics["train/loss"] < LN2  # the policy is ahead of its mixed reference
+    updater.save_checkpoint(tmp_path / "round-2")
+    assert not (tmp_path / "round-2" / "reference" / "tokenizer.json").exists()  # weights and config only
+
+    resumed = _updater(tiny_model_path, "mix", mix=0.25)  # a resumed job: reference of round 2, policy after it
+    resumed.policy.load_state_dict(updater.policy.state_dict())
+    resumed.restore_reference(tmp_path / "round-2" / "reference", from_round=1)
+    assert not resumed.start_round(2)
+    assert resumed.start_round(3) and updater.start_round(3)
+    for name, tensor in _cpu_state(resumed.reference).items():
+        torch.testing.assert_close(tensor, _cpu_state(updater.reference)[name])
 
 
 def test_an_update_that_diverges_stops_the_job_naming_what_is_not_finite(tiny_model_path):
