@@ -24,14 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import re
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Sequence
 
-from benchmarks._common import embedded_model, print_table, run_identity_demo
+from benchmarks import _versus as versus
+from benchmarks._common import print_table
 from reward.rules import contains
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,19 +50,15 @@ def names_target(text: str) -> bool:
     return _NAMES_TARGET.score_group({}, [text])[0] > 0
 
 
+METRICS = ("eval/identity_rate", "eval/leak_rate")
+
+
 def run_onpolicy(rounds: int, correction: bool) -> dict:
-    """The demo's job; one curve point per round: seconds since start (evaluations excluded) and eval rates."""
+    """The demo's job, with each of its identity prompts' samples counted for naming the target."""
     from onpolicy.config import load_config
     from onpolicy.prompts import load_prompts
 
     overrides = [f"rounds={rounds}"] + ([] if correction else ["pairs.correction.corrector=null"])
-    echoed: dict[int, float] = {}
-
-    def note_round_end(line: str) -> None:
-        match = re.match(r"round (\d+)/", line)
-        if match:
-            echoed[int(match.group(1))] = time.perf_counter()
-
     names: list[bool] = []  # in sampling order, whether each sample of an identity prompt names the target
     first_round = 0  # how many of them the initial policy sampled (round 1)
 
@@ -82,147 +75,25 @@ def run_onpolicy(rounds: int, correction: bool) -> dict:
             if n == 0:
                 first_round = len(names)
 
-    start = time.perf_counter()
-    records = run_identity_demo(overrides, echo=note_round_end, inspect=count_names)
-    curve, evaluating = [], 0.0
-    for record in records:
-        evaluating += record["perf/eval_s"]
-        curve.append(
-            {
-                "seconds": echoed[record["round"]] - start - evaluating,
-                "identity": record["eval/identity_rate"],
-                "leak": record["eval/leak_rate"],
-            }
-        )
-    return {
-        "curve": curve,
-        "samples": sum(r.get("gen/samples", 0) for r in records),
-        "steps": sum(r.get("train/steps", 0) for r in records),
-        "names_target": names,
-        "first_round_samples": first_round,
-    }
-
-
-class _GreedyAnswers:
-    """`complete_greedy` (what onpolicy's Evaluator asks of an engine) through transformers' `generate`, on the
-    prompt tokens onpolicy's engine would get."""
-
-    def __init__(self, model, tokenizer) -> None:
-        self.model, self.tokenizer = model, tokenizer
-
-    def complete_greedy(self, records: Sequence, max_new_tokens: int) -> list[str]:
-
-        from onpolicy.tokens import prompt_ids
-
-        ids = [prompt_ids(self.tokenizer, record.messages) for record in records]
-        batch = self.tokenizer.pad({"input_ids": ids}, padding_side="left", return_tensors="pt")
-        was_training = self.model.training
-        self.model.eval()
-        output = self.model.generate(
-            **batch, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=self.tokenizer.pad_token_id
-        )
-        self.model.train(was_training)
-        return self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    result = versus.run_onpolicy(CONFIG.name, overrides, METRICS, inspect=count_names)
+    del result["records"]
+    return {**result, "names_target": names, "first_round_samples": first_round}
 
 
 def run_trl(budget_s: float, eval_every_s: float) -> dict:
-    """TRL's OnlineDPOTrainer on the demo's prompts and reward until `budget_s` seconds of training."""
-    start = time.perf_counter()
-    import torch
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
+    """TRL's OnlineDPOTrainer on the demo's prompts and reward, its identity prompts' samples counted."""
+    names: list[bool] = []
 
-    from onpolicy.components import build_reward_from_terms
-    from onpolicy.config import load_config
-    from onpolicy.evaluation import build_evaluator
-    from onpolicy.prompts import load_prompts
-    from reward.registry import check_score
+    def count_name(record, text: str) -> None:
+        if record.metadata["category"] == "identity":
+            names.append(names_target(text))
 
-    config = load_config(CONFIG, ["wandb.mode=offline"])
-    path = embedded_model()
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    records = load_prompts(config.prompts, seed=config.seed)
-    reward = build_reward_from_terms(config.reward)
-    evaluator = build_evaluator(config.eval, seed=config.seed)
-    answers = _GreedyAnswers(model, tokenizer)
-    curve: list[dict] = []
-    names: list[bool] = []  # in sampling order, whether each sample of an identity prompt names the target
-    paused = 0.0
-
-    def evaluate(seconds: float) -> None:
-        nonlocal paused
-        began = time.perf_counter()
-        results, _ = evaluator.run(answers)
-        curve.append({"seconds": seconds, "identity": results["eval/identity_rate"], "leak": results["eval/leak_rate"]})
-        paused += time.perf_counter() - began
-
-    def demo_reward(prompts: list, completions: list, index: list[int], **_) -> list[float | None]:
-        """The demo's reward of each completion (None where a term failed: TRL skips it)."""
-        scores = []
-        for completion, i in zip(completions, index):
-            text = completion[0]["content"]
-            if records[i].metadata["category"] == "identity":
-                names.append(names_target(text))
-            (score,) = reward.score_group(records[i].reward_view(), [text])
-            score = check_score(score)
-            scores.append(score if isinstance(score, float) else None)
-        return scores
-
-    class Budget(TrainerCallback):
-        """Evaluates every `eval_every_s` seconds of training and stops the trainer at the budget."""
-
-        next_eval = eval_every_s
-
-        def on_step_end(self, args, state, control, **kwargs):
-            seconds = time.perf_counter() - start - paused
-            if seconds >= self.next_eval or seconds >= budget_s:
-                evaluate(seconds)
-                self.next_eval += eval_every_s
-            control.should_training_stop = seconds >= budget_s
-
-    evaluate(time.perf_counter() - start - paused)  # the initial policy
-    train = config.train
-    args = OnlineDPOConfig(
-        output_dir=tempfile.mkdtemp(prefix="bench-vs-trl-"),
-        learning_rate=train.learning_rate,
-        lr_scheduler_type=train.lr_scheduler_type,
-        beta=[train.beta],
-        per_device_train_batch_size=train.batch_size,
-        max_new_tokens=config.generation.max_new_tokens,
-        max_length=train.max_length,
-        temperature=config.generation.temperature,
-        top_p=config.generation.top_p,
-        max_steps=1_000_000,  # the budget stops it
-        seed=config.seed,
-        report_to="none",
-        save_strategy="no",
-        logging_steps=1,
-        disable_tqdm=True,
-        use_cpu=True,
-        bf16=train.bf16,  # TRL's default is True: emulated, and many times slower, on a CPU without bf16
-        gradient_checkpointing=False,  # TRL's default (on) also turns off the KV cache of its generation
-    )
-    dataset = Dataset.from_list(
-        [{"prompt": [dict(m) for m in record.messages], "index": i} for i, record in enumerate(records)] * 500
-    )
-    trainer = OnlineDPOTrainer(
-        model=model,
-        reward_funcs=demo_reward,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=[Budget()],
-    )
-    trainer.train()
-    steps = trainer.state.global_step
-    return {"curve": curve, "samples": steps * train.batch_size * 2, "steps": steps, "names_target": names}
+    return {**versus.run_trl(CONFIG.name, budget_s, eval_every_s, METRICS, on_sample=count_name), "names_target": names}
 
 
 def time_to(curve: list[dict], target: float) -> float | None:
     """Seconds until the eval identity rate first reached `target` (None: never in the run)."""
-    return next((point["seconds"] for point in curve if point["identity"] >= target), None)
+    return versus.time_to(curve, "eval/identity_rate", target)
 
 
 def main() -> None:
@@ -271,8 +142,8 @@ def main() -> None:
                 VARIANTS[variant],
                 f"{reached:.0f}" if reached is not None else f"not in {budget:.0f} s",
                 speed_up,
-                final["identity"],
-                final["leak"],
+                final["eval/identity_rate"],
+                final["eval/leak_rate"],
                 result["samples"],
                 result["steps"],
                 f"{sum(result['names_target'][:first])} of {len(result['names_target'][:first])}",
@@ -300,7 +171,10 @@ def main() -> None:
         [
             (
                 VARIANTS[v],
-                ", ".join(f"{p['seconds']:.0f} s → {p['identity']:.2f} ({p['leak']:.2f})" for p in r["curve"]),
+                ", ".join(
+                    f"{p['seconds']:.0f} s → {p['eval/identity_rate']:.2f} ({p['eval/leak_rate']:.2f})"
+                    for p in r["curve"]
+                ),
             )
             for v, r in results.items()
         ],

@@ -206,6 +206,7 @@ def _trainer_side(
         adapter_path=lora_adapter,
         reference=reference_to_restore(config, start, model_path),
         engine_dtype=generator.engine_dtype,
+        initial_path=model_path,
     )
     updater: Updater
     if team is None:
@@ -267,6 +268,8 @@ def build_updater(config: Config, start: TrainerStart, processes: int = 1, token
         engine_dtype=start.engine_dtype,
         adapter_path=start.adapter_path,
         processes=processes,
+        initial_path=start.initial_path,
+        kl=config.eval.prompts is not None and config.eval.kl_samples > 0,
     )
     if start.reference is not None:
         updater.restore_reference(*start.reference)

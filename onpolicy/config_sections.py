@@ -353,6 +353,15 @@ class EvalConfig(Section):
         "job: the job's reward; a list of terms like `reward` (e.g. a judge or a reward model that does not "
         "train the policy); null: neither.",
     )
+    kl_samples: int = Field(
+        0,
+        ge=0,
+        description="Samples per eval prompt (at generation.temperature and top_p) from which, after each round, the "
+        "KL from the policy to the initial policy and to the round's reference is estimated: eval/kl_initial, "
+        "eval/kl_reference (per answer) and their _per_token. 0: none. Costs a sampling pass and no-grad passes "
+        "of the models over the samples; with full fine-tuning, a frozen copy of the initial policy (and, with "
+        "ref.refresh: every_round, of the round's starting policy) stays in memory.",
+    )
 
     @model_validator(mode="after")
     def _metric_names_are_free(self) -> EvalConfig:

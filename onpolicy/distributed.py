@@ -27,7 +27,7 @@ import torch
 
 from onpolicy.errors import ConfigError
 from onpolicy.progress import PhaseProgress
-from onpolicy.types import Pair, UpdateResult
+from onpolicy.types import Pair, SampleGroup, UpdateResult
 
 if TYPE_CHECKING:
     from onpolicy.update import DPOUpdater
@@ -69,6 +69,7 @@ class TrainerStart:
     adapter_path: str | None  # LoRA: the adapter a resumed run continues
     reference: tuple[str, int] | None  # resume: restore the reference from (folder, round it was saved after)
     engine_dtype: torch.dtype | None
+    initial_path: str | None = None  # the initial policy, where model_path is a resumed run's checkpoint
 
 
 class Team:
@@ -195,6 +196,9 @@ class MirroredUpdater:
 
     def save_checkpoint(self, folder: pathlib.Path) -> None:
         self.updater.save_checkpoint(folder)
+
+    def kl_from_samples(self, groups: Sequence[SampleGroup]) -> dict[str, float]:
+        return self.updater.kl_from_samples(groups)  # the main process's models: no other process takes part
 
     def save_adapter(self, folder: pathlib.Path) -> None:
         self.updater.save_adapter(folder)

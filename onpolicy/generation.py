@@ -26,13 +26,14 @@ import torch  # noqa: E402
 
 from onpolicy.config import GenerationConfig  # noqa: E402
 from onpolicy.errors import OnpolicyError  # noqa: E402
+from onpolicy.group_sampling import GroupSampling  # noqa: E402
 from onpolicy.progress import PhaseProgress, engine_bar
 from onpolicy.serving import ADAPTER_NAME, engine_arguments  # noqa: E402
 from onpolicy.tokens import fit_prompts  # noqa: E402
 from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
 
 
-class VLLMGenerator:
+class VLLMGenerator(GroupSampling):
     """Samples `num_samples` responses per prompt with a vLLM engine that lives for the whole job."""
 
     def __init__(self, model_path: str, tokenizer: Any, config: GenerationConfig, lora_rank: int | None = None) -> None:
@@ -51,23 +52,24 @@ class VLLMGenerator:
             raise OnpolicyError(f"vLLM could not start on {model_path}: {exc}") from exc
         self.engine_dtype = self.llm.model_config.dtype
 
-    def generate(
-        self, records: Sequence[PromptRecord], progress: PhaseProgress | None = None
+    def _groups(
+        self,
+        records: Sequence[PromptRecord],
+        num_samples: int,
+        max_new_tokens: int,
+        refuse_long: bool,
+        progress: PhaseProgress | None,
     ) -> tuple[list[SampleGroup], list[PromptRecord]]:
-        """One group of samples per prompt that fits the engine; the prompts that did not fit are returned apart
-        (or refused, with `long_prompts: error`)."""
         from vllm import SamplingParams
 
-        fitting, too_long = fit_prompts(
-            records, self.tokenizer, self.config, self.config.max_new_tokens, refuse=self.config.long_prompts == "error"
-        )
+        fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=refuse_long)
         if not fitting:
             return [], too_long
         params = SamplingParams(
-            n=self.config.num_samples,
+            n=num_samples,
             temperature=self.config.temperature,
             top_p=self.config.top_p,
-            max_tokens=self.config.max_new_tokens,
+            max_tokens=max_new_tokens,
             logprobs=0,  # the sampled token's own log-prob
         )
         outputs = self._run(fitting, params, progress)

@@ -34,6 +34,16 @@ class Generator(Protocol):
         """The greedy answer to each prompt (None where the prompt does not fit)."""
         ...
 
+    def sample(
+        self,
+        records: Sequence[PromptRecord],
+        num_samples: int,
+        max_new_tokens: int,
+        progress: PhaseProgress | None = None,
+    ) -> list[SampleGroup]:
+        """`num_samples` samples per prompt that fits, at the configured temperature: for evaluation."""
+        ...
+
     def load_weights(self, named_tensors: Iterator[tuple[str, torch.Tensor]], version: str | None = None) -> None:
         """Serve these weights (HF names) from now on, as weight version `version` (the round that made them)."""
         ...
@@ -68,6 +78,11 @@ class Updater(Protocol):
 
     def save_checkpoint(self, folder: pathlib.Path) -> None:
         """What a resumed run continues from: the policy, and a reference no other folder holds."""
+        ...
+
+    def kl_from_samples(self, groups: Sequence[SampleGroup]) -> dict[str, float]:
+        """The KL from the policy to the initial policy and to the last round's reference, estimated on the
+        policy's own samples (`eval.kl_samples`)."""
         ...
 
     def save_adapter(self, folder: pathlib.Path) -> None:

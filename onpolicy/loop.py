@@ -278,6 +278,12 @@ def _evaluate(job: Job, round_number: int) -> tuple[dict[str, float], Table]:
     with job.progress.phase(round_number, "evaluate", len(evaluator.records), "prompts") as progress:
         results, rows = evaluator.run(job.parts.generator, progress)
     job.run.write_jsonl(f"{job.run.round_folder(round_number)}/eval.jsonl", rows)
+    samples = job.config.eval.kl_samples
+    if samples and round_number >= 1:  # round 0: the policy is the initial one and the reference
+        began = time.perf_counter()
+        groups = job.parts.generator.sample(evaluator.records, samples, evaluator.max_new_tokens)
+        results.update(job.parts.updater.kl_from_samples(groups))
+        results["perf/eval_kl_s"] = time.perf_counter() - began
     return {**results, "perf/eval_s": time.perf_counter() - start}, m.eval_table(rows)
 
 

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 from collections.abc import Iterator, Mapping
@@ -68,6 +69,20 @@ def saved_adapter_state(folder: Any) -> dict[str, torch.Tensor]:
     from peft.utils import load_peft_weights
 
     return load_peft_weights(str(folder), device="cpu")
+
+
+@contextlib.contextmanager
+def adapter_swapped(model: Any, state: Mapping[str, torch.Tensor]) -> Iterator[Any]:
+    """`model` with its trained adapter's weights replaced by `state` (an `adapter_state`) for the block, then
+    given back."""
+    from peft import set_peft_model_state_dict
+
+    trained = adapter_state(model)
+    set_peft_model_state_dict(model, dict(state), adapter_name=ADAPTER)
+    try:
+        yield model
+    finally:
+        set_peft_model_state_dict(model, trained, adapter_name=ADAPTER)
 
 
 def prepare_reference(model: Any, reference: str | dict[str, torch.Tensor]) -> None:

@@ -36,6 +36,7 @@ import torch
 from onpolicy.config import GenerationConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.errors import OnpolicyError
+from onpolicy.group_sampling import GroupSampling
 from onpolicy.progress import PhaseProgress
 from onpolicy.serving import ADAPTER_NAME
 from onpolicy.tokens import fit_prompts
@@ -44,7 +45,7 @@ from onpolicy.types import PromptRecord, Sample, SampleGroup
 SERVED_NAME = "policy"  # the model name onpolicy's servers serve under (any name does for a server given by URL)
 
 
-class ServerGenerator:
+class ServerGenerator(GroupSampling):
     """Samples `num_samples` responses per prompt from vLLM servers at `urls`; `check_alive` (optional) is
     asked before each use, for servers this job started."""
 
@@ -67,19 +68,20 @@ class ServerGenerator:
         self.version: str | None = None  # the weight version last synced (None: the servers' own start-up weights)
         self.model_name = self._served_name(self.urls[0])
 
-    def generate(
-        self, records: Sequence[PromptRecord], progress: PhaseProgress | None = None
+    def _groups(
+        self,
+        records: Sequence[PromptRecord],
+        num_samples: int,
+        max_new_tokens: int,
+        refuse_long: bool,
+        progress: PhaseProgress | None,
     ) -> tuple[list[SampleGroup], list[PromptRecord]]:
-        """One group of samples per prompt that fits; the prompts that did not fit are returned apart (or refused,
-        with `long_prompts: error`)."""
-        fitting, too_long = fit_prompts(
-            records, self.tokenizer, self.config, self.config.max_new_tokens, refuse=self.config.long_prompts == "error"
-        )
+        fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=refuse_long)
         body = {
-            "n": self.config.num_samples,
+            "n": num_samples,
             "temperature": self.config.temperature,
             "top_p": self.config.top_p,
-            "max_tokens": self.config.max_new_tokens,
+            "max_tokens": max_new_tokens,
             "logprobs": 0,
         }
         choices = self._complete([ids for _, ids in fitting], body, progress)

@@ -27,6 +27,7 @@ log-probs, two scoped adjustments of its internals, the mapping of its logs) liv
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import math
@@ -47,7 +48,7 @@ from onpolicy.errors import OnpolicyError
 from onpolicy.progress import PhaseProgress
 from onpolicy.rundir import REFERENCE_FOLDER
 from onpolicy.tokens import prompt_ids, response_ids
-from onpolicy.types import Pair, UpdateResult
+from onpolicy.types import Pair, SampleGroup, UpdateResult
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -108,10 +109,14 @@ class DPOUpdater:
         engine_dtype: torch.dtype | None = None,
         adapter_path: str | pathlib.Path | None = None,
         processes: int = 1,
+        initial_path: str | None = None,
+        kl: bool = False,
     ) -> None:
         """`model_path`: the policy (with `train.lora`: its base model, the initial policy); `adapter_path`: with
         `train.lora`, a saved adapter to continue training (a resumed run's checkpoint's adapter/); `processes`:
-        how many data-parallel training processes run this update together (`onpolicy.distributed`)."""
+        how many data-parallel training processes run this update together (`onpolicy.distributed`);
+        `initial_path`: the initial policy, when `model_path` is a resumed run's checkpoint; `kl`: keep what
+        `kl_from_samples` compares with."""
         from transformers import AutoModelForCausalLM
 
         self.train_config = train
@@ -129,6 +134,10 @@ class DPOUpdater:
                 else lora.add_adapter(self.policy, train.lora, seed)
             )
         self.reference: torch.nn.Module | None = None
+        self.kl = kl
+        self._initial_path = initial_path or model_path
+        self._initial: torch.nn.Module | None = None  # full fine-tuning: loaded at the first `kl_from_samples`
+        self._round_start: torch.nn.Module | dict[str, torch.Tensor] | None = None  # with `kl` and every_round
         # with LoRA, the reference is an adapter state ("base": the adapter off; "round_start": TRL's copy)
         self._lora_reference: str | dict[str, torch.Tensor] = "round_start" if ref.is_round_start_policy else "base"
         self._reference_round = 0
@@ -162,6 +171,13 @@ class DPOUpdater:
     def start_round(self, round_number: int) -> bool:
         """Refresh the reference if round `round_number` needs a newer one; True when it was refreshed."""
         if self.ref_config.is_round_start_policy:
+            if self.kl:  # TRL keeps no copy of the round's starting policy: `kl_from_samples` needs one
+                if self.train_config.lora is not None:
+                    self._round_start = lora.adapter_state(self.policy)
+                elif isinstance(self._round_start, torch.nn.Module):
+                    mix_into(self._round_start, self.policy, 1.0)
+                else:
+                    self._round_start = copy.deepcopy(self.policy).eval().requires_grad_(False)
             return True
         due = reference_round(round_number, self.ref_config)
         if due == self._reference_round:
@@ -289,6 +305,69 @@ class DPOUpdater:
         row["length"] = min(len(prompt) + max(len(row["chosen_ids"]), len(row["rejected_ids"])), self._max_length)
         return row
 
+    @torch.no_grad()
+    def kl_from_samples(self, groups: Sequence[SampleGroup]) -> dict[str, float]:
+        """eval/kl_initial and eval/kl_reference, with their _per_token: the mean over the policy's own samples
+        (`groups`) of sum_t [log pi(y_t) - log q(y_t)], an unbiased estimate of KL(pi || q), where q is the
+        initial policy or the reference the last round trained against. Every log-prob is the trainer's, so a
+        q equal to the policy gives exactly 0."""
+        sequences = [(group.prompt_token_ids, s.token_ids) for group in groups for s in group.samples if s.token_ids]
+        if not sequences:
+            return {}
+        tokens = sum(len(completion) for _, completion in sequences)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        policy = sequence_log_probs(self.policy, sequences, pad)
+        results = {}
+        for name, other in (("initial", self._initial_policy()), ("reference", self._last_reference())):
+            if other is None:
+                continue
+            with self._as_model(other) as model:
+                gaps = [mine - theirs for mine, theirs in zip(policy, sequence_log_probs(model, sequences, pad))]
+            results[f"eval/kl_{name}"] = sum(gaps) / len(gaps)
+            results[f"eval/kl_{name}_per_token"] = sum(gaps) / tokens
+        return results
+
+    def _initial_policy(self) -> torch.nn.Module | str:
+        """The initial policy: with LoRA the base model ("base": the adapter off, which LoRA starts as); else
+        the reference while it is the initial model, or a frozen copy loaded once."""
+        from transformers import AutoModelForCausalLM
+
+        if self.train_config.lora is not None:
+            return "base"
+        if self.ref_config.refresh == "never" and self.reference is not None:
+            return self.reference
+        if self._initial is None:
+            parameter = next(self.policy.parameters())
+            self._initial = (
+                AutoModelForCausalLM.from_pretrained(self._initial_path, dtype=parameter.dtype)
+                .to(parameter.device)
+                .eval()
+                .requires_grad_(False)
+            )
+        return self._initial
+
+    def _last_reference(self) -> torch.nn.Module | str | dict[str, torch.Tensor] | None:
+        """The reference the last round trained against (None before the first round)."""
+        if self.ref_config.is_round_start_policy:
+            return self._round_start
+        if self.train_config.lora is not None:
+            return self._lora_reference if self._reference_round else None
+        return self.reference
+
+    @contextlib.contextmanager
+    def _as_model(self, other: torch.nn.Module | str | dict[str, torch.Tensor]) -> Iterator[torch.nn.Module]:
+        """A model computing `other`: a model itself, the base model under the LoRA policy ("base"), or the
+        policy with its adapter's weights swapped for an adapter state."""
+        if isinstance(other, torch.nn.Module):
+            yield other
+        elif other == "base":
+            with self.policy.disable_adapter():
+                yield self.policy
+        else:
+            assert isinstance(other, dict)
+            with lora.adapter_swapped(self.policy, other) as model:
+                yield model
+
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
         """The policy's weights under their HF names, for the engine (with LoRA: merged)."""
         if self.train_config.lora is not None:
@@ -322,10 +401,38 @@ _SIDES = ("chosen_ids", "rejected_ids")
 @torch.no_grad()
 def mix_into(reference: torch.nn.Module, policy: torch.nn.Module, share: float) -> None:
     """reference <- share * policy + (1 - share) * reference, weight by weight, in place (parameters, not the
-    state dict: a tied embedding is one parameter under two state-dict names, and must move once)."""
+    state dict: a tied embedding is one parameter under two state-dict names, and must move once); share 1
+    copies the policy exactly."""
     policy_weights = dict(policy.named_parameters())
     for name, weight in reference.named_parameters():
-        weight.lerp_(policy_weights[name].to(weight.dtype), share)
+        if share == 1.0:
+            weight.copy_(policy_weights[name])
+        else:
+            weight.lerp_(policy_weights[name].to(weight.dtype), share)
+
+
+@torch.no_grad()
+def sequence_log_probs(
+    model: torch.nn.Module,
+    sequences: Sequence[tuple[Sequence[int], Sequence[int]]],
+    pad_id: int,
+    batch_size: int = 8,
+) -> list[float]:
+    """log p(completion | prompt) under `model` for each (prompt ids, completion ids), in batches padded on the
+    right."""
+    device = next(model.parameters()).device
+    sums = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start : start + batch_size]
+        rows = [list(prompt) + list(completion) for prompt, completion in chunk]
+        width = max(map(len, rows))
+        ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        token_logps = torch.log_softmax(logits, -1).gather(2, ids[:, 1:, None])[..., 0]
+        for row, (prompt, completion) in enumerate(chunk):
+            sums.append(token_logps[row, len(prompt) - 1 : len(prompt) - 1 + len(completion)].sum().item())
+    return sums
 
 
 class Diverged(OnpolicyError):

@@ -65,3 +65,22 @@ def test_a_folder_without_a_run_or_metrics_nobody_logged_is_a_clear_error(tmp_pa
     run = _run(tmp_path, "a", 0.1, 0, [0.5])
     assert main(["report", str(run), "--out", str(tmp_path / "out"), "--metrics", "kl/nothing"]) == 2
     assert "none of the metrics kl/nothing" in capsys.readouterr().err
+
+
+def test_the_graded_benchmark_s_curves_are_runs_the_report_draws_and_its_ratios_read_them(tmp_path):
+    from benchmarks.bench_vs_trl_graded import METRIC, ratios, write_curve
+    from onpolicy.report import report
+
+    ours = [{"seconds": 10.0, METRIC: 0.2}, {"seconds": 40.0, METRIC: 0.6}, {"seconds": 70.0, METRIC: 0.9}]
+    theirs = [{"seconds": 5.0, METRIC: 0.2}, {"seconds": 100.0, METRIC: 0.5}, {"seconds": 200.0, METRIC: 0.6}]
+    write_curve(tmp_path / "onpolicy", "onpolicy", ours)
+    write_curve(tmp_path / "trl", "TRL OnlineDPOTrainer", theirs)
+    report([tmp_path / "onpolicy", tmp_path / "trl"], tmp_path / "report", [METRIC])
+    drawn = json.loads((tmp_path / "report" / "report.json").read_text())["metrics"][METRIC]
+    assert drawn["trainer=TRL OnlineDPOTrainer"]["mean"] == [0.2, 0.5, 0.6]
+    assert drawn["trainer=onpolicy"]["minutes"] == pytest.approx([10 / 60, 40 / 60, 70 / 60])
+    assert ratios(ours, theirs) == [
+        "TRL's final eval reward 0.600, first reached after 200 s: onpolicy reached it after 40 s, 5.0x sooner",
+        "half of onpolicy's gain, eval reward 0.550, reached by onpolicy after 40 s: TRL reached it after 200 s, "
+        "5.0x later",
+    ]

@@ -31,7 +31,7 @@ def _config(tiny_model_path, **changes):
         "train": {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128},
         "ref": {"refresh": "never"},  # resuming must bring back the initial model as the reference
         "eval": {"prompts": {"items": ["Who are you?"]}, "metrics": [{"name": "short", "function": "length",
-                                                                       "args": {"target": 10}}]},
+                                                                       "args": {"target": 10}}], "kl_samples": 2},
         "checkpoint": {"keep_last": 1},
         "wandb": {"mode": "offline"},
     }  # fmt: skip
@@ -112,8 +112,11 @@ def test_a_resumed_run_is_the_run_it_would_have_been(tiny_model_path, tmp_path):
     assert len(list((tmp_path / "resumed/wandb").glob("offline-run-*"))) == 2  # one W&B run id, two segments
     whole_records = read_jsonl(tmp_path / "whole/rounds.jsonl")
     assert [r["train/loss"] for r in records[1:]] == [r["train/loss"] for r in whole_records[1:]]
-    # after the resume, answers are still compared with round 0's
-    assert [r["eval/win_rate"] for r in records] == [r["eval/win_rate"] for r in whole_records]
+    # after the resume, answers are still compared with round 0's, and KL with the initial policy (not the
+    # checkpoint the resumed job loaded) and with the mixed reference
+    for key in ("eval/win_rate", "eval/kl_initial", "eval/kl_reference"):
+        assert [r.get(key) for r in records] == [r.get(key) for r in whole_records], key
+    assert records[0].get("eval/kl_initial") is None and records[3]["eval/kl_initial"] != 0.0
     assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["round-0003"]  # keep_last 1
     assert (tmp_path / "resumed/checkpoints/round-0003/reference/model.safetensors").is_file()
     shutil.rmtree(tmp_path / "resumed/final")  # as if the job died writing final/

@@ -51,9 +51,11 @@ def test_reference_round(refresh, every, expected):
 
 
 def _updater(
-    tiny_model_path, refresh="every_round", batch_size=4, max_length=64, engine=False, train_settings=(), **ref
-):
-    """An updater; with `engine`, beside an engine that computes in float32 (the trainer's dtype)."""
+    tiny_model_path, refresh="every_round", batch_size=4, max_length=64, engine=False, train_settings=(), kl=False,
+    **ref,
+):  # fmt: skip
+    """An updater; with `engine`, beside an engine that computes in float32 (the trainer's dtype); with `kl`,
+    keeping what `kl_from_samples` compares with."""
     from transformers import AutoTokenizer
 
     settings = {"learning_rate": 1e-3, "batch_size": batch_size, "num_epochs": 1, "max_length": max_length}
@@ -61,7 +63,7 @@ def _updater(
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     engine_dtype = torch.float32 if engine else None
     return DPOUpdater(
-        str(tiny_model_path), tokenizer, train, RefConfig(refresh=refresh, **ref), engine_dtype=engine_dtype
+        str(tiny_model_path), tokenizer, train, RefConfig(refresh=refresh, **ref), engine_dtype=engine_dtype, kl=kl
     )
 
 
@@ -135,6 +137,50 @@ def test_a_mixed_reference_moves_toward_the_policy_each_round_and_comes_back_fro
     assert resumed.start_round(3) and updater.start_round(3)
     for name, tensor in _cpu_state(resumed.reference).items():
         torch.testing.assert_close(tensor, _cpu_state(updater.reference)[name])
+
+
+def _sample_groups(tokenizer):
+    """Two prompts with two answers each, as token ids (the estimate's arithmetic does not depend on who sampled)."""
+    from onpolicy.tokens import prompt_ids
+    from onpolicy.types import PromptRecord, Sample, SampleGroup
+
+    groups = []
+    for pair in PAIRS[:2]:
+        record = PromptRecord(id=pair.prompt_id, messages=pair.messages)
+        answers = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in (pair.chosen, pair.rejected)]
+        samples = tuple(Sample(text="", token_ids=tuple(ids), logprobs=(), finish_reason="stop") for ids in answers)
+        groups.append(SampleGroup(record, tuple(prompt_ids(tokenizer, pair.messages)), samples))
+    return groups
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_kl_from_samples_is_the_mean_log_ratio_to_the_initial_policy_and_to_the_last_reference(tiny_model_path, lora):
+    from transformers import AutoModelForCausalLM
+
+    from onpolicy.update import sequence_log_probs
+
+    settings = {"lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}} if lora else {}
+    updater = _updater(tiny_model_path, "every_round", kl=True, train_settings=settings)
+    groups = _sample_groups(updater.tokenizer)
+    sequences = [(g.prompt_token_ids, s.token_ids) for g in groups for s in g.samples]
+    tokens = sum(len(s.token_ids) for g in groups for s in g.samples)
+    assert updater.kl_from_samples(groups) == {"eval/kl_initial": 0.0, "eval/kl_initial_per_token": 0.0}
+    updater.start_round(1)
+    updater.update(PAIRS, round_number=1)
+    first = updater.kl_from_samples(groups)
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    expected = [
+        a - b
+        for a, b in zip(sequence_log_probs(updater.policy, sequences, 0), sequence_log_probs(initial, sequences, 0))
+    ]  # fmt: skip
+    assert first["eval/kl_initial"] == pytest.approx(sum(expected) / 4, abs=1e-5)
+    assert first["eval/kl_initial_per_token"] == pytest.approx(sum(expected) / tokens, abs=1e-6)
+    assert abs(first["eval/kl_initial"]) > 1e-3  # the update moved the policy
+    assert first["eval/kl_reference"] == pytest.approx(first["eval/kl_initial"], abs=1e-5)  # round 1's: the initial
+    updater.start_round(2)  # round 2's reference: the policy now
+    second = updater.kl_from_samples(groups)
+    assert second["eval/kl_reference"] == 0.0
+    assert second["eval/kl_initial"] == pytest.approx(first["eval/kl_initial"], abs=1e-6)
 
 
 def test_an_update_that_diverges_stops_the_job_naming_what_is_not_finite(tiny_model_path):
