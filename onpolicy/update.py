@@ -408,7 +408,7 @@ def mix_into(reference: torch.nn.Module, policy: torch.nn.Module, share: float) 
         if share == 1.0:
             weight.copy_(policy_weights[name])
         else:
-            weight.lerp_(policy_weights[name].to(weight.dtype), share)
+            weight.lerp_(policy_weights[name].to(weight.device, weight.dtype), share)
 
 
 @torch.no_grad()

@@ -110,3 +110,37 @@ def test_accelerate_launch_with_the_ddp_config_trains_on_the_gpu(tiny_model_path
     assert device == "cuda"
     assert launched_losses == pytest.approx(plain_losses, abs=1e-6)
     assert max((launched[k] - plain[k]).abs().max().item() for k in plain) < 1e-5
+
+
+@pytest.mark.parametrize(("refresh", "lora"), [("mix", None), ("every_round", LORA)], ids=["mix", "lora"])
+def test_a_mixed_reference_and_the_kl_estimate_on_the_gpu(tiny_model_path, refresh, lora):
+    """What the trainer keeps beside the policy (a mixed reference, the copies the KL estimate compares with) sits
+    where the trainer put the policy, and the numbers stay what they are on the CPU."""
+    import math
+
+    from transformers import AutoTokenizer
+
+    from onpolicy.config import RefConfig, TrainConfig
+    from onpolicy.update import DPOUpdater
+    from tests.helpers import PAIRS
+    from tests.test_update import _cpu_state, _sample_groups
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
+    train = TrainConfig(learning_rate=1e-3, batch_size=4, num_epochs=1, max_length=64, lora=lora)
+    updater = DPOUpdater(str(tiny_model_path), tokenizer, train, RefConfig(refresh=refresh), kl=True)
+    groups = _sample_groups(tokenizer)
+    for n in (1, 2):
+        updater.start_round(n)
+        updater.update(PAIRS, round_number=n)
+    assert next(updater.policy.parameters()).is_cuda
+    kl = updater.kl_from_samples(groups)
+    assert set(kl) == {f"eval/kl_{m}{s}" for m in ("initial", "reference") for s in ("", "_per_token")}
+    assert all(math.isfinite(v) for v in kl.values()) and kl["eval/kl_initial"] != kl["eval/kl_reference"]
+    if refresh == "mix":
+        before, policy = _cpu_state(updater.reference), _cpu_state(updater.policy)
+        updater.start_round(3)
+        for name, tensor in _cpu_state(updater.reference).items():
+            torch.testing.assert_close(tensor, 0.5 * policy[name] + 0.5 * before[name])
+    else:
+        updater.start_round(3)  # the round's starting policy is the reference: nothing between them
+        assert updater.kl_from_samples(groups)["eval/kl_reference"] == 0.0
