@@ -258,3 +258,32 @@ def test_a_run_that_completed_no_round_starts_anew_with_a_corrected_config(tmp_p
     assert start.last_complete == -1 and start.wandb_run_id is None
     assert any("completed no round: starting it anew" in note for note in start.notes)
     assert "seed: 2" in (run_dir / "config.yaml").read_text()
+
+
+def test_renames_and_new_files_reach_the_disk_with_their_directory_entries(tmp_path, monkeypatch):
+    """What a power cut needs: each file fsynced before its rename, then its directory (where the entry lives).
+    Watched by recording which descriptors os.fsync gets (a power cut cannot be staged here)."""
+    import os
+    import stat
+
+    synced = []
+    real_fsync = os.fsync
+
+    def recording_fsync(descriptor):
+        mode = os.fstat(descriptor).st_mode
+        target = os.readlink(f"/proc/self/fd/{descriptor}")
+        synced.append(("dir" if stat.S_ISDIR(mode) else "file", target))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    run = RunDirectory.create(tmp_path / "run", "")
+    synced.clear()
+    run.write_text("state.json", "{}\n")
+    assert synced == [("file", str(tmp_path / "run" / ".state.json.tmp")), ("dir", str(tmp_path / "run"))]
+    synced.clear()
+    run.append_round({"round": 1})  # rounds.jsonl is new: its entry too
+    assert synced == [("file", str(tmp_path / "run" / "rounds.jsonl")), ("dir", str(tmp_path / "run"))]
+    synced.clear()
+    run.save_model("final", lambda folder: (folder.mkdir(), (folder / "config.json").write_text("{}")))
+    assert synced[-1] == ("dir", str(tmp_path / "run"))
+    assert ("file", str(tmp_path / "run" / ".final.tmp" / "config.json")) in synced
