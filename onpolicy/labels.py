@@ -1,0 +1,90 @@
+"""People's labels of a round's groups: which answer is the best and which the worst, or "all equally good or
+bad", with who gave it and when.
+
+A round's labels live in `rounds/NNNN/labels.jsonl`, one line per label, appended and fsynced as it is given: a
+crash or SIGTERM while people label loses none of them, and `left` tells the groups still to label. A group
+labelled twice keeps its newest label. A torn last line (a crash while writing it) is ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from collections.abc import Iterable
+
+from onpolicy.errors import OnpolicyError
+
+
+@dataclasses.dataclass(frozen=True)
+class Label:
+    """A person's verdict on one group (`group`: its prompt id) of `size` answers: the indices of the best and
+    the worst answer, or both None when the answers are all equally good or bad."""
+
+    group: str
+    size: int
+    best: int | None
+    worst: int | None
+    labeller: str
+    time: float = dataclasses.field(default_factory=time.time)
+
+    def __post_init__(self) -> None:
+        if (self.best is None) != (self.worst is None):
+            raise ValueError(f"group {self.group}: give both the best and the worst answer, or neither (a tie)")
+        if self.best is not None and not (0 <= self.best < self.size and 0 <= self.worst < self.size):
+            raise ValueError(f"group {self.group}: answers are numbered 0 to {self.size - 1}")
+        if self.best is not None and self.best == self.worst:
+            raise ValueError(f"group {self.group}: the best and the worst answer must differ")
+
+    @property
+    def tie(self) -> bool:
+        return self.best is None
+
+    def scores(self) -> list[float]:
+        """The label as rewards: 1 for the best, 0 for the worst, 0.5 for the others, so that the best and the
+        worst become the pair; a tie scores every answer 0.5 (no pair)."""
+        scores = [0.5] * self.size
+        if not self.tie:
+            scores[self.best] = 1.0
+            scores[self.worst] = 0.0
+        return scores
+
+
+class LabelBook:
+    """The labels of one round, in `path` (`rounds/NNNN/labels.jsonl`)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+
+    def add(self, label: Label) -> None:
+        """Append `label`, on disk before this returns."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(dataclasses.asdict(label), ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def labels(self) -> dict[str, Label]:
+        """Each labelled group's newest label."""
+        if not self.path.is_file():
+            return {}
+        found: dict[str, Label] = {}
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                label = Label(**json.loads(line))
+            except (ValueError, TypeError) as exc:
+                if number == len(lines):  # no newline after it: torn by a crash while it was written
+                    break
+                raise OnpolicyError(f"{self.path}, line {number}: not a label ({exc})") from None
+            found[label.group] = label
+        return found
+
+    def left(self, groups: Iterable[str]) -> list[str]:
+        """Of `groups` (prompt ids), those no one has labelled yet, in their order."""
+        labelled = self.labels()
+        return [group for group in groups if group not in labelled]
