@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 import time
 from collections.abc import Iterable
 
 from onpolicy.errors import OnpolicyError
+from onpolicy.rundir import append_line
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,12 +59,9 @@ class LabelBook:
         self.path = path
 
     def add(self, label: Label) -> None:
-        """Append `label`, on disk before this returns."""
+        """Append `label`, on disk before this returns (after cutting a torn last line a crash left)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(dataclasses.asdict(label), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        append_line(self.path, json.dumps(dataclasses.asdict(label), ensure_ascii=False))
 
     def labels(self) -> dict[str, Label]:
         """Each labelled group's newest label."""

@@ -111,14 +111,7 @@ class RunDirectory:
 
     def append_round(self, record: Mapping[str, Any]) -> None:
         """Mark a round complete: one line in rounds.jsonl, on disk before this returns."""
-        file = self.path / "rounds.jsonl"
-        new = not file.exists()
-        with open(file, "a", encoding="utf-8") as f:
-            f.write(json.dumps(dict(record), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if new:
-            _fsync_directory(self.path)
+        append_line(self.path / "rounds.jsonl", json.dumps(dict(record), ensure_ascii=False))
 
     def read_rounds(self, repair: bool = True) -> list[dict[str, Any]]:
         """The completed rounds' records, in order. A last line cut short by a crash mid-append (no newline at
@@ -143,9 +136,7 @@ class RunDirectory:
                 )
             records.append(record)
         if torn and repair:
-            with open(file, "r+b") as f:
-                f.truncate(len(data) - len(torn))
-                os.fsync(f.fileno())
+            _cut_torn_tail(file)
         return records
 
     def last_complete_round(self) -> int:
@@ -262,6 +253,35 @@ def is_whole_model_folder(folder: pathlib.Path) -> bool:
     except Exception:
         return False
     return True
+
+
+def append_line(file: pathlib.Path, line: str) -> None:
+    """Append `line` and a newline to an append-only file, on disk before this returns (a new file's directory
+    entry too). A torn last line a crash left (no newline at its end) is cut first: it was never written whole,
+    and the new line must not run on from it."""
+    new = not file.exists()
+    if not new:
+        _cut_torn_tail(file)
+    with open(file, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    if new:
+        _fsync_directory(file.parent)
+
+
+def _cut_torn_tail(file: pathlib.Path) -> None:
+    """Cut what follows the last newline of `file` (nothing when it ends with one)."""
+    with open(file, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        f.seek(0)
+        f.truncate(f.read().rfind(b"\n") + 1)
+        os.fsync(f.fileno())
 
 
 def _out_of_place(record: dict[str, Any] | None, previous: int) -> str | None:

@@ -34,6 +34,8 @@ def test_labels_are_kept_as_given_the_newest_wins_and_a_torn_last_line_is_ignore
     assert labels["p1"] == Label("p1", 4, best=1, worst=3, labeller="ben", time=3.0)
     assert labels["p2"].tie and labels["p2"].labeller == "ben"
     assert book.left(["p1", "p2", "p3"]) == ["p3"]
+    book.add(Label("p3", 4, best=2, worst=1, labeller="ana", time=4.0))  # labelling goes on after the crash
+    assert book.path.read_text().count("\n") == 4 and LabelBook(book.path).labels()["p3"].best == 2
 
 
 def test_a_damaged_label_before_the_last_line_stops_with_its_line(tmp_path):
