@@ -356,10 +356,11 @@ class DPOUpdater:
 
     @contextlib.contextmanager
     def _as_model(self, other: torch.nn.Module | str | dict[str, torch.Tensor]) -> Iterator[torch.nn.Module]:
-        """A model computing `other`: a model itself, the base model under the LoRA policy ("base"), or the
-        policy with its adapter's weights swapped for an adapter state."""
+        """A model computing `other`: a model itself (moved to the policy's device: a copy taken before the trainer
+        moved the policy stays behind, and the log-probs must come from the same kernels), the base model under the
+        LoRA policy ("base"), or the policy with its adapter's weights swapped for an adapter state."""
         if isinstance(other, torch.nn.Module):
-            yield other
+            yield other.to(next(self.policy.parameters()).device)
         elif other == "base":
             with self.policy.disable_adapter():
                 yield self.policy
@@ -419,7 +420,9 @@ def sequence_log_probs(
     batch_size: int = 8,
 ) -> list[float]:
     """log p(completion | prompt) under `model` for each (prompt ids, completion ids), in batches padded on the
-    right."""
+    right (token log-probs by TRL's `selective_log_softmax`, which spares a vocabulary-wide log-softmax tensor)."""
+    from trl.trainer.utils import selective_log_softmax
+
     device = next(model.parameters()).device
     sums = []
     for start in range(0, len(sequences), batch_size):
@@ -429,7 +432,7 @@ def sequence_log_probs(
         ids = torch.tensor([row + [pad_id] * (width - len(row)) for row in rows], device=device)
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in rows], device=device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        token_logps = torch.log_softmax(logits, -1).gather(2, ids[:, 1:, None])[..., 0]
+        token_logps = selective_log_softmax(logits, ids[:, 1:])
         for row, (prompt, completion) in enumerate(chunk):
             sums.append(token_logps[row, len(prompt) - 1 : len(prompt) - 1 + len(completion)].sum().item())
     return sums

@@ -168,7 +168,8 @@ def test_kl_from_samples_is_the_mean_log_ratio_to_the_initial_policy_and_to_the_
     updater.start_round(1)
     updater.update(PAIRS, round_number=1)
     first = updater.kl_from_samples(groups)
-    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    # on the device the trainer left the policy on (a GPU where there is one), as the updater's own copy is
+    initial = AutoModelForCausalLM.from_pretrained(tiny_model_path).to(next(updater.policy.parameters()).device)
     expected = [
         a - b
         for a, b in zip(sequence_log_probs(updater.policy, sequences, 0), sequence_log_probs(initial, sequences, 0))
