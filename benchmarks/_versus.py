@@ -89,21 +89,16 @@ def run_trl(
     from trl.experimental.online_dpo import OnlineDPOConfig, OnlineDPOTrainer
 
     from benchmarks._common import embedded_model
-    from onpolicy.components import build_reward_from_terms
+    from onpolicy.components import check_inputs
     from onpolicy.config import load_config
-    from onpolicy.evaluation import build_evaluator
-    from onpolicy.prompts import load_prompts
-    from reward.registry import check_score
+    from onpolicy.scoring import guarded_scores
 
     config = load_config(ROOT / "configs" / config_name, ["wandb.mode=offline"])
+    inputs = check_inputs(config)  # the prompts, reward and evaluation (with its eval.reward) an onpolicy job uses
+    records, reward, evaluator = inputs.prompts, inputs.reward, inputs.evaluator
     path = embedded_model()
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    records = load_prompts(config.prompts, seed=config.seed)
-    reward = build_reward_from_terms(config.reward)
-    evaluator = build_evaluator(config.eval, seed=config.seed)
-    if config.eval.reward == "job":
-        evaluator.reward = build_reward_from_terms(config.reward)  # its own: the trainer's keeps its statistics
     answers = GreedyAnswers(model, tokenizer)
     curve: list[dict[str, float]] = []
     paused = 0.0
@@ -116,13 +111,12 @@ def run_trl(
         paused += time.perf_counter() - began
 
     def config_reward(prompts: list, completions: list, index: list[int], **_: Any) -> list[float | None]:
-        """The config's reward of each completion (None where a term failed: TRL skips it)."""
+        """The config's reward of each completion (None where it failed, as it fails a sample: TRL skips it)."""
         scores = []
         for completion, i in zip(completions, index):
             text = completion[0]["content"]
             on_sample(records[i], text)
-            (score,) = reward.score_group(records[i].reward_view(), [text])
-            score = check_score(score)
+            (score,) = guarded_scores(reward, records[i].reward_view(), [text])
             scores.append(score if isinstance(score, float) else None)
         return scores
 

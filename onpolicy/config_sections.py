@@ -266,12 +266,12 @@ class TrainConfig(Section):
     def _known_to_trl_and_peft(self) -> TrainConfig:
         from onpolicy.trl_compat import check_dpo_config_fields
 
-        check_dpo_config_fields(self.loss_type, self.extra)
+        losses = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
+        check_dpo_config_fields(losses, self.extra)
         for key in ("beta_by_round", "learning_rate_by_round"):
             for round_number, value in (getattr(self, key) or {}).items():
                 if round_number < 1 or value <= 0:
                     raise ValueError(f"train.{key}: {{{round_number}: {value}}}: rounds start at 1, values above 0")
-        losses = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
         if self.loss_weights is not None and len(self.loss_weights) != len(losses):
             raise ValueError(
                 f"train.loss_weights has {len(self.loss_weights)} weights for {len(losses)} loss types "

@@ -40,18 +40,11 @@ class _Metric:
 
 
 class Evaluator:
-    def __init__(
-        self,
-        records: Sequence[PromptRecord],
-        metrics: Sequence[_Metric],
-        max_new_tokens: int,
-        reward: GroupReward | None = None,
-    ) -> None:
-        """`reward`: what compares each answer with the initial policy's (None: no comparison)."""
+    def __init__(self, records: Sequence[PromptRecord], metrics: Sequence[_Metric], max_new_tokens: int) -> None:
         self.records = list(records)
         self.metrics = list(metrics)
         self.max_new_tokens = max_new_tokens
-        self.reward = reward
+        self.reward: GroupReward | None = None  # compares each answer with the initial policy's (eval.reward)
         self.initial_answers: dict[str, str] | None = None  # prompt id -> the initial policy's greedy answer
 
     def remember_initial(self, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -98,7 +91,7 @@ class Evaluator:
 
     def _against_initial(self, answers: Sequence[str | None], rows: list[dict[str, Any]]) -> dict[str, float]:
         """eval/reward and eval/win_rate: each answer and the initial policy's, scored as a group of two. An answer
-        the same as the initial one ties without being scored against it."""
+        the same as the initial one is a tie whatever the scores (it is still scored, for eval/reward)."""
         assert self.reward is not None and self.initial_answers is not None
         rewards, wins, failed = [], [], 0
         for record, answer, row in zip(self.records, answers, rows):

@@ -99,9 +99,7 @@ def progress_line(round_number: int, rounds: int, metrics: Mapping[str, float]) 
     evals = " ".join(
         f"{key.removeprefix('eval/')} {value:.2f}"
         for key, value in metrics.items()
-        if key.startswith("eval/")
-        and key not in {"eval/skipped_long_prompts", "eval/mean_chars"}
-        and key.count("/") == 1  # not eval/reward/<statistic>
+        if key.startswith("eval/") and key not in {"eval/skipped_long_prompts", "eval/mean_chars"}
     )
     if round_number == 0:
         return f"round 0/{rounds} (initial policy) | eval {evals}"

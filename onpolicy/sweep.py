@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from onpolicy.config import load_config
+from onpolicy.config_loading import parse_override
 from onpolicy.errors import OnpolicyError
 
 
@@ -81,7 +82,7 @@ def run_sweep(config: str, runs: Sequence[SweepRun], echo: Callable[[str], None]
 
 def wandb_sweep_config(config: str, grid: dict[str, list[str]], seeds: int, base_seed: int) -> dict[str, Any]:
     """A W&B sweep (grid method) over the same values: each agent runs `onpolicy run CONFIG KEY=VALUE ...`."""
-    parameters = {key: {"values": [_yaml_value(v) for v in values]} for key, values in grid.items()}
+    parameters = {key: {"values": [parse_override(f"{key}={v}")[1] for v in values]} for key, values in grid.items()}
     parameters["seed"] = {"values": list(range(base_seed, base_seed + seeds))}
     return {
         "program": "onpolicy",
@@ -110,13 +111,6 @@ def _split_values(values: str) -> list[str]:
         else:
             current += char
     return [*parts, current]
-
-
-def _yaml_value(text: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
 
 
 def _dir_name(parts: Sequence[str]) -> str:

@@ -126,10 +126,10 @@ def dpo_loss_types() -> tuple[str, ...]:
     return tuple(re.findall(r"`'(\w+)'`", field.metadata["help"]))
 
 
-def check_dpo_config_fields(loss_type: str | Sequence[str], extra: Mapping[str, Any]) -> None:
+def check_dpo_config_fields(loss_types: Sequence[str], extra: Mapping[str, Any]) -> None:
     """Raise ValueError for an unknown loss type, or an `extra` key DPOConfig lacks or onpolicy owns."""
     known_losses = dpo_loss_types()
-    for loss in [loss_type] if isinstance(loss_type, str) else loss_type:
+    for loss in loss_types:
         if loss not in known_losses:
             near = difflib.get_close_matches(loss, known_losses, n=1)
             hint = f"; did you mean '{near[0]}'?" if near else f" (one of: {', '.join(known_losses)})"
