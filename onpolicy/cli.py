@@ -13,6 +13,7 @@ SIGINT/SIGTERM exits with 128 + the signal's number (130, 143) after saying how 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import pathlib
@@ -131,6 +132,23 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument(
         "--metrics", help="comma-separated metrics to draw (a trailing * takes a namespace, e.g. eval/*)"
     )
+
+    label = sub.add_parser(
+        "label",
+        help="label a round's groups in Label Studio: export them as tasks, import the annotations back",
+        description="For the `human` reward: `export` writes the groups of a round waiting for people as Label "
+        "Studio tasks (JSON) and their labeling config (XML); `import` reads Label Studio's JSON export of them "
+        "and adds the labels to the round, which a waiting job takes up at once.",
+    )
+    label_sub = label.add_subparsers(dest="label_command", required=True, metavar="ACTION")
+    export = label_sub.add_parser("export", help="write a round's unlabelled groups as Label Studio tasks")
+    export.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR")
+    export.add_argument("--round", type=int, help="the round (default: the newest with groups for people)")
+    export.add_argument("--out", type=pathlib.Path, help="tasks file (default: RUN_DIR/label-studio/round-N.json)")
+    export.add_argument("--all", action="store_true", help="every group of the round, labelled ones too")
+    imported = label_sub.add_parser("import", help="add the labels of a Label Studio JSON export to their rounds")
+    imported.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR")
+    imported.add_argument("file", type=pathlib.Path, metavar="EXPORT_JSON")
     return parser
 
 
@@ -160,6 +178,8 @@ def _main(argv: list[str] | None) -> int:
             return _report(args)
         if args.command == "sweep":
             return _sweep(args)
+        if args.command == "label":
+            return _label(args)
         return _prepare_model(args)
     except OnpolicyError as exc:
         from onpolicy.redaction import redact_text
@@ -289,6 +309,37 @@ def _report(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else DEFAULT_METRICS
     written = report(args.runs, args.out, metrics)
     print(f"{len(args.runs)} run(s) -> {args.out}: {', '.join(written)}")
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from onpolicy.human import label_studio
+
+    if args.label_command == "export":
+        round_number = label_studio.open_round(args.run_dir, args.round)
+        tasks, config = label_studio.export_tasks(args.run_dir, round_number, args.all)
+        out = args.out or args.run_dir / "label-studio" / f"round-{round_number:04d}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(tasks, ensure_ascii=False, indent=1), encoding="utf-8")
+        out.with_suffix(".xml").write_text(config, encoding="utf-8")
+        print(
+            f"round {round_number}: {len(tasks)} task(s) -> {out}; labeling config -> {out.with_suffix('.xml')}\n"
+            f"In Label Studio: a project with that labeling config, import {out.name}, label, export as JSON, then: "
+            f"onpolicy label import {args.run_dir} EXPORT.json"
+        )
+        return 0
+    try:
+        exported = json.loads(args.file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise OnpolicyError(f"{args.file} not found") from None
+    except json.JSONDecodeError as exc:
+        raise OnpolicyError(f"{args.file} is not JSON ({exc}); export the project from Label Studio as JSON") from None
+    if not isinstance(exported, list):
+        raise OnpolicyError(f"{args.file}: expected Label Studio's JSON export, a list of tasks")
+    added, skipped = label_studio.import_annotations(args.run_dir, exported)
+    for reason in skipped:
+        print(f"  skipped {reason}")
+    print(f"{added} label(s) added to {args.run_dir}")
     return 0
 
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from onpolicy import redaction
 from onpolicy.config import Config, GenerationConfig, RewardTerm
 from onpolicy.correction import Correction, build_correction
@@ -37,7 +39,16 @@ from onpolicy.tokens import check_prompts_leave_room_to_train
 from onpolicy.tracking import RoundLogger, start_logger
 from onpolicy.trl_compat import check_dpo_config_values
 from onpolicy.types import PromptRecord
-from reward import Conditional, GroupReward, RewardConfigError, Term, WeightedSum, build_reward, matches
+from reward import (
+    Conditional,
+    GroupReward,
+    RewardConfigError,
+    Term,
+    WeightedSum,
+    build_reward,
+    close_reward,
+    matches,
+)
 from reward.judge import PolicyEngine
 
 if TYPE_CHECKING:
@@ -70,6 +81,7 @@ class Components:
         try:
             self.logger.finish()
         finally:
+            close_reward(self.inputs.reward)  # a labelling page
             for release in self.on_close:
                 release()
 
@@ -86,6 +98,13 @@ def check_inputs(config: Config) -> Inputs:
     check_model_folder(config.model.path)
     policy_engine = PolicyEngine()
     reward = build_reward_from_terms(config.reward, policy_engine)
+    if config.pairs.correction.corrector and any(
+        t.name == "human" and not t.args.get("fallback") for t in config.reward
+    ):
+        raise ConfigError(
+            "pairs.correction: a corrected answer is scored again by the reward, and the human reward scores only "
+            "the answers shown to people; give it a fallback reward (args.fallback) or turn correction off"
+        )
     evaluator = build_evaluator(config.eval, seed=config.seed)
     if evaluator is not None and config.eval.reward is not None:
         evaluator.reward = _eval_reward(config, reward, policy_engine, evaluator.records)
@@ -129,6 +148,11 @@ def _eval_reward(
 ) -> GroupReward:
     """What compares eval answers with the initial policy's (`eval.reward`, not None)."""
     if config.eval.reward == "job":
+        if _uses_people(config.reward):
+            raise ConfigError(
+                "eval.reward: job would ask people to compare every eval answer with the initial policy's each round; "
+                "give eval.reward its own terms (a judge, a reward model) or null"
+            )
         return job_reward
     assert config.eval.reward is not None
     _check_reward_terms(config.eval.reward, "eval.reward", eval_prompts, config.generation)
@@ -322,7 +346,7 @@ def build_reward_from_terms(
     built = []
     for i, term in enumerate(terms):
         try:
-            reward = build_reward(term.name, term.args, policy_engine)
+            reward = build_reward(term.name, _built_fallback(term, f"{where}[{i}]", policy_engine), policy_engine)
         except RewardConfigError as exc:
             raise ConfigError(f"{where}[{i}] ({term.name}): {exc}") from None
         reward = Conditional(reward, term.when) if term.when else reward
@@ -331,6 +355,26 @@ def build_reward_from_terms(
         return WeightedSum(built)
     except RewardConfigError as exc:
         raise ConfigError(f"{where}: {exc}; give the terms distinct label:s") from None
+
+
+def _uses_people(terms: Sequence[RewardTerm]) -> bool:
+    return any(term.name == "human" for term in terms)
+
+
+def _built_fallback(term: RewardTerm, where: str, policy_engine: PolicyEngine | None) -> dict[str, Any]:
+    """`term.args`, with a `human` term's `fallback` (reward terms, as in the config) built into one reward."""
+    if term.name != "human" or term.args.get("fallback") is None:
+        return term.args
+    where = f"{where}.args.fallback"
+    try:
+        terms = TypeAdapter(list[RewardTerm]).validate_python(term.args["fallback"])
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        at = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
+        raise ConfigError(f"{where}{at}: {problem['msg']}") from None
+    if not terms or _uses_people(terms):
+        raise ConfigError(f"{where}: give the reward terms (a judge, a reward model...) that score what people do not")
+    return {**term.args, "fallback": build_reward_from_terms(terms, policy_engine, where)}
 
 
 def _default_label(term: RewardTerm, index: int, terms: Sequence[RewardTerm]) -> str:

@@ -124,7 +124,7 @@ class GenerationConfig(Section):
 class RewardTerm(Section):
     name: str = Field(
         ...,
-        description="A built-in reward (contains, forbids, length, missing_eos, exact_match, reward_model, judge) or a Python callable as 'module:function' "
+        description="A built-in reward (contains, forbids, length, missing_eos, exact_match, reward_model, judge, human) or a Python callable as 'module:function' "
         "or 'path/to/file.py:function'.",
     )
     weight: float = Field(1.0, description="Weight of this term in the summed reward.")

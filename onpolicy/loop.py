@@ -29,11 +29,11 @@ from onpolicy.progress import PhaseProgress, Progress
 from onpolicy.prompts import prompts_for_round
 from onpolicy.resume import Start, StartMode, open_run, retention
 from onpolicy.rundir import REFERENCE_FOLDER, RunDirectory
-from onpolicy.scoring import score_groups
+from onpolicy.scoring import response_of, score_groups
 from onpolicy.stopping import GracefulStop
 from onpolicy.tracking import Table
-from onpolicy.types import PairingResult, RoundRecord, UpdateResult
-from reward import take_stats
+from onpolicy.types import PairingResult, RoundRecord, SampleGroup, UpdateResult
+from reward import RoundGroups, prepare_round, take_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +51,8 @@ def run_round(n: int, job: Job) -> RoundRecord:
     """Round n of online DPO, top to bottom:
 
     1. generate: K samples per prompt of this round's share, from the current policy;
-    2. score: a reward per sample (failures are excluded and counted, never scored 0);
+    2. score: a reward per sample (failures are excluded and counted, never scored 0); a reward that needs the
+       round's groups first (people labelling them in a page) is shown them all before scoring starts;
     3. pair: best vs worst per group (groups without a usable gap are dropped and counted), or a corrected pair
        where no sample is good enough and a correction is configured;
     4. update: a DPO step on the pairs against this round's reference (skipped when there are no pairs);
@@ -79,6 +80,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
     with stage("generate", len(prompts), "prompts") as progress:
         groups, too_long = generator.generate(prompts, progress)
     with stage("score", len(groups), "groups") as progress:
+        prepare_round(reward, round_groups(n, job, groups))
         scored, excluded, warnings = score_groups(reward, groups, progress)
     with stage("pair"):
         selection = Selection(config.pairs.strategy, config.pairs.length_penalty, config.seed + n)
@@ -220,6 +222,17 @@ def _run_rounds(
     finally:
         parts.close()
     return records
+
+
+def round_groups(n: int, job: Job, groups: list[SampleGroup]) -> RoundGroups:
+    """Round n's groups as a reward's `prepare` sees them."""
+    return RoundGroups(
+        round=n,
+        folder=job.run.path / job.run.round_folder(n),
+        groups=[(group.record.reward_view(), [response_of(s) for s in group.samples]) for group in groups],
+        echo=job.progress.echo,
+        should_stop=lambda: job.stop.requested,
+    )
 
 
 def _last_round_metrics(run: RunDirectory) -> dict[str, Any] | None:

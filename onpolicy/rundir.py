@@ -35,6 +35,7 @@ from typing import Any
 from onpolicy.errors import OnpolicyError
 from onpolicy.types import Pair, ScoredGroup, to_json
 
+LABELS_FILE = "labels.jsonl"  # people's labels of a round's groups (onpolicy.human), kept through a crash
 REFERENCE_FOLDER = "reference"  # in a round checkpoint: the mixed reference (`ref.refresh: mix`)
 
 
@@ -161,6 +162,12 @@ class RunDirectory:
         removed = []
         for folder in sorted((self.path / "rounds").glob("[0-9]*")):
             if folder.name.isdigit() and int(folder.name) > last_complete:
+                if (folder / LABELS_FILE).is_file():  # people's work: the round, run again, shows only what is left
+                    for part in sorted(folder.iterdir()):
+                        if part.name != LABELS_FILE:
+                            shutil.rmtree(part) if part.is_dir() else part.unlink()
+                            removed.append(str(part.relative_to(self.path)))
+                    continue
                 shutil.rmtree(folder)
                 removed.append(str(folder.relative_to(self.path)))
         for folder in sorted((self.path / "checkpoints").glob("round-*")):

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onpolicy.progress import PhaseProgress
-from onpolicy.types import SampleGroup, ScoredGroup
+from onpolicy.types import Sample, SampleGroup, ScoredGroup
 from reward import Failed, GroupReward, Response
 from reward.registry import check_score
 
@@ -32,6 +32,11 @@ def guarded_scores(
     return list(map(check_score, scores))
 
 
+def response_of(sample: Sample) -> Response:
+    """A sample as rewards see it: its text, whether it was cut at the token limit, its length in tokens."""
+    return Response(sample.text, sample.finish_reason == "length", len(sample.token_ids))
+
+
 def score_groups(
     reward: GroupReward, groups: Sequence[SampleGroup], progress: PhaseProgress | None = None
 ) -> tuple[list[ScoredGroup], Counter[str], list[str]]:
@@ -41,7 +46,7 @@ def score_groups(
     excluded: Counter[str] = Counter()
     examples: dict[str, str] = {}
     for group in groups:
-        texts = [Response(s.text, s.finish_reason == "length", len(s.token_ids)) for s in group.samples]
+        texts = [response_of(sample) for sample in group.samples]
         rewards: list[float | None] = []
         failures: list[str | None] = []
         for score in guarded_scores(reward, group.record.reward_view(), texts):

@@ -5,7 +5,18 @@ A reward scores the K responses to one prompt together (`GroupReward.score_group
 This package does not import the training loop.
 """
 
-from reward.base import Failed, GroupReward, Meter, Response, RewardConfigError, Score, take_stats
+from reward.base import (
+    Failed,
+    GroupReward,
+    Meter,
+    Response,
+    RewardConfigError,
+    RoundGroups,
+    Score,
+    close_reward,
+    prepare_round,
+    take_stats,
+)
 from reward.composite import Conditional, Term, WeightedSum, matches
 from reward.registry import build_reward, builtin_names, register
 
@@ -16,12 +27,15 @@ __all__ = [
     "Meter",
     "Response",
     "RewardConfigError",
+    "RoundGroups",
     "Score",
     "Term",
     "WeightedSum",
     "build_reward",
     "builtin_names",
+    "close_reward",
     "matches",
+    "prepare_round",
     "register",
     "take_stats",
 ]

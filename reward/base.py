@@ -7,15 +7,18 @@ reference answer...). Each response is a `str`; the loop passes `Response`s, whi
 generation was cut at the token limit. This package knows nothing of the training loop: it only scores.
 
 A backend that costs something (model calls, tokens, seconds) also has `take_stats()`, returning its counters
-since the last call; the loop logs them per round.
+since the last call; the loop logs them per round. A backend that must see a round's groups before they are
+scored one by one (people labelling them in a page) has `prepare(round_groups)`; one that holds something open
+(a server) has `close()`, called when the job ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol, runtime_checkable
 
@@ -87,3 +90,31 @@ def take_stats(reward: object) -> dict[str, float]:
     """A reward's counters since the last call, or nothing for rewards that keep none."""
     take = getattr(reward, "take_stats", None)
     return dict(take()) if callable(take) else {}
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundGroups:
+    """A round's groups, handed to a reward's `prepare` before they are scored: `groups` holds each group's prompt
+    record and responses, in the order `score_group` will see them. `folder` is the round's folder in the run
+    directory, for what the reward keeps of the round; `echo` prints a line for the user; `should_stop` turns
+    true when the job is asked to stop (a reward that waits returns then)."""
+
+    round: int
+    folder: pathlib.Path
+    groups: Sequence[tuple[Mapping[str, Any], Sequence[Response]]]
+    echo: Callable[[str], None] = print
+    should_stop: Callable[[], bool] = lambda: False
+
+
+def prepare_round(reward: object, round_groups: RoundGroups) -> None:
+    """Show a reward that asks for it the round's groups before they are scored."""
+    prepare = getattr(reward, "prepare", None)
+    if callable(prepare):
+        prepare(round_groups)
+
+
+def close_reward(reward: object) -> None:
+    """Release what a reward holds open (a server), if anything."""
+    close = getattr(reward, "close", None)
+    if callable(close):
+        close()

@@ -16,7 +16,16 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from reward.base import Failed, GroupReward, RewardConfigError, Score, take_stats
+from reward.base import (
+    Failed,
+    GroupReward,
+    RewardConfigError,
+    RoundGroups,
+    Score,
+    close_reward,
+    prepare_round,
+    take_stats,
+)
 from reward.registry import check_score
 
 Normalize = Literal["none", "zscore", "rank"]
@@ -81,6 +90,14 @@ class WeightedSum:
         for (a, xs), (b, ys) in itertools.combinations(per_term.items(), 2):
             agree, ordered = _order_agreement(xs, ys)
             self._sums.update({f"agreement/{a}~{b}/agree": agree, f"agreement/{a}~{b}/ordered": ordered})
+
+    def prepare(self, round_groups: RoundGroups) -> None:
+        for term in self.terms:
+            prepare_round(term.reward, round_groups)
+
+    def close(self) -> None:
+        for term in self.terms:
+            close_reward(term.reward)
 
     def take_stats(self) -> dict[str, float]:
         """Per term: its mean score and its own counters; per two terms: their agreement rate."""
@@ -150,6 +167,14 @@ class Conditional:
         if not matches(prompt, self.when):
             return [self.otherwise] * len(responses)
         return self.reward.score_group(prompt, responses)
+
+    def prepare(self, round_groups: RoundGroups) -> None:
+        """Only the groups whose prompts match reach the reward."""
+        matching = [group for group in round_groups.groups if matches(group[0], self.when)]
+        prepare_round(self.reward, dataclasses.replace(round_groups, groups=matching))
+
+    def close(self) -> None:
+        close_reward(self.reward)
 
     def take_stats(self) -> dict[str, float]:
         return take_stats(self.reward)

@@ -66,7 +66,9 @@ class Registry:
             importlib.import_module(module)
 
 
-REWARDS = Registry("reward", builtins_from=("reward.judge", "reward.reward_model", "reward.rules"))
+REWARDS = Registry(
+    "reward", builtins_from=("reward.judge", "reward.reward_model", "reward.rules", "onpolicy.human.reward")
+)
 CORRECTORS = Registry("corrector", builtins_from=("onpolicy.correction",))
 
 

@@ -64,3 +64,28 @@ def embedded_model_path(tmp_path_factory) -> pathlib.Path:
     from onpolicy.model_store import embedded_model_folder
 
     return embedded_model_folder(tmp_path_factory.mktemp("onpolicy-cache"))
+
+
+CHROMIUM = pathlib.Path("/usr/bin/chromium")
+# Debian's Chromium, headless, with nothing reaching out to the network (this machine's is closed).
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """A real headless Chromium (Debian's, installed by scripts/setup.sh), driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    assert CHROMIUM.exists(), f"the browser tests need {CHROMIUM}: run scripts/setup.sh (apt-get install chromium)"
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()

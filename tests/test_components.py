@@ -50,6 +50,22 @@ def test_inputs_are_built_without_loading_a_model():
             {"reward": [{"name": "length", "args": {"target": 3}, "when": {"category": "identity"}}]},
             r"reward\[0\] \(length\): no prompt matches when=\{'category': 'identity'\}, so it would never score",
         ),
+        (
+            {"reward": [{"name": "human", "args": {"share": 0.5, "fallback": [{"name": "lenght"}]}}]},
+            r"reward\[0\].args.fallback\[0\] \(lenght\): unknown reward 'lenght'",
+        ),
+        (
+            {"reward": [{"name": "human", "args": {"fallback": [{"weight": 1}]}}]},
+            r"reward\[0\].args.fallback\[0\].name: Field required",
+        ),
+        (
+            {"reward": [{"name": "human"}], "eval": {"prompts": {"items": ["Hi"]}}},
+            r"eval.reward: job would ask people to compare every eval answer",
+        ),
+        (
+            {"reward": [{"name": "human"}], "pairs": {"correction": {"corrector": "replace_name"}}},
+            r"pairs.correction: a corrected answer is scored again by the reward, and the human reward",
+        ),
     ],
 )
 def test_a_wrong_part_is_a_config_error_naming_it(changes, message):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from onpolicy.errors import OnpolicyError
-from onpolicy.labels import Label, LabelBook
+from onpolicy.human.labels import Label, LabelBook
 
 
 def test_a_label_scores_its_best_against_its_worst_and_a_tie_makes_no_pair():

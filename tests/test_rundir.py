@@ -68,6 +68,14 @@ def test_unfinished_work_of_later_rounds_is_discarded(tmp_path):
     assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["0001", "0002"]
 
 
+def test_people_s_labels_of_an_unfinished_round_outlive_the_crash(tmp_path):
+    run = RunDirectory.create(tmp_path, "")
+    run.write_text("rounds/0001/samples.jsonl", "{}\n")
+    run.write_text("rounds/0001/labels.jsonl", '{"group": "p1"}\n')
+    assert run.discard_unfinished(0) == ["rounds/0001/samples.jsonl"]
+    assert [p.name for p in (tmp_path / "rounds/0001").iterdir()] == ["labels.jsonl"]
+
+
 def test_pruning_keeps_what_the_rule_keeps_and_always_the_newest(tmp_path):
     run = RunDirectory.create(tmp_path, "")
     for n in (1, 2, 3, 4):

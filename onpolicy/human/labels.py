@@ -9,10 +9,11 @@ labelled twice keeps its newest label. A torn last line (a crash while writing i
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from onpolicy.errors import OnpolicyError
 from onpolicy.rundir import append_line
@@ -20,8 +21,9 @@ from onpolicy.rundir import append_line
 
 @dataclasses.dataclass(frozen=True)
 class Label:
-    """A person's verdict on one group (`group`: its prompt id) of `size` answers: the indices of the best and
-    the worst answer, or both None when the answers are all equally good or bad."""
+    """A person's verdict on one group (`group`: its key in the round) of `size` answers: the indices of the best
+    and the worst answer, or both None when the answers are all equally good or bad. `answers` is the digest of
+    the answers labelled (`answers_digest`): a label is only ever applied to those very answers."""
 
     group: str
     size: int
@@ -29,6 +31,7 @@ class Label:
     worst: int | None
     labeller: str
     time: float = dataclasses.field(default_factory=time.time)
+    answers: str = ""
 
     def __post_init__(self) -> None:
         if (self.best is None) != (self.worst is None):
@@ -50,6 +53,11 @@ class Label:
             scores[self.best] = 1.0
             scores[self.worst] = 0.0
         return scores
+
+
+def answers_digest(answers: Sequence[str]) -> str:
+    """A short fingerprint of a group's answers, in order."""
+    return hashlib.sha256(json.dumps(list(answers), ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 class LabelBook:

@@ -1,0 +1,160 @@
+"""Labelling a round in Label Studio instead of the page: `onpolicy label export` and `onpolicy label import`.
+
+While a job waits for people's labels, the round's groups are on disk (`rounds/NNNN/label_groups.jsonl`).
+`export` writes them as Label Studio tasks (JSON, one task per group: the chat turns and the answers as
+`Paragraphs`), with the labeling config for them (two single `Choices`, the best and the worst answer, and a
+third for "all equally good or bad"). `import` reads Label Studio's JSON export of those tasks and adds each
+task's last submitted annotation to the round's labels: a waiting job takes them up at once, and a stopped one
+when it resumes the round.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+from xml.sax.saxutils import quoteattr
+
+from onpolicy.errors import OnpolicyError
+from onpolicy.human.labels import Label, LabelBook
+from onpolicy.rundir import LABELS_FILE
+
+GROUPS_FILE = "label_groups.jsonl"  # in a round's folder: the groups put up for people, as the page shows them
+EQUAL = "All equally good or bad"
+
+
+def answer_name(index: int) -> str:
+    return f"Answer {index + 1}"
+
+
+def labeling_config(size: int) -> str:
+    """The Label Studio labeling config for groups of `size` answers."""
+    choices = "\n".join(f"    <Choice value={quoteattr(answer_name(i))}/>" for i in range(size))
+    return f"""<View>
+  <Header value="Prompt"/>
+  <Paragraphs name="prompt" value="$messages" layout="dialogue" nameKey="role" textKey="content"/>
+  <Header value="Answers"/>
+  <Paragraphs name="answers" value="$answers" nameKey="author" textKey="text"/>
+  <Header value="Best answer"/>
+  <Choices name="best" toName="answers" choice="single" showInline="true">
+{choices}
+  </Choices>
+  <Header value="Worst answer"/>
+  <Choices name="worst" toName="answers" choice="single" showInline="true">
+{choices}
+  </Choices>
+  <Choices name="equal" toName="answers" choice="single">
+    <Choice value={quoteattr(EQUAL)}/>
+  </Choices>
+</View>
+"""
+
+
+def open_round(run_dir: pathlib.Path, round_number: int | None = None) -> int:
+    """`round_number`, or the newest round whose groups were put up for people."""
+    if round_number is not None:
+        return round_number
+    rounds = sorted(int(f.parent.name) for f in run_dir.glob(f"rounds/[0-9]*/{GROUPS_FILE}"))
+    if not rounds:
+        raise OnpolicyError(f"{run_dir}: no round has groups for people to label (is the reward `human`?)")
+    return rounds[-1]
+
+
+def read_groups(run_dir: pathlib.Path, round_number: int) -> list[dict[str, Any]]:
+    file = run_dir / f"rounds/{round_number:04d}" / GROUPS_FILE
+    if not file.is_file():
+        raise OnpolicyError(f"{file} not found: round {round_number} has no groups for people to label")
+    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def export_tasks(run_dir: pathlib.Path, round_number: int | None = None, everything: bool = False) -> tuple[list, str]:
+    """The Label Studio tasks of a round's groups still unlabelled (`everything`: all of them), and their
+    labeling config."""
+    round_number = open_round(run_dir, round_number)
+    groups = read_groups(run_dir, round_number)
+    labelled = LabelBook(run_dir / f"rounds/{round_number:04d}" / LABELS_FILE).labels()
+    tasks = [
+        {
+            "data": {
+                "round": round_number,
+                "group": group["group"],
+                "digest": group["digest"],
+                "messages": group["messages"],
+                "answers": [{"author": answer_name(i), "text": a["text"]} for i, a in enumerate(group["answers"])],
+            }
+        }
+        for group in groups
+        if everything or labelled.get(group["group"]) is None or labelled[group["group"]].answers != group["digest"]
+    ]
+    return tasks, labeling_config(max((len(g["answers"]) for g in groups), default=2))
+
+
+def import_annotations(run_dir: pathlib.Path, exported: Sequence[Mapping[str, Any]]) -> tuple[int, list[str]]:
+    """Add the labels of Label Studio's JSON export `exported` to their rounds; returns how many were added and
+    why others were not (a task without a submitted annotation, one for answers no longer open...)."""
+    added, skipped = 0, []
+    groups_of: dict[int, dict[str, dict[str, Any]]] = {}
+    for number, task in enumerate(exported, start=1):
+        data = task.get("data", {}) if isinstance(task, Mapping) else {}
+        where = f"task {task.get('id', number) if isinstance(task, Mapping) else number}"
+        if not {"round", "group", "digest"} <= set(data):
+            skipped.append(f"{where}: not a task `onpolicy label export` wrote (no round, group or digest)")
+            continue
+        round_number = int(data["round"])
+        if round_number not in groups_of:
+            groups_of[round_number] = {g["group"]: g for g in read_groups(run_dir, round_number)}
+        group = groups_of[round_number].get(data["group"])
+        if group is None or group["digest"] != data["digest"]:
+            skipped.append(f"{where}: round {round_number} holds other answers for group {data['group']!r} now")
+            continue
+        annotation = _last_submitted(task.get("annotations", []))
+        if annotation is None:
+            skipped.append(f"{where}: no submitted annotation")
+            continue
+        try:
+            label = _label(annotation, data["group"], len(group["answers"]), data["digest"])
+        except ValueError as exc:
+            skipped.append(f"{where}: {exc}")
+            continue
+        LabelBook(run_dir / f"rounds/{round_number:04d}" / LABELS_FILE).add(label)
+        added += 1
+    return added, skipped
+
+
+def _last_submitted(annotations: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    submitted = [a for a in annotations if not a.get("was_cancelled") and a.get("result")]
+    return submitted[-1] if submitted else None
+
+
+def _label(annotation: Mapping[str, Any], group: str, size: int, digest: str) -> Label:
+    choices = {
+        item.get("from_name"): item.get("value", {}).get("choices", [])
+        for item in annotation["result"]
+        if item.get("type") == "choices"
+    }
+    names = [answer_name(i) for i in range(size)]
+    if EQUAL in choices.get("equal", []):
+        best = worst = None
+    else:
+        picked = [choices.get(side, []) for side in ("best", "worst")]
+        if not all(len(p) == 1 and p[0] in names for p in picked):
+            raise ValueError("pick one best and one worst answer, or all equally good or bad")
+        best, worst = (names.index(p[0]) for p in picked)
+    return Label(group, size, best, worst, _labeller(annotation), _time(annotation), answers=digest)
+
+
+def _labeller(annotation: Mapping[str, Any]) -> str:
+    who = annotation.get("completed_by")
+    if isinstance(who, Mapping):
+        who = who.get("email") or who.get("id")
+    return f"label-studio:{who}" if who is not None else "label-studio"
+
+
+def _time(annotation: Mapping[str, Any]) -> float:
+    stamp = annotation.get("updated_at") or annotation.get("created_at")
+    try:
+        return datetime.datetime.fromisoformat(str(stamp).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return datetime.datetime.now().timestamp()

@@ -1,0 +1,151 @@
+"""The labelling page: a FastAPI app over a `LabelDesk`, served by uvicorn in a thread of the job.
+
+Every API call must carry the page's token (header `X-Onpolicy-Token`), printed once, in the page's link, when
+the page starts: the link holds it after `#`, which browsers never send to a server, and the page never logs
+it. The page itself (`page.html`, static, no build step) holds no data and loads without it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import pathlib
+import secrets
+import socket
+import threading
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from onpolicy.errors import OnpolicyError
+from onpolicy.human.desk import LabelDesk, LabelRefused
+
+PAGE = pathlib.Path(__file__).with_name("page.html")
+
+
+class Who(BaseModel):
+    labeller: str = Field(max_length=200)
+
+
+class Given(Who):
+    group: str
+    digest: str
+    best: int | None = None
+    worst: int | None = None
+
+
+class Skipped(Who):
+    group: str
+
+
+def build_app(desk: LabelDesk, token: str) -> Any:
+    """The page and its API: `GET /api/state`, `POST /api/claim`, `/api/label`, `/api/release`."""
+    from fastapi import Depends, FastAPI, Header, HTTPException
+    from fastapi.responses import HTMLResponse
+
+    def check_token(x_onpolicy_token: str = Header("")) -> None:
+        if not secrets.compare_digest(x_onpolicy_token.encode(), token.encode()):
+            raise HTTPException(401, "this page needs its link with the token (printed when the job started it)")
+
+    app = FastAPI(title="onpolicy labels", docs_url=None, redoc_url=None, openapi_url=None)
+    guarded = [Depends(check_token)]
+
+    def refused(exc: LabelRefused) -> HTTPException:
+        return HTTPException(exc.status, str(exc))
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return PAGE.read_text(encoding="utf-8")
+
+    @app.get("/api/state", dependencies=guarded)
+    def state(labeller: str = "") -> dict[str, Any]:
+        return desk.state(labeller)
+
+    @app.post("/api/claim", dependencies=guarded)
+    def claim(who: Who) -> dict[str, Any]:
+        try:
+            task = desk.claim(who.labeller)
+        except LabelRefused as exc:
+            raise refused(exc) from None
+        return {"task": None if task is None else task.view(), "state": desk.state(who.labeller)}
+
+    @app.post("/api/label", dependencies=guarded)
+    def label(given: Given) -> dict[str, Any]:
+        try:
+            desk.submit(given.labeller, given.group, given.digest, given.best, given.worst)
+        except LabelRefused as exc:
+            raise refused(exc) from None
+        return {"state": desk.state(given.labeller)}
+
+    @app.post("/api/release", dependencies=guarded)
+    def release(skipped: Skipped) -> dict[str, Any]:
+        desk.release(skipped.labeller, skipped.group)
+        return {"state": desk.state(skipped.labeller)}
+
+    return app
+
+
+class PageServer:
+    """uvicorn serving the page on (host, port) in a daemon thread; port 0 takes a free one."""
+
+    def __init__(self, desk: LabelDesk, host: str, port: int) -> None:
+        self.token = secrets.token_urlsafe(18)
+        self._app = build_app(desk, self.token)
+        self._socket = _bound_socket(host, port)
+        self.host = host
+        self.port = self._socket.getsockname()[1]
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        """The page's address, without the token."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/"
+
+    @property
+    def link(self) -> str:
+        """The address with the token: the one link that opens the page."""
+        return f"{self.address}#token={self.token}"
+
+    def start(self, startup_timeout_s: float = 30.0) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(self._app, log_level="warning", access_log=False, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._socket]}, name="onpolicy-label-page", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + startup_timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise OnpolicyError(f"the labelling page did not start on {self.address}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(10)
+        self._socket.close()
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    try:
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+    except ValueError:
+        family = socket.AF_INET  # a host name
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise OnpolicyError(
+            f"the labelling page cannot listen on {host}:{port} ({exc.strerror}); set the human reward's "
+            "port (0: any free one) or host"
+        ) from None
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock

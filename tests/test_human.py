@@ -1,0 +1,338 @@
+"""People as the judge: the label desk's leases and deadline, the `human` reward alone and beside a fallback, and
+the labelling page driven in a real headless Chromium (clicks and keys, two labellers, the token, a model
+answer carrying HTML)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+
+from onpolicy.cli import main
+from onpolicy.human.desk import LabelDesk, LabelRefused, Task
+from onpolicy.human.label_studio import EQUAL, export_tasks, import_annotations
+from onpolicy.human.labels import Label, LabelBook, answers_digest
+from onpolicy.human.reward import HumanReward
+from reward import Failed, Response, RewardConfigError, RoundGroups, Term, WeightedSum, build_reward
+
+ANSWERS = {
+    "q1": ["Paris is the capital of France.", "London.", "I do not know."],
+    "q2": ["Two plus two is four.", "Five.", "It depends on the base.\n\n- base 3: `11`\n- base 10: **4**"],
+    "q3": ["Hello!", "Hi there, how can I help?", "Greetings."],
+}
+
+
+def groups(answers: dict[str, list[str]] = ANSWERS) -> list[tuple[dict, list[Response]]]:
+    return [
+        (
+            {"id": key, "prompt": f"Question {key}?", "messages": [{"role": "user", "content": f"Question {key}?"}]},
+            [Response(text, truncated=(i == 1), num_tokens=len(text.split())) for i, text in enumerate(texts)],
+        )
+        for key, texts in answers.items()
+    ]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tasks() -> list[Task]:
+    return [Task(prompt["id"], prompt, tuple(answers)) for prompt, answers in groups()]
+
+
+def test_each_group_goes_to_one_labeller_until_its_lease_runs_out(tmp_path):
+    clock = Clock()
+    desk = LabelDesk(lease_s=60, clock=clock)
+    assert desk.open_round(1, LabelBook(tmp_path / "labels.jsonl"), tasks(), timeout_s=None) == 3
+    ana, ben = desk.claim("ana"), desk.claim("ben")
+    assert (ana.group, ben.group) == ("q1", "q2")
+    assert desk.claim("ana").group == "q1"  # a reload gives back the group held, not another
+    assert desk.state("ana")["being_labelled"] == 2
+    clock.now += 61  # both walked away: their groups go back to the others
+    assert desk.claim("cleo").group == "q1"
+    desk.submit("ana", "q1", ana.digest, 0, 2)  # a late label from ana still counts...
+    with pytest.raises(LabelRefused, match="ana has labelled this group already"):
+        desk.submit("cleo", "q1", ana.digest, 1, 2)
+    assert desk.claim("cleo").group == "q2"  # ...and cleo moves on
+    desk.release("cleo", "q2")
+    assert desk.claim("dan").group == "q2"
+    with pytest.raises(LabelRefused, match="no longer open"):
+        desk.submit("dan", "q2", "0" * 16, 0, 1)  # other answers than those shown
+    with pytest.raises(LabelRefused, match="must differ"):
+        desk.submit("dan", "q2", desk.claim("dan").digest, 1, 1)
+    with pytest.raises(LabelRefused, match="give your name"):
+        desk.claim("  ")
+    state = desk.state("ana")
+    assert (state["labelled"], state["left"], state["mine"]) == (1, 2, 1)
+
+
+def test_a_resumed_round_opens_with_only_the_groups_unlabelled_for_these_answers(tmp_path):
+    book = LabelBook(tmp_path / "labels.jsonl")
+    q1, q2, _ = tasks()
+    book.add(Label("q1", 3, 0, 2, "ana", answers=q1.digest))
+    book.add(Label("q2", 3, 0, 2, "ana", answers=answers_digest(["other", "answers", "generated"])))
+    desk = LabelDesk()
+    assert desk.open_round(1, book, tasks(), timeout_s=None) == 2
+    assert desk.claim("ben").group == "q2"  # its label was of other answers
+    assert desk.wait("q1", lambda: False).labeller == "ana"
+
+
+def test_the_deadline_ends_the_wait_and_refuses_late_labels(tmp_path):
+    clock = Clock()
+    desk = LabelDesk(clock=clock)
+    desk.open_round(1, LabelBook(tmp_path / "labels.jsonl"), tasks(), timeout_s=30)
+    task = desk.claim("ana")
+    assert desk.state()["deadline_in_s"] == 30
+    clock.now += 30
+    assert desk.wait("q1", lambda: False) is None and desk.claim("ana") is None
+    with pytest.raises(LabelRefused, match="deadline has passed"):
+        desk.submit("ana", "q1", task.digest, 0, 1)
+
+
+@contextlib.contextmanager
+def labelling(tmp_path, round_number=1, answers=ANSWERS, **args) -> Iterator[tuple[HumanReward, list[str]]]:
+    """A `human` reward on a free port with a round's groups up on its page; the lines it printed."""
+    reward = build_reward("human", {"port": 0, **args})
+    lines: list[str] = []
+    reward.prepare(RoundGroups(round_number, tmp_path, groups(answers), echo=lines.append))
+    try:
+        yield reward, lines
+    finally:
+        reward.close()
+
+
+def link_in(lines: list[str]) -> str:
+    """The page's link (with its token), from what the reward printed."""
+    return next(match.group() for line in lines if (match := re.search(r"http://\S+#token=\S+", line)))
+
+
+def scores_in_background(reward: HumanReward, answers=ANSWERS) -> tuple[threading.Thread, list]:
+    """The job's side: every group scored in turn, waiting for its label, in a thread."""
+    results: list = []
+    thread = threading.Thread(target=lambda: results.extend(reward.score_group(p, r) for p, r in groups(answers)))
+    thread.start()
+    return thread, results
+
+
+def test_people_label_a_share_and_the_fallback_scores_the_rest_and_is_checked_against_them(tmp_path):
+    # the fallback: longer is better, up to 100 characters (every answer here is shorter)
+    fallback = WeightedSum([Term(build_reward("length", {"target": 100, "unit": "chars"}))])
+    with labelling(tmp_path, share=0.5, fallback=fallback) as (reward, lines):
+        agreeing, disagreeing = reward.desk.claim("ana"), reward.desk.claim("ben")
+        assert reward.desk.claim("cleo") is None  # 2 of the 3 groups are for people
+        thread, results = scores_in_background(reward)
+        for task, who in ((agreeing, "ana"), (disagreeing, "ben")):
+            by_length = sorted(range(3), key=lambda i: len(task.answers[i]))
+            best, worst = (by_length[-1], by_length[0]) if who == "ana" else (by_length[0], by_length[-1])
+            reward.desk.submit(who, task.group, task.digest, best, worst)
+        thread.join(10)
+        stats = reward.take_stats()
+    for (prompt, answers), scores in zip(groups(), results):
+        if prompt["id"] in (agreeing.group, disagreeing.group):
+            assert sorted(scores) == [0.0, 0.5, 1.0]
+        else:
+            assert scores == fallback.score_group(prompt, answers)
+    assert (stats["labelled"], stats["unlabelled"], stats["agreement"]) == (2, 0, 0.5)
+    assert "length/mean" in stats  # the fallback's own counters
+    assert any("2 of 2 group(s) to label" in line for line in lines)
+
+
+def test_the_human_reward_refuses_settings_that_leave_groups_unscored():
+    with pytest.raises(RewardConfigError, match="need a fallback reward"):
+        build_reward("human", {"share": 0.5})
+    with pytest.raises(RewardConfigError, match="timeout_s must be positive"):
+        build_reward("human", {"timeout_s": 0})
+
+
+# ---- the page, in a real browser ----
+
+
+def open_page(browser, link: str, name: str):
+    """A labeller's page: a fresh browser profile, the link opened, the name given."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto(link)
+    page.fill("#name", name)
+    page.click("text=Start")
+    return page
+
+
+def test_a_person_labels_a_round_with_keys_and_clicks_and_the_round_goes_on(tmp_path, browser):
+    with labelling(tmp_path) as (reward, lines):
+        link = link_in(lines)
+        thread, results = scores_in_background(reward)
+        page = open_page(browser, link, "ana")
+        page.wait_for_selector("text=Question q1?")
+        assert page.locator(".answer").count() == 3
+        assert "#token" not in page.url  # the token leaves the address bar
+        page.keyboard.press("1")  # best: answer 1, then worst: answer 3
+        page.keyboard.press("3")
+        assert page.locator(".answer.best .verdict").inner_text() == "BEST"
+        page.keyboard.press("Enter")
+        page.wait_for_selector("text=Question q2?")
+        assert page.locator("code", has_text="11").count() == 1  # the answer's markdown, rendered
+        page.locator(".answer").nth(1).locator("text=Worst").click()
+        page.locator(".answer").nth(0).locator("text=Best").click()
+        page.click("#save")
+        page.wait_for_selector("text=Question q3?")
+        page.keyboard.press("e")  # all equally good
+        thread.join(10)
+        page.wait_for_selector("text=Waiting for the next round")  # all scored: the round went on
+    assert results == [[1.0, 0.5, 0.0], [1.0, 0.0, 0.5], [0.5, 0.5, 0.5]]
+    labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert [(x["group"], x["best"], x["worst"], x["labeller"]) for x in labels] == [
+        ("q1", 0, 2, "ana"),
+        ("q2", 0, 1, "ana"),
+        ("q3", None, None, "ana"),
+    ]
+
+
+def test_two_labellers_at_once_never_get_the_same_group(tmp_path, browser):
+    with labelling(tmp_path) as (reward, lines):
+        link = link_in(lines)
+        ana, ben = open_page(browser, link, "ana"), open_page(browser, link, "ben")
+        ana.wait_for_selector(".answer")
+        ben.wait_for_selector(".answer")
+        shown = {ana.locator(".turn.last .body").inner_text(), ben.locator(".turn.last .body").inner_text()}
+        assert shown == {"Question q1?", "Question q2?"}
+        assert "1 being labelled by others" in ben.locator("#others").inner_text()
+        for page in (ana, ben):
+            page.keyboard.press("2")
+            page.keyboard.press("1")
+            page.keyboard.press("Enter")
+        ana.wait_for_selector("text=Question q3?")  # the one group left goes to whoever asks first
+        ben.wait_for_selector("text=Nothing left to label")
+        ana.keyboard.press("e")
+        ana.wait_for_selector("text=Nothing left to label")
+        assert reward.desk.state()["labelled"] == 3
+    by = {json.loads(line)["labeller"] for line in (tmp_path / "labels.jsonl").read_text().splitlines()}
+    assert by == {"ana", "ben"}
+
+
+def test_html_in_a_model_answer_is_shown_as_text_and_never_runs(tmp_path, browser):
+    hostile = '<script>window.owned = 1</script><img src=x onerror="window.owned = 2"> **bold** and <b>not bold</b>'
+    with labelling(tmp_path, answers={"q1": [hostile, "A plain answer."]}) as (_, lines):
+        link = link_in(lines)
+        page = open_page(browser, link, "ana")
+        page.wait_for_selector(".answer")
+        first = page.locator(".answer .body").first
+        assert "<script>window.owned = 1</script>" in first.inner_text()
+        assert page.evaluate("window.owned") is None
+        assert first.locator("script, img, b").count() == 0
+        assert first.locator("strong").inner_text() == "bold"
+
+
+def test_the_page_refuses_requests_without_its_token(tmp_path, browser):
+    with labelling(tmp_path) as (reward, lines):
+        address = link_in(lines).split("#")[0]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(address + "api/state")
+        assert refused.value.code == 401
+        forged = urllib.request.Request(address + "api/state", headers={"X-Onpolicy-Token": "guess"})
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(forged)
+        page = browser.new_context().new_page()
+        page.goto(address + "#token=guess")
+        page.fill("#name", "mallory")
+        page.click("text=Start")
+        page.wait_for_selector("text=This link has no valid token")
+        assert reward.desk.state()["being_labelled"] == 0
+
+
+def test_groups_unlabelled_at_the_deadline_are_left_out(tmp_path, browser):
+    with labelling(tmp_path, timeout_s=3) as (reward, lines):
+        assert any("deadline 3s" in line for line in lines)
+        link = link_in(lines)
+        thread, results = scores_in_background(reward)
+        page = open_page(browser, link, "ana")
+        page.wait_for_selector("text=Question q1?")
+        page.keyboard.press("1")
+        page.keyboard.press("2")
+        page.keyboard.press("Enter")
+        thread.join(10)
+        page.wait_for_selector("text=Waiting for the next round")
+        stats = reward.take_stats()
+    assert results[0] == [1.0, 0.0, 0.5]
+    assert all(
+        isinstance(s, Failed) and s.kind == "unlabelled" and "deadline" in s.reason for s in results[1] + results[2]
+    )
+    assert (stats["labelled"], stats["unlabelled"]) == (1, 2)
+
+
+# ---- offline: Label Studio ----
+
+
+def label_studio_annotation(task: dict, best: str | None, worst: str | None, equal: bool = False) -> dict:
+    """What Label Studio's JSON export holds for a task annotated with the exported labeling config."""
+
+    def choice(name: str, value: str) -> dict:
+        return {"from_name": name, "to_name": "answers", "type": "choices", "value": {"choices": [value]}}
+
+    result = [choice("equal", EQUAL)] if equal else [choice("best", best), choice("worst", worst)]
+    return {
+        "id": 7,
+        "data": task["data"],
+        "annotations": [
+            {"result": [choice("best", "Answer 3")], "was_cancelled": True},  # an abandoned try: not the label
+            {
+                "result": result,
+                "was_cancelled": False,
+                "completed_by": {"email": "ana@example.com"},
+                "created_at": "2026-11-26T12:00:00.000000Z",
+            },
+        ],
+    }
+
+
+def test_a_round_exported_to_label_studio_comes_back_as_labels_the_waiting_job_takes(tmp_path):
+    run_dir = tmp_path
+    with labelling(run_dir / "rounds/0001") as (reward, _):
+        first = reward.desk.claim("ana")
+        reward.desk.submit("ana", first.group, first.digest, 0, 1)  # one group labelled in the page
+        tasks, config = export_tasks(run_dir)
+        assert [t["data"]["group"] for t in tasks] == ["q2", "q3"]
+        assert tasks[0]["data"]["answers"][2] == {"author": "Answer 3", "text": ANSWERS["q2"][2]}
+        assert tasks[0]["data"]["messages"] == [{"role": "user", "content": "Question q2?"}]
+        assert config.count('<Choice value="Answer 3"/>') == 2 and 'name="equal"' in config
+        thread, results = scores_in_background(reward)
+        exported = [
+            label_studio_annotation(tasks[0], "Answer 2", "Answer 3"),
+            label_studio_annotation(tasks[1], None, None, equal=True),
+        ]
+        exported.append({"id": 9, "data": {**tasks[1]["data"], "digest": "0" * 16}, "annotations": []})
+        added, skipped = import_annotations(run_dir, json.loads(json.dumps(exported)))
+        thread.join(10)  # the job took the imported labels up without a restart
+    assert (added, skipped) == (2, ["task 9: round 1 holds other answers for group 'q3' now"])
+    assert results == [[1.0, 0.0, 0.5], [0.5, 1.0, 0.0], [0.5, 0.5, 0.5]]
+    labels = LabelBook(run_dir / "rounds/0001/labels.jsonl").labels()
+    assert labels["q2"].labeller == "label-studio:ana@example.com" and labels["q2"].time == 1795694400.0
+    assert export_tasks(run_dir)[0] == [] and len(export_tasks(run_dir, everything=True)[0]) == 3
+
+
+def test_the_label_commands_export_and_import_through_the_cli(tmp_path, capsys):
+    with labelling(tmp_path / "rounds/0001"):
+        pass
+    assert main(["label", "export", str(tmp_path)]) == 0
+    out = tmp_path / "label-studio/round-0001.json"
+    assert "3 task(s)" in capsys.readouterr().out and out.with_suffix(".xml").is_file()
+    tasks = json.loads(out.read_text())
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([label_studio_annotation(task, "Answer 1", "Answer 2") for task in tasks]))
+    assert main(["label", "import", str(tmp_path), str(export)]) == 0
+    assert "3 label(s) added" in capsys.readouterr().out
+    assert LabelBook(tmp_path / "rounds/0001/labels.jsonl").left(["q1", "q2", "q3"]) == []
+    export.write_text("{not json")
+    assert main(["label", "import", str(tmp_path), str(export)]) == 2
+    assert "is not JSON" in capsys.readouterr().err
+    assert main(["label", "export", str(tmp_path / "nothing")]) == 2
+    assert "no round has groups for people" in capsys.readouterr().err
