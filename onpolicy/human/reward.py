@@ -14,6 +14,7 @@ whether the fallback can be trusted alone.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import random
 from collections.abc import Mapping, Sequence
@@ -99,6 +100,8 @@ class HumanReward:
                 f"  labelling page: {self._page.link}\n"
                 "  (the link holds the page's token: share it only with the people who label)"
             )
+            if not _is_loopback(self.host):
+                round_groups.echo(f"  the page listens on {self.host}: whoever reaches it with the link can label")
         deadline = f", deadline {self.timeout_s:g}s" if self.timeout_s is not None else ""
         round_groups.echo(
             f"  round {round_groups.round}: {left} of {len(tasks)} group(s) to label at {self._page.address}{deadline}"
@@ -169,6 +172,13 @@ class HumanReward:
             return tasks
         chosen = set(random.Random(f"human-{round_groups.round}").sample(range(len(tasks)), wanted))
         return [task for i, task in enumerate(tasks) if i in chosen]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _agreement(model_scores: Sequence[float | Failed], best: int, worst: int) -> float | None:
