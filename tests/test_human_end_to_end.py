@@ -1,11 +1,13 @@
 """A whole run judged by a person: two rounds of the tiny model through the CLI, every group labelled in the
-labelling page by a real headless Chromium, with the job killed mid-labelling and resumed."""
+labelling page by a real headless Chromium, with the job stopped mid-labelling and resumed. (A SIGKILL loses
+no label either: each is fsynced before the page moves on, tests/test_labels.py.)"""
 
 from __future__ import annotations
 
 import os
 import queue
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -68,7 +70,7 @@ def label(page, groups: int) -> None:
         )
 
 
-def test_a_person_labels_two_rounds_in_the_page_through_a_crash(tiny_model_path, tmp_path, browser):
+def test_a_person_labels_two_rounds_in_the_page_through_a_stop_and_resume(tiny_model_path, tmp_path, browser):
     config = tiny_config(tiny_model_path, rounds=2, reward=[{"name": "human", "args": {"port": 0}}])
     config_file = tmp_path / "run.yaml"
     config_file.write_text(yaml.safe_dump(config))
@@ -82,9 +84,10 @@ def test_a_person_labels_two_rounds_in_the_page_through_a_crash(tiny_model_path,
     page.fill("#name", "ana")
     page.click("text=Start")
     label(page, 2)
-    job.process.kill()  # a crash with half the round labelled
-    job.process.wait(30)
+    job.process.send_signal(signal.SIGTERM)  # stopped with half the round labelled: the wait ends at once
+    assert job.process.wait(60) == 143, "".join(job.output)[-3000:]
     assert len(read_jsonl(run_dir / "rounds/0001/labels.jsonl")) == 2
+    assert not (run_dir / "rounds.jsonl").exists() or not read_jsonl(run_dir / "rounds.jsonl")  # round 1 abandoned
 
     resumed = Job(config_file, run_dir)
     link = resumed.wait_for(r"http://\S+#token=\S+").group()
