@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pathlib
 import re
 import threading
 import urllib.error
@@ -16,11 +17,12 @@ import pytest
 
 from onpolicy.cli import main
 from onpolicy.human.desk import LabelDesk, LabelRefused, Task
-from onpolicy.human.label_studio import EQUAL, export_tasks, import_annotations
+from onpolicy.human.label_studio import EQUAL, export_tasks, import_annotations, labeling_config
 from onpolicy.human.labels import Label, LabelBook, answers_digest
 from onpolicy.human.reward import HumanReward
 from reward import Failed, Response, RewardConfigError, RoundGroups, Term, WeightedSum, build_reward
 
+DATA = pathlib.Path(__file__).parent / "data"
 ANSWERS = {
     "q1": ["Paris is the capital of France.", "London.", "I do not know."],
     "q2": ["Two plus two is four.", "Five.", "It depends on the base.\n\n- base 3: `11`\n- base 10: **4**"],
@@ -319,20 +321,26 @@ def test_a_round_exported_to_label_studio_comes_back_as_labels_the_waiting_job_t
     assert export_tasks(run_dir)[0] == [] and len(export_tasks(run_dir, everything=True)[0]) == 3
 
 
-def test_the_label_commands_export_and_import_through_the_cli(tmp_path, capsys):
+def test_the_label_commands_round_trip_through_label_studio(tmp_path, capsys):
+    """tests/data/label_studio_export.json is Label Studio 1.23.2's JSON export of the tasks `label export` wrote
+    for these groups, in a project with the labeling config it wrote, labelled in Label Studio's own UI: q1
+    answer 2 best and 3 worst, q2 answer 1 best and 2 worst, q3 all equally good or bad."""
     with labelling(tmp_path / "rounds/0001"):
         pass
     assert main(["label", "export", str(tmp_path)]) == 0
     out = tmp_path / "label-studio/round-0001.json"
-    assert "3 task(s)" in capsys.readouterr().out and out.with_suffix(".xml").is_file()
-    tasks = json.loads(out.read_text())
-    export = tmp_path / "export.json"
-    export.write_text(json.dumps([label_studio_annotation(task, "Answer 1", "Answer 2") for task in tasks]))
-    assert main(["label", "import", str(tmp_path), str(export)]) == 0
+    assert "3 task(s)" in capsys.readouterr().out
+    assert out.with_suffix(".xml").read_text() == labeling_config(3)
+    exported_by_label_studio = json.loads((DATA / "label_studio_export.json").read_text())
+    assert [task["data"] for task in exported_by_label_studio] == [task["data"] for task in json.loads(out.read_text())]
+    assert main(["label", "import", str(tmp_path), str(DATA / "label_studio_export.json")]) == 0
     assert "3 label(s) added" in capsys.readouterr().out
-    assert LabelBook(tmp_path / "rounds/0001/labels.jsonl").left(["q1", "q2", "q3"]) == []
-    export.write_text("{not json")
-    assert main(["label", "import", str(tmp_path), str(export)]) == 2
+    labels = LabelBook(tmp_path / "rounds/0001/labels.jsonl").labels()
+    assert [(labels[g].best, labels[g].worst) for g in ("q1", "q2", "q3")] == [(1, 2), (0, 1), (None, None)]
+    assert labels["q1"].labeller == "label-studio:1"
+    bad = tmp_path / "export.json"
+    bad.write_text("{not json")
+    assert main(["label", "import", str(tmp_path), str(bad)]) == 2
     assert "is not JSON" in capsys.readouterr().err
     assert main(["label", "export", str(tmp_path / "nothing")]) == 2
     assert "no round has groups for people" in capsys.readouterr().err
