@@ -66,8 +66,11 @@ def test_each_group_goes_to_one_labeller_until_its_lease_runs_out(tmp_path):
     with pytest.raises(LabelRefused, match="ana has labelled this group already"):
         desk.submit("cleo", "q1", ana.digest, 1, 2)
     assert desk.claim("cleo").group == "q2"  # ...and cleo moves on
-    desk.release("cleo", "q2")
+    desk.release("cleo", "q2")  # skipped: cleo gets the next group, dan the one she gave back
+    assert desk.claim("cleo").group == "q3"
     assert desk.claim("dan").group == "q2"
+    desk.release("cleo", "q3")
+    assert desk.claim("cleo").group == "q3"  # nothing else left: the skipped group comes back
     with pytest.raises(LabelRefused, match="no longer open"):
         desk.submit("dan", "q2", "0" * 16, 0, 1)  # other answers than those shown
     with pytest.raises(LabelRefused, match="must differ"):

@@ -67,6 +67,7 @@ class LabelDesk:
         self._book: LabelBook | None = None
         self._labels: dict[str, Label] = {}
         self._leases: dict[str, tuple[str, float]] = {}  # group -> (labeller, expiry)
+        self._skipped: dict[str, set[str]] = {}  # labeller -> groups they gave back
         self._deadline: float | None = None
         self._book_stamp: tuple[int, int] | None = None  # the book file's (size, mtime) when last read
 
@@ -82,7 +83,7 @@ class LabelDesk:
                 for group, label in book.labels().items()
                 if group in self._tasks and label.answers == self._tasks[group].digest
             }
-            self._leases = {}
+            self._leases, self._skipped = {}, {}
             self._deadline = None if timeout_s is None else self._clock() + timeout_s
             self._changed.notify_all()
             return len(self._tasks) - len(self._labels)
@@ -91,6 +92,7 @@ class LabelDesk:
         """Nothing to label until the next round opens."""
         with self._changed:
             self._round, self._tasks, self._book, self._labels, self._leases = None, {}, None, {}, {}
+            self._skipped = {}
             self._deadline = None
             self._changed.notify_all()
 
@@ -116,26 +118,30 @@ class LabelDesk:
             if self._past_deadline():
                 return None
             now = self._clock()
-            free = None
-            for group in self._tasks:
-                if group in self._labels:
-                    continue
-                holder, expiry = self._leases.get(group, ("", 0.0))
-                if holder == labeller and expiry > now:
-                    free = group
-                    break
-                if free is None and expiry <= now:
-                    free = group
-            if free is None:
+
+            def holder(group: str) -> str:
+                name, expiry = self._leases.get(group, ("", 0.0))
+                return name if expiry > now else ""
+
+            open_groups = [group for group in self._tasks if group not in self._labels]
+            mine = [group for group in open_groups if holder(group) == labeller]
+            if mine:
+                return self._tasks[mine[0]]
+            free = [group for group in open_groups if not holder(group)]
+            skipped = self._skipped.get(labeller, set())
+            free = [group for group in free if group not in skipped] or free  # what they skipped comes back last
+            if not free:
                 return None
-            self._leases[free] = (labeller, now + self.lease_s)
-            return self._tasks[free]
+            self._leases[free[0]] = (labeller, now + self.lease_s)
+            return self._tasks[free[0]]
 
     def release(self, labeller: str, group: str) -> None:
-        """`labeller` gives `group` back (skipped it) for others to take."""
+        """`labeller` gives `group` back (skipped it) for others to take; they get it again only when nothing
+        else is left."""
         with self._changed:
             if self._leases.get(group, ("", 0.0))[0] == labeller:
                 del self._leases[group]
+            self._skipped.setdefault(labeller, set()).add(group)
 
     def submit(self, labeller: str, group: str, digest: str, best: int | None, worst: int | None) -> Label:
         """Record `labeller`'s label of `group` (best and worst answer, or both None for a tie); on disk before this
