@@ -81,9 +81,11 @@ class Components:
         try:
             self.logger.finish()
         finally:
-            close_reward(self.inputs.reward)  # a labelling page
-            for release in self.on_close:
-                release()
+            try:
+                close_reward(self.inputs.reward)  # a labelling page
+            finally:
+                for release in self.on_close:
+                    release()
 
 
 def check_inputs(config: Config) -> Inputs:
@@ -121,7 +123,7 @@ def _check_reward_terms(
     terms: Sequence[RewardTerm], where: str, prompts: Sequence[PromptRecord], generation: GenerationConfig
 ) -> None:
     """Refuse reward terms that could never score (a `when` no prompt matches) or whose judge cannot reach the
-    policy engine; `where` names the terms' list in messages."""
+    policy engine, a `human` term's fallback terms included; `where` names the terms' list in messages."""
     for i, term in enumerate(terms):
         if term.when is not None and not any(matches(record.reward_view(), term.when) for record in prompts):
             raise ConfigError(
@@ -141,6 +143,10 @@ def _check_reward_terms(
                 f"{where}[{i}] (judge): backend 'policy' judges with the engine's base model, which with "
                 "generation.lora_sync: adapter is not the policy; use lora_sync: merged"
             )
+    for i, term in enumerate(terms):
+        if term.name == "human" and term.args.get("fallback") is not None:
+            fallback = _fallback_terms(term, f"{where}[{i}]")
+            _check_reward_terms(fallback, f"{where}[{i}].args.fallback", prompts, generation)
 
 
 def _eval_reward(
@@ -155,6 +161,8 @@ def _eval_reward(
             )
         return job_reward
     assert config.eval.reward is not None
+    if _uses_people(config.eval.reward):
+        raise ConfigError("eval.reward: people do not judge eval answers; give a judge, a reward model or rules")
     _check_reward_terms(config.eval.reward, "eval.reward", eval_prompts, config.generation)
     return build_reward_from_terms(config.eval.reward, policy_engine, where="eval.reward")
 
@@ -365,6 +373,12 @@ def _built_fallback(term: RewardTerm, where: str, policy_engine: PolicyEngine | 
     """`term.args`, with a `human` term's `fallback` (reward terms, as in the config) built into one reward."""
     if term.name != "human" or term.args.get("fallback") is None:
         return term.args
+    fallback = _fallback_terms(term, where)
+    return {**term.args, "fallback": build_reward_from_terms(fallback, policy_engine, f"{where}.args.fallback")}
+
+
+def _fallback_terms(term: RewardTerm, where: str) -> list[RewardTerm]:
+    """A `human` term's `fallback`, checked as reward terms."""
     where = f"{where}.args.fallback"
     try:
         terms = TypeAdapter(list[RewardTerm]).validate_python(term.args["fallback"])
@@ -374,7 +388,7 @@ def _built_fallback(term: RewardTerm, where: str, policy_engine: PolicyEngine | 
         raise ConfigError(f"{where}{at}: {problem['msg']}") from None
     if not terms or _uses_people(terms):
         raise ConfigError(f"{where}: give the reward terms (a judge, a reward model...) that score what people do not")
-    return {**term.args, "fallback": build_reward_from_terms(terms, policy_engine, where)}
+    return terms
 
 
 def _default_label(term: RewardTerm, index: int, terms: Sequence[RewardTerm]) -> str:

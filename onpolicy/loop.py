@@ -33,7 +33,7 @@ from onpolicy.scoring import response_of, score_groups
 from onpolicy.stopping import GracefulStop
 from onpolicy.tracking import Table
 from onpolicy.types import PairingResult, RoundRecord, SampleGroup, UpdateResult
-from reward import RoundGroups, prepare_round, take_stats
+from reward import RoundGroups, finish_round, prepare_round, take_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,7 +81,10 @@ def run_round(n: int, job: Job) -> RoundRecord:
         groups, too_long = generator.generate(prompts, progress)
     with stage("score", len(groups), "groups") as progress:
         prepare_round(reward, round_groups(n, job, groups))
-        scored, excluded, warnings = score_groups(reward, groups, progress)
+        try:
+            scored, excluded, warnings = score_groups(reward, groups, progress)
+        finally:
+            finish_round(reward)
     with stage("pair"):
         selection = Selection(config.pairs.strategy, config.pairs.length_penalty, config.seed + n)
         pairing = build_pairs(scored, config.pairs.min_margin, parts.inputs.correction, selection)

@@ -14,6 +14,7 @@ from reward.base import (
     RoundGroups,
     Score,
     close_reward,
+    finish_round,
     prepare_round,
     take_stats,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "build_reward",
     "builtin_names",
     "close_reward",
+    "finish_round",
     "matches",
     "prepare_round",
     "register",

@@ -8,8 +8,9 @@ generation was cut at the token limit. This package knows nothing of the trainin
 
 A backend that costs something (model calls, tokens, seconds) also has `take_stats()`, returning its counters
 since the last call; the loop logs them per round. A backend that must see a round's groups before they are
-scored one by one (people labelling them in a page) has `prepare(round_groups)`; one that holds something open
-(a server) has `close()`, called when the job ends.
+scored one by one (people labelling them in a page) has `prepare(round_groups)`, and `finish()`, called once the
+round's groups are scored (or scoring stopped); one that holds something open (a server) has `close()`, called
+when the job ends.
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ def prepare_round(reward: object, round_groups: RoundGroups) -> None:
     prepare = getattr(reward, "prepare", None)
     if callable(prepare):
         prepare(round_groups)
+
+
+def finish_round(reward: object) -> None:
+    """Tell a reward that asks for it that the round's scoring is over."""
+    finish = getattr(reward, "finish", None)
+    if callable(finish):
+        finish()
 
 
 def close_reward(reward: object) -> None:

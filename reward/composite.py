@@ -23,6 +23,7 @@ from reward.base import (
     RoundGroups,
     Score,
     close_reward,
+    finish_round,
     prepare_round,
     take_stats,
 )
@@ -94,6 +95,10 @@ class WeightedSum:
     def prepare(self, round_groups: RoundGroups) -> None:
         for term in self.terms:
             prepare_round(term.reward, round_groups)
+
+    def finish(self) -> None:
+        for term in self.terms:
+            finish_round(term.reward)
 
     def close(self) -> None:
         for term in self.terms:
@@ -172,6 +177,9 @@ class Conditional:
         """Only the groups whose prompts match reach the reward."""
         matching = [group for group in round_groups.groups if matches(group[0], self.when)]
         prepare_round(self.reward, dataclasses.replace(round_groups, groups=matching))
+
+    def finish(self) -> None:
+        finish_round(self.reward)
 
     def close(self) -> None:
         close_reward(self.reward)

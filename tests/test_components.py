@@ -59,6 +59,17 @@ def test_inputs_are_built_without_loading_a_model():
             r"reward\[0\].args.fallback\[0\].name: Field required",
         ),
         (
+            {
+                "reward": [{"name": "human", "args": {"count": 1, "fallback": [{"name": "judge"}]}}],
+                "generation": {"backend": "server", "server": {"urls": ["http://localhost:1"]}},
+            },
+            r"reward\[0\].args.fallback\[0\] \(judge\): backend 'policy' judges with the in-process engine",
+        ),
+        (
+            {"eval": {"prompts": {"items": ["Hi"]}, "reward": [{"name": "human"}]}},
+            r"eval.reward: people do not judge eval answers",
+        ),
+        (
             {"reward": [{"name": "human"}], "eval": {"prompts": {"items": ["Hi"]}}},
             r"eval.reward: job would ask people to compare every eval answer",
         ),

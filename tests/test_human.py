@@ -8,6 +8,7 @@ import contextlib
 import json
 import pathlib
 import re
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -19,6 +20,7 @@ from onpolicy.cli import main
 from onpolicy.human.desk import LabelDesk, LabelRefused, Task
 from onpolicy.human.label_studio import EQUAL, export_tasks, import_annotations, labeling_config
 from onpolicy.human.labels import Label, LabelBook, answers_digest
+from onpolicy.human.page import PageServer
 from onpolicy.human.reward import HumanReward
 from reward import Failed, Response, RewardConfigError, RoundGroups, Term, WeightedSum, build_reward
 
@@ -122,9 +124,16 @@ def link_in(lines: list[str]) -> str:
 
 
 def scores_in_background(reward: HumanReward, answers=ANSWERS) -> tuple[threading.Thread, list]:
-    """The job's side: every group scored in turn, waiting for its label, in a thread."""
+    """The job's side: every group scored in turn, waiting for its label, in a thread; then the round closes."""
     results: list = []
-    thread = threading.Thread(target=lambda: results.extend(reward.score_group(p, r) for p, r in groups(answers)))
+
+    def score_the_round() -> None:
+        try:
+            results.extend(reward.score_group(prompt, responses) for prompt, responses in groups(answers))
+        finally:
+            reward.finish()  # as the loop does once scoring is over
+
+    thread = threading.Thread(target=score_the_round)
     thread.start()
     return thread, results
 
@@ -152,11 +161,32 @@ def test_people_label_a_share_and_the_fallback_scores_the_rest_and_is_checked_ag
     assert any("2 of 2 group(s) to label" in line for line in lines)
 
 
-def test_the_human_reward_refuses_settings_that_leave_groups_unscored():
+def test_the_human_reward_refuses_settings_that_leave_groups_unscored_or_a_busy_port():
     with pytest.raises(RewardConfigError, match="need a fallback reward"):
         build_reward("human", {"share": 0.5})
     with pytest.raises(RewardConfigError, match="timeout_s must be positive"):
         build_reward("human", {"timeout_s": 0})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(RewardConfigError, match=r"cannot listen on 127.0.0.1:\d+ .*set the human reward's port"):
+            build_reward("human", {"port": taken.getsockname()[1]})
+
+
+def test_a_prompt_twice_in_a_round_with_the_same_answers_is_labelled_twice(tmp_path):
+    twice = groups({"q1": ANSWERS["q1"]}) * 2
+    reward = build_reward("human", {"port": 0})
+    reward.prepare(RoundGroups(1, tmp_path, twice, echo=lambda line: None))
+    try:
+        first, second = reward.desk.claim("ana"), reward.desk.claim("ben")
+        assert (first.group, second.group) == ("q1", "q1#2")
+        reward.desk.submit("ana", "q1", first.digest, 0, 1)
+        reward.desk.submit("ben", "q1#2", second.digest, 2, 1)
+        assert [reward.score_group(*group) for group in twice] == [[1.0, 0.0, 0.5], [0.5, 0.0, 1.0]]
+        reward.finish()
+        assert reward.desk.state()["round"] is None  # the page offers nothing once scoring is over
+    finally:
+        reward.close()
 
 
 # ---- the page, in a real browser ----
@@ -246,6 +276,9 @@ def test_the_page_refuses_requests_without_its_token(tmp_path, browser):
         forged = urllib.request.Request(address + "api/state", headers={"X-Onpolicy-Token": "guess"})
         with pytest.raises(urllib.error.HTTPError):
             urllib.request.urlopen(forged)
+        with urllib.request.urlopen(address) as served:  # the page itself holds no data: it loads without the token
+            policy = served.headers["Content-Security-Policy"]
+        assert "script-src 'sha256-" in policy and "frame-ancestors 'none'" in policy and "default-src 'none'" in policy
         page = browser.new_context().new_page()
         page.goto(address + "#token=guess")
         page.fill("#name", "mallory")
@@ -318,6 +351,7 @@ def test_a_round_exported_to_label_studio_comes_back_as_labels_the_waiting_job_t
         added, skipped = import_annotations(run_dir, json.loads(json.dumps(exported)))
         thread.join(10)  # the job took the imported labels up without a restart
     assert (added, skipped) == (2, ["task 9: round 1 holds other answers for group 'q3' now"])
+    assert import_annotations(run_dir, exported[:1]) == (0, ["task 7: group 'q2' of round 1 is labelled already"])
     assert results == [[1.0, 0.0, 0.5], [0.5, 1.0, 0.0], [0.5, 0.5, 0.5]]
     labels = LabelBook(run_dir / "rounds/0001/labels.jsonl").labels()
     assert labels["q2"].labeller == "label-studio:ana@example.com" and labels["q2"].time == 1795694400.0
@@ -347,3 +381,12 @@ def test_the_label_commands_round_trip_through_label_studio(tmp_path, capsys):
     assert "is not JSON" in capsys.readouterr().err
     assert main(["label", "export", str(tmp_path / "nothing")]) == 2
     assert "no round has groups for people" in capsys.readouterr().err
+
+
+def test_a_page_on_every_interface_is_announced_under_the_machine_s_name():
+    page = PageServer(LabelDesk(), "0.0.0.0", 0)
+    try:
+        assert page.address == f"http://{socket.gethostname()}:{page.port}/"
+        assert page.link == f"{page.address}#token={page.token}"
+    finally:
+        page.stop()

@@ -22,20 +22,23 @@ def test_a_label_that_names_no_pair_is_refused(best, worst, message):
         Label("p1", 4, best=best, worst=worst, labeller="ana")
 
 
-def test_labels_are_kept_as_given_the_newest_wins_and_a_torn_last_line_is_ignored(tmp_path):
+def test_labels_are_kept_as_given_the_first_counts_and_a_torn_last_line_is_ignored(tmp_path):
     book = LabelBook(tmp_path / "rounds/0001/labels.jsonl")
-    assert book.labels() == {} and book.left(["p1", "p2", "p3"]) == ["p1", "p2", "p3"]
-    book.add(Label("p1", 4, best=0, worst=3, labeller="ana", time=1.0))
-    book.add(Label("p2", 4, best=None, worst=None, labeller="ben", time=2.0))
-    book.add(Label("p1", 4, best=1, worst=3, labeller="ben", time=3.0))  # relabelled
+    assert book.labels() == {}
+    book.add(Label("p1", 4, best=0, worst=3, labeller="ana", time=1.0, answers="a1"))
+    book.add(Label("p2", 4, best=None, worst=None, labeller="ben", time=2.0, answers="a2"))
+    book.add(Label("p1", 4, best=1, worst=3, labeller="ben", time=3.0, answers="a1"))  # a second label: not taken
     with open(book.path, "a") as f:
         f.write('{"group": "p3", "size": 4, "be')  # a crash while writing
     labels = LabelBook(book.path).labels()  # read back, as a resumed job does
-    assert labels["p1"] == Label("p1", 4, best=1, worst=3, labeller="ben", time=3.0)
-    assert labels["p2"].tie and labels["p2"].labeller == "ben"
-    assert book.left(["p1", "p2", "p3"]) == ["p3"]
-    book.add(Label("p3", 4, best=2, worst=1, labeller="ana", time=4.0))  # labelling goes on after the crash
+    assert labels["p1"] == Label("p1", 4, best=0, worst=3, labeller="ana", time=1.0, answers="a1")
+    assert labels["p2"].tie and labels["p2"].labeller == "ben" and "p3" not in labels
+    book.add(
+        Label("p3", 4, best=2, worst=1, labeller="ana", time=4.0, answers="a3")
+    )  # labelling goes on after the crash
     assert book.path.read_text().count("\n") == 4 and LabelBook(book.path).labels()["p3"].best == 2
+    # only labels of the answers a round holds now: p2 was sampled again, differently
+    assert set(book.labels({"p1": "a1", "p2": "other answers", "p3": "a3"})) == {"p1", "p3"}
 
 
 def test_a_damaged_label_before_the_last_line_stops_with_its_line(tmp_path):

@@ -78,11 +78,7 @@ class LabelDesk:
             self._round = round_number
             self._tasks = {task.group: task for task in tasks}
             self._book = book
-            self._labels = {
-                group: label
-                for group, label in book.labels().items()
-                if group in self._tasks and label.answers == self._tasks[group].digest
-            }
+            self._labels = book.labels(self._digests())
             self._leases, self._skipped = {}, {}
             self._deadline = None if timeout_s is None else self._clock() + timeout_s
             self._changed.notify_all()
@@ -98,6 +94,7 @@ class LabelDesk:
 
     def state(self, labeller: str = "") -> dict[str, Any]:
         """The round's progress, as the page shows it."""
+        labeller = labeller.strip()
         with self._changed:
             now = self._clock()
             being_labelled = sum(1 for g, (_, expiry) in self._leases.items() if expiry > now and g not in self._labels)
@@ -115,6 +112,7 @@ class LabelDesk:
         """The group `labeller` holds, or the next one no one holds (leased to them); None when none is left."""
         labeller = _checked_name(labeller)
         with self._changed:
+            self._take_labels_added_elsewhere()
             if self._past_deadline():
                 return None
             now = self._clock()
@@ -138,6 +136,7 @@ class LabelDesk:
     def release(self, labeller: str, group: str) -> None:
         """`labeller` gives `group` back (skipped it) for others to take; they get it again only when nothing
         else is left."""
+        labeller = _checked_name(labeller)
         with self._changed:
             if self._leases.get(group, ("", 0.0))[0] == labeller:
                 del self._leases[group]
@@ -187,9 +186,11 @@ class LabelDesk:
         if (stamp.st_size, stamp.st_mtime_ns) == self._book_stamp:
             return
         self._book_stamp = (stamp.st_size, stamp.st_mtime_ns)
-        for group, label in self._book.labels().items():
-            if group in self._tasks and group not in self._labels and label.answers == self._tasks[group].digest:
-                self._labels[group] = label
+        for group, label in self._book.labels(self._digests()).items():
+            self._labels.setdefault(group, label)
+
+    def _digests(self) -> dict[str, str]:
+        return {group: task.digest for group, task in self._tasks.items()}
 
     def _past_deadline(self) -> bool:
         return self._deadline is not None and self._clock() >= self._deadline

@@ -74,7 +74,7 @@ def export_tasks(run_dir: pathlib.Path, round_number: int | None = None, everyth
     labeling config."""
     round_number = open_round(run_dir, round_number)
     groups = read_groups(run_dir, round_number)
-    labelled = LabelBook(run_dir / f"rounds/{round_number:04d}" / LABELS_FILE).labels()
+    labelled = _book(run_dir, round_number).labels({group["group"]: group["digest"] for group in groups})
     tasks = [
         {
             "data": {
@@ -86,41 +86,61 @@ def export_tasks(run_dir: pathlib.Path, round_number: int | None = None, everyth
             }
         }
         for group in groups
-        if everything or labelled.get(group["group"]) is None or labelled[group["group"]].answers != group["digest"]
+        if everything or group["group"] not in labelled
     ]
     return tasks, labeling_config(max((len(g["answers"]) for g in groups), default=2))
 
 
 def import_annotations(run_dir: pathlib.Path, exported: Sequence[Mapping[str, Any]]) -> tuple[int, list[str]]:
     """Add the labels of Label Studio's JSON export `exported` to their rounds; returns how many were added and
-    why others were not (a task without a submitted annotation, one for answers no longer open...)."""
-    added, skipped = 0, []
+    why others were not (a task without a submitted annotation, one for answers no longer open, a group labelled
+    already...). Every task is read before any label is written."""
+    labels: list[tuple[int, Label]] = []
+    skipped = []
     groups_of: dict[int, dict[str, dict[str, Any]]] = {}
+    labelled_of: dict[int, dict[str, Label]] = {}
     for number, task in enumerate(exported, start=1):
         data = task.get("data", {}) if isinstance(task, Mapping) else {}
         where = f"task {task.get('id', number) if isinstance(task, Mapping) else number}"
-        if not {"round", "group", "digest"} <= set(data):
+        try:
+            round_number = int(data["round"])
+            group_key, digest = str(data["group"]), str(data["digest"])
+        except (KeyError, TypeError, ValueError):
             skipped.append(f"{where}: not a task `onpolicy label export` wrote (no round, group or digest)")
             continue
-        round_number = int(data["round"])
         if round_number not in groups_of:
-            groups_of[round_number] = {g["group"]: g for g in read_groups(run_dir, round_number)}
-        group = groups_of[round_number].get(data["group"])
-        if group is None or group["digest"] != data["digest"]:
-            skipped.append(f"{where}: round {round_number} holds other answers for group {data['group']!r} now")
+            try:
+                groups_of[round_number] = {g["group"]: g for g in read_groups(run_dir, round_number)}
+            except OnpolicyError as exc:
+                skipped.append(f"{where}: {exc}")
+                continue
+            digests = {key: group["digest"] for key, group in groups_of[round_number].items()}
+            labelled_of[round_number] = _book(run_dir, round_number).labels(digests)
+        group = groups_of[round_number].get(group_key)
+        if group is None or group["digest"] != digest:
+            skipped.append(f"{where}: round {round_number} holds other answers for group {group_key!r} now")
             continue
-        annotation = _last_submitted(task.get("annotations", []))
+        if group_key in labelled_of[round_number]:
+            skipped.append(f"{where}: group {group_key!r} of round {round_number} is labelled already")
+            continue
+        annotation = _last_submitted(task.get("annotations") or [])
         if annotation is None:
             skipped.append(f"{where}: no submitted annotation")
             continue
         try:
-            label = _label(annotation, data["group"], len(group["answers"]), data["digest"])
+            label = _label(annotation, group_key, len(group["answers"]), digest)
         except ValueError as exc:
             skipped.append(f"{where}: {exc}")
             continue
-        LabelBook(run_dir / f"rounds/{round_number:04d}" / LABELS_FILE).add(label)
-        added += 1
-    return added, skipped
+        labelled_of[round_number][group_key] = label
+        labels.append((round_number, label))
+    for round_number, label in labels:
+        _book(run_dir, round_number).add(label)
+    return len(labels), skipped
+
+
+def _book(run_dir: pathlib.Path, round_number: int) -> LabelBook:
+    return LabelBook(run_dir / f"rounds/{round_number:04d}" / LABELS_FILE)
 
 
 def _last_submitted(annotations: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:

@@ -2,8 +2,9 @@
 bad", with who gave it and when.
 
 A round's labels live in `rounds/NNNN/labels.jsonl`, one line per label, appended and fsynced as it is given: a
-crash or SIGTERM while people label loses none of them, and `left` tells the groups still to label. A group
-labelled twice keeps its newest label. A torn last line (a crash while writing it) is ignored.
+crash or SIGTERM while people label loses none of them. The first label of a group's answers counts (as in the
+page, which refuses a second); a label of other answers to the same prompt (a round sampled again after a
+crash, differently) is not theirs. A torn last line (a crash while writing it) is ignored.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import hashlib
 import json
 import pathlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Mapping, Sequence
 
 from onpolicy.errors import OnpolicyError
 from onpolicy.rundir import append_line
@@ -71,8 +72,9 @@ class LabelBook:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         append_line(self.path, json.dumps(dataclasses.asdict(label), ensure_ascii=False))
 
-    def labels(self) -> dict[str, Label]:
-        """Each labelled group's newest label."""
+    def labels(self, answers: Mapping[str, str] | None = None) -> dict[str, Label]:
+        """Each labelled group's first label; with `answers` (group -> digest of its answers), only labels of
+        those very answers."""
         if not self.path.is_file():
             return {}
         found: dict[str, Label] = {}
@@ -86,10 +88,6 @@ class LabelBook:
                 if number == len(lines):  # no newline after it: torn by a crash while it was written
                     break
                 raise OnpolicyError(f"{self.path}, line {number}: not a label ({exc})") from None
-            found[label.group] = label
+            if answers is None or answers.get(label.group) == label.answers:
+                found.setdefault(label.group, label)
         return found
-
-    def left(self, groups: Iterable[str]) -> list[str]:
-        """Of `groups` (prompt ids), those no one has labelled yet, in their order."""
-        labelled = self.labels()
-        return [group for group in groups if group not in labelled]

@@ -7,8 +7,11 @@ it. The page itself (`page.html`, static, no build step) holds no data and loads
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import pathlib
+import re
 import secrets
 import socket
 import threading
@@ -49,13 +52,21 @@ def build_app(desk: LabelDesk, token: str) -> Any:
 
     app = FastAPI(title="onpolicy labels", docs_url=None, redoc_url=None, openapi_url=None)
     guarded = [Depends(check_token)]
+    html = PAGE.read_text(encoding="utf-8")
+    headers = _security_headers(html)
+
+    @app.middleware("http")
+    async def secure(request: Any, call_next: Any) -> Any:
+        response = await call_next(request)
+        response.headers.update(headers)
+        return response
 
     def refused(exc: LabelRefused) -> HTTPException:
         return HTTPException(exc.status, str(exc))
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        return PAGE.read_text(encoding="utf-8")
+        return html
 
     @app.get("/api/state", dependencies=guarded)
     def state(labeller: str = "") -> dict[str, Any]:
@@ -99,8 +110,9 @@ class PageServer:
 
     @property
     def address(self) -> str:
-        """The page's address, without the token."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """The page's address, without the token (on every interface: under this machine's name)."""
+        host = socket.gethostname() if self.host in ("0.0.0.0", "::", "") else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
 
     @property
@@ -129,6 +141,30 @@ class PageServer:
         if self._thread is not None:
             self._thread.join(10)
         self._socket.close()
+
+
+def check_free(host: str, port: int) -> None:
+    """Raise `OnpolicyError` when the page could not listen on (host, port) now."""
+    _bound_socket(host, port).close()
+
+
+def _security_headers(page: str) -> dict[str, str]:
+    """Headers of every response: the page runs only its own script and style (by hash), talks only to its own
+    server, loads nothing else, cannot be framed, and nothing of it is cached."""
+    hashes = {
+        tag: " ".join(
+            f"'sha256-{base64.b64encode(hashlib.sha256(body.encode()).digest()).decode()}'"
+            for body in re.findall(rf"<{tag}>(.*?)</{tag}>", page, re.S)
+        )
+        for tag in ("script", "style")
+    }
+    return {
+        "Content-Security-Policy": f"default-src 'none'; script-src {hashes['script']}; style-src {hashes['style']}; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-store",
+    }
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:

@@ -20,10 +20,11 @@ import random
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from onpolicy.errors import OnpolicyError
 from onpolicy.human.desk import LabelDesk, Task
 from onpolicy.human.label_studio import GROUPS_FILE
 from onpolicy.human.labels import LabelBook, answers_digest
-from onpolicy.human.page import PageServer
+from onpolicy.human.page import PageServer, check_free
 from onpolicy.rundir import LABELS_FILE, RunDirectory
 from onpolicy.scoring import guarded_scores
 from reward import (
@@ -34,6 +35,7 @@ from reward import (
     RoundGroups,
     Score,
     close_reward,
+    finish_round,
     prepare_round,
     register,
     take_stats,
@@ -66,6 +68,11 @@ class HumanReward:
             )
         if not 0 <= port <= 65535:
             raise RewardConfigError(f"human: port must be 0 (any free one) to 65535, got {port}")
+        if port:  # a busy port is found now, not after the models load and the first round is sampled
+            try:
+                check_free(host, port)
+            except OnpolicyError as exc:
+                raise RewardConfigError(str(exc)) from None
         if (share < 1 or count is not None) and fallback is None:
             raise RewardConfigError(
                 "human: people label only some groups (share < 1 or count), so the others need a fallback reward: "
@@ -76,7 +83,9 @@ class HumanReward:
         self.fallback = fallback
         self.desk = LabelDesk(lease_s)
         self._page: PageServer | None = None
-        self._people: dict[tuple[str, str], str] = {}  # (prompt id, answers digest) -> group key, this round
+        # this round's groups for people, by (prompt id, answers digest): their keys, in order (a prompt twice in a
+        # round can have the same answers twice)
+        self._people: dict[tuple[str, str], list[str]] = {}
         self._should_stop: Any = lambda: False
         self._meter = Meter()
 
@@ -85,7 +94,9 @@ class HumanReward:
         if self.fallback is not None:
             prepare_round(self.fallback, round_groups)
         tasks = self._tasks_for_people(round_groups)
-        self._people = {(str(t.prompt.get("id")), t.digest): t.group for t in tasks}
+        self._people = {}
+        for task in tasks:
+            self._people.setdefault((str(task.prompt.get("id")), task.digest), []).append(task.group)
         self._should_stop = round_groups.should_stop
         if not tasks:
             self.desk.close_round()
@@ -108,19 +119,16 @@ class HumanReward:
         )
 
     def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
-        group = self._people.get((str(prompt.get("id")), answers_digest(responses)))
-        if group is None:  # not one of the round's groups for people: the fallback's
+        waiting = self._people.get((str(prompt.get("id")), answers_digest(responses)))
+        if not waiting:  # not one of the round's groups for people: the fallback's
             if self.fallback is None:
                 return [Failed("the human reward scores only the round's groups shown to people", "unlabelled")] * len(
                     responses
                 )
             return self.fallback.score_group(prompt, responses)
-        model_scores = guarded_scores(self.fallback, prompt, responses) if self.fallback is not None else None
+        group = waiting.pop(0)
         with self._meter.timed("wait_s"):
             label = self.desk.wait(group, self._should_stop)
-        del self._people[(str(prompt.get("id")), answers_digest(responses))]
-        if not self._people:
-            self.desk.close_round()
         if label is None:
             self._meter.add(unlabelled=1)
             reason = (
@@ -132,10 +140,18 @@ class HumanReward:
             )
             return [Failed(f"group {group}: {reason}", "unlabelled")] * len(responses)
         self._meter.add(labelled=1, ties=float(label.tie))
-        agree = None if model_scores is None or label.tie else _agreement(model_scores, label.best, label.worst)
-        if agree is not None:
-            self._meter.add(compared=1, agree=agree)
+        if self.fallback is not None and not label.tie:  # does the fallback rank people's pick the same way?
+            agree = _agreement(guarded_scores(self.fallback, prompt, responses), label.best, label.worst)
+            if agree is not None:
+                self._meter.add(compared=1, agree=agree)
         return list(label.scores())
+
+    def finish(self) -> None:
+        """The round's scoring is over: the page stops offering its groups."""
+        self.desk.close_round()
+        self._people = {}
+        if self.fallback is not None:
+            finish_round(self.fallback)
 
     def take_stats(self) -> dict[str, float]:
         """labelled, ties, unlabelled, wait_s; with a fallback its own counters and `agreement`."""
