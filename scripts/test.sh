@@ -5,6 +5,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# The browser tests drive the labelling page in Debian's Chromium (Playwright's own browser download needs a
+# network this project does not assume); where it cannot be installed here, those tests say what is missing.
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null; then
+  sudo=(); [ "$(id -u)" = 0 ] || sudo=(sudo -n)
+  echo "test: installing chromium for the browser tests" >&2
+  { "${sudo[@]}" apt-get install -y -qq chromium >/dev/null 2>&1 \
+    || { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq chromium >/dev/null; }; } \
+    || echo "test: could not install chromium: the browser tests will fail" >&2
+fi
 export WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 # Under a memory cap where the team's `capped` tool is present: a runaway engine is killed, not the machine.
 cap=()

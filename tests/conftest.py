@@ -81,10 +81,10 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture(scope="session")
 def browser():
-    """A real headless Chromium (Debian's, installed by scripts/setup.sh), driven by Playwright."""
+    """A real headless Chromium (Debian's, installed by scripts/test.sh), driven by Playwright."""
     from playwright.sync_api import sync_playwright
 
-    assert CHROMIUM.exists(), f"the browser tests need {CHROMIUM}: run scripts/setup.sh (apt-get install chromium)"
+    assert CHROMIUM.exists(), f"the browser tests need {CHROMIUM}: scripts/test.sh installs it with apt-get (apt-get install chromium)"
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield launched
