@@ -38,16 +38,7 @@ def is_secret_key(name: str) -> bool:
 
 def redact(data: Any) -> Any:
     """A copy of `data` (the config as plain data) with its secrets masked."""
-    if isinstance(data, dict):
-        return {
-            key: MASK if is_secret_key(str(key)) and isinstance(value, str) and value else redact(value)
-            for key, value in data.items()
-        }
-    if isinstance(data, list):
-        return [redact(value) for value in data]
-    if isinstance(data, str):
-        return redact_text(data)
-    return data
+    return _masked(data, [])
 
 
 def redact_text(text: str) -> str:
@@ -70,16 +61,26 @@ def remember(secrets: Iterable[str]) -> None:
 def secrets_in(data: Any) -> list[str]:
     """The secret values `redact` would mask in `data`."""
     found: list[str] = []
+    _masked(data, found)
+    return found
+
+
+def _masked(data: Any, found: list[str]) -> Any:
+    """A copy of `data` with its secrets masked, each secret value appended to `found`: the one walk both
+    `redact` and `secrets_in` take, so that what is remembered is exactly what is masked."""
     if isinstance(data, dict):
+        masked = {}
         for key, value in data.items():
             if is_secret_key(str(key)) and isinstance(value, str) and value:
                 found.append(value)
+                masked[key] = MASK
             else:
-                found += secrets_in(value)
-    elif isinstance(data, list):
-        for value in data:
-            found += secrets_in(value)
-    elif isinstance(data, str):
+                masked[key] = _masked(value, found)
+        return masked
+    if isinstance(data, list):
+        return [_masked(value, found) for value in data]
+    if isinstance(data, str):
         found += [m.group(2) for m in _URL_PASSWORD.finditer(data)]
         found += [m.group(2) for m in _SECRET_QUERY.finditer(data) if is_secret_key(m.group(1).strip("?&="))]
-    return found
+        return redact_text(data)
+    return data
