@@ -169,7 +169,9 @@ def test_sigint_twice_aborts_sigterm_stops_at_a_safe_point_and_the_run_resumes_a
     time.sleep(0.05)
     job.send_signal(signal.SIGINT)
     _, stderr = job.communicate(timeout=120)
-    assert job.returncode == 130 and "aborted" in stderr, stderr[-3000:]
+    # 130, or (seen once in a full suite run, not alone) death by SIGINT itself during interpreter shutdown after
+    # the message: the same exit for a shell (130), and the abort and its message are what this asserts
+    assert job.returncode in (130, -signal.SIGINT) and "aborted" in stderr, stderr[-3000:]
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0]
 
     job = _start(config_file, run_dir)  # resumes after round 0
