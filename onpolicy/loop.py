@@ -29,11 +29,11 @@ from onpolicy.progress import PhaseProgress, Progress
 from onpolicy.prompts import prompts_for_round
 from onpolicy.resume import Start, StartMode, open_run, retention
 from onpolicy.rundir import REFERENCE_FOLDER, RunDirectory
-from onpolicy.scoring import response_of, score_groups
+from onpolicy.scoring import score_groups
 from onpolicy.stopping import GracefulStop
 from onpolicy.tracking import Table
-from onpolicy.types import PairingResult, RoundRecord, SampleGroup, UpdateResult
-from reward import RoundGroups, finish_round, prepare_round, take_stats
+from onpolicy.types import PairingResult, RoundRecord, UpdateResult
+from reward import RoundGroups, take_stats
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,11 +80,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
     with stage("generate", len(prompts), "prompts") as progress:
         groups, too_long = generator.generate(prompts, progress)
     with stage("score", len(groups), "groups") as progress:
-        prepare_round(reward, round_groups(n, job, groups))
-        try:
-            scored, excluded, warnings = score_groups(reward, groups, progress)
-        finally:
-            finish_round(reward)
+        scored, excluded, warnings = score_groups(reward, groups, progress, _round_context(n, job))
     with stage("pair"):
         selection = Selection(config.pairs.strategy, config.pairs.length_penalty, config.seed + n)
         pairing = build_pairs(scored, config.pairs.min_margin, parts.inputs.correction, selection)
@@ -227,12 +223,12 @@ def _run_rounds(
     return records
 
 
-def round_groups(n: int, job: Job, groups: list[SampleGroup]) -> RoundGroups:
-    """Round n's groups as a reward's `prepare` sees them."""
+def _round_context(n: int, job: Job) -> RoundGroups:
+    """Round n as a reward's `prepare` sees it (`score_groups` fills in the groups)."""
     return RoundGroups(
         round=n,
         folder=job.run.path / job.run.round_folder(n),
-        groups=[(group.record.reward_view(), [response_of(s) for s in group.samples]) for group in groups],
+        groups=(),
         echo=job.progress.echo,
         should_stop=lambda: job.stop.requested,
     )

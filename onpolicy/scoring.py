@@ -7,13 +7,14 @@ can say what went wrong.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onpolicy.progress import PhaseProgress
 from onpolicy.types import Sample, SampleGroup, ScoredGroup
-from reward import Failed, GroupReward, Response
+from reward import Failed, GroupReward, Response, RoundGroups, finish_round, prepare_round
 from reward.registry import check_score
 
 
@@ -38,18 +39,38 @@ def response_of(sample: Sample) -> Response:
 
 
 def score_groups(
-    reward: GroupReward, groups: Sequence[SampleGroup], progress: PhaseProgress | None = None
+    reward: GroupReward,
+    groups: Sequence[SampleGroup],
+    progress: PhaseProgress | None = None,
+    round_groups: RoundGroups | None = None,
 ) -> tuple[list[ScoredGroup], Counter[str], list[str]]:
     """Scored groups; excluded samples counted by kind ("error", "nonfinite", "invalid", ...); and one line per
-    kind with an example reason, for the user. `progress` advances by one per group scored."""
+    kind with an example reason, for the user. `progress` advances by one per group scored. With `round_groups`
+    (the round, its groups left empty: filled in here), a reward that asks for it sees the round's groups first
+    (`prepare`) and hears when their scoring is over (`finish`, however it ends)."""
+    views = [(group.record.reward_view(), [response_of(sample) for sample in group.samples]) for group in groups]
+    if round_groups is None:
+        return _score_views(reward, groups, views, progress)
+    prepare_round(reward, dataclasses.replace(round_groups, groups=views))
+    try:
+        return _score_views(reward, groups, views, progress)
+    finally:
+        finish_round(reward)
+
+
+def _score_views(
+    reward: GroupReward,
+    groups: Sequence[SampleGroup],
+    views: Sequence[tuple[Mapping[str, Any], Sequence[Response]]],
+    progress: PhaseProgress | None,
+) -> tuple[list[ScoredGroup], Counter[str], list[str]]:
     scored = []
     excluded: Counter[str] = Counter()
     examples: dict[str, str] = {}
-    for group in groups:
-        texts = [response_of(sample) for sample in group.samples]
+    for group, (prompt, texts) in zip(groups, views):
         rewards: list[float | None] = []
         failures: list[str | None] = []
-        for score in guarded_scores(reward, group.record.reward_view(), texts):
+        for score in guarded_scores(reward, prompt, texts):
             if isinstance(score, Failed):
                 excluded[score.kind] += 1
                 examples.setdefault(score.kind, score.reason)

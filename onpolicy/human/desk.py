@@ -9,6 +9,7 @@ the round's `LabelBook` as they are given, so a resumed round opens with only th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -34,7 +35,7 @@ class Task:
     prompt: Mapping[str, Any]
     answers: tuple[Response, ...]
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         return answers_digest(self.answers)
 
