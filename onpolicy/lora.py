@@ -1,9 +1,10 @@
 """LoRA: the policy trains a PEFT adapter (`train.lora`, PEFT's `LoraConfig` fields) instead of every weight.
 
-- The reference needs no second model: TRL computes reference log-probs with the "ref" adapter it adds beside
-  the trained one (a copy of it: the round's starting policy, `ref.refresh: every_round`), with the adapter
-  off (the base model: the initial policy, `ref.refresh: never`, since LoRA starts as a no-op), or with the
-  "ref" adapter holding the snapshot taken when the reference was last refreshed (`every: N`).
+- The reference needs no second model: TRL computes reference log-probs with the adapter it adds beside the
+  trained one (`trl_compat.REFERENCE_ADAPTER`): a copy of it (the round's starting policy, `ref.refresh:
+  every_round`), the adapter off (the base model: the initial policy, `ref.refresh: never`, since LoRA starts
+  as a no-op), or the reference adapter holding the snapshot taken when the reference was last refreshed
+  (`every: N`).
 - The engine gets merged weights (base + scale·B·A per adapted layer), computed without touching the trained
   model, so the engine and every consumer of `named_weights` see an ordinary checkpoint.
 - Checkpoints are ordinary merged HF folders (final/ loads anywhere), written without a second copy of the
@@ -20,8 +21,9 @@ from typing import Any
 
 import torch
 
+from onpolicy.trl_compat import REFERENCE_ADAPTER  # the name TRL gives the reference adapter it adds beside it
+
 ADAPTER = "default"  # PEFT's name of the trained adapter
-REFERENCE_ADAPTER = "ref"  # the name TRL gives the reference adapter it adds beside it
 ADAPTER_FOLDER = "adapter"  # in a checkpoint: the adapter alone, for resuming
 
 
@@ -86,7 +88,7 @@ def adapter_swapped(model: Any, state: Mapping[str, torch.Tensor]) -> Iterator[A
 
 
 def prepare_reference(model: Any, reference: str | dict[str, torch.Tensor]) -> None:
-    """After TRL added its "ref" adapter (a copy of the trained one): keep it (`"round_start"`), drop it so the
+    """After TRL added its reference adapter (a copy of the trained one): keep it (`"round_start"`), drop it so the
     reference is the base model (`"base"`), or load a snapshot into it."""
     if reference == "round_start" or REFERENCE_ADAPTER not in model.peft_config:
         return
@@ -99,7 +101,7 @@ def prepare_reference(model: Any, reference: str | dict[str, torch.Tensor]) -> N
 
 
 def drop_reference(model: Any) -> None:
-    """Remove TRL's "ref" adapter after a round, leaving the trained adapter active."""
+    """Remove TRL's reference adapter after a round, leaving the trained adapter active."""
     if REFERENCE_ADAPTER in model.peft_config:
         model.delete_adapter(REFERENCE_ADAPTER)
     model.set_adapter(ADAPTER)

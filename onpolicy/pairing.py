@@ -108,11 +108,10 @@ def group_pairs(
 ) -> tuple[list[Pair], str | None]:
     """The group's pairs, or none and the reason (`too_few_scored`, `tie`, `below_margin`, `identical`)."""
     samples = group.group.samples
-    scores = {i: r - selection.length_penalty * len(samples[i].token_ids) for i, r in group.valid}
+    scores = group.scores(selection.length_penalty)
     if len(scores) < 2:
         return [], "too_few_scored"
-    best = max(scores, key=lambda i: (scores[i], -i))  # the first in sampling order among equals
-    worst = min(scores, key=lambda i: (scores[i], i))
+    (best, _), (worst, _) = group.best_and_worst(selection.length_penalty)  # the first in sampling order among equals
     gap = scores[best] - scores[worst]
     if gap <= 0:
         return [], "tie"
@@ -131,12 +130,6 @@ def group_pairs(
         sides = [(best, worst)]
     pairs = [_pair(group, i, j) for i, j in sides if samples[i].text != samples[j].text]
     return pairs, None if pairs else "identical"
-
-
-def best_vs_worst(group: ScoredGroup, min_margin: float = 0.0) -> tuple[Pair | None, str | None]:
-    """The group's best-vs-worst pair, or None and the reason it has none."""
-    pairs, reason = group_pairs(group, min_margin)
-    return (pairs[0] if pairs else None), reason
 
 
 def _pair(group: ScoredGroup, chosen_index: int, rejected_index: int) -> Pair:

@@ -11,6 +11,12 @@
   hashing every weight.
 - `round_metrics` / `release`: TRL's per-step logs averaged under onpolicy's names, and the model handed back
   as an ordinary transformers model.
+- `REFERENCE_ADAPTER`, `selective_log_softmax`: the name of the adapter TRL adds for a LoRA policy's reference,
+  and TRL's memory-sparing token log-probs, for the modules that need them.
+
+Every TRL or transformers attribute this module replaces or overrides is looked up first: where the installed
+version lacks it, onpolicy stops with an `OnpolicyError` naming the versions it is written against
+(`TRL_LINE`, `TRANSFORMERS_LINE`), instead of running with the adjustment silently gone.
 """
 
 from __future__ import annotations
@@ -31,8 +37,17 @@ from typing import Any
 
 import torch
 
-from onpolicy import lora
+from onpolicy.errors import OnpolicyError
 from onpolicy.progress import PhaseProgress
+
+# The versions every replaced or overridden attribute below was checked against: pyproject.toml pins these lines
+# (tests/test_trl_compat.py holds the two together).
+TRL_LINE = "1.16"
+TRANSFORMERS_LINE = "5.16-5.19"
+
+# The adapter TRL's `DPOTrainer` adds beside a PEFT policy's trained one ("default") to compute the reference
+# (`model.add_adapter("ref", ...)` in trl/trainer/dpo_trainer.py); `onpolicy.lora` prepares and drops it.
+REFERENCE_ADAPTER = "ref"
 
 # TRL's per-step training logs, averaged over a round, under the names onpolicy logs them.
 _TRL_METRICS = {
@@ -213,10 +228,12 @@ def round_metrics(trainer: Any) -> dict[str, float]:
 def release(trainer: Any, models: Sequence[torch.nn.Module | None]) -> None:
     """Hand `models` back as ordinary transformers models: DPOTrainer patches a fused LM head onto a model's
     forward, and those patches would pile up over rounds."""
+    from onpolicy import lora  # here, not at the top: onpolicy.lora imports REFERENCE_ADAPTER from this module
+
     for model in models:
         if model is not None:
             model.__dict__.pop("forward", None)
-            if hasattr(model, "peft_config"):  # a LoRA policy: its base model was patched, TRL's "ref" goes
+            if hasattr(model, "peft_config"):  # a LoRA policy: its base model was patched, TRL's reference goes
                 model.get_base_model().__dict__.pop("forward", None)
                 lora.drop_reference(model)
     del trainer
@@ -251,15 +268,36 @@ def unique_model_hash() -> contextlib.AbstractContextManager[None]:
     return _replaced("trl.trainer.dpo_trainer", "hash_module", lambda _: lambda module: uuid.uuid4().hex)
 
 
+def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """The log-probs of the tokens `index` under `logits` (`log_softmax` then `gather` on the last dimension),
+    by TRL's `selective_log_softmax`, which spares the vocabulary-wide log-softmax tensor."""
+    from trl.trainer.utils import selective_log_softmax as trl_selective_log_softmax
+
+    return trl_selective_log_softmax(logits, index)
+
+
+def version_mismatch(target: str) -> OnpolicyError:
+    """The error for a TRL or transformers attribute onpolicy relies on (`target`, its dotted name) that the
+    installed versions lack."""
+    import transformers
+    import trl
+
+    return OnpolicyError(
+        f"onpolicy relies on {target}, which the installed TRL {trl.__version__} (transformers "
+        f"{transformers.__version__}) does not have: onpolicy is written against TRL {TRL_LINE}.x and transformers "
+        f"{TRANSFORMERS_LINE}, the versions pyproject.toml pins; reinstall its dependencies (scripts/setup.sh, or "
+        "pip install -e . in the environment)"
+    )
+
+
 @contextlib.contextmanager
 def _replaced(module_name: str, attribute: str, replacement: Callable[[Any], Any]) -> Iterator[None]:
-    """`module.attribute` set to `replacement(original)` while open (a TRL without it is left as it is: the tests
-    that measure each effect then fail)."""
+    """`module.attribute` set to `replacement(original)` while open; an `OnpolicyError` (`version_mismatch`) when
+    the module lacks it, since the adjustment would otherwise be silently gone."""
     module = importlib.import_module(module_name)
     original = getattr(module, attribute, None)
-    if original is None:
-        yield
-        return
+    if not callable(original):
+        raise version_mismatch(f"{module_name}.{attribute}")
     setattr(module, attribute, replacement(original))
     try:
         yield
@@ -330,6 +368,8 @@ _REF_COLUMNS = ["ref_chosen_logps", "ref_rejected_logps"]
 def _tokenized_trainer_class() -> type:
     from trl import DPOTrainer
 
+    from onpolicy import lora  # here, not at the top: onpolicy.lora imports REFERENCE_ADAPTER from this module
+
     class TokenizedDPOTrainer(DPOTrainer):
         """TRL's `DPOTrainer` on rows that arrive tokenized and may carry the engine's reference log-probs: TRL's
         no-grad reference pass runs only on the rows without them, plus `checked_rows`, whose engine values
@@ -365,7 +405,7 @@ def _tokenized_trainer_class() -> type:
 
         def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
             started = time.perf_counter()
-            if self.lora_reference is not None:  # TRL has just added its "ref" adapter: make it the reference
+            if self.lora_reference is not None:  # TRL has just added its reference adapter: make it the reference
                 lora.prepare_reference(self.model, self.lora_reference)
             engine = {side: dataset[side] for side in _REF_COLUMNS}
             missing = [i for i, value in enumerate(engine["ref_chosen_logps"]) if value is None]
@@ -389,4 +429,9 @@ def _tokenized_trainer_class() -> type:
             self.reference_metrics["perf/ref_logps_s"] = time.perf_counter() - started
             return dataset
 
+    # Every method above but __init__ overrides one of DPOTrainer's (or transformers' Trainer's): an override
+    # whose target is gone would never be called.
+    for name, member in vars(TokenizedDPOTrainer).items():
+        if callable(member) and not name.startswith("__") and not callable(getattr(DPOTrainer, name, None)):
+            raise version_mismatch(f"trl.DPOTrainer.{name}")
     return TokenizedDPOTrainer

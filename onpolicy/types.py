@@ -76,11 +76,22 @@ class ScoredGroup:
     def valid(self) -> list[tuple[int, float]]:
         return [(i, r) for i, r in enumerate(self.rewards) if r is not None and math.isfinite(r)]
 
-    def best_and_worst(self) -> tuple[tuple[int, float], tuple[int, float]]:
-        """(index, reward) of the best and the worst scored sample; the first in sampling order among equals.
-        Needs at least one scored sample."""
-        valid = self.valid
-        return max(valid, key=lambda item: item[1]), min(valid, key=lambda item: item[1])
+    def scores(self, length_penalty: float = 0.0) -> dict[int, float]:
+        """Each scored sample's index -> its reward − `length_penalty`·(its response tokens): what pairing ranks
+        by (the reward itself at the default 0)."""
+        samples = self.group.samples
+        if not length_penalty:
+            return dict(self.valid)
+        return {i: r - length_penalty * len(samples[i].token_ids) for i, r in self.valid}
+
+    def best_and_worst(self, length_penalty: float = 0.0) -> tuple[tuple[int, float], tuple[int, float]]:
+        """(index, score) of the best and the worst scored sample by `scores(length_penalty)` (the reward at the
+        default 0); the first in sampling order among equals. Needs at least one scored sample. The one
+        selection of best and worst: pairing and the correction both use it."""
+        scores = self.scores(length_penalty)
+        best = max(scores, key=lambda i: (scores[i], -i))
+        worst = min(scores, key=lambda i: (scores[i], i))
+        return (best, scores[best]), (worst, scores[worst])
 
 
 @dataclasses.dataclass(frozen=True)

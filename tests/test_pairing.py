@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from onpolicy.pairing import best_vs_worst, build_pairs
+from onpolicy.pairing import build_pairs, group_pairs
 from onpolicy.scoring import score_groups
 from onpolicy.types import PromptRecord, Sample, SampleGroup, ScoredGroup
 from reward import Failed
@@ -23,7 +23,7 @@ def _scored(rewards, texts=None):
 
 
 def test_best_is_chosen_and_worst_rejected():
-    pair, reason = best_vs_worst(_scored([0.2, 1.5, -0.7, 0.9]))
+    (pair,), reason = group_pairs(_scored([0.2, 1.5, -0.7, 0.9]))
     assert reason is None
     assert (pair.chosen, pair.rejected) == ("answer 1", "answer 2")
     assert (pair.chosen_reward, pair.rejected_reward) == (1.5, -0.7)
@@ -32,7 +32,7 @@ def test_best_is_chosen_and_worst_rejected():
 
 
 def test_first_of_equal_rewards_wins_on_both_sides():
-    pair, _ = best_vs_worst(_scored([1.0, 0.0, 1.0, 0.0]))
+    (pair,), _ = group_pairs(_scored([1.0, 0.0, 1.0, 0.0]))
     assert (pair.chosen, pair.rejected) == ("answer 0", "answer 1")
 
 
@@ -47,22 +47,22 @@ def test_first_of_equal_rewards_wins_on_both_sides():
     ],
 )
 def test_groups_without_a_usable_gap_are_dropped_with_their_reason(rewards, min_margin, reason):
-    assert best_vs_worst(_scored(rewards), min_margin) == (None, reason)
+    assert group_pairs(_scored(rewards), min_margin) == ([], reason)
 
 
 def test_a_gap_equal_to_the_margin_is_kept():
-    pair, reason = best_vs_worst(_scored([0.0, 0.5]), min_margin=0.5)
+    (pair,), reason = group_pairs(_scored([0.0, 0.5]), min_margin=0.5)
     assert reason is None and pair.margin == 0.5
 
 
 def test_failed_samples_are_left_out_of_the_ranking():
     # the NaN-scored sample would be "best" or "worst" if it were not excluded
-    pair, _ = best_vs_worst(_scored([None, 0.3, 0.1, None]))
+    (pair,), _ = group_pairs(_scored([None, 0.3, 0.1, None]))
     assert (pair.chosen, pair.rejected) == ("answer 1", "answer 2")
 
 
 def test_same_text_scored_differently_gives_no_pair():
-    assert best_vs_worst(_scored([1.0, 0.0], texts=["same", "same"])) == (None, "identical")
+    assert group_pairs(_scored([1.0, 0.0], texts=["same", "same"])) == ([], "identical")
 
 
 def test_build_pairs_counts_every_drop_reason():
@@ -173,3 +173,13 @@ def test_a_length_penalty_chooses_the_sides_by_reward_minus_length_and_keeps_the
     (penalised,), _ = group_pairs(group, selection=Selection(length_penalty=0.01))  # 0.5, 0.8, -0.12
     assert (penalised.chosen, penalised.rejected) == ("answer 1", "answer 2")
     assert (penalised.chosen_reward, penalised.rejected_reward) == (0.9, 0.0)
+
+
+def test_best_and_worst_is_the_selection_pairing_uses():
+    group = _scored([0.3, None, 1.0, 0.3, 1.0, -0.2])
+    assert group.best_and_worst() == ((2, 1.0), (5, -0.2))  # the first of equals, the failed sample left out
+    (pair,), _ = group_pairs(group)
+    assert (pair.chosen, pair.rejected) == ("answer 2", "answer 5")
+    penalised = _scored_lengths([1.0, 0.9, 0.0], lengths=[50, 10, 12])
+    (best, best_score), (worst, worst_score) = penalised.best_and_worst(length_penalty=0.01)
+    assert (best, worst) == (1, 2) and (best_score, worst_score) == pytest.approx((0.8, -0.12))

@@ -211,7 +211,7 @@ def sampled_pairs(tiny_model_path):
 
     from onpolicy.config import GenerationConfig
     from onpolicy.generation import VLLMGenerator
-    from onpolicy.pairing import best_vs_worst
+    from onpolicy.pairing import build_pairs
     from onpolicy.types import PromptRecord, ScoredGroup
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
@@ -224,7 +224,7 @@ def sampled_pairs(tiny_model_path):
     groups, _ = generator.generate(records)
     del generator
     scored = [ScoredGroup(g, tuple(float(len(s.text)) for s in g.samples), (None,) * 4) for g in groups]
-    pairs = [pair for pair, _ in map(best_vs_worst, scored) if pair is not None]
+    pairs = list(build_pairs(scored).pairs)
     assert len(pairs) >= 3
     return pairs
 
