@@ -20,10 +20,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import TypeAdapter, ValidationError
-
 from onpolicy import redaction
-from onpolicy.config import Config, GenerationConfig, RewardTerm
+from onpolicy.config import Config, GenerationConfig
 from onpolicy.correction import Correction, build_correction
 from onpolicy.devices import engine_dtype, engine_may_be_reference
 from onpolicy.distributed import MirroredUpdater, Team, TrainerStart, check_generation_backend, launched_processes
@@ -34,21 +32,13 @@ from onpolicy.lora import ADAPTER_FOLDER
 from onpolicy.model_store import check_model_folder
 from onpolicy.prompts import load_prompts
 from onpolicy.resume import Start
+from onpolicy.reward_terms import build_reward_from_terms, check_reward_terms, term_needs
 from onpolicy.rundir import REFERENCE_FOLDER
 from onpolicy.tokens import check_prompts_leave_room_to_train
 from onpolicy.tracking import RoundLogger, start_logger
 from onpolicy.trl_compat import check_dpo_config_values
 from onpolicy.types import PromptRecord
-from reward import (
-    Conditional,
-    GroupReward,
-    RewardConfigError,
-    Term,
-    WeightedSum,
-    build_reward,
-    close_reward,
-    matches,
-)
+from reward import WeightedSum
 from reward.judge import PolicyEngine
 
 if TYPE_CHECKING:
@@ -60,7 +50,7 @@ class Inputs:
     """What the user gave, loaded and checked: no model is loaded to build these."""
 
     prompts: list[PromptRecord]
-    reward: GroupReward
+    reward: WeightedSum
     correction: Correction | None
     evaluator: Evaluator | None
     policy_engine: PolicyEngine  # attached by `build_components` once the engine runs
@@ -82,7 +72,7 @@ class Components:
             self.logger.finish()
         finally:
             try:
-                close_reward(self.inputs.reward)  # a labelling page
+                self.inputs.reward.close()  # its terms that hold something open (a labelling page)
             finally:
                 for release in self.on_close:
                     release()
@@ -92,7 +82,7 @@ def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
     check_generation_backend(config.generation.backend, launched_processes())
-    _check_reward_terms(config.reward, "reward", prompts, config.generation)
+    check_reward_terms(config.reward, "reward", prompts, config.generation)
     try:
         check_dpo_config_values(config.train)
     except ValueError as exc:
@@ -100,12 +90,12 @@ def check_inputs(config: Config) -> Inputs:
     check_model_folder(config.model.path)
     policy_engine = PolicyEngine()
     reward = build_reward_from_terms(config.reward, policy_engine)
-    if config.pairs.correction.corrector and any(
-        t.name == "human" and not t.args.get("fallback") for t in config.reward
-    ):
+    shown_only = next((i for i, term in enumerate(reward.terms) if term.needs.shown_only), None)
+    if config.pairs.correction.corrector and shown_only is not None:
         raise ConfigError(
-            "pairs.correction: a corrected answer is scored again by the reward, and the human reward scores only "
-            "the answers shown to people; give it a fallback reward (args.fallback) or turn correction off"
+            "pairs.correction: a corrected answer is scored again by the reward, and "
+            f"reward[{shown_only}] ({config.reward[shown_only].name}) scores only the answers shown to people; give "
+            "it a fallback reward (args.fallback) or turn correction off"
         )
     evaluator = build_evaluator(config.eval, seed=config.seed)
     if evaluator is not None and config.eval.reward is not None:
@@ -119,51 +109,21 @@ def check_inputs(config: Config) -> Inputs:
     )
 
 
-def _check_reward_terms(
-    terms: Sequence[RewardTerm], where: str, prompts: Sequence[PromptRecord], generation: GenerationConfig
-) -> None:
-    """Refuse reward terms that could never score (a `when` no prompt matches) or whose judge cannot reach the
-    policy engine, a `human` term's fallback terms included; `where` names the terms' list in messages."""
-    for i, term in enumerate(terms):
-        if term.when is not None and not any(matches(record.reward_view(), term.when) for record in prompts):
-            raise ConfigError(
-                f"{where}[{i}] ({term.label or term.name}): no prompt matches when={term.when}, so it would never "
-                "score; check the field names and values against the prompt records"
-            )
-    for i, term in enumerate(terms):
-        if term.name != "judge" or term.args.get("backend", "policy") != "policy":
-            continue
-        if generation.backend == "server":
-            raise ConfigError(
-                f"{where}[{i}] (judge): backend 'policy' judges with the in-process engine; with "
-                "generation.backend: server use backend: openai, base_url: <a server's URL>/v1, model: policy"
-            )
-        if generation.lora_sync == "adapter":
-            raise ConfigError(
-                f"{where}[{i}] (judge): backend 'policy' judges with the engine's base model, which with "
-                "generation.lora_sync: adapter is not the policy; use lora_sync: merged"
-            )
-    for i, term in enumerate(terms):
-        if term.name == "human" and term.args.get("fallback") is not None:
-            fallback = _fallback_terms(term, f"{where}[{i}]")
-            _check_reward_terms(fallback, f"{where}[{i}].args.fallback", prompts, generation)
-
-
 def _eval_reward(
-    config: Config, job_reward: GroupReward, policy_engine: PolicyEngine, eval_prompts: Sequence[PromptRecord]
-) -> GroupReward:
+    config: Config, job_reward: WeightedSum, policy_engine: PolicyEngine, eval_prompts: Sequence[PromptRecord]
+) -> WeightedSum:
     """What compares eval answers with the initial policy's (`eval.reward`, not None)."""
     if config.eval.reward == "job":
-        if _uses_people(config.reward):
+        if job_reward.needs.people:
             raise ConfigError(
                 "eval.reward: job would ask people to compare every eval answer with the initial policy's each round; "
                 "give eval.reward its own terms (a judge, a reward model) or null"
             )
         return job_reward
     assert config.eval.reward is not None
-    if _uses_people(config.eval.reward):
+    if any(term_needs(term, f"eval.reward[{i}]").people for i, term in enumerate(config.eval.reward)):
         raise ConfigError("eval.reward: people do not judge eval answers; give a judge, a reward model or rules")
-    _check_reward_terms(config.eval.reward, "eval.reward", eval_prompts, config.generation)
+    check_reward_terms(config.eval.reward, "eval.reward", eval_prompts, config.generation)
     return build_reward_from_terms(config.eval.reward, policy_engine, where="eval.reward")
 
 
@@ -343,57 +303,3 @@ def _server_generator(
     generator = ServerGenerator(urls, tokenizer, generation, sync_dir, check_alive)
     on_close.append(generator.close)
     return generator
-
-
-def build_reward_from_terms(
-    terms: Sequence[RewardTerm], policy_engine: PolicyEngine | None = None, where: str = "reward"
-) -> GroupReward:
-    """The configured reward: the weighted sum of its terms. Errors name the term (in the list `where`). A
-    `policy` judge among them uses `policy_engine` (by default a detached one of its own: checking a config needs
-    no engine)."""
-    built = []
-    for i, term in enumerate(terms):
-        try:
-            reward = build_reward(term.name, _built_fallback(term, f"{where}[{i}]", policy_engine), policy_engine)
-        except RewardConfigError as exc:
-            raise ConfigError(f"{where}[{i}] ({term.name}): {exc}") from None
-        reward = Conditional(reward, term.when) if term.when else reward
-        built.append(Term(reward, term.weight, term.label or _default_label(term, i, terms), term.normalize))
-    try:  # a sum even of one term: every backend's metrics are then reward/<label>/...
-        return WeightedSum(built)
-    except RewardConfigError as exc:
-        raise ConfigError(f"{where}: {exc}; give the terms distinct label:s") from None
-
-
-def _uses_people(terms: Sequence[RewardTerm]) -> bool:
-    return any(term.name == "human" for term in terms)
-
-
-def _built_fallback(term: RewardTerm, where: str, policy_engine: PolicyEngine | None) -> dict[str, Any]:
-    """`term.args`, with a `human` term's `fallback` (reward terms, as in the config) built into one reward."""
-    if term.name != "human" or term.args.get("fallback") is None:
-        return term.args
-    fallback = _fallback_terms(term, where)
-    return {**term.args, "fallback": build_reward_from_terms(fallback, policy_engine, f"{where}.args.fallback")}
-
-
-def _fallback_terms(term: RewardTerm, where: str) -> list[RewardTerm]:
-    """A `human` term's `fallback`, checked as reward terms."""
-    where = f"{where}.args.fallback"
-    try:
-        terms = TypeAdapter(list[RewardTerm]).validate_python(term.args["fallback"])
-    except ValidationError as exc:
-        problem = exc.errors()[0]
-        at = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in problem["loc"])
-        raise ConfigError(f"{where}{at}: {problem['msg']}") from None
-    if not terms or _uses_people(terms):
-        raise ConfigError(f"{where}: give the reward terms (a judge, a reward model...) that score what people do not")
-    return terms
-
-
-def _default_label(term: RewardTerm, index: int, terms: Sequence[RewardTerm]) -> str:
-    """A term's metric name: the reward's name, numbered when several terms share it."""
-    name = term.name.rpartition(":")[2] if ":" in term.name else term.name
-    if sum(t.name == term.name and not t.label for t in terms) > 1:
-        return f"{name}#{index}"
-    return name

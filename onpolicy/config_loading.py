@@ -18,6 +18,7 @@ import yaml
 from pydantic import ValidationError
 
 from onpolicy.errors import ConfigError
+from onpolicy.reward_terms import declared_needs
 
 if TYPE_CHECKING:
     from onpolicy.config import Config
@@ -133,17 +134,21 @@ def resolve_paths(data: dict[str, Any], base: pathlib.Path, only: str | None = N
 
 
 def resolve_reward_files(data: dict[str, Any], base: pathlib.Path) -> None:
-    """`file.py:function` reward names and eval metric functions are files too, and so are a reward model's
-    `path` and a local judge's `model`: make them absolute, like the other paths."""
+    """`file.py:function` reward names and eval metric functions are files too, and so are the arguments a reward
+    declares as paths (`Needs.paths`: a reward model's `path`, a local judge's `model`): make them absolute, like
+    the other paths, in the reward terms among a term's arguments too (a `human` term's `fallback`)."""
     evaluation = data.get("eval")
     metrics = evaluation.get("metrics") if isinstance(evaluation, dict) else None
     for metric in metrics if isinstance(metrics, list) else []:
         if isinstance(metric, dict) and isinstance(metric.get("function"), str):
             metric["function"] = _absolute_py_name(metric["function"], base)
-    terms = data.get("reward")
-    if not isinstance(terms, list):
-        return
-    for term in terms:
+    _resolve_term_files(data.get("reward"), base)
+    if isinstance(evaluation, dict):
+        _resolve_term_files(evaluation.get("reward"), base)
+
+
+def _resolve_term_files(terms: Any, base: pathlib.Path) -> None:
+    for term in terms if isinstance(terms, list) else []:
         if not isinstance(term, dict):
             continue
         if isinstance(term.get("name"), str):
@@ -151,10 +156,12 @@ def resolve_reward_files(data: dict[str, Any], base: pathlib.Path) -> None:
         args = term.get("args")
         if not isinstance(args, dict):
             continue
-        keys = ["path"] if term.get("name") == "reward_model" else ["model"] if args.get("backend") == "vllm" else []
-        for key in keys:
+        needs = declared_needs(term)
+        for key in needs.paths:
             if isinstance(args.get(key), str) and not pathlib.Path(args[key]).expanduser().is_absolute():
                 args[key] = str((base / pathlib.Path(args[key]).expanduser()).resolve())
+        for key in needs.rewards:
+            _resolve_term_files(args.get(key), base)
 
 
 def _absolute_py_name(name: str, base: pathlib.Path) -> str:

@@ -27,10 +27,12 @@ from onpolicy.config_sections import CorrectionConfig
 from onpolicy.errors import ConfigError
 from onpolicy.scoring import guarded_scores
 from onpolicy.types import Pair, PairTokens, Sample, ScoredGroup
-from reward import Failed, GroupReward, RewardConfigError, matches
-from reward.registry import CORRECTORS
+from reward import Failed, GroupReward, Registry, RewardConfigError, matches
 
 Corrector = Callable[..., "str | None"]
+
+# Correctors by name (`pairs.correction.corrector`): the built-in below, or user code by import path.
+CORRECTORS = Registry("corrector")
 
 
 @CORRECTORS.register("replace_name")

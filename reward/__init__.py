@@ -9,6 +9,7 @@ from reward.base import (
     Failed,
     GroupReward,
     Meter,
+    Needs,
     Response,
     RewardConfigError,
     RoundGroups,
@@ -18,15 +19,16 @@ from reward.base import (
     prepare_round,
     take_stats,
 )
-from reward.composite import Conditional, Term, WeightedSum, matches
-from reward.registry import build_reward, builtin_names, register
+from reward.composite import Term, WeightedSum, matches
+from reward.registry import Registry, build_reward, builtin_names, register, reward_needs
 
 __all__ = [
-    "Conditional",
     "Failed",
     "GroupReward",
     "Meter",
+    "Needs",
     "Response",
+    "Registry",
     "RewardConfigError",
     "RoundGroups",
     "Score",
@@ -39,5 +41,6 @@ __all__ = [
     "matches",
     "prepare_round",
     "register",
+    "reward_needs",
     "take_stats",
 ]

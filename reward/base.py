@@ -7,10 +7,10 @@ reference answer...). Each response is a `str`; the loop passes `Response`s, whi
 generation was cut at the token limit. This package knows nothing of the training loop: it only scores.
 
 A backend that costs something (model calls, tokens, seconds) also has `take_stats()`, returning its counters
-since the last call; the loop logs them per round. A backend that must see a round's groups before they are
-scored one by one (people labelling them in a page) has `prepare(round_groups)`, and `finish()`, called once the
-round's groups are scored (or scoring stopped); one that holds something open (a server) has `close()`, called
-when the job ends.
+since the last call; the loop logs them per round. What else a backend needs from the job it declares in a
+`Needs` record where it is registered: one that people score (in a page) is shown a round's groups before they
+are scored one by one (`prepare(round_groups)`) and told once they are scored or scoring stopped (`finish()`);
+one that holds something open (a server) is closed when the job ends (`close()`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,35 @@ from typing import Any, Protocol, runtime_checkable
 
 class RewardConfigError(ValueError):
     """A reward cannot be built: unknown name, bad import path, arguments its signature does not take."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What a reward needs from the job that runs it, besides its arguments: declared where its factory is
+    registered (`register(name, needs=...)`, or a `needs` attribute on a factory named by import path), so that the
+    job asks this record, never the reward's name. The default needs nothing."""
+
+    people: bool = False
+    """People score its answers in a page it serves: the job shows it each round's groups before they are scored
+    (`prepare`) and tells it when their scoring ends (`finish`); people judge no eval answers."""
+    shown_only: bool = False
+    """It scores only the answers of the round's groups it was shown: an answer made afterwards (a corrected one)
+    fails."""
+    policy_engine: bool = False
+    """It generates with the job's in-process policy engine, which its factory is handed as `policy_engine`."""
+    engine_alternative: str = ""
+    """With `policy_engine`: the arguments with which it does without that engine, for the message that refuses
+    it where the job runs none (generation on servers)."""
+    gpu: bool = False
+    """It runs a model of its own on a CUDA device."""
+    close: bool = False
+    """It holds something open (a page, a server) until its `close()`, which the job calls when it ends."""
+    rewards: tuple[str, ...] = ()
+    """Its arguments that are reward terms as a config lists them: the job checks and builds each into one reward,
+    and hands that over in their place."""
+    paths: tuple[str, ...] = ()
+    """Its arguments that name local files or folders: relative ones in a config file are read against that
+    file's folder."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,5 +1,8 @@
-"""Combining rewards: a weighted sum of terms (each optionally normalised within its group), and terms that
-apply only to some prompts.
+"""Combining rewards: a weighted sum of terms, each optionally normalised within its group and applied only to
+some prompts.
+
+Each term carries what its reward needs (`Needs`, from its registration): the sum shows the round's groups to
+the terms that need people (`prepare`, `finish`) and closes those that hold something open, and no other.
 
 The sum also watches its terms: the mean score of each, and how often two terms agree on which of two
 responses is better (`agreement/<a>~<b>`, over the response pairs both order strictly), on the prompts each
@@ -16,17 +19,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from reward.base import (
-    Failed,
-    GroupReward,
-    RewardConfigError,
-    RoundGroups,
-    Score,
-    close_reward,
-    finish_round,
-    prepare_round,
-    take_stats,
-)
+from reward.base import Failed, GroupReward, Needs, RewardConfigError, RoundGroups, Score, take_stats
 from reward.registry import check_score
 
 Normalize = Literal["none", "zscore", "rank"]
@@ -36,12 +29,16 @@ Normalize = Literal["none", "zscore", "rank"]
 class Term:
     """One reward in a sum. `normalize` rescales its scores within each group before weighting: `zscore`
     (mean 0, standard deviation 1) or `rank` (0 for the worst to 1 for the best), so that terms on different
-    scales (a reward model's logits, a judge's 1-10, a rule's 0/1) weigh what their weights say."""
+    scales (a reward model's logits, a judge's 1-10, a rule's 0/1) weigh what their weights say. With `when`
+    (e.g. `{category: identity}`) it applies only to the prompts matching it: the others score 0 on it without
+    calling it. `needs`: what its reward needs from the job (`reward_needs`)."""
 
     reward: GroupReward
     weight: float = 1.0
     label: str = ""
     normalize: Normalize = "none"
+    when: Mapping[str, Any] | None = None
+    needs: Needs = Needs()
 
     def __post_init__(self) -> None:
         if self.normalize not in ("none", "zscore", "rank"):
@@ -67,12 +64,16 @@ class WeightedSum:
         totals: list[Score] = [0.0] * len(responses)
         per_term: dict[str, list[float | None]] = {}
         for term in self.terms:
-            scores = [check_score(s) for s in term.reward.score_group(prompt, responses)]
-            if len(scores) != len(responses):
-                raise ValueError(f"reward {term.label!r} returned {len(scores)} scores for {len(responses)} responses")
+            scores: list[Score] = [0.0] * len(responses)  # a term that does not apply: 0, without calling it
+            if matches(prompt, term.when):
+                scores = [check_score(s) for s in term.reward.score_group(prompt, responses)]
+                if len(scores) != len(responses):
+                    raise ValueError(
+                        f"reward {term.label!r} returned {len(scores)} scores for {len(responses)} responses"
+                    )
             raw = [None if isinstance(s, Failed) else s for s in scores]
-            if not isinstance(term.reward, Conditional) or matches(prompt, term.reward.when):
-                per_term[term.label] = raw  # a term that does not apply to this prompt is not watched on it
+            if matches(prompt, term.when):  # a term is watched only on the prompts it applies to
+                per_term[term.label] = raw
             for i, value in enumerate(normalized(raw, term.normalize)):
                 if isinstance(totals[i], Failed):
                     continue
@@ -92,17 +93,34 @@ class WeightedSum:
             agree, ordered = _order_agreement(xs, ys)
             self._sums.update({f"agreement/{a}~{b}/agree": agree, f"agreement/{a}~{b}/ordered": ordered})
 
+    @property
+    def needs(self) -> Needs:
+        """What the sum needs: what any of its terms does (their sub-rewards are built in already)."""
+        needs = [term.needs for term in self.terms]
+        return Needs(
+            people=any(n.people for n in needs),
+            shown_only=any(n.shown_only for n in needs),
+            policy_engine=any(n.policy_engine for n in needs),
+            gpu=any(n.gpu for n in needs),
+            close=any(n.close for n in needs),
+        )
+
     def prepare(self, round_groups: RoundGroups) -> None:
+        """Show the terms that need people the round's groups (a `when` term: only the groups it applies to)."""
         for term in self.terms:
-            prepare_round(term.reward, round_groups)
+            if term.needs.people:
+                matching = [group for group in round_groups.groups if matches(group[0], term.when)]
+                term.reward.prepare(dataclasses.replace(round_groups, groups=matching))
 
     def finish(self) -> None:
         for term in self.terms:
-            finish_round(term.reward)
+            if term.needs.people:
+                term.reward.finish()
 
     def close(self) -> None:
         for term in self.terms:
-            close_reward(term.reward)
+            if term.needs.close:
+                term.reward.close()
 
     def take_stats(self) -> dict[str, float]:
         """Per term: its mean score and its own counters; per two terms: their agreement rate."""
@@ -156,33 +174,3 @@ def matches(prompt: Mapping[str, Any], when: Mapping[str, Any] | None) -> bool:
         elif value != wanted:
             return False
     return True
-
-
-class Conditional:
-    """A reward that applies only to prompts matching `when` (e.g. `{category: identity}`); others score
-    `otherwise` without calling it."""
-
-    def __init__(self, reward: GroupReward, when: Mapping[str, Any], otherwise: float = 0.0) -> None:
-        self.reward = reward
-        self.when = dict(when)
-        self.otherwise = otherwise
-        self.name = f"{reward.name}[{', '.join(f'{k}={v}' for k, v in self.when.items())}]"
-
-    def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
-        if not matches(prompt, self.when):
-            return [self.otherwise] * len(responses)
-        return self.reward.score_group(prompt, responses)
-
-    def prepare(self, round_groups: RoundGroups) -> None:
-        """Only the groups whose prompts match reach the reward."""
-        matching = [group for group in round_groups.groups if matches(group[0], self.when)]
-        prepare_round(self.reward, dataclasses.replace(round_groups, groups=matching))
-
-    def finish(self) -> None:
-        finish_round(self.reward)
-
-    def close(self) -> None:
-        close_reward(self.reward)
-
-    def take_stats(self) -> dict[str, float]:
-        return take_stats(self.reward)

@@ -1,13 +1,15 @@
 """How a reward is named: a built-in by its registered name, or user code by import path.
 
-- `contains`, `forbids`, `length`, ...: built-ins, registered once each in `REWARDS` (a second registration
-  under the same name is an error, not a silent override). Correctors (`pairs.correction.corrector`) are named
-  the same way, through `CORRECTORS`.
+- `contains`, `forbids`, `length`, ...: built-ins, registered once each in `REWARDS` with what they need from the
+  job (`Needs`; a second registration under the same name is an error, not a silent override). A program that
+  runs rewards registers its own beside them (`REWARDS.register`), and keeps other kinds of named callables in
+  registries of its own (`Registry`).
 - `package.module:function` or `path/to/file.py:function`: a per-response function
   `function(completion: str, prompt: dict, **args) -> float`. It is called once per response; if it raises or
   returns NaN/inf, that response is left out and counted, never scored 0.
 - `package.module:Class` (or a factory function marked with `group_reward = True`) called with `**args` must
-  return an object with `score_group(prompt, responses)`: a group-level reward (judges, reward models).
+  return an object with `score_group(prompt, responses)`: a group-level reward (judges, reward models). Its
+  `needs` attribute, if any, says what it needs from the job, as a built-in's registration does.
 """
 
 from __future__ import annotations
@@ -21,26 +23,41 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reward.base import Failed, GroupReward, RewardConfigError, Score
+from reward.base import Failed, GroupReward, Needs, RewardConfigError, Score
+
+# What a factory needs, as declared: fixed, or worked out from its arguments (the config's, defaults filled in).
+DeclaredNeeds = Needs | Callable[[Mapping[str, Any]], Needs]
 
 
 class Registry:
-    """Built-in callables of one kind, by name; a second registration under a name is an error, not a silent
-    override. Anything else is named by import path ('module:attr' or 'file.py:attr')."""
+    """Built-in callables of one kind, by name, each with what it needs (`Needs`); a second registration under a
+    name is an error, not a silent override. Anything else is named by import path ('module:attr' or
+    'file.py:attr')."""
 
     def __init__(self, kind: str, builtins_from: Sequence[str] = ()) -> None:
         self.kind = kind
         self._builtins_from = tuple(builtins_from)  # modules whose import registers the built-ins
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._needs: dict[str, DeclaredNeeds] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def register(
+        self, name: str, needs: DeclaredNeeds | None = None
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated callable under `name`, needing `needs` (nothing by default)."""
+
         def add(entry: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
                 raise RewardConfigError(f"a {self.kind} named {name!r} is registered already")
             self._entries[name] = entry
+            self._needs[name] = needs if needs is not None else Needs()
             return entry
 
         return add
+
+    def declared_needs(self, name: str) -> DeclaredNeeds:
+        """What the built-in called `name` was registered as needing."""
+        self._load_builtins()
+        return self._needs[name]
 
     def names(self) -> list[str]:
         self._load_builtins()
@@ -66,30 +83,50 @@ class Registry:
             importlib.import_module(module)
 
 
-REWARDS = Registry(
-    "reward", builtins_from=("reward.judge", "reward.reward_model", "reward.rules", "onpolicy.human.reward")
-)
-CORRECTORS = Registry("corrector", builtins_from=("onpolicy.correction",))
+REWARDS = Registry("reward", builtins_from=("reward.judge", "reward.reward_model", "reward.rules"))
 
 
-def register(name: str) -> Callable[[Callable[..., GroupReward]], Callable[..., GroupReward]]:
-    """Register a built-in reward factory under `name`."""
-    return REWARDS.register(name)
+def register(
+    name: str, needs: DeclaredNeeds | None = None
+) -> Callable[[Callable[..., GroupReward]], Callable[..., GroupReward]]:
+    """Register a reward factory under `name`, with what it needs from the job (`needs`: a `Needs`, or a function
+    of the factory's arguments returning one)."""
+    return REWARDS.register(name, needs)
 
 
 def builtin_names() -> list[str]:
     return REWARDS.names()
 
 
-def build_reward(name: str, args: Mapping[str, Any] | None = None, policy_engine: Any = None) -> GroupReward:
-    """The reward called `name` (a built-in or an import path), built with `args`. A factory that takes a
-    `policy_engine` parameter (the `policy` judge) is handed `policy_engine`, the job's `PolicyEngine`."""
+def reward_needs(name: str, args: Mapping[str, Any] | None = None) -> Needs:
+    """What the reward called `name`, built with `args`, needs from the job: its registration's `Needs`, or for an
+    import path the `needs` attribute of the object there (a per-response function needs nothing). Bad arguments
+    are refused here, as building would refuse them."""
     args = dict(args or {})
     if "policy_engine" in args:
         raise RewardConfigError(f"reward {name!r}: policy_engine is not an argument a config can set")
     target = REWARDS.resolve(name)
-    if REWARDS.is_builtin(name) or inspect.isclass(target) or getattr(target, "group_reward", False):
-        if "policy_engine" in _parameters(target):
+    if not _is_factory(name, target):
+        return Needs()
+    declared = REWARDS.declared_needs(name) if REWARDS.is_builtin(name) else getattr(target, "needs", Needs())
+    if isinstance(declared, Needs):
+        return declared
+    try:
+        bound = inspect.signature(target).bind(**args)
+    except TypeError as exc:
+        raise RewardConfigError(f"reward {name!r}: bad arguments {sorted(args)}: {exc}") from None
+    bound.apply_defaults()
+    return declared(bound.arguments)
+
+
+def build_reward(name: str, args: Mapping[str, Any] | None = None, policy_engine: Any = None) -> GroupReward:
+    """The reward called `name` (a built-in or an import path), built with `args`. A factory that needs the policy
+    engine (`Needs.policy_engine`: the `policy` judge) is handed `policy_engine`, the job's `PolicyEngine`."""
+    needs = reward_needs(name, args)
+    args = dict(args or {})
+    target = REWARDS.resolve(name)
+    if _is_factory(name, target):
+        if needs.policy_engine:
             args["policy_engine"] = policy_engine
         reward = _call_factory(target, name, args)
         if not callable(getattr(reward, "score_group", None)):
@@ -110,11 +147,10 @@ def build_reward(name: str, args: Mapping[str, Any] | None = None, policy_engine
     return FunctionReward(name, target, args)
 
 
-def _parameters(target: Callable[..., Any]) -> Mapping[str, Any]:
-    try:
-        return inspect.signature(target).parameters
-    except (TypeError, ValueError):
-        return {}
+def _is_factory(name: str, target: Any) -> bool:
+    """Whether `target` builds a group reward (a built-in, a class, a factory marked `group_reward`), rather than
+    being a per-response function."""
+    return REWARDS.is_builtin(name) or inspect.isclass(target) or getattr(target, "group_reward", False)
 
 
 def load_object(path: str) -> Any:
@@ -126,7 +162,7 @@ def load_object(path: str) -> Any:
         file = pathlib.Path(module_name)
         if not file.is_file():
             raise RewardConfigError(f"reward file not found: {file}")
-        spec = importlib.util.spec_from_file_location(f"onpolicy_user_{file.stem}", file)
+        spec = importlib.util.spec_from_file_location(f"reward_user_{file.stem}", file)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
         try:

@@ -14,7 +14,7 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from reward.base import Meter, RewardConfigError, Score
+from reward.base import Meter, Needs, RewardConfigError, Score
 from reward.registry import register
 
 
@@ -86,7 +86,7 @@ class RewardModel:
         return self.meter.take()
 
 
-@register("reward_model")
+@register("reward_model", needs=lambda args: Needs(gpu=str(args["device"]).startswith("cuda"), paths=("path",)))
 def reward_model(
     path: str, batch_size: int = 8, max_length: int = 2048, device: str = "auto", dtype: str = "auto", label: int = 0
 ) -> RewardModel:

@@ -4,8 +4,9 @@ import pytest
 
 from onpolicy.components import check_inputs
 from onpolicy.config import Config
+from onpolicy.correction import CORRECTORS
 from onpolicy.errors import ConfigError, OnpolicyError
-from reward.registry import CORRECTORS, REWARDS
+from reward.registry import REWARDS
 
 
 def _config(**changes) -> Config:
@@ -63,7 +64,8 @@ def test_inputs_are_built_without_loading_a_model():
                 "reward": [{"name": "human", "args": {"count": 1, "fallback": [{"name": "judge"}]}}],
                 "generation": {"backend": "server", "server": {"urls": ["http://localhost:1"]}},
             },
-            r"reward\[0\].args.fallback\[0\] \(judge\): backend 'policy' judges with the in-process engine",
+            r"reward\[0\].args.fallback\[0\] \(judge\): it generates with the in-process policy engine, and with "
+            r"generation.backend: server there is none; use backend: openai",
         ),
         (
             {"eval": {"prompts": {"items": ["Hi"]}, "reward": [{"name": "human"}]}},
@@ -75,7 +77,8 @@ def test_inputs_are_built_without_loading_a_model():
         ),
         (
             {"reward": [{"name": "human"}], "pairs": {"correction": {"corrector": "replace_name"}}},
-            r"pairs.correction: a corrected answer is scored again by the reward, and the human reward",
+            r"pairs.correction: a corrected answer is scored again by the reward, and reward\[0\] \(human\) scores "
+            r"only the answers shown to people",
         ),
     ],
 )
@@ -86,11 +89,39 @@ def test_a_wrong_part_is_a_config_error_naming_it(changes, message):
 
 def test_a_policy_judge_needs_the_in_process_engine():
     judge = [{"name": "judge", "args": {"backend": "policy"}}]
-    with pytest.raises(ConfigError, match=r"reward\[0\] \(judge\): backend 'policy' judges with the in-process"):
+    with pytest.raises(ConfigError, match=r"reward\[0\] \(judge\): it generates with the in-process policy engine"):
         check_inputs(_config(reward=judge, generation={"backend": "server"}))
     assert check_inputs(_config(reward=judge)).reward is not None  # with the engine: fine
     with pytest.raises(ConfigError, match=r"the engine's base model, which with generation.lora_sync: adapter"):
         check_inputs(_config(reward=judge, generation={"lora_sync": "adapter"}, train={"lora": {"r": 8}}))
+
+
+def test_a_reward_that_needs_a_gpu_is_refused_where_torch_sees_none(tmp_path, monkeypatch):
+    import torch
+
+    (tmp_path / "on_gpu.py").write_text(
+        "from reward import Needs\n\n"
+        "class OnGPU:\n"
+        "    name = 'on_gpu'\n"
+        "    needs = Needs(gpu=True)\n"
+        "    def score_group(self, prompt, responses):\n"
+        "        return [0.0] * len(responses)\n"
+    )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    term = {"name": "contains", "args": {"words": ["x"]}}
+    fallback = {"name": "human", "args": {"count": 1, "fallback": [{"name": f"{tmp_path / 'on_gpu.py'}:OnGPU"}]}}
+    with pytest.raises(ConfigError, match=r"reward\[1\].args.fallback\[0\] \(.*:OnGPU\): it runs on a CUDA device"):
+        check_inputs(_config(reward=[term, fallback]))
+
+
+def test_the_reward_package_stands_alone():
+    import subprocess
+    import sys
+
+    imports = "import sys, reward, reward.judge, reward.reward_model, reward.rules; "
+    check = "print(sorted(m for m in sys.modules if m.split('.')[0] == 'onpolicy'))"
+    done = subprocess.run([sys.executable, "-c", imports + check], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_adapters_are_sent_only_with_an_adapter_and_served_at_a_rank_vllm_has():
@@ -109,7 +140,7 @@ def test_adapters_are_sent_only_with_an_adapter_and_served_at_a_rank_vllm_has():
 
 
 def test_rewards_and_correctors_are_named_through_one_kind_of_registry():
-    assert {"contains", "forbids", "judge", "reward_model"} <= set(REWARDS.names())
+    assert {"contains", "forbids", "judge", "reward_model", "human"} <= set(REWARDS.names())  # human: onpolicy's
     assert CORRECTORS.names() == ["replace_name"]
     assert CORRECTORS.resolve("onpolicy.correction:replace_name") is CORRECTORS.resolve("replace_name")
 

@@ -190,6 +190,21 @@ def test_relative_paths_in_yaml_are_relative_to_the_yaml_and_on_the_command_line
     assert config.eval.metrics[0].function == f"{tmp_path / 'data' / 'r.py'}:f"
 
 
+def test_the_paths_a_reward_declares_are_relative_to_the_yaml_in_nested_terms_too(tmp_path):
+    reward_model = {"name": "reward_model", "args": {"path": "rm"}}
+    local_judge = {"name": "judge", "args": {"backend": "vllm", "model": "judge-model"}}
+    data = {
+        "prompts": {"items": ["hi"]},
+        "reward": [{"name": "human", "args": {"count": 1, "fallback": [reward_model, {"name": "r.py:f"}]}}],
+        "eval": {"prompts": {"items": ["x"]}, "reward": [local_judge, {"name": "judge", "args": {"model": "m"}}]},
+    }
+    config = load_config(_write(tmp_path, data))
+    fallback = config.reward[0].args["fallback"]
+    assert fallback[0]["args"]["path"] == str(tmp_path / "rm") and fallback[1]["name"] == f"{tmp_path / 'r.py'}:f"
+    assert config.eval.reward[0].args["model"] == str(tmp_path / "judge-model")
+    assert config.eval.reward[1].args["model"] == "m"  # a served model's name (backend policy: refused later)
+
+
 def test_every_key_is_documented():
     rows = describe_fields()
     keys = {key for key, _, _ in rows}

@@ -22,7 +22,17 @@ from onpolicy.human.label_studio import EQUAL, export_tasks, import_annotations,
 from onpolicy.human.labels import Label, LabelBook, answers_digest
 from onpolicy.human.page import PageServer
 from onpolicy.human.reward import HumanReward
-from reward import Failed, Response, RewardConfigError, RoundGroups, Term, WeightedSum, build_reward
+from reward import (
+    Failed,
+    Needs,
+    Response,
+    RewardConfigError,
+    RoundGroups,
+    Term,
+    WeightedSum,
+    build_reward,
+    reward_needs,
+)
 
 DATA = pathlib.Path(__file__).parent / "data"
 ANSWERS = {
@@ -171,6 +181,12 @@ def test_the_human_reward_refuses_settings_that_leave_groups_unscored_or_a_busy_
         taken.listen()
         with pytest.raises(RewardConfigError, match=r"cannot listen on 127.0.0.1:\d+ .*set the human reward's port"):
             build_reward("human", {"port": taken.getsockname()[1]})
+
+
+def test_the_human_reward_declares_people_a_page_to_close_and_its_fallback_terms():
+    alone = reward_needs("human", {})
+    assert alone == Needs(people=True, shown_only=True, close=True, rewards=("fallback",))
+    assert not reward_needs("human", {"count": 1, "fallback": [{"name": "length"}]}).shown_only
 
 
 def test_a_prompt_twice_in_a_round_with_the_same_answers_is_labelled_twice(tmp_path):

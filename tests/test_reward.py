@@ -6,15 +6,17 @@ import textwrap
 import pytest
 
 from reward import (
-    Conditional,
     Failed,
+    Needs,
     Response,
     RewardConfigError,
+    RoundGroups,
     Term,
     WeightedSum,
     build_reward,
     builtin_names,
     register,
+    reward_needs,
 )
 from reward.composite import normalized
 
@@ -195,8 +197,8 @@ def test_weighted_sum_reports_term_means_and_agreement_between_terms():
 
 
 def test_a_conditional_term_is_watched_only_on_the_prompts_it_applies_to():
-    identity = Conditional(build_reward("contains", {"words": ["Athene"]}), {"category": "identity"})
-    total = WeightedSum([Term(identity, 1.0, "name"), Term(build_reward("length", {"target": 1}), 1.0, "short")])
+    identity = Term(build_reward("contains", {"words": ["Athene"]}), 1.0, "name", when={"category": "identity"})
+    total = WeightedSum([identity, Term(build_reward("length", {"target": 1}), 1.0, "short")])
     total.score_group(PROMPT, ["Athene", "I am someone"])  # an identity prompt
     total.score_group({**PROMPT, "category": "other"}, ["a", "b c"])  # the name term does not apply
     stats = total.take_stats()
@@ -208,3 +210,84 @@ def test_terms_with_the_same_label_are_refused():
     reward = build_reward("contains", {"words": ["a"]})
     with pytest.raises(RewardConfigError, match="distinct labels"):
         WeightedSum([(reward, 1.0), (reward, 2.0)])
+
+
+def test_rewards_declare_what_they_need_from_the_job():
+    assert reward_needs("contains", {"words": ["x"]}) == Needs()
+    judge = reward_needs("judge", {})  # backend policy by default: the job's own engine
+    assert judge.policy_engine and "backend: openai" in judge.engine_alternative
+    assert reward_needs("judge", {"backend": "vllm", "model": "/m"}) == Needs(paths=("model",))
+    assert reward_needs("reward_model", {"path": "/rm"}) == Needs(paths=("path",))
+    assert reward_needs("reward_model", {"path": "/rm", "device": "cuda:1"}).gpu
+    with pytest.raises(RewardConfigError, match="bad arguments"):
+        reward_needs("judge", {"bakend": "policy"})
+
+
+def test_user_code_declares_its_needs_and_gets_the_policy_engine_only_when_it_does(tmp_path):
+    file = tmp_path / "engine_user.py"
+    file.write_text(
+        textwrap.dedent(
+            """
+            from reward import Needs
+
+            class SelfJudge:
+                name = "self_judge"
+                needs = Needs(policy_engine=True)
+                def __init__(self, policy_engine=None):
+                    self.policy_engine = policy_engine
+                def score_group(self, prompt, responses):
+                    return [0.0] * len(responses)
+
+            class Plain:
+                name = "plain"
+                def __init__(self, policy_engine="not handed"):
+                    self.policy_engine = policy_engine
+                def score_group(self, prompt, responses):
+                    return [0.0] * len(responses)
+            """
+        )
+    )
+    engine = object()
+    assert reward_needs(f"{file}:SelfJudge").policy_engine
+    assert build_reward(f"{file}:SelfJudge", policy_engine=engine).policy_engine is engine
+    assert build_reward(f"{file}:Plain", policy_engine=engine).policy_engine == "not handed"
+
+
+def test_a_sum_shows_the_round_to_the_terms_that_need_people_and_closes_those_that_hold_something_open(tmp_path):
+    calls = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def score_group(self, prompt, responses):
+            return [0.0] * len(responses)
+
+        def prepare(self, round_groups):
+            calls.append((self.name, "prepare", [group[0]["category"] for group in round_groups.groups]))
+
+        def finish(self):
+            calls.append((self.name, "finish"))
+
+        def close(self):
+            calls.append((self.name, "close"))
+
+    people = Needs(people=True, close=True)
+    total = WeightedSum(
+        [
+            Term(Recorder("page"), label="page", when={"category": "identity"}, needs=people),
+            Term(Recorder("open"), label="open", needs=Needs(close=True)),
+            Term(Recorder("plain"), label="plain"),  # has the methods, needs nothing: never called
+        ]
+    )
+    groups = [({**PROMPT, "category": "identity"}, ["a"]), ({**PROMPT, "category": "other"}, ["b"])]
+    total.prepare(RoundGroups(1, tmp_path, groups))
+    total.finish()
+    total.close()
+    assert calls == [
+        ("page", "prepare", ["identity"]),  # only the groups its `when` applies to
+        ("page", "finish"),
+        ("page", "close"),
+        ("open", "close"),
+    ]
+    assert total.needs == Needs(people=True, close=True)

@@ -31,6 +31,7 @@ from reward import (
     Failed,
     GroupReward,
     Meter,
+    Needs,
     RewardConfigError,
     RoundGroups,
     Score,
@@ -42,9 +43,15 @@ from reward import (
 )
 
 
-@register("human")
+def _needs(args: Mapping[str, Any]) -> Needs:
+    """People and the page it serves; without a fallback it scores nothing but what it showed them."""
+    return Needs(people=True, shown_only=args["fallback"] is None, close=True, rewards=("fallback",))
+
+
+@register("human", needs=_needs)
 class HumanReward:
-    """Scores from people's labels given in the labelling page (see the module docstring)."""
+    """Scores from people's labels given in the labelling page (see the module docstring). Registered here, by
+    onpolicy (whose job serves the page), beside the `reward` package's built-ins."""
 
     name = "human"
 

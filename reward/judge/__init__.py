@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
-from reward.base import GroupReward, RewardConfigError
+from reward.base import GroupReward, Needs, RewardConfigError
 from reward.judge.clients import ChatBackend, OpenAIChat, PolicyEngine, Sampling, VLLMChat
 from reward.judge.judges import PairwiseJudge, PointwiseJudge
 from reward.judge.templates import build_pairwise, build_rubric
@@ -15,7 +15,16 @@ from reward.registry import register
 __all__ = ["PairwiseJudge", "PointwiseJudge", "PolicyEngine", "judge"]
 
 
-@register("judge")
+def _needs(args: Mapping[str, Any]) -> Needs:
+    """Backend `policy` judges with the job's own engine; `vllm` loads the model folder `model`."""
+    if args["backend"] == "policy":
+        return Needs(
+            policy_engine=True, engine_alternative="use backend: openai, base_url: <a server's URL>/v1, model: policy"
+        )
+    return Needs(paths=("model",)) if args["backend"] == "vllm" else Needs()
+
+
+@register("judge", needs=_needs)
 def judge(
     mode: Literal["pointwise", "pairwise"] = "pointwise",
     backend: Literal["policy", "vllm", "openai"] = "policy",
