@@ -106,7 +106,7 @@ def run_trl(
     def evaluate(seconds: float) -> None:
         nonlocal paused
         began = time.perf_counter()
-        results, _ = evaluator.run(answers)
+        results, _ = evaluator.run(answers, initial=not curve)  # the first: the initial policy's answers
         curve.append({"seconds": seconds, **{m: results[m] for m in metrics}})
         paused += time.perf_counter() - began
 

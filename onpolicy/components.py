@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from onpolicy import redaction
 from onpolicy.config import Config, GenerationConfig
-from onpolicy.correction import Correction, build_correction
+from onpolicy.correction import build_correction
 from onpolicy.devices import engine_dtype, engine_may_be_reference
 from onpolicy.distributed import MirroredUpdater, Team, TrainerStart, check_generation_backend, launched_processes
 from onpolicy.errors import ConfigError
-from onpolicy.evaluation import Evaluator, build_evaluator
-from onpolicy.interfaces import Generator, Updater
+from onpolicy.evaluation import build_evaluator, load_eval_prompts
+from onpolicy.interfaces import Correction, Evaluation, Generator, Reward, RoundLogger, Updater
 from onpolicy.lora import ADAPTER_FOLDER
 from onpolicy.model_store import check_model_folder
 from onpolicy.prompts import load_prompts
@@ -35,7 +35,7 @@ from onpolicy.resume import Start
 from onpolicy.reward_terms import build_reward_from_terms, check_reward_terms, term_needs
 from onpolicy.rundir import REFERENCE_FOLDER
 from onpolicy.tokens import check_prompts_leave_room_to_train
-from onpolicy.tracking import RoundLogger, start_logger
+from onpolicy.tracking import start_logger
 from onpolicy.trl_compat import check_dpo_config_values
 from onpolicy.types import PromptRecord
 from reward import WeightedSum
@@ -50,9 +50,9 @@ class Inputs:
     """What the user gave, loaded and checked: no model is loaded to build these."""
 
     prompts: list[PromptRecord]
-    reward: WeightedSum
+    reward: Reward
     correction: Correction | None
-    evaluator: Evaluator | None
+    evaluator: Evaluation | None
     policy_engine: PolicyEngine  # attached by `build_components` once the engine runs
 
 
@@ -97,9 +97,11 @@ def check_inputs(config: Config) -> Inputs:
             f"reward[{shown_only}] ({config.reward[shown_only].name}) scores only the answers shown to people; give "
             "it a fallback reward (args.fallback) or turn correction off"
         )
-    evaluator = build_evaluator(config.eval, seed=config.seed)
-    if evaluator is not None and config.eval.reward is not None:
-        evaluator.reward = _eval_reward(config, reward, policy_engine, evaluator.records)
+    evaluator = None
+    eval_prompts = load_eval_prompts(config.eval, seed=config.seed)
+    if eval_prompts is not None:
+        eval_reward = None if config.eval.reward is None else _eval_reward(config, reward, policy_engine, eval_prompts)
+        evaluator = build_evaluator(config.eval, eval_prompts, eval_reward)
     return Inputs(
         prompts=prompts,
         reward=reward,

@@ -71,8 +71,9 @@ def _replace_first_group(match: re.Match[str], target: str) -> str:
     return match.group(0)[:start] + target + match.group(0)[end:]
 
 
-class Correction:
-    """Builds corrected pairs for groups whose best reward is below `min_reward`."""
+class EditCorrection:
+    """The `onpolicy.interfaces.Correction` of `pairs.correction`: corrected pairs, edited by the corrector, for
+    groups whose best reward is below `min_reward`."""
 
     def __init__(self, corrector: Corrector, args: Mapping[str, Any], reward: GroupReward, config: CorrectionConfig):
         self.corrector = corrector
@@ -125,7 +126,7 @@ class Correction:
         return _edited_pair(group, edited, samples[rejected_index], score, rejected_reward, samples[best_index]), None
 
 
-def build_correction(config: CorrectionConfig, reward: GroupReward) -> Correction | None:
+def build_correction(config: CorrectionConfig, reward: GroupReward) -> EditCorrection | None:
     """The configured correction, checked before any model loads; None when off."""
     if config.corrector is None:
         return None
@@ -138,7 +139,7 @@ def build_correction(config: CorrectionConfig, reward: GroupReward) -> Correctio
         inspect.signature(corrector).bind("response", {}, **config.args)
     except TypeError as exc:
         raise ConfigError(f"pairs.correction: {name} cannot be called with args {sorted(config.args)}: {exc}") from None
-    return Correction(corrector, config.args, reward, config)
+    return EditCorrection(corrector, config.args, reward, config)
 
 
 def _edited_pair(

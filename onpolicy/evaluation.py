@@ -7,7 +7,8 @@ and so are answers the metric fails on (it raises, returns NaN): `eval/<name>_fa
 
 Each answer is also compared with the initial policy's greedy answer to the same prompt (`eval.reward`): the two
 are scored as one group, so any reward serves, a pairwise judge included (it sees them in both orders). The
-initial answers are round 0's; a resumed job reads them back from round 0's eval.jsonl.
+initial answers are round 0's (the loop's `run(..., initial=True)`); a resumed job reads them back from round 0's
+eval.jsonl (`remember_initial`).
 """
 
 from __future__ import annotations
@@ -15,15 +16,18 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from onpolicy.config import EvalConfig
 from onpolicy.errors import ConfigError
 from onpolicy.progress import PhaseProgress
 from onpolicy.prompts import load_prompts
 from onpolicy.scoring import guarded_scores
-from onpolicy.types import PromptRecord
-from reward import Failed, GroupReward, RewardConfigError, build_reward, matches, take_stats
+from onpolicy.types import PromptRecord, SampleGroup
+from reward import Failed, GroupReward, RewardConfigError, build_reward, matches
+
+if TYPE_CHECKING:
+    from onpolicy.interfaces import Generator, Reward
 
 
 class GreedyCompleter(Protocol):
@@ -40,11 +44,20 @@ class _Metric:
 
 
 class Evaluator:
-    def __init__(self, records: Sequence[PromptRecord], metrics: Sequence[_Metric], max_new_tokens: int) -> None:
+    """The `onpolicy.interfaces.Evaluation` of a job: `metrics` on each greedy answer to `records`, and `reward`
+    (`eval.reward`; None: no comparison) comparing it with the initial policy's."""
+
+    def __init__(
+        self,
+        records: Sequence[PromptRecord],
+        metrics: Sequence[_Metric],
+        max_new_tokens: int,
+        reward: Reward | None = None,
+    ) -> None:
         self.records = list(records)
         self.metrics = list(metrics)
         self.max_new_tokens = max_new_tokens
-        self.reward: GroupReward | None = None  # compares each answer with the initial policy's (eval.reward)
+        self.reward = reward
         self.initial_answers: dict[str, str] | None = None  # prompt id -> the initial policy's greedy answer
 
     def remember_initial(self, rows: Iterable[Mapping[str, Any]]) -> None:
@@ -53,15 +66,16 @@ class Evaluator:
         self.initial_answers = {str(row["prompt_id"]): row["answer"] for row in rows if row.get("answer") is not None}
 
     def run(
-        self, engine: GreedyCompleter, progress: PhaseProgress | None = None
+        self, engine: GreedyCompleter, progress: PhaseProgress | None = None, initial: bool = False
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
-        """The eval metrics and one row per prompt (its greedy answer and scores). The first run, with no
-        initial answers remembered, is the initial policy's."""
+        """The eval metrics and one row per prompt (its greedy answer and scores). `initial`: the answers are the
+        initial policy's (round 0), remembered for later runs to compare with (and compared with themselves: the
+        initial reward, a win rate of 0.5); a later run compares with the answers remembered, if any."""
         started = time.perf_counter()
         answers = engine.complete_greedy(self.records, self.max_new_tokens, progress)
         results: dict[str, float] = {"perf/eval_generate_s": time.perf_counter() - started}
         started = time.perf_counter()
-        if self.initial_answers is None:
+        if initial:
             self.initial_answers = {r.id: a for r, a in zip(self.records, answers) if a is not None}
         rows = [
             {"prompt_id": r.id, "prompt": r.prompt, **r.metadata, "answer": a} for r, a in zip(self.records, answers)
@@ -81,7 +95,7 @@ class Evaluator:
             results[f"eval/{metric.name}"] = _mean(scores)
             if failed:
                 results[f"eval/{metric.name}_failed"] = float(failed)
-        if self.reward is not None:
+        if self.reward is not None and self.initial_answers is not None:
             results.update(self._against_initial(answers, rows))
         answered = [a for a in answers if a is not None]
         results["eval/skipped_long_prompts"] = float(len(answers) - len(answered))
@@ -114,20 +128,29 @@ class Evaluator:
             results["eval/reward_failed"] = float(failed)
         # The reward's own statistics would mix the two answers of each group: left out, and kept out of the next
         # round's reward/* (the job's reward may be this one). Their cost is perf/eval_score_s.
-        take_stats(self.reward)
+        self.reward.take_stats()
         return results
+
+    def sample(self, generator: Generator, num_samples: int) -> list[SampleGroup]:
+        """`num_samples` samples per eval prompt from the generator's current policy, as long as the answers."""
+        return generator.sample(self.records, num_samples, self.max_new_tokens)
 
 
 def _mean(values: Sequence[float]) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def build_evaluator(config: EvalConfig, seed: int = 0) -> Evaluator | None:
-    """The configured evaluation, checked before any model loads; None without eval prompts. Its `reward`
-    (`eval.reward`) is for the caller to set: it may be the job's own."""
+def load_eval_prompts(config: EvalConfig, seed: int = 0) -> list[PromptRecord] | None:
+    """The held-out prompts, in their file's order; None without `eval.prompts`."""
     if config.prompts is None:
         return None
-    records = load_prompts(config.prompts.model_copy(update={"shuffle": False}), seed=seed)
+    return load_prompts(config.prompts.model_copy(update={"shuffle": False}), seed=seed)
+
+
+def build_evaluator(config: EvalConfig, records: Sequence[PromptRecord], reward: Reward | None = None) -> Evaluator:
+    """The configured evaluation of `records` (`load_eval_prompts`), checked before any model loads; `reward`:
+    what compares each answer with the initial policy's (`eval.reward`, built by the caller: it may be the job's
+    own), or None."""
     metrics = []
     for i, metric in enumerate(config.metrics):
         try:
@@ -137,4 +160,4 @@ def build_evaluator(config: EvalConfig, seed: int = 0) -> Evaluator | None:
         if not any(matches(r.reward_view(), metric.when) for r in records):
             raise ConfigError(f"eval.metrics[{i}] ({metric.name}): no eval prompt matches when={metric.when}")
         metrics.append(_Metric(metric.name, function, metric.when))
-    return Evaluator(records, metrics, config.max_new_tokens)
+    return Evaluator(records, metrics, config.max_new_tokens, reward)

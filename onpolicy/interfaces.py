@@ -1,19 +1,24 @@
 """The roles a job's rounds use, as small Protocols: the loop calls nothing else on its components.
 
-A new backend (a generation server, several trainer processes) is a new class that meets one of these, built
-in `onpolicy.components`; the loop does not change.
+A new backend (a generation server, several trainer processes, a W&B stand-in) is a new class that meets one of
+these, built in `onpolicy.components`; the loop does not change. The parts: the `Generator` serves the policy, the
+`Reward` scores the round's groups, the `Correction` makes corrected pairs (from a user's corrector function), the
+`Updater` trains the policy, the `Evaluation` answers held-out prompts, and the `RoundLogger` logs each round.
 """
 
 from __future__ import annotations
 
 import pathlib
-from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import torch
 
 from onpolicy.progress import PhaseProgress
-from onpolicy.types import Pair, PromptRecord, SampleGroup, UpdateResult
+from onpolicy.types import Pair, PromptRecord, SampleGroup, ScoredGroup, UpdateResult
+from reward import RoundGroups, Score
+
+Table = tuple[list[str], list[list[Any]]]  # (columns, rows), as a W&B Table holds them
 
 
 class Generator(Protocol):
@@ -88,3 +93,85 @@ class Updater(Protocol):
     def save_adapter(self, folder: pathlib.Path) -> None:
         """With `train.lora`: the adapter alone, as PEFT saves it."""
         ...
+
+
+class Reward(Protocol):
+    """Scores the samples of each group, as a weighted sum of reward terms (`reward.WeightedSum`), and passes the
+    round's course on to the terms that need it (`reward.Needs`)."""
+
+    name: str
+
+    def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]: ...
+
+    def prepare(self, round_groups: RoundGroups) -> None:
+        """The round's groups, before they are scored one by one (people label them in a page)."""
+        ...
+
+    def finish(self) -> None:
+        """The round's scoring is over (or stopped)."""
+        ...
+
+    def take_stats(self) -> dict[str, float]:
+        """Its counters since the last call (means, agreement, each term's costs), for `reward/` metrics."""
+        ...
+
+    def close(self) -> None:
+        """The job ends: release what it holds open (a labelling page)."""
+        ...
+
+
+class Correction(Protocol):
+    """Makes a corrected pair for a group no sample of which is good enough (`pairs.correction`)."""
+
+    max_negative_ratio: float
+
+    def applies(self, group: ScoredGroup) -> bool:
+        """Whether `group` is corrected rather than paired as it is."""
+        ...
+
+    def pair(self, group: ScoredGroup, min_margin: float) -> tuple[Pair | None, str | None]:
+        """The corrected pair; (None, reason) when the correction failed; (None, None) when there was nothing to
+        correct."""
+        ...
+
+    def take_problems(self) -> tuple[str, ...]:
+        """What went wrong since the last call, one example per kind, for the round's warnings."""
+        ...
+
+
+class Evaluation(Protocol):
+    """Greedy answers to held-out prompts, scored, and compared with the initial policy's answers."""
+
+    records: Sequence[PromptRecord]
+
+    def run(
+        self, generator: Generator, progress: PhaseProgress | None = None, initial: bool = False
+    ) -> tuple[dict[str, float], list[dict[str, Any]]]:
+        """The eval metrics and one row per prompt; `initial`: these are the initial policy's answers (round 0),
+        remembered for every later run to compare with."""
+        ...
+
+    def remember_initial(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """The initial policy's answers, from round 0's rows (a resumed job's)."""
+        ...
+
+    def sample(self, generator: Generator, num_samples: int) -> list[SampleGroup]:
+        """`num_samples` samples per eval prompt from the current policy (for the KL estimate)."""
+        ...
+
+
+class RoundLogger(Protocol):
+    """Logs each round's metrics and tables (W&B, or nothing)."""
+
+    mode: str
+    run_id: str | None
+
+    def log_round(
+        self, round_number: int, metrics: Mapping[str, Any], tables: Mapping[str, Table] | None = None
+    ) -> None: ...
+
+    def steps_logged(self) -> set[int] | None:
+        """The rounds the run holds already from earlier processes of the job, when known."""
+        ...
+
+    def finish(self) -> None: ...

@@ -24,16 +24,16 @@ from onpolicy.components import Components, Inputs, build_components, build_upda
 from onpolicy.config import Config
 from onpolicy.diagnostics import diagnose_pairs
 from onpolicy.errors import OnpolicyError
+from onpolicy.interfaces import Table
 from onpolicy.pairing import Selection, build_pairs
 from onpolicy.progress import PhaseProgress, Progress
 from onpolicy.prompts import prompts_for_round
 from onpolicy.resume import Start, StartMode, open_run, retention
 from onpolicy.rundir import REFERENCE_FOLDER, RunDirectory
-from onpolicy.scoring import score_groups
+from onpolicy.scoring import score_round
 from onpolicy.stopping import GracefulStop
-from onpolicy.tracking import Table
 from onpolicy.types import PairingResult, RoundRecord, UpdateResult
-from reward import RoundGroups, take_stats
+from reward import RoundGroups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
     with stage("generate", len(prompts), "prompts") as progress:
         groups, too_long = generator.generate(prompts, progress)
     with stage("score", len(groups), "groups") as progress:
-        scored, excluded, warnings = score_groups(reward, groups, progress, _round_context(n, job))
+        scored, excluded, warnings = score_round(reward, groups, _round_context(n, job), progress)
     with stage("pair"):
         selection = Selection(config.pairs.strategy, config.pairs.length_penalty, config.seed + n)
         pairing = build_pairs(scored, config.pairs.min_margin, parts.inputs.correction, selection)
@@ -102,7 +102,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
         **m.reward_metrics(scored, excluded),
         **m.pair_metrics(pairing),
         **diagnostics.metrics,
-        **{f"reward/{key}": value for key, value in take_stats(reward).items()},
+        **{f"reward/{key}": value for key, value in reward.take_stats().items()},
         **m.update_metrics(update),
         "ref/refreshed": float(refreshed),
         **m.perf_metrics(seconds, gen["gen/tokens"]),
@@ -200,7 +200,7 @@ def _run_rounds(
         _catch_up_wandb(run, parts)
         with GracefulStop() as stop:
             job = Job(config, parts, run, stop, progress)
-            if inputs.evaluator is not None and start.last_complete < 0:  # round 0: the initial policy
+            if inputs.evaluator is not None and start.last_complete < 0:  # round 0: the initial policy's answers
                 results, table = _evaluate(job, 0)
                 record = {"round": 0, **results}
                 run.append_round(record)
@@ -284,16 +284,17 @@ def _catch_up_wandb(run: RunDirectory, parts: Components) -> None:
 
 def _evaluate(job: Job, round_number: int) -> tuple[dict[str, float], Table]:
     """Greedy answers to the eval prompts from the generator's current weights, saved and scored; the metrics
-    and the answers as a table."""
+    and the answers as a table. Round 0's answers are the initial policy's, which later rounds compare with."""
     start = time.perf_counter()
     evaluator = job.parts.inputs.evaluator
+    assert evaluator is not None
     with job.progress.phase(round_number, "evaluate", len(evaluator.records), "prompts") as progress:
-        results, rows = evaluator.run(job.parts.generator, progress)
+        results, rows = evaluator.run(job.parts.generator, progress, initial=round_number == 0)
     job.run.write_jsonl(f"{job.run.round_folder(round_number)}/eval.jsonl", rows)
     samples = job.config.eval.kl_samples
     if samples and round_number >= 1:  # round 0: the policy is the initial one and the reference
         began = time.perf_counter()
-        groups = job.parts.generator.sample(evaluator.records, samples, evaluator.max_new_tokens)
+        groups = evaluator.sample(job.parts.generator, samples)
         results.update(job.parts.updater.kl_from_samples(groups))
         results["perf/eval_kl_s"] = time.perf_counter() - began
     return {**results, "perf/eval_s": time.perf_counter() - start}, m.eval_table(rows)

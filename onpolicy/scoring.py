@@ -10,11 +10,14 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from onpolicy.progress import PhaseProgress
 from onpolicy.types import Sample, SampleGroup, ScoredGroup
-from reward import Failed, GroupReward, Response, RoundGroups, finish_round, prepare_round
+from reward import Failed, GroupReward, Response, RoundGroups
+
+if TYPE_CHECKING:  # the role only: reading a config (which registers the human reward, a user of this module)
+    from onpolicy.interfaces import Reward  # does not need torch, which onpolicy.interfaces imports
 from reward.registry import check_score
 
 
@@ -39,23 +42,30 @@ def response_of(sample: Sample) -> Response:
 
 
 def score_groups(
-    reward: GroupReward,
-    groups: Sequence[SampleGroup],
-    progress: PhaseProgress | None = None,
-    round_groups: RoundGroups | None = None,
+    reward: GroupReward, groups: Sequence[SampleGroup], progress: PhaseProgress | None = None
 ) -> tuple[list[ScoredGroup], Counter[str], list[str]]:
     """Scored groups; excluded samples counted by kind ("error", "nonfinite", "invalid", ...); and one line per
-    kind with an example reason, for the user. `progress` advances by one per group scored. With `round_groups`
-    (the round, its groups left empty: filled in here), a reward that asks for it sees the round's groups first
-    (`prepare`) and hears when their scoring is over (`finish`, however it ends)."""
-    views = [(group.record.reward_view(), [response_of(sample) for sample in group.samples]) for group in groups]
-    if round_groups is None:
-        return _score_views(reward, groups, views, progress)
-    prepare_round(reward, dataclasses.replace(round_groups, groups=views))
+    kind with an example reason, for the user. `progress` advances by one per group scored."""
+    return _score_views(reward, groups, _views(groups), progress)
+
+
+def score_round(
+    reward: Reward, groups: Sequence[SampleGroup], round_groups: RoundGroups, progress: PhaseProgress | None = None
+) -> tuple[list[ScoredGroup], Counter[str], list[str]]:
+    """`score_groups` for a round: the reward is shown the round's groups first (`prepare`, with `round_groups`,
+    the round, its groups left empty: filled in here) and hears when their scoring is over (`finish`, however it
+    ends)."""
+    views = _views(groups)
+    reward.prepare(dataclasses.replace(round_groups, groups=views))
     try:
         return _score_views(reward, groups, views, progress)
     finally:
-        finish_round(reward)
+        reward.finish()
+
+
+def _views(groups: Sequence[SampleGroup]) -> list[tuple[Mapping[str, Any], list[Response]]]:
+    """Each group's prompt record and responses as rewards see them, built once for prepare and scoring alike."""
+    return [(group.record.reward_view(), [response_of(sample) for sample in group.samples]) for group in groups]
 
 
 def _score_views(

@@ -1,4 +1,5 @@
-"""Logging rounds to Weights & Biases: one W&B step per round, never a crash because W&B is unreachable.
+"""Logging rounds to Weights & Biases (`onpolicy.interfaces.RoundLogger`): one W&B step per round, never a crash
+because W&B is unreachable.
 
 `wandb.mode: auto` runs online when credentials exist (WANDB_API_KEY, or a `wandb login`), offline otherwise;
 offline runs land under the run directory's `wandb/` and can be uploaded later with `wandb sync`. If W&B fails
@@ -14,27 +15,12 @@ import os
 import pathlib
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from onpolicy.config import WandbConfig
+from onpolicy.interfaces import RoundLogger, Table
 
 log = logging.getLogger(__name__)
-
-
-Table = tuple[list[str], list[list[Any]]]  # (columns, rows)
-
-
-class RoundLogger(Protocol):
-    mode: str
-    run_id: str | None
-
-    def log_round(
-        self, round_number: int, metrics: Mapping[str, Any], tables: Mapping[str, Table] | None = None
-    ) -> None: ...
-
-    def steps_logged(self) -> set[int] | None: ...
-
-    def finish(self) -> None: ...
 
 
 class NullLogger:

@@ -14,10 +14,6 @@ from reward.base import (
     RewardConfigError,
     RoundGroups,
     Score,
-    close_reward,
-    finish_round,
-    prepare_round,
-    take_stats,
 )
 from reward.composite import Term, WeightedSum, matches
 from reward.registry import Registry, build_reward, builtin_names, register, reward_needs
@@ -36,11 +32,7 @@ __all__ = [
     "WeightedSum",
     "build_reward",
     "builtin_names",
-    "close_reward",
-    "finish_round",
     "matches",
-    "prepare_round",
     "register",
     "reward_needs",
-    "take_stats",
 ]

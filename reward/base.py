@@ -134,24 +134,3 @@ class RoundGroups:
     groups: Sequence[tuple[Mapping[str, Any], Sequence[Response]]]
     echo: Callable[[str], None] = print
     should_stop: Callable[[], bool] = lambda: False
-
-
-def prepare_round(reward: object, round_groups: RoundGroups) -> None:
-    """Show a reward that asks for it the round's groups before they are scored."""
-    prepare = getattr(reward, "prepare", None)
-    if callable(prepare):
-        prepare(round_groups)
-
-
-def finish_round(reward: object) -> None:
-    """Tell a reward that asks for it that the round's scoring is over."""
-    finish = getattr(reward, "finish", None)
-    if callable(finish):
-        finish()
-
-
-def close_reward(reward: object) -> None:
-    """Release what a reward holds open (a server), if anything."""
-    close = getattr(reward, "close", None)
-    if callable(close):
-        close()

@@ -3,7 +3,8 @@
 import pytest
 
 from onpolicy.config import EvalConfig
-from onpolicy.evaluation import build_evaluator
+from onpolicy.evaluation import build_evaluator, load_eval_prompts
+from reward import Term, WeightedSum
 
 
 class FixedAnswers:
@@ -32,7 +33,7 @@ def test_a_metric_that_raises_or_returns_nan_leaves_the_answer_out_and_counts_it
             ],
         }
     )
-    evaluator = build_evaluator(config)
+    evaluator = build_evaluator(config, load_eval_prompts(config))
     answers = {"a": "fine", "b": "boom", "c": "nan", "d": "it is inf"}
     results, rows = evaluator.run(FixedAnswers(answers))
     assert results["eval/picky"] == 1.0 and results["eval/picky_failed"] == 2
@@ -42,9 +43,8 @@ def test_a_metric_that_raises_or_returns_nan_leaves_the_answer_out_and_counts_it
 
 
 def _comparing_evaluator(prompts, reward):
-    evaluator = build_evaluator(EvalConfig.model_validate({"prompts": {"items": prompts}}))
-    evaluator.reward = reward
-    return evaluator
+    config = EvalConfig.model_validate({"prompts": {"items": prompts}})
+    return build_evaluator(config, load_eval_prompts(config), WeightedSum([Term(reward)]))
 
 
 def test_answers_are_compared_with_the_initial_policy_s_under_a_reward_ties_counting_half():
@@ -52,7 +52,7 @@ def test_answers_are_compared_with_the_initial_policy_s_under_a_reward_ties_coun
 
     evaluator = _comparing_evaluator(["a", "b", "c", "d"], build_reward("length", {"target": 10, "unit": "chars"}))
     initial = {"a": "x" * 4, "b": "x" * 10, "c": "x" * 8, "d": "x" * 6}
-    results, _ = evaluator.run(FixedAnswers(initial))  # round 0: the initial policy against itself
+    results, _ = evaluator.run(FixedAnswers(initial), initial=True)  # round 0: the initial policy against itself
     assert results["eval/win_rate"] == 0.5
     assert results["eval/reward"] == pytest.approx((-0.6 + 0.0 - 0.2 - 0.4) / 4)
     later = {"a": "x" * 9, "b": "x" * 13, "c": "x" * 12, "d": "x" * 6}  # closer, farther, as far, the same
@@ -72,3 +72,27 @@ def test_a_resumed_evaluation_compares_with_round_0_s_answers_and_a_failing_rewa
     results, rows = evaluator.run(FixedAnswers({"a": "xxxx", "b": "xxx"}))  # b divides by zero
     assert results["eval/win_rate"] == 1.0 and results["eval/reward"] == 1.0  # 1/1 against the initial 1/2
     assert results["eval/reward_failed"] == 1 and "ZeroDivisionError" in rows[1]["reward_failure"]
+
+
+def test_only_the_run_said_to_be_the_initial_policy_s_is_remembered_as_it():
+    from reward import build_reward
+
+    evaluator = _comparing_evaluator(["a"], build_reward("length", {"target": 2, "unit": "chars"}))
+    results, _ = evaluator.run(FixedAnswers({"a": "xx"}))  # not the initial policy: nothing to compare with
+    assert "eval/win_rate" not in results and evaluator.initial_answers is None
+    evaluator.run(FixedAnswers({"a": "x"}), initial=True)
+    results, _ = evaluator.run(FixedAnswers({"a": "xx"}))
+    assert results["eval/win_rate"] == 1.0
+
+
+def test_kl_samples_are_drawn_from_the_eval_prompts_as_long_as_the_answers():
+    config = EvalConfig.model_validate({"prompts": {"items": ["a", "b"]}, "max_new_tokens": 7})
+    seen = []
+
+    class Sampler:
+        def sample(self, records, num_samples, max_new_tokens, progress=None):
+            seen.append(([r.prompt for r in records], num_samples, max_new_tokens))
+            return []
+
+    build_evaluator(config, load_eval_prompts(config)).sample(Sampler(), 3)
+    assert seen == [(["a", "b"], 3, 7)]

@@ -99,7 +99,7 @@ def test_greedy_answers_are_deterministic_and_skip_long_prompts(generator):
 
 def test_evaluator_scores_greedy_answers_of_matching_prompts(generator):
     from onpolicy.config import EvalConfig
-    from onpolicy.evaluation import build_evaluator
+    from onpolicy.evaluation import build_evaluator, load_eval_prompts
 
     config = EvalConfig.model_validate(
         {
@@ -127,7 +127,7 @@ def test_evaluator_scores_greedy_answers_of_matching_prompts(generator):
             ],
         }
     )
-    results, rows = build_evaluator(config).run(generator)
+    results, rows = build_evaluator(config, load_eval_prompts(config)).run(generator)
     answers = [row["answer"] for row in rows]
     expected = [-abs(len(a) - 1000) / 1000 for a in answers]
     assert [row["category"] for row in rows] == ["identity", "identity", "other"]
@@ -140,7 +140,7 @@ def test_evaluator_scores_greedy_answers_of_matching_prompts(generator):
 def test_eval_metric_matching_no_prompt_is_a_config_error():
     from onpolicy.config import EvalConfig
     from onpolicy.errors import ConfigError
-    from onpolicy.evaluation import build_evaluator
+    from onpolicy.evaluation import build_evaluator, load_eval_prompts
 
     config = EvalConfig.model_validate(
         {
@@ -149,7 +149,7 @@ def test_eval_metric_matching_no_prompt_is_a_config_error():
         }
     )
     with pytest.raises(ConfigError, match=r"eval.metrics\[0\] \(x\): no eval prompt matches"):
-        build_evaluator(config)
+        build_evaluator(config, load_eval_prompts(config))
 
 
 def test_vllm_usage_stats_are_off(generator):

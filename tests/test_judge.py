@@ -159,15 +159,16 @@ def test_pairwise_judge_ranks_by_content_in_both_orders(proxy, aggregate):
 @pytest.mark.slow
 def test_eval_win_rate_against_the_initial_policy_under_a_pairwise_judge(proxy):
     from onpolicy.config import EvalConfig
-    from onpolicy.evaluation import build_evaluator
+    from onpolicy.evaluation import build_evaluator, load_eval_prompts
+    from reward import Term, WeightedSum
 
     proxy.rewrite = lambda request, index, answer: (
         "[[A]]"
         if "Athene" in _answer_of(request, "A")
         else ("[[B]]" if "Athene" in _answer_of(request, "B") else "[[C]]")
     )
-    evaluator = build_evaluator(EvalConfig.model_validate({"prompts": {"items": ["Who are you?", "Hi", "Name?"]}}))
-    evaluator.reward = _judge(proxy.url, mode="pairwise")
+    config = EvalConfig.model_validate({"prompts": {"items": ["Who are you?", "Hi", "Name?"]}})
+    evaluator = build_evaluator(config, load_eval_prompts(config), WeightedSum([Term(_judge(proxy.url, mode="pairwise"))]))
 
     class Answers:
         def __init__(self, *answers):
@@ -176,7 +177,7 @@ def test_eval_win_rate_against_the_initial_policy_under_a_pairwise_judge(proxy):
         def complete_greedy(self, records, max_new_tokens, progress=None):
             return self.answers
 
-    evaluator.run(Answers("I am a model.", "Hello.", "I am Athene."))  # round 0: the initial answers
+    evaluator.run(Answers("I am a model.", "Hello.", "I am Athene."), initial=True)  # round 0: the initial answers
     proxy.seen.clear()
     results, rows = evaluator.run(Answers("I am Athene.", "Hello.", "I am a model."))  # won, the same, lost
     assert results["eval/win_rate"] == pytest.approx(0.5) and [row["win"] for row in rows] == [1.0, 0.5, 0.0]

@@ -27,20 +27,7 @@ from onpolicy.human.labels import LabelBook, answers_digest
 from onpolicy.human.page import PageServer, check_free
 from onpolicy.rundir import LABELS_FILE, RunDirectory
 from onpolicy.scoring import guarded_scores
-from reward import (
-    Failed,
-    GroupReward,
-    Meter,
-    Needs,
-    RewardConfigError,
-    RoundGroups,
-    Score,
-    close_reward,
-    finish_round,
-    prepare_round,
-    register,
-    take_stats,
-)
+from reward import Failed, Meter, Needs, RewardConfigError, RoundGroups, Score, WeightedSum, register
 
 
 def _needs(args: Mapping[str, Any]) -> Needs:
@@ -63,7 +50,7 @@ class HumanReward:
         host: str = "127.0.0.1",
         port: int = 8765,
         lease_s: float = 600.0,
-        fallback: GroupReward | None = None,
+        fallback: WeightedSum | None = None,
     ) -> None:
         if not 0 < share <= 1:
             raise RewardConfigError(f"human: share must be in (0, 1], got {share}")
@@ -99,7 +86,7 @@ class HumanReward:
     def prepare(self, round_groups: RoundGroups) -> None:
         """Put this round's groups for people on the page (starting it the first time)."""
         if self.fallback is not None:
-            prepare_round(self.fallback, round_groups)
+            self.fallback.prepare(round_groups)
         tasks = self._tasks_for_people(round_groups)
         self._people = {}
         for task in tasks:
@@ -158,7 +145,7 @@ class HumanReward:
         self.desk.close_round()
         self._people = {}
         if self.fallback is not None:
-            finish_round(self.fallback)
+            self.fallback.finish()
 
     def take_stats(self) -> dict[str, float]:
         """labelled, ties, unlabelled, wait_s; with a fallback its own counters and `agreement`."""
@@ -166,7 +153,7 @@ class HumanReward:
         compared, agree = counts.pop("compared", 0.0), counts.pop("agree", 0.0)
         stats = {"labelled": 0.0, "unlabelled": 0.0, **counts}
         if self.fallback is not None:
-            stats.update(take_stats(self.fallback))
+            stats.update(self.fallback.take_stats())
             if compared:
                 stats["agreement"] = agree / compared
         return stats
@@ -177,7 +164,7 @@ class HumanReward:
             self._page.stop()
             self._page = None
         if self.fallback is not None:
-            close_reward(self.fallback)
+            self.fallback.close()
 
     def _tasks_for_people(self, round_groups: RoundGroups) -> list[Task]:
         """The groups people label this round: all, or `count` / a `share` of them drawn at random (the same
