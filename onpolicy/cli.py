@@ -194,18 +194,20 @@ def _main(argv: list[str] | None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from onpolicy.config import load_config
     from onpolicy.loop import run_job
-    from onpolicy.redaction import redact_text
+    from onpolicy.redaction import masking, redact_text
     from onpolicy.rundir import RunDirectory, default_run_dir
     from onpolicy.stopping import Stopped
 
     config = load_config(args.config, args.overrides)
+    secrets = config.secrets()  # masked in every line and error the job prints
     run_dir = args.run_dir or default_run_dir(args.config)
     mode = "resume" if args.resume else "fresh" if args.fresh else "auto"
     try:
-        run_job(
-            config, run_dir, echo=lambda line: print(redact_text(line), flush=True), mode=mode,
-            interactive=sys.stdout.isatty(),
-        )  # fmt: skip
+        with masking(secrets):
+            run_job(
+                config, run_dir, echo=lambda line: print(redact_text(line, secrets), flush=True), mode=mode,
+                interactive=sys.stdout.isatty(),
+            )  # fmt: skip
     except (Stopped, KeyboardInterrupt) as exc:
         if _process_name():  # a training process beside the main one, which tells the user
             return exc.exit_code if isinstance(exc, Stopped) else 130
@@ -275,9 +277,11 @@ def _config(args: argparse.Namespace) -> int:
     if args.config is None:
         raise OnpolicyError("give a CONFIG file (or --docs)")
     from onpolicy.components import check_inputs
+    from onpolicy.redaction import masking
 
     config = load_config(args.config, args.overrides)
-    check_inputs(config)  # a dry run: everything `run` checks before it loads a model
+    with masking(config.secrets()):
+        check_inputs(config)  # a dry run: everything `run` checks before it loads a model
     print(config.to_yaml(), end="")
     return 0
 

@@ -100,6 +100,11 @@ class Config(Section):
         """The config as YAML, secrets masked (`onpolicy.redaction`): what the run directory keeps and prints."""
         return yaml.safe_dump(redaction.redact(self.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
 
+    def secrets(self) -> list[str]:
+        """The secret values this config holds (what `to_yaml` masks: a key-like argument, a URL's password), for
+        masking messages that might quote one (`redaction.redact_text`, `redaction.masking`)."""
+        return redaction.secrets_in(self.model_dump(mode="json"))
+
 
 def load_config(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (or none: defaults only), apply `key.path=value` overrides, validate, resolve paths."""
@@ -111,12 +116,12 @@ def load_config(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) 
         data = config_loading.read_yaml(path)
     override_keys = config_loading.apply_overrides(data, overrides)
     config_loading.check_text(data, source)
-    redaction.remember(redaction.secrets_in(data))
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         keys = [key for key, _, _ in walk_fields()]
-        raise ConfigError(config_loading.explain(exc, source, override_keys, keys)) from None
+        message = config_loading.explain(exc, source, override_keys, keys)
+        raise ConfigError(redaction.redact_text(message, redaction.secrets_in(data))) from None  # it quotes values
     config_loading.check_files(config, source)
     return config
 

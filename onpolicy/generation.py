@@ -7,7 +7,9 @@ this process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`) so that the weights can be han
 another process, and its KV cache is bounded: vLLM's CPU build otherwise sizes it from all free RAM and starves
 the trainer beside it. The engine is seeded once: per-request seeds crash vLLM's CPU build on split prefills.
 vLLM's usage statistics are off: their background thread swaps `sys.stdout` for a buffer while it probes the
-CPU, and whatever the job prints meanwhile is lost (and there is nobody to send them to offline).
+CPU, and whatever the job prints meanwhile is lost (and there is nobody to send them to offline). Both are
+environment variables vLLM reads when an engine starts, set by `in_process_engine_environment` as the engine
+starts (importing this module changes nothing).
 """
 
 from __future__ import annotations
@@ -19,18 +21,22 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+import torch
 
-import torch  # noqa: E402
-
-from onpolicy.config import GenerationConfig  # noqa: E402
-from onpolicy.errors import OnpolicyError  # noqa: E402
-from onpolicy.group_sampling import GroupSampling  # noqa: E402
+from onpolicy.config import GenerationConfig
+from onpolicy.errors import OnpolicyError
+from onpolicy.group_sampling import GroupSampling
 from onpolicy.progress import PhaseProgress, engine_bar
-from onpolicy.serving import ADAPTER_NAME, engine_arguments  # noqa: E402
-from onpolicy.tokens import fit_prompts  # noqa: E402
-from onpolicy.types import PromptRecord, Sample, SampleGroup  # noqa: E402
+from onpolicy.serving import ADAPTER_NAME, engine_arguments
+from onpolicy.tokens import fit_prompts
+from onpolicy.types import PromptRecord, Sample, SampleGroup
+
+
+def in_process_engine_environment() -> None:
+    """What vLLM reads from the environment when an engine starts: its engine core in this process, no usage
+    statistics (see the module docstring). A value the user set stays."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 
 class VLLMGenerator(GroupSampling):
@@ -38,6 +44,7 @@ class VLLMGenerator(GroupSampling):
 
     def __init__(self, model_path: str, tokenizer: Any, config: GenerationConfig, lora_rank: int | None = None) -> None:
         """`lora_rank`: the engine serves `model_path` with LoRA adapters of this rank (`load_adapter`)."""
+        in_process_engine_environment()
         from vllm import LLM
 
         self.config = config

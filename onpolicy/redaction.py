@@ -9,15 +9,19 @@ down (`config.yaml`, the W&B config) and what is printed (errors, warnings) show
   not secrets, and a key ending in `_env` names an environment variable, not a secret);
 - the password of a URL (`https://user:PASSWORD@host`) and the value of a secret-named query parameter.
 
-The secrets of the loaded config are remembered, so that a message quoting one (an endpoint echoing a
-request, an exception showing an argument) is scrubbed too.
+A message that might quote one of the config's secrets (an endpoint echoing a request, an exception showing an
+argument) is scrubbed of them too: the caller hands them over (`Config.secrets()`, or `masking(secrets)` around
+the work that may raise), so nothing is remembered between calls.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+from onpolicy.errors import OnpolicyError
 
 MASK = "***"
 SECRET_WORDS = frozenset(
@@ -25,9 +29,6 @@ SECRET_WORDS = frozenset(
 )
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:)([^/\s@]+)(@)")
 _SECRET_QUERY = re.compile(r"([?&][A-Za-z0-9_.-]+=)([^&#\s]+)")
-
-_remembered: set[str] = set()
-
 
 def is_secret_key(name: str) -> bool:
     parts = [part for part in re.split(r"[_\-.\s]+", name.lower()) if part]
@@ -41,21 +42,31 @@ def redact(data: Any) -> Any:
     return _masked(data, [])
 
 
-def redact_text(text: str) -> str:
-    """`text` with URL passwords, secret-named query parameters and remembered secrets masked."""
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with URL passwords, secret-named query parameters and the values `secrets` (a config's, as
+    `secrets_in` finds them) masked."""
     text = _URL_PASSWORD.sub(rf"\1{MASK}\3", text)
     text = _SECRET_QUERY.sub(
         lambda m: m.group(1) + MASK if is_secret_key(m.group(1).strip("?&=")) else m.group(0),
         text,
     )
-    for secret in sorted(_remembered, key=len, reverse=True):
+    long_enough = {secret for secret in secrets if len(secret) >= 4}  # a shorter "secret" would mask ordinary text
+    for secret in sorted(long_enough, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
 
 
-def remember(secrets: Iterable[str]) -> None:
-    """Mask these values in every later `redact_text` (secrets that only live in memory, like an API key)."""
-    _remembered.update(s for s in secrets if len(s) >= 4)  # a shorter "secret" would mask ordinary text
+@contextmanager
+def masking(secrets: Iterable[str]) -> Iterator[None]:
+    """An `OnpolicyError` raised inside comes out with `secrets` masked in its message (same type)."""
+    secrets = list(secrets)
+    try:
+        yield
+    except OnpolicyError as exc:
+        masked = redact_text(str(exc), secrets)
+        if masked == str(exc):
+            raise
+        raise type(exc)(masked) from None
 
 
 def secrets_in(data: Any) -> list[str]:

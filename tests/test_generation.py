@@ -157,3 +157,24 @@ def test_vllm_usage_stats_are_off(generator):
     from vllm.usage.usage_lib import is_usage_stats_enabled
 
     assert not is_usage_stats_enabled()
+
+
+def test_importing_the_generator_sets_no_environment_the_engine_start_does_and_keeps_the_user_s():
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os\n"
+        "import onpolicy.generation as g\n"
+        "before = 'VLLM_ENABLE_V1_MULTIPROCESSING' in os.environ\n"
+        "g.in_process_engine_environment()\n"
+        "print(before, os.environ['VLLM_ENABLE_V1_MULTIPROCESSING'], os.environ['VLLM_NO_USAGE_STATS'])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_NO_USAGE_STATS")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "0", "1"]
+    done = subprocess.run(
+        [sys.executable, "-c", script], env={**env, "VLLM_NO_USAGE_STATS": "0"}, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["False", "0", "0"]

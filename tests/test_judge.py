@@ -168,7 +168,8 @@ def test_eval_win_rate_against_the_initial_policy_under_a_pairwise_judge(proxy):
         else ("[[B]]" if "Athene" in _answer_of(request, "B") else "[[C]]")
     )
     config = EvalConfig.model_validate({"prompts": {"items": ["Who are you?", "Hi", "Name?"]}})
-    evaluator = build_evaluator(config, load_eval_prompts(config), WeightedSum([Term(_judge(proxy.url, mode="pairwise"))]))
+    judge = WeightedSum([Term(_judge(proxy.url, mode="pairwise"))])
+    evaluator = build_evaluator(config, load_eval_prompts(config), judge)
 
     class Answers:
         def __init__(self, *answers):

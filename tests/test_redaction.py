@@ -1,10 +1,12 @@
 """Secrets in a config never reach config.yaml, the W&B config or a printed message."""
 
+import pytest
 import yaml
 
-from onpolicy import redaction
+from onpolicy.cli import main
 from onpolicy.config import load_config
-from onpolicy.redaction import is_secret_key, redact, redact_text
+from onpolicy.errors import ConfigError, OnpolicyError
+from onpolicy.redaction import is_secret_key, masking, redact, redact_text
 
 
 def test_secret_looking_keys_are_masked_and_token_counts_are_not():
@@ -45,8 +47,34 @@ def test_a_config_s_secrets_stay_out_of_its_yaml_and_of_later_messages(tmp_path)
     assert "sk-live" not in saved and "pa55word" not in saved
     assert "api_key: '***'" in saved and "http://bob:***@gpu-1:8000" in saved
     # a message that quotes a secret of the loaded config (an exception showing an argument)
-    assert redact_text("TypeError: score() got api_key='sk-live-0123456789'") == "TypeError: score() got api_key='***'"
-    redaction._remembered.clear()
+    message = "TypeError: score() got api_key='sk-live-0123456789'"
+    assert redact_text(message, config.secrets()) == "TypeError: score() got api_key='***'"
+    assert redact_text(message) == message  # nothing is remembered: the secrets travel with the config
+    with pytest.raises(ConfigError, match=r"^reward\[0\]: api_key='\*\*\*' refused$"):
+        with masking(config.secrets()):
+            raise ConfigError("reward[0]: api_key='sk-live-0123456789' refused")
+    with pytest.raises(OnpolicyError, match="pa55") as raised, masking(["sk-live-0123456789"]):
+        raise OnpolicyError("pa55")  # nothing to mask: the same exception
+    assert raised.value.__traceback__ is not None
+
+
+def test_the_cli_masks_a_config_s_secret_quoted_by_an_error_or_a_validation_message(tmp_path, capsys):
+    (tmp_path / "r.py").write_text(
+        "class Keyed:\n"
+        "    name = 'keyed'\n"
+        "    def __init__(self, api_key):\n"
+        "        raise ValueError(f'the endpoint refused {api_key}')\n"
+    )
+    keyed = {"name": f"{tmp_path / 'r.py'}:Keyed", "args": {"api_key": "sk-live-0123456789"}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump({"prompts": {"items": ["hi"]}, "reward": [keyed]}))
+    assert main(["config", str(tmp_path / "run.yaml")]) == 2
+    error = capsys.readouterr().err
+    assert "the endpoint refused ***" in error and "sk-live" not in error
+    bad = {"prompts": {"items": ["hi"]}, "reward": [keyed], "seed": "sk-live-0123456789"}  # a wrong type, quoted
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert main(["config", str(tmp_path / "bad.yaml")]) == 2
+    error = capsys.readouterr().err
+    assert "'seed'" in error and "sk-live" not in error
 
 
 def test_a_run_with_secrets_in_its_config_resumes(tmp_path):
