@@ -22,22 +22,12 @@ import math
 import random
 from collections import Counter
 from collections.abc import Sequence
-from typing import Protocol
 
+from onpolicy.interfaces import Correction
 from onpolicy.types import Pair, PairingResult, PairTokens, ScoredGroup
 
 DROP_REASONS = ("too_few_scored", "tie", "below_margin", "identical")
 CORRECTION_DROP_REASONS = ("correction_unchanged", "correction_not_better", "correction_error", "negative_cap")
-
-
-class Corrector(Protocol):
-    max_negative_ratio: float
-
-    def applies(self, group: ScoredGroup) -> bool: ...
-
-    def pair(self, group: ScoredGroup, min_margin: float) -> tuple[Pair | None, str | None]: ...
-
-    def take_problems(self) -> tuple[str, ...]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +51,7 @@ class Selection:
 def build_pairs(
     groups: Sequence[ScoredGroup],
     min_margin: float = 0.0,
-    correction: Corrector | None = None,
+    correction: Correction | None = None,
     selection: Selection = Selection(),
 ) -> PairingResult:
     pairs = []
