@@ -3,7 +3,7 @@
 - TRL `DPOTrainer` with a reference model: text pairs, a frozen copy of the policy as `ref_model`, and its
   reference forward on every step (TRL's standard set-up, in fp32 as onpolicy here); its fused LM head
   projects every position on a CPU, prompt and padding included, as TRL does off Triton devices;
-- the same with the LM head on completion tokens only (`onpolicy.update.lm_head_on_completions_only`, which
+- the same with the LM head on completion tokens only (`onpolicy.trl_compat.lm_head_on_completions_only`, which
   every onpolicy update uses), to tell that gain from the reference's;
 - onpolicy, trainer pass (`ref.logps: trainer`): no second model; the reference log-probs come from one
   no-grad pass of the policy before its first step;

@@ -31,9 +31,9 @@ from onpolicy.interfaces import Correction, Evaluation, Generator, Reward, Round
 from onpolicy.lora import ADAPTER_FOLDER
 from onpolicy.model_store import check_model_folder
 from onpolicy.prompts import load_prompts
+from onpolicy.reference import restore_source
 from onpolicy.resume import Start
 from onpolicy.reward_terms import build_reward_from_terms, check_reward_terms, term_needs
-from onpolicy.rundir import REFERENCE_FOLDER
 from onpolicy.tokens import check_prompts_leave_room_to_train
 from onpolicy.tracking import start_logger
 from onpolicy.trl_compat import check_dpo_config_values
@@ -198,7 +198,7 @@ def _trainer_side(
         model_path=model_path if config.train.lora is not None else policy_path,
         tokenizer_path=policy_path,
         adapter_path=lora_adapter,
-        reference=reference_to_restore(config, start, model_path),
+        reference=restore_source(config.ref, start, model_path),
         engine_dtype=generator.engine_dtype,
         initial_path=model_path,
     )
@@ -222,19 +222,6 @@ def _trainer_side(
     if logger.run_id:
         start.run.write_state(wandb_run_id=logger.run_id)
     return Components(inputs=inputs, generator=generator, updater=updater, logger=logger, sync=sync)
-
-
-def reference_to_restore(config: Config, start: Start, model_path: str) -> tuple[str, int] | None:
-    """Where a resumed job's reference comes from, as (folder, the round after which it stood); None where the
-    updater makes it itself (the round's starting policy, or a reference not taken yet)."""
-    if config.ref.is_round_start_policy or start.last_complete < 1:
-        return None
-    if config.ref.refresh == "mix":  # the reference the last round trained against, saved with it
-        return str(start.run.checkpoint(start.last_complete) / REFERENCE_FOLDER), start.last_complete - 1
-    if start.reference_from < start.last_complete:
-        source = model_path if start.reference_from == 0 else str(start.run.checkpoint(start.reference_from))
-        return source, start.reference_from
-    return None
 
 
 def policy_sync(config: Config, generator: Generator, updater: Updater) -> Callable[[str], None]:
@@ -266,7 +253,7 @@ def build_updater(config: Config, start: TrainerStart, processes: int = 1, token
         kl=config.eval.prompts is not None and config.eval.kl_samples > 0,
     )
     if start.reference is not None:
-        updater.restore_reference(*start.reference)
+        updater.reference.restore(*start.reference)
     return updater
 
 

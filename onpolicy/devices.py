@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from onpolicy.reference import reference_kind
+
 # CPU flags under which vLLM's CPU build computes bf16 natively (oneDNN kernels); without them it emulates bf16.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
@@ -58,7 +60,7 @@ def engine_may_be_reference(ref: Any, train: Any) -> bool:
     """Whether an engine computing in the trainer's dtype would stand in for the reference model: the reference
     is each round's sampling policy, `ref.logps` lets the engine's log-probs in, no autocast shifts the trainer's.
     (`ref`, `train`: the config's RefConfig and TrainConfig.)"""
-    return ref.is_round_start_policy and ref.logps != "trainer" and not train.bf16
+    return reference_kind(ref).sampling_policy and ref.logps != "trainer" and not train.bf16
 
 
 def engine_dtype(requested: str, engine_is_reference: bool = True, train_dtype: str = "float32") -> str:

@@ -87,17 +87,17 @@ def adapter_swapped(model: Any, state: Mapping[str, torch.Tensor]) -> Iterator[A
         set_peft_model_state_dict(model, trained, adapter_name=ADAPTER)
 
 
-def prepare_reference(model: Any, reference: str | dict[str, torch.Tensor]) -> None:
-    """After TRL added its reference adapter (a copy of the trained one): keep it (`"round_start"`), drop it so the
-    reference is the base model (`"base"`), or load a snapshot into it."""
-    if reference == "round_start" or REFERENCE_ADAPTER not in model.peft_config:
-        return
-    if reference == "base":
-        model.delete_adapter(REFERENCE_ADAPTER)
-        return
+def use_base_as_reference(model: Any) -> None:
+    """After TRL added its reference adapter (a copy of the trained one): drop it, so that the reference is the
+    base model (the adapter off)."""
+    model.delete_adapter(REFERENCE_ADAPTER)
+
+
+def load_reference_adapter(model: Any, state: Mapping[str, torch.Tensor]) -> None:
+    """After TRL added its reference adapter: load an adapter snapshot (`adapter_state`) into it."""
     from peft import set_peft_model_state_dict
 
-    set_peft_model_state_dict(model, reference, adapter_name=REFERENCE_ADAPTER)
+    set_peft_model_state_dict(model, dict(state), adapter_name=REFERENCE_ADAPTER)
 
 
 def drop_reference(model: Any) -> None:

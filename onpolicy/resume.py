@@ -21,9 +21,9 @@ import yaml
 from onpolicy import redaction
 from onpolicy.config import Config
 from onpolicy.errors import OnpolicyError
+from onpolicy.reference import reference_kind, reference_round
 from onpolicy.run_lock import RunLock
-from onpolicy.rundir import REFERENCE_FOLDER, RunDirectory, is_whole_model_folder
-from onpolicy.update import reference_round
+from onpolicy.rundir import RunDirectory, is_whole_model_folder
 
 StartMode = Literal["auto", "resume", "fresh"]
 CHANGEABLE_ON_RESUME = ("rounds", "checkpoint", "wandb")
@@ -105,13 +105,13 @@ def _open_locked(config: Config, run: RunDirectory, lock: RunLock, notes: list[s
 def _last_resumable_round(run: RunDirectory, config: Config, last: int) -> int:
     """The newest complete round (at most `last`) whose checkpoint and next reference are whole: the round a
     job continues after. 0 (or -1 when nothing is complete) needs no checkpoint."""
+    saved_reference = reference_kind(config.ref).checkpoint_folder  # a reference no other folder holds
     for candidate in range(last, 0, -1):
         reference_from = reference_round(candidate + 1, config.ref) - 1
-        mixed_reference = run.checkpoint(candidate) / REFERENCE_FOLDER
         if (
             run.checkpoint_is_whole(candidate)
             and (reference_from < 1 or run.checkpoint_is_whole(reference_from))
-            and (config.ref.refresh != "mix" or is_whole_model_folder(mixed_reference))
+            and (saved_reference is None or is_whole_model_folder(run.checkpoint(candidate) / saved_reference))
         ):
             return candidate
     return min(last, 0)

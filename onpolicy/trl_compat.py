@@ -182,13 +182,14 @@ def make_trainer(
     checked_rows: Sequence[int],
     group_by_length: bool,
     should_stop: Callable[[], bool] | None,
-    lora_reference: str | dict[str, torch.Tensor] | None = None,
+    reference_adapter: Callable[[Any], None] | None = None,
     progress: PhaseProgress | None = None,
     **kwargs: Any,
 ) -> Any:
     """A round's trainer on a `datasets.Dataset` of tokenized rows (`kwargs`: DPOTrainer's model, ref_model, args, processing_class).
     Training stops after the current step once `should_stop()` is true; each step advances `progress`.
-    `lora_reference` (a LoRA policy): what the reference adapter holds (`onpolicy.lora.prepare_reference`)."""
+    `reference_adapter` (a LoRA policy): called with the model once TRL has added its `REFERENCE_ADAPTER`, to make
+    it the round's reference (None: TRL's copy of the trained adapter, the round's starting policy, is)."""
     from transformers import PrinterCallback, TrainerCallback
 
     class StopWhenAsked(TrainerCallback):
@@ -205,7 +206,7 @@ def make_trainer(
     trainer = _tokenized_trainer_class()(
         checked_rows=checked_rows,
         group_by_length=group_by_length,
-        lora_reference=lora_reference,
+        reference_adapter=reference_adapter,
         train_dataset=dataset,
         callbacks=[StopWhenAsked()],
         **kwargs,
@@ -227,15 +228,13 @@ def round_metrics(trainer: Any) -> dict[str, float]:
 
 def release(trainer: Any, models: Sequence[torch.nn.Module | None]) -> None:
     """Hand `models` back as ordinary transformers models: DPOTrainer patches a fused LM head onto a model's
-    forward, and those patches would pile up over rounds."""
-    from onpolicy import lora  # here, not at the top: onpolicy.lora imports REFERENCE_ADAPTER from this module
-
+    forward, and those patches would pile up over rounds. (A LoRA policy's `REFERENCE_ADAPTER` stays: the caller
+    drops it, `onpolicy.lora.drop_reference`.)"""
     for model in models:
         if model is not None:
             model.__dict__.pop("forward", None)
-            if hasattr(model, "peft_config"):  # a LoRA policy: its base model was patched, TRL's reference goes
+            if hasattr(model, "peft_config"):  # a LoRA policy: its base model was patched
                 model.get_base_model().__dict__.pop("forward", None)
-                lora.drop_reference(model)
     del trainer
 
 
@@ -368,8 +367,6 @@ _REF_COLUMNS = ["ref_chosen_logps", "ref_rejected_logps"]
 def _tokenized_trainer_class() -> type:
     from trl import DPOTrainer
 
-    from onpolicy import lora  # here, not at the top: onpolicy.lora imports REFERENCE_ADAPTER from this module
-
     class TokenizedDPOTrainer(DPOTrainer):
         """TRL's `DPOTrainer` on rows that arrive tokenized and may carry the engine's reference log-probs: TRL's
         no-grad reference pass runs only on the rows without them, plus `checked_rows`, whose engine values
@@ -379,12 +376,12 @@ def _tokenized_trainer_class() -> type:
             self,
             checked_rows: Sequence[int],
             group_by_length: bool,
-            lora_reference: str | dict[str, torch.Tensor] | None,
+            reference_adapter: Callable[[Any], None] | None,
             **kwargs: Any,
         ) -> None:
             self.checked_rows = list(checked_rows)
             self.group_by_length = group_by_length
-            self.lora_reference = lora_reference
+            self.reference_adapter = reference_adapter
             self.reference_metrics: dict[str, float] = {}
             super().__init__(**kwargs)
 
@@ -405,8 +402,8 @@ def _tokenized_trainer_class() -> type:
 
         def _precompute_ref_logps(self, dataset: Any, name: str, batch_size: int) -> Any:
             started = time.perf_counter()
-            if self.lora_reference is not None:  # TRL has just added its reference adapter: make it the reference
-                lora.prepare_reference(self.model, self.lora_reference)
+            if self.reference_adapter is not None and REFERENCE_ADAPTER in self.model.peft_config:
+                self.reference_adapter(self.model)  # TRL has just added its reference adapter: make it the reference
             engine = {side: dataset[side] for side in _REF_COLUMNS}
             missing = [i for i, value in enumerate(engine["ref_chosen_logps"]) if value is None]
             checked = self.checked_rows

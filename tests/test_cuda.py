@@ -123,7 +123,7 @@ def test_a_mixed_reference_and_the_kl_estimate_on_the_gpu(tiny_model_path, refre
     from onpolicy.config import RefConfig, TrainConfig
     from onpolicy.update import DPOUpdater
     from tests.helpers import PAIRS
-    from tests.test_update import _cpu_state, _sample_groups
+    from tests.test_update import _cpu_state, _reference_model, _sample_groups
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     train = TrainConfig(learning_rate=1e-3, batch_size=4, num_epochs=1, max_length=64, lora=lora)
@@ -137,9 +137,9 @@ def test_a_mixed_reference_and_the_kl_estimate_on_the_gpu(tiny_model_path, refre
     assert set(kl) == {f"eval/kl_{m}{s}" for m in ("initial", "reference") for s in ("", "_per_token")}
     assert all(math.isfinite(v) for v in kl.values()) and kl["eval/kl_initial"] != kl["eval/kl_reference"]
     if refresh == "mix":
-        before, policy = _cpu_state(updater.reference), _cpu_state(updater.policy)
+        before, policy = _cpu_state(_reference_model(updater)), _cpu_state(updater.policy)
         updater.start_round(3)
-        for name, tensor in _cpu_state(updater.reference).items():
+        for name, tensor in _cpu_state(_reference_model(updater)).items():
             torch.testing.assert_close(tensor, 0.5 * policy[name] + 0.5 * before[name])
     else:
         updater.start_round(3)  # the round's starting policy is the reference: nothing between them

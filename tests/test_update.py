@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from onpolicy.config import RefConfig, TrainConfig
-from onpolicy.update import DPOUpdater, reference_round
+from onpolicy.reference import reference_round
+from onpolicy.update import DPOUpdater
 from tests.helpers import PAIRS
 
 LN2 = math.log(2)
@@ -28,6 +29,11 @@ LN2 = math.log(2)
 FP32_NATS_PER_TOKEN = 1e-4
 MAX_NEW_TOKENS = 12  # of the sampled pairs below: a response's sum of log-probs may be off by at most 12 tokens' worth
 FP32_NATS_PER_RESPONSE = FP32_NATS_PER_TOKEN * MAX_NEW_TOKENS
+
+
+def _reference_model(updater: DPOUpdater) -> torch.nn.Module | None:
+    """The second model the updater hands the trainer as its reference this round (None: none is held)."""
+    return updater.reference.for_trainer().model
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -86,13 +92,13 @@ def test_update_moves_every_weight_and_reports_trl_metrics(tiny_model_path):
 
 def test_every_round_reference_is_the_round_start_policy(tiny_model_path):
     updater = _updater(tiny_model_path, "every_round")
-    assert not updater.holds_reference_copy
     for n in (1, 2):
         updater.start_round(n)
+        assert _reference_model(updater) is None
         result = updater.update(PAIRS, round_number=n)
         # round 2 starts from the moved policy, which is also its reference: the loss starts at ln 2 again
         assert result.metrics["train/loss"] == pytest.approx(LN2, abs=1e-4)
-    assert updater.reference is None
+    assert updater.reference.last() is None
 
 
 def test_never_refresh_keeps_the_initial_model_as_reference(tiny_model_path):
@@ -106,9 +112,9 @@ def test_never_refresh_keeps_the_initial_model_as_reference(tiny_model_path):
     # against the initial reference, the moved policy already prefers the chosen answers
     assert second.metrics["train/loss"] < LN2 - 1e-3
     assert second.metrics["train/reward_margin"] > 0
-    for name, param in _cpu_state(updater.reference).items():
+    for name, param in _cpu_state(_reference_model(updater)).items():
         assert torch.equal(param, initial[name]), name
-    assert not any(param.requires_grad for param in updater.reference.parameters())
+    assert not any(param.requires_grad for param in _reference_model(updater).parameters())
 
 
 def test_a_mixed_reference_moves_toward_the_policy_each_round_and_comes_back_from_the_checkpoint(
@@ -116,12 +122,13 @@ def test_a_mixed_reference_moves_toward_the_policy_each_round_and_comes_back_fro
 ):
     updater = _updater(tiny_model_path, "mix", mix=0.25)
     initial = _cpu_state(updater.policy)
-    assert updater.holds_reference_copy and not updater.engine_logps
+    assert not updater.engine_logps
     assert updater.start_round(1)
+    assert _reference_model(updater) is not None
     updater.update(PAIRS, round_number=1)
     after_round_1 = _cpu_state(updater.policy)
     assert updater.start_round(2)  # ref = 0.25 * policy + 0.75 * ref
-    mixed = _cpu_state(updater.reference)
+    mixed = _cpu_state(_reference_model(updater))
     for name in mixed:
         torch.testing.assert_close(mixed[name], 0.25 * after_round_1[name] + 0.75 * initial[name])
     assert all(not torch.equal(mixed[name], initial[name]) for name in mixed)
@@ -132,11 +139,11 @@ def test_a_mixed_reference_moves_toward_the_policy_each_round_and_comes_back_fro
 
     resumed = _updater(tiny_model_path, "mix", mix=0.25)  # a resumed job: reference of round 2, policy after it
     resumed.policy.load_state_dict(updater.policy.state_dict())
-    resumed.restore_reference(tmp_path / "round-2" / "reference", from_round=1)
+    resumed.reference.restore(tmp_path / "round-2" / "reference", from_round=1)
     assert not resumed.start_round(2)
     assert resumed.start_round(3) and updater.start_round(3)
-    for name, tensor in _cpu_state(resumed.reference).items():
-        torch.testing.assert_close(tensor, _cpu_state(updater.reference)[name])
+    for name, tensor in _cpu_state(_reference_model(resumed)).items():
+        torch.testing.assert_close(tensor, _cpu_state(_reference_model(updater))[name])
 
 
 def _sample_groups(tokenizer):
@@ -157,7 +164,7 @@ def _sample_groups(tokenizer):
 def test_kl_from_samples_is_the_mean_log_ratio_to_the_initial_policy_and_to_the_last_reference(tiny_model_path, lora):
     from transformers import AutoModelForCausalLM
 
-    from onpolicy.update import sequence_log_probs
+    from onpolicy.kl import sequence_log_probs
 
     settings = {"lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}} if lora else {}
     updater = _updater(tiny_model_path, "every_round", kl=True, train_settings=settings)
@@ -232,7 +239,7 @@ def sampled_pairs(tiny_model_path):
 def test_training_rows_are_the_sampled_tokens_and_an_edit_ends_as_its_original(tiny_model_path, sampled_pairs):
     updater = _updater(tiny_model_path, engine=True)
     pair = sampled_pairs[0]
-    row = updater._row(pair)
+    row = updater.rows.row(pair)
     assert row["prompt_ids"] == list(pair.tokens.prompt)
     assert row["chosen_ids"] == list(pair.tokens.chosen) and row["rejected_ids"] == list(pair.tokens.rejected)
     assert row["ref_chosen_logps"] == pair.tokens.chosen_logp
@@ -240,11 +247,11 @@ def test_training_rows_are_the_sampled_tokens_and_an_edit_ends_as_its_original(t
     eos = updater.tokenizer.eos_token_id
     for end in ((eos,), ()):  # edited from a finished response, or from one cut at max_new_tokens
         tokens = dataclasses.replace(pair.tokens, chosen=None, rejected=None, chosen_end=end, rejected_end=end)
-        row = updater._row(dataclasses.replace(pair, chosen="Athene", rejected="Silas", tokens=tokens))
+        row = updater.rows.row(dataclasses.replace(pair, chosen="Athene", rejected="Silas", tokens=tokens))
         assert row["chosen_ids"] == athene + list(end)
         assert row["rejected_ids"] == updater.tokenizer("Silas", add_special_tokens=False)["input_ids"] + list(end)
         assert row["ref_chosen_logps"] is None and row["ref_rejected_logps"] is None  # the trainer scores both
-    text_only = updater._row(dataclasses.replace(pair, tokens=None))  # a pair built by hand: text, ended by EOS
+    text_only = updater.rows.row(dataclasses.replace(pair, tokens=None))  # a pair built by hand: text, ended by EOS
     assert text_only["chosen_ids"][-1] == eos and text_only["rejected_ids"][-1] == eos
 
 
@@ -289,7 +296,7 @@ def test_engine_log_probs_are_used_only_where_they_are_the_reference_s(tiny_mode
 
 
 def test_auto_takes_the_engine_log_probs_only_when_engine_and_trainer_compute_alike():
-    from onpolicy.update import use_engine_logps
+    from onpolicy.training_rows import use_engine_logps
 
     auto = RefConfig()
     assert use_engine_logps(auto, torch.float32, torch.float32, bf16=False)
@@ -374,7 +381,7 @@ def test_the_lm_head_scores_only_completion_tokens_on_cpu_with_the_same_result(t
         updater = _updater(tiny_model_path, batch_size=2)  # two steps: the second sees the first's update
         metrics = updater.update(PAIRS, round_number=1).metrics
         results[compact] = (CountingRows.rows, metrics, _cpu_state(updater.policy))
-    completion_tokens = sum(len(row["chosen_ids"]) + len(row["rejected_ids"]) for row in map(updater._row, PAIRS))
+    completion_tokens = sum(len(row["chosen_ids"]) + len(row["rejected_ids"]) for row in map(updater.rows.row, PAIRS))
     # the reference pass and one epoch: each completion token projected twice, no prompt or padding position
     assert results[True][0] == 2 * completion_tokens < results[False][0]
     for key in ("train/loss", "train/reward_margin", "train/logp_chosen"):
