@@ -264,6 +264,8 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _known_to_trl_and_peft(self) -> TrainConfig:
+        # imported here, not at the top: trl_compat imports torch, which reading a config does not need (trl_compat
+        # imports nothing of this module)
         from onpolicy.trl_compat import check_dpo_config_fields
 
         losses = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
@@ -282,13 +284,6 @@ class TrainConfig(Section):
 
             check_lora_fields(self.lora)
         return self
-
-
-def for_round(value: float, schedule: dict[int, float] | None, round_number: int) -> float:
-    """A setting's value in round `round_number`: the schedule's entry for the latest round at or before it, else
-    `value`."""
-    started = [n for n in schedule or {} if n <= round_number]
-    return schedule[max(started)] if started else value
 
 
 class RefConfig(Section):

@@ -2,7 +2,8 @@
 `pyproject.toml` admits (and the tests run against):
 
 - `dpo_config`: TRL's `DPOConfig` built from onpolicy's `train.*` through one field table, which also names the
-  fields onpolicy owns (a `train.extra` key may not set them); `dpo_loss_types` reads the loss types from TRL.
+  fields onpolicy owns (a `train.extra` key may not set them), with beta and the learning rate of the round
+  (`for_round`, from their schedules); `dpo_loss_types` reads the loss types from TRL.
 - `make_trainer`: a `DPOTrainer` subclass for rows that arrive tokenized and may carry the engine's reference
   log-probs (TRL's reference pass runs only where they are missing, plus a few checked rows), with an optional
   length-grouped sampler and a collator that counts padding.
@@ -106,8 +107,6 @@ def dpo_config(
     however many processes share it."""
     from trl import DPOConfig
 
-    from onpolicy.config_sections import for_round
-
     cuda = torch.cuda.is_available()
     # every weight of a causal LM takes part in its loss: DDP's search for unused ones would only cost time
     defaults = {"ddp_find_unused_parameters": False}
@@ -130,6 +129,13 @@ def dpo_config(
         use_cpu=not cuda,
         **{**defaults, **train.extra},
     )
+
+
+def for_round(value: float, schedule: Mapping[int, float] | None, round_number: int) -> float:
+    """A setting's value in round `round_number` (`train.beta_by_round`, `train.learning_rate_by_round`): the
+    schedule's entry for the latest round at or before it, else `value`."""
+    started = [n for n in schedule or {} if n <= round_number]
+    return schedule[max(started)] if started else value
 
 
 @functools.cache

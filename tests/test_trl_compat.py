@@ -73,6 +73,12 @@ def test_an_override_whose_target_is_gone_fails_naming_the_expected_versions(met
         trl_compat._tokenized_trainer_class()
 
 
+def test_a_schedule_gives_the_value_of_the_latest_round_at_or_before_this_one():
+    schedule = {3: 0.05, 5: 0.01}
+    assert [trl_compat.for_round(0.1, schedule, n) for n in range(1, 7)] == [0.1, 0.1, 0.05, 0.05, 0.01, 0.01]
+    assert trl_compat.for_round(0.1, None, 4) == 0.1
+
+
 def test_selective_log_softmax_is_log_softmax_then_gather():
     logits = torch.randn(2, 3, 7, generator=torch.Generator().manual_seed(0))
     index = torch.tensor([[0, 6, 3], [2, 2, 5]])
