@@ -198,7 +198,7 @@ def _trainer_side(
         model_path=model_path if config.train.lora is not None else policy_path,
         tokenizer_path=policy_path,
         adapter_path=lora_adapter,
-        reference=restore_source(config.ref, start, model_path),
+        reference=restore_source(config.ref, start.run, start.last_complete, start.reference_from, model_path),
         engine_dtype=generator.engine_dtype,
         initial_path=model_path,
     )

@@ -21,14 +21,11 @@ How each kind is held (a full copy, an adapter state, the base model) is `onpoli
 from __future__ import annotations
 
 import pathlib
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from onpolicy.config import RefConfig
 from onpolicy.policy_weights import FullCopy, PolicyWeights, Snapshot, TrainerReference, mix_into
-from onpolicy.rundir import REFERENCE_FOLDER
-
-if TYPE_CHECKING:
-    from onpolicy.resume import Start
+from onpolicy.rundir import REFERENCE_FOLDER, RunDirectory
 
 
 def reference_round(round_number: int, ref: RefConfig) -> int:
@@ -105,7 +102,7 @@ class RoundStartReference:
         pass
 
     @staticmethod
-    def restore_source(start: Start, model_path: str) -> tuple[str, int] | None:
+    def restore_source(run: RunDirectory, last_complete: int, reference_from: int, model_path: str) -> None:
         return None
 
 
@@ -147,13 +144,14 @@ class FrozenReference:
         self._round = from_round + 1
 
     @staticmethod
-    def restore_source(start: Start, model_path: str) -> tuple[str, int] | None:
+    def restore_source(
+        run: RunDirectory, last_complete: int, reference_from: int, model_path: str
+    ) -> tuple[str, int] | None:
         """The checkpoint (or initial model) the next round's reference comes from, unless that round takes a
         new one (then None)."""
-        if start.last_complete < 1 or start.reference_from >= start.last_complete:
+        if last_complete < 1 or reference_from >= last_complete:
             return None
-        source = model_path if start.reference_from == 0 else str(start.run.checkpoint(start.reference_from))
-        return source, start.reference_from
+        return (model_path if reference_from == 0 else str(run.checkpoint(reference_from))), reference_from
 
 
 class MixedReference:
@@ -202,12 +200,13 @@ class MixedReference:
         self._round = from_round + 1
 
     @staticmethod
-    def restore_source(start: Start, model_path: str) -> tuple[str, int] | None:
+    def restore_source(
+        run: RunDirectory, last_complete: int, reference_from: int, model_path: str
+    ) -> tuple[str, int] | None:
         """The mix the last complete round trained against, saved with it."""
-        if start.last_complete < 1:
+        if last_complete < 1:
             return None
-        folder = start.run.checkpoint(start.last_complete) / MixedReference.checkpoint_folder
-        return str(folder), start.last_complete - 1
+        return str(run.checkpoint(last_complete) / MixedReference.checkpoint_folder), last_complete - 1
 
 
 ReferenceKind = type[RoundStartReference] | type[FrozenReference] | type[MixedReference]
@@ -226,7 +225,11 @@ def build_reference(ref: RefConfig, weights: PolicyWeights, keep_copy: bool = Fa
     return reference_kind(ref)(weights, ref, keep_copy)
 
 
-def restore_source(ref: RefConfig, start: Start, model_path: str) -> tuple[str, int] | None:
-    """Where a resumed job's reference comes from, as (folder, the round after which it stood); None where the
-    reference makes it itself (the round's starting policy, or a reference not taken yet)."""
-    return reference_kind(ref).restore_source(start, model_path)
+def restore_source(
+    ref: RefConfig, run: RunDirectory, last_complete: int, reference_from: int, model_path: str
+) -> tuple[str, int] | None:
+    """Where a resumed job's reference comes from, as (folder, the round after which it stood), for a run that
+    continues after round `last_complete` whose next reference is the policy after round `reference_from` (0:
+    the initial model at `model_path`); None where the reference makes it itself (the round's starting policy,
+    or a reference not taken yet)."""
+    return reference_kind(ref).restore_source(run, last_complete, reference_from, model_path)
