@@ -25,7 +25,7 @@ quiet_libraries(verbose=False)  # one table on stdout, not the libraries' logs
 def embedded_model() -> str:
     """The embedded SmolLM2-135M-Instruct as an HF folder (converted once into the onpolicy cache)."""
     from onpolicy.config import ModelConfig
-    from onpolicy.model_store import resolve_model
+    from onpolicy.run.model_store import resolve_model
 
     return str(resolve_model(ModelConfig()))
 
@@ -41,7 +41,7 @@ def run_identity_demo(
     config has one) included. `inspect` sees the run directory before it is deleted."""
     from onpolicy.config import load_config
     from onpolicy.loop import run_job
-    from onpolicy.rundir import RunDirectory
+    from onpolicy.run.rundir import RunDirectory
 
     root = pathlib.Path(__file__).resolve().parents[1]
     config = load_config(root / "configs" / config_name, ["wandb.mode=offline", *overrides])

@@ -33,7 +33,7 @@ def main() -> None:
     from vllm.inputs import TokensPrompt
 
     from onpolicy.config import load_config
-    from onpolicy.generation import VLLMGenerator
+    from onpolicy.generation.engine import VLLMGenerator
     from onpolicy.prompts import load_prompts, prompts_for_round
     from onpolicy.tokens import prompt_ids
 

@@ -34,7 +34,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from onpolicy.config import GenerationConfig
-    from onpolicy.generation import VLLMGenerator
+    from onpolicy.generation.engine import VLLMGenerator
     from onpolicy.types import PromptRecord
 
     path = embedded_model()

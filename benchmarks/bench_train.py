@@ -3,7 +3,7 @@
 - TRL `DPOTrainer` with a reference model: text pairs, a frozen copy of the policy as `ref_model`, and its
   reference forward on every step (TRL's standard set-up, in fp32 as onpolicy here); its fused LM head
   projects every position on a CPU, prompt and padding included, as TRL does off Triton devices;
-- the same with the LM head on completion tokens only (`onpolicy.trl_compat.lm_head_on_completions_only`, which
+- the same with the LM head on completion tokens only (`onpolicy.train.trl_compat.lm_head_on_completions_only`, which
   every onpolicy update uses), to tell that gain from the reference's;
 - onpolicy, trainer pass (`ref.logps: trainer`): no second model; the reference log-probs come from one
   no-grad pass of the policy before its first step;
@@ -56,7 +56,7 @@ def sample_pairs(prompt_repeats: int) -> list:
 
     from onpolicy.components import build_reward_from_terms
     from onpolicy.config import load_config
-    from onpolicy.generation import VLLMGenerator
+    from onpolicy.generation.engine import VLLMGenerator
     from onpolicy.pairing import build_pairs
     from onpolicy.prompts import load_prompts
     from onpolicy.scoring import score_groups
@@ -77,8 +77,8 @@ def run_variant(variant: str, pairs_file: str) -> dict:
     from transformers import AutoTokenizer
 
     from onpolicy.config import RefConfig, load_config
-    from onpolicy.trl_compat import lm_head_on_completions_only
-    from onpolicy.update import DPOUpdater
+    from onpolicy.train.trl_compat import lm_head_on_completions_only
+    from onpolicy.train.update import DPOUpdater
 
     pairs = pickle.loads(pathlib.Path(pairs_file).read_bytes())
     config = load_config(ROOT / "configs" / "default.yaml")

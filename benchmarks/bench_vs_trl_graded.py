@@ -147,7 +147,7 @@ def main() -> None:
     if args.out is not None:
         for variant, result in results.items():
             write_curve(args.out / "curves" / variant, VARIANTS[variant], result["curve"])
-        from onpolicy.report import report
+        from onpolicy.run.report import report
 
         report([args.out / "curves" / v for v in VARIANTS], args.out / "report", [METRIC])
         print(f"\ncurves and report in {args.out}")

@@ -182,7 +182,7 @@ def _main(argv: list[str] | None) -> int:
             return _label(args)
         return _prepare_model(args)
     except OnpolicyError as exc:
-        from onpolicy.redaction import redact_text
+        from onpolicy.config.redaction import redact_text
 
         print(f"onpolicy: error: {redact_text(str(exc))}{_process_name()}", file=sys.stderr)
         return 2
@@ -193,10 +193,10 @@ def _main(argv: list[str] | None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from onpolicy.config import load_config
+    from onpolicy.config.redaction import masking, redact_text
     from onpolicy.loop import run_job
-    from onpolicy.redaction import masking, redact_text
-    from onpolicy.rundir import RunDirectory, default_run_dir
-    from onpolicy.stopping import Stopped
+    from onpolicy.run.rundir import RunDirectory, default_run_dir
+    from onpolicy.run.stopping import Stopped
 
     config = load_config(args.config, args.overrides)
     secrets = config.secrets()  # masked in every line and error the job prints
@@ -232,7 +232,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     from torch.distributed.run import parse_args, run
 
     from onpolicy.config import load_config
-    from onpolicy.distributed import check_batch_size, check_generation_backend, launched_processes
+    from onpolicy.train.distributed import check_batch_size, check_generation_backend, launched_processes
 
     processes = args.processes
     if processes < 1:
@@ -277,7 +277,7 @@ def _config(args: argparse.Namespace) -> int:
     if args.config is None:
         raise OnpolicyError("give a CONFIG file (or --docs)")
     from onpolicy.components import check_inputs
-    from onpolicy.redaction import masking
+    from onpolicy.config.redaction import masking
 
     config = load_config(args.config, args.overrides)
     with masking(config.secrets()):
@@ -287,7 +287,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from onpolicy.sweep import parse_grid, plan, run_sweep, write_wandb_sweep
+    from onpolicy.run.sweep import parse_grid, plan, run_sweep, write_wandb_sweep
 
     grid = parse_grid(args.grid)
     if args.wandb_sweep is not None:
@@ -308,7 +308,7 @@ def _sweep(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from onpolicy.report import DEFAULT_METRICS, report
+    from onpolicy.run.report import DEFAULT_METRICS, report
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else DEFAULT_METRICS
     written = report(args.runs, args.out, metrics)
@@ -349,7 +349,7 @@ def _label(args: argparse.Namespace) -> int:
 
 def _prepare_model(args: argparse.Namespace) -> int:
     from onpolicy.config import ModelConfig
-    from onpolicy.model_store import resolve_model
+    from onpolicy.run.model_store import resolve_model
 
     print(resolve_model(ModelConfig(cache_dir=args.cache_dir)))
     return 0
@@ -357,8 +357,8 @@ def _prepare_model(args: argparse.Namespace) -> int:
 
 def _train_reward_model(args: argparse.Namespace) -> int:
     from onpolicy.config import ModelConfig
-    from onpolicy.model_store import resolve_model
-    from onpolicy.reward_training import train_reward_model
+    from onpolicy.run.model_store import resolve_model
+    from onpolicy.train.reward_training import train_reward_model
 
     base = args.base or resolve_model(ModelConfig())
     metrics = train_reward_model(

@@ -20,29 +20,28 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from onpolicy import redaction
-from onpolicy.config import Config, GenerationConfig
+from onpolicy.config import Config, GenerationConfig, redaction
 from onpolicy.correction import build_correction
-from onpolicy.devices import engine_dtype, engine_may_be_reference
-from onpolicy.distributed import MirroredUpdater, Team, TrainerStart, check_generation_backend, launched_processes
 from onpolicy.errors import ConfigError
 from onpolicy.evaluation import build_evaluator, load_eval_prompts
 from onpolicy.interfaces import Correction, Evaluation, Generator, Reward, RoundLogger, Updater
-from onpolicy.lora import ADAPTER_FOLDER
-from onpolicy.model_store import check_model_folder
 from onpolicy.prompts import load_prompts
-from onpolicy.reference import restore_source
-from onpolicy.resume import Start
 from onpolicy.reward_terms import build_reward_from_terms, check_reward_terms, term_needs
+from onpolicy.run.model_store import check_model_folder
+from onpolicy.run.resume import Start
+from onpolicy.run.tracking import start_logger
 from onpolicy.tokens import check_prompts_leave_room_to_train
-from onpolicy.tracking import start_logger
-from onpolicy.trl_compat import check_dpo_config_values
+from onpolicy.train.devices import engine_dtype, engine_may_be_reference
+from onpolicy.train.distributed import MirroredUpdater, Team, TrainerStart, check_generation_backend, launched_processes
+from onpolicy.train.lora import ADAPTER_FOLDER
+from onpolicy.train.reference import restore_source
+from onpolicy.train.trl_compat import check_dpo_config_values
 from onpolicy.types import PromptRecord
 from reward import WeightedSum
 from reward.judge import PolicyEngine
 
 if TYPE_CHECKING:
-    from onpolicy.update import DPOUpdater
+    from onpolicy.train.update import DPOUpdater
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,8 +135,8 @@ def build_components(
     `team` (several training processes, this one the main), the policy on each of them."""
     from transformers import AutoTokenizer
 
-    from onpolicy.generation import VLLMGenerator
-    from onpolicy.model_store import resolve_model
+    from onpolicy.generation.engine import VLLMGenerator
+    from onpolicy.run.model_store import resolve_model
 
     started = time.perf_counter()
     model_path = resolve_model(config.model)
@@ -237,7 +236,7 @@ def build_updater(config: Config, start: TrainerStart, processes: int = 1, token
     the one the generator uses, where this process has it; else loaded from `start.tokenizer_path`)."""
     from transformers import AutoTokenizer
 
-    from onpolicy.update import DPOUpdater
+    from onpolicy.train.update import DPOUpdater
 
     updater = DPOUpdater(
         start.model_path,
@@ -269,8 +268,8 @@ def _server_generator(
     in the run directory), stopped when the job ends (`on_close`)."""
     import torch
 
-    from onpolicy.server_generation import ServerGenerator
-    from onpolicy.serving import cli_flags, engine_arguments, start_servers
+    from onpolicy.generation.server import ServerGenerator
+    from onpolicy.generation.serving import cli_flags, engine_arguments, start_servers
 
     server = generation.server
     servers = []

@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from onpolicy.config_sections import CorrectionConfig
+from onpolicy.config.sections import CorrectionConfig
 from onpolicy.errors import ConfigError
 from onpolicy.scoring import guarded_scores
 from onpolicy.types import Pair, PairTokens, Sample, ScoredGroup

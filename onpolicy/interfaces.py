@@ -14,7 +14,7 @@ from typing import Any, Protocol
 
 import torch
 
-from onpolicy.progress import PhaseProgress
+from onpolicy.run.progress import PhaseProgress
 from onpolicy.types import Pair, PromptRecord, SampleGroup, ScoredGroup, UpdateResult
 from reward import RoundGroups, Score
 

@@ -18,7 +18,6 @@ from typing import Any
 
 from transformers import set_seed
 
-from onpolicy import distributed
 from onpolicy import metrics as m
 from onpolicy.components import Components, Inputs, build_components, build_updater, check_inputs
 from onpolicy.config import Config
@@ -26,12 +25,13 @@ from onpolicy.diagnostics import diagnose_pairs
 from onpolicy.errors import OnpolicyError
 from onpolicy.interfaces import Table
 from onpolicy.pairing import Selection, build_pairs
-from onpolicy.progress import PhaseProgress, Progress
 from onpolicy.prompts import prompts_for_round
-from onpolicy.resume import Start, StartMode, open_run, retention
-from onpolicy.rundir import REFERENCE_FOLDER, RunDirectory
+from onpolicy.run.progress import PhaseProgress, Progress
+from onpolicy.run.resume import Start, StartMode, open_run, retention
+from onpolicy.run.rundir import REFERENCE_FOLDER, RunDirectory
+from onpolicy.run.stopping import GracefulStop
 from onpolicy.scoring import score_round
-from onpolicy.stopping import GracefulStop
+from onpolicy.train import distributed
 from onpolicy.types import PairingResult, RoundRecord, UpdateResult
 from reward import RoundGroups
 
@@ -140,7 +140,7 @@ def run_job(
     `echo` prints a line for the user; `interactive`: it prints to a terminal (progress bars, not lines).
 
     Launched as several processes (torchrun, accelerate launch), the main process runs the job and the others
-    train beside it (`onpolicy.distributed`); they return no records."""
+    train beside it (`onpolicy.train.distributed`); they return no records."""
     team = distributed.join(config.train.batch_size, config.train.process_timeout_s)
     if team is None:
         return _run_job(config, run_dir, echo, mode, None, interactive)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onpolicy.config import PromptsConfig
-from onpolicy.config_loading import lone_surrogate
+from onpolicy.config.loading import lone_surrogate
 from onpolicy.errors import OnpolicyError
 from onpolicy.types import PromptRecord
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from onpolicy.config_sections import GenerationConfig, RewardTerm
+from onpolicy.config.sections import GenerationConfig, RewardTerm
 from onpolicy.errors import ConfigError
 from onpolicy.human import reward as human_reward  # noqa: F401  (its import registers the `human` reward)
 from onpolicy.types import PromptRecord

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from onpolicy.progress import PhaseProgress
+from onpolicy.run.progress import PhaseProgress
 from onpolicy.types import Sample, SampleGroup, ScoredGroup
 from reward import Failed, GroupReward, Response, RoundGroups
 

@@ -61,7 +61,7 @@ def tiny_reward_model_path(tmp_path_factory) -> pathlib.Path:
 @pytest.fixture(scope="session")
 def embedded_model_path(tmp_path_factory) -> pathlib.Path:
     """The embedded SmolLM2 converted once per session into a fresh cache folder (~30 s)."""
-    from onpolicy.model_store import embedded_model_folder
+    from onpolicy.run.model_store import embedded_model_folder
 
     return embedded_model_folder(tmp_path_factory.mktemp("onpolicy-cache"))
 

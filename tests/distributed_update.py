@@ -1,5 +1,5 @@
 """Two rounds of DPO updates on fixed pairs, through the parts a job of several training processes uses
-(`onpolicy.distributed`): run as one process (`python`) or as several (`torchrun`), it writes the losses, the
+(`onpolicy.train.distributed`): run as one process (`python`) or as several (`torchrun`), it writes the losses, the
 device the policy trained on and the final weights of the main process to OUT (.json and .safetensors), for
 test_distributed (processes) and test_cuda (devices) to compare.
 
@@ -18,9 +18,9 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from onpolicy import distributed  # noqa: E402
 from onpolicy.components import build_updater  # noqa: E402
 from onpolicy.config import load_config  # noqa: E402
+from onpolicy.train import distributed  # noqa: E402
 from tests.helpers import PAIRS  # noqa: E402
 
 # 8 pairs: two full batches of 4 (a last, short batch would be padded differently by several processes)

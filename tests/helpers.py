@@ -83,7 +83,7 @@ def vllm_server(
 ) -> Iterator[Any]:
     """`vllm serve model` on a loopback port (a free one by default), started and stopped by onpolicy's own
     supervisor; yields the `ManagedServer` once it answers (its `.url`; the OpenAI API is under `/v1`)."""
-    from onpolicy.serving import ManagedServer
+    from onpolicy.generation.serving import ManagedServer
 
     log = log or pathlib.Path(tempfile.mkdtemp(prefix="vllm-server-")) / "server.log"
     server = ManagedServer(model, port or free_port(), log, [*args, *SERVER_ARGS], served_model_name=name)

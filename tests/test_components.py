@@ -125,8 +125,8 @@ def test_the_reward_package_stands_alone():
 
 
 def test_adapters_are_sent_only_with_an_adapter_and_served_at_a_rank_vllm_has():
-    from onpolicy.config_sections import GenerationConfig
-    from onpolicy.serving import engine_arguments
+    from onpolicy.config.sections import GenerationConfig
+    from onpolicy.generation.serving import engine_arguments
 
     with pytest.raises(ValueError, match="generation.lora_sync: adapter needs train.lora"):
         _config(generation={"lora_sync": "adapter"})
@@ -146,8 +146,8 @@ def test_rewards_and_correctors_are_named_through_one_kind_of_registry():
 
 
 def test_the_engine_and_started_servers_get_the_same_engine_arguments():
-    from onpolicy.config_sections import GenerationConfig
-    from onpolicy.serving import cli_flags, engine_arguments
+    from onpolicy.config.sections import GenerationConfig
+    from onpolicy.generation.serving import cli_flags, engine_arguments
 
     config = GenerationConfig(dtype="float32", seed=3, max_model_len=256, kv_cache_gib=0.5, enforce_eager=False)
     arguments = engine_arguments(config, cuda=False)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from onpolicy.config_sections import CorrectionConfig
+from onpolicy.config.sections import CorrectionConfig
 from onpolicy.correction import build_correction, replace_name
 from onpolicy.errors import ConfigError
 from onpolicy.pairing import build_pairs

@@ -121,7 +121,7 @@ def test_a_mixed_reference_and_the_kl_estimate_on_the_gpu(tiny_model_path, refre
     from transformers import AutoTokenizer
 
     from onpolicy.config import RefConfig, TrainConfig
-    from onpolicy.update import DPOUpdater
+    from onpolicy.train.update import DPOUpdater
     from tests.helpers import PAIRS
     from tests.test_update import _cpu_state, _reference_model, _sample_groups
 

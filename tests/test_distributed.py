@@ -80,7 +80,7 @@ def test_a_process_started_through_with_parent_ends_when_its_parent_is_killed():
 
     starter = (
         "import subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-m', 'onpolicy.with_parent', 'sleep', '300'])\n"
+        "child = subprocess.Popen([sys.executable, '-m', 'onpolicy.generation.with_parent', 'sleep', '300'])\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(300)\n"
     )
@@ -97,8 +97,8 @@ def test_a_process_started_through_with_parent_ends_when_its_parent_is_killed():
 
 
 def test_a_sharding_accelerate_config_is_refused_not_quietly_run_as_ddp():
-    from onpolicy.distributed import check_strategy
     from onpolicy.errors import ConfigError
+    from onpolicy.train.distributed import check_strategy
 
     with pytest.raises(ConfigError, match="accelerate launched this job with FSDP"):
         check_strategy({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from onpolicy.wandb_offline import offline_history
+from onpolicy.run.wandb_offline import offline_history
 from tests.helpers import read_jsonl, run_cli, tiny_config
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ def generator(tiny_model_path, request):
     slower, same behaviour), so that the path a user's machine takes is never untested."""
     from transformers import AutoTokenizer
 
-    from onpolicy.generation import VLLMGenerator
+    from onpolicy.generation.engine import VLLMGenerator
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     config = GenerationConfig(
@@ -166,7 +166,7 @@ def test_importing_the_generator_sets_no_environment_the_engine_start_does_and_k
 
     script = (
         "import os\n"
-        "import onpolicy.generation as g\n"
+        "import onpolicy.generation.engine as g\n"
         "before = 'VLLM_ENABLE_V1_MULTIPROCESSING' in os.environ\n"
         "g.in_process_engine_environment()\n"
         "print(before, os.environ['VLLM_ENABLE_V1_MULTIPROCESSING'], os.environ['VLLM_NO_USAGE_STATS'])\n"

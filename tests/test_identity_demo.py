@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from onpolicy.wandb_offline import offline_history
+from onpolicy.run.wandb_offline import offline_history
 from tests.helpers import ROOT, run_cli
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,7 @@ LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj
 def _updater(path, refresh="every_round", adapter_path=None, **ref):
     from transformers import AutoTokenizer
 
-    from onpolicy.update import DPOUpdater
+    from onpolicy.train.update import DPOUpdater
 
     train = TrainConfig(learning_rate=1e-2, batch_size=4, max_length=64, lora=LORA)
     tokenizer = AutoTokenizer.from_pretrained(path)

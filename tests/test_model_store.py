@@ -15,9 +15,9 @@ import time
 import pytest
 import torch
 
-from onpolicy import model_store
 from onpolicy.config import ModelConfig
 from onpolicy.errors import OnpolicyError
+from onpolicy.run import model_store
 
 FAKE_PACKAGE = "onpolicy_test_embedded_model"
 

@@ -3,8 +3,8 @@
 import io
 import json
 
-from onpolicy.progress import Progress, engine_bar
-from onpolicy.rundir import RunDirectory
+from onpolicy.run.progress import Progress, engine_bar
+from onpolicy.run.rundir import RunDirectory
 
 
 def test_a_phase_reports_lines_and_status_as_work_finishes(tmp_path):

@@ -5,8 +5,8 @@ import yaml
 
 from onpolicy.cli import main
 from onpolicy.config import load_config
+from onpolicy.config.redaction import is_secret_key, masking, redact, redact_text
 from onpolicy.errors import ConfigError, OnpolicyError
-from onpolicy.redaction import is_secret_key, masking, redact, redact_text
 
 
 def test_secret_looking_keys_are_masked_and_token_counts_are_not():
@@ -79,7 +79,7 @@ def test_the_cli_masks_a_config_s_secret_quoted_by_an_error_or_a_validation_mess
 
 def test_a_run_with_secrets_in_its_config_resumes(tmp_path):
     from onpolicy.config import Config
-    from onpolicy.resume import open_run
+    from onpolicy.run.resume import open_run
 
     config = Config.model_validate(
         {

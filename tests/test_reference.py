@@ -6,14 +6,14 @@ import pathlib
 import pytest
 
 from onpolicy.config import RefConfig
-from onpolicy.reference import (
+from onpolicy.run.rundir import RunDirectory
+from onpolicy.train.reference import (
     FrozenReference,
     MixedReference,
     RoundStartReference,
     reference_kind,
     restore_source,
 )
-from onpolicy.rundir import RunDirectory
 
 RUN = RunDirectory(pathlib.Path("/runs/x"))
 INITIAL = "/models/initial"

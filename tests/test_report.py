@@ -6,7 +6,7 @@ import pytest
 
 from onpolicy.cli import main
 from onpolicy.config import Config
-from onpolicy.rundir import RunDirectory
+from onpolicy.run.rundir import RunDirectory
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -69,7 +69,7 @@ def test_a_folder_without_a_run_or_metrics_nobody_logged_is_a_clear_error(tmp_pa
 
 def test_the_graded_benchmark_s_curves_are_runs_the_report_draws_and_its_ratios_read_them(tmp_path):
     from benchmarks.bench_vs_trl_graded import METRIC, ratios, write_curve
-    from onpolicy.report import report
+    from onpolicy.run.report import report
 
     ours = [{"seconds": 10.0, METRIC: 0.2}, {"seconds": 40.0, METRIC: 0.6}, {"seconds": 70.0, METRIC: 0.9}]
     theirs = [{"seconds": 5.0, METRIC: 0.2}, {"seconds": 100.0, METRIC: 0.5}, {"seconds": 200.0, METRIC: 0.6}]

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from onpolicy.cli import main
-from onpolicy.wandb_offline import offline_history
+from onpolicy.run.wandb_offline import offline_history
 from tests.helpers import ROOT, read_jsonl
 
 pytestmark = pytest.mark.slow

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from onpolicy.wandb_offline import offline_history
+from onpolicy.run.wandb_offline import offline_history
 from reward import build_reward
 from tests.helpers import ROOT, build_tiny_reward_model, read_jsonl, run_cli
 

@@ -3,7 +3,7 @@
 import pytest
 
 from onpolicy.errors import OnpolicyError
-from onpolicy.rundir import RunDirectory, default_run_dir
+from onpolicy.run.rundir import RunDirectory, default_run_dir
 
 
 def test_a_new_run_holds_its_config_and_an_existing_run_is_refused(tmp_path):
@@ -96,7 +96,7 @@ def test_pruning_keeps_what_the_rule_keeps_and_always_the_newest(tmp_path):
 )
 def test_retention_keeps_the_newest_every_nth_and_the_reference_source(checkpoint, ref, newest, kept):
     from onpolicy.config import Config
-    from onpolicy.resume import retention
+    from onpolicy.run.resume import retention
 
     config = Config.model_validate(
         {
@@ -129,7 +129,7 @@ def test_a_full_disk_while_saving_a_model_leaves_nothing_half_written(tmp_path):
 def test_resuming_a_run_from_an_older_onpolicy_accepts_settings_it_did_not_have(tmp_path):
     import yaml
 
-    from onpolicy.resume import open_run
+    from onpolicy.run.resume import open_run
 
     config = _config()
     open_run(config, tmp_path / "run").lock.release()
@@ -154,7 +154,7 @@ def _config(**changes):
 
 
 def _open(path, mode="auto", **changes):
-    from onpolicy.resume import open_run
+    from onpolicy.run.resume import open_run
 
     start = open_run(_config(**changes), path, mode)
     start.lock.release()
@@ -163,7 +163,7 @@ def _open(path, mode="auto", **changes):
 
 HOLD_THE_LOCK = """
 import pathlib, sys, time
-from onpolicy.run_lock import RunLock
+from onpolicy.run.lock import RunLock
 RunLock.take(pathlib.Path(sys.argv[1]))
 print("held", flush=True)
 time.sleep(600)
@@ -176,8 +176,8 @@ def test_a_second_job_is_refused_while_one_holds_the_directory_and_a_dead_job_s_
     import subprocess
     import sys
 
-    from onpolicy.resume import open_run
-    from onpolicy.run_lock import RunDirectoryBusy
+    from onpolicy.run.lock import RunDirectoryBusy
+    from onpolicy.run.resume import open_run
     from tests.helpers import ROOT
 
     run_dir = tmp_path / "run"

@@ -33,7 +33,7 @@ def server(tiny_model_path, tmp_path_factory):
 def generator(server, tiny_model_path, tmp_path):
     from transformers import AutoTokenizer
 
-    from onpolicy.server_generation import ServerGenerator
+    from onpolicy.generation.server import ServerGenerator
 
     config = GenerationConfig(num_samples=3, max_new_tokens=10, max_model_len=256, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
@@ -102,7 +102,7 @@ def test_a_server_holding_other_weights_is_refused(generator, server):
 
 
 def test_a_server_that_does_not_come_up_says_why(tmp_path):
-    from onpolicy.serving import ManagedServer
+    from onpolicy.generation.serving import ManagedServer
 
     server = ManagedServer(tmp_path / "no-such-model", 1, tmp_path / "vllm.log").start()
     with pytest.raises(OnpolicyError, match=r"exited with code .*its log, .*vllm.log, ends:"):

@@ -7,7 +7,7 @@ import yaml
 
 from onpolicy.cli import main
 from onpolicy.errors import ConfigError, OnpolicyError
-from onpolicy.sweep import parse_grid, plan
+from onpolicy.run.sweep import parse_grid, plan
 
 CONFIG = {"prompts": {"items": ["hi"]}, "reward": [{"name": "length", "args": {"target": 3}}], "seed": 5}
 

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from onpolicy.config import WandbConfig
-from onpolicy.tracking import NullLogger, WandbLogger, resolve_mode, start_logger
-from onpolicy.wandb_offline import offline_history
+from onpolicy.run.tracking import NullLogger, WandbLogger, resolve_mode, start_logger
+from onpolicy.run.wandb_offline import offline_history
 
 
 @pytest.fixture

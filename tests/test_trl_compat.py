@@ -1,4 +1,4 @@
-"""onpolicy.trl_compat against the installed TRL: every attribute it replaces or overrides is there, a missing one
+"""onpolicy.train.trl_compat against the installed TRL: every attribute it replaces or overrides is there, a missing one
 stops the job with the versions onpolicy is written against, and those are the versions pyproject.toml pins."""
 
 import pathlib
@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from onpolicy import trl_compat
 from onpolicy.errors import OnpolicyError
+from onpolicy.train import trl_compat
 
 PYPROJECT = pathlib.Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -91,7 +91,7 @@ def test_the_reference_adapter_is_the_one_trl_adds():
 
     from trl.trainer import dpo_trainer
 
-    from onpolicy import lora
+    from onpolicy.train import lora
 
     assert f'add_adapter("{trl_compat.REFERENCE_ADAPTER}"' in inspect.getsource(dpo_trainer)
     assert lora.REFERENCE_ADAPTER == trl_compat.REFERENCE_ADAPTER

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from onpolicy.config import RefConfig, TrainConfig
-from onpolicy.reference import reference_round
-from onpolicy.update import DPOUpdater
+from onpolicy.train.reference import reference_round
+from onpolicy.train.update import DPOUpdater
 from tests.helpers import PAIRS
 
 LN2 = math.log(2)
@@ -164,7 +164,7 @@ def _sample_groups(tokenizer):
 def test_kl_from_samples_is_the_mean_log_ratio_to_the_initial_policy_and_to_the_last_reference(tiny_model_path, lora):
     from transformers import AutoModelForCausalLM
 
-    from onpolicy.kl import sequence_log_probs
+    from onpolicy.train.kl import sequence_log_probs
 
     settings = {"lora": {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}} if lora else {}
     updater = _updater(tiny_model_path, "every_round", kl=True, train_settings=settings)
@@ -192,7 +192,7 @@ def test_kl_from_samples_is_the_mean_log_ratio_to_the_initial_policy_and_to_the_
 
 
 def test_an_update_that_diverges_stops_the_job_naming_what_is_not_finite(tiny_model_path):
-    from onpolicy.update import Diverged
+    from onpolicy.train.update import Diverged
 
     updater = _updater(tiny_model_path, train_settings={"learning_rate": 1e38, "num_epochs": 3})
     updater.start_round(1)
@@ -217,7 +217,7 @@ def sampled_pairs(tiny_model_path):
     from transformers import AutoTokenizer
 
     from onpolicy.config import GenerationConfig
-    from onpolicy.generation import VLLMGenerator
+    from onpolicy.generation.engine import VLLMGenerator
     from onpolicy.pairing import build_pairs
     from onpolicy.types import PromptRecord, ScoredGroup
 
@@ -296,7 +296,7 @@ def test_engine_log_probs_are_used_only_where_they_are_the_reference_s(tiny_mode
 
 
 def test_auto_takes_the_engine_log_probs_only_when_engine_and_trainer_compute_alike():
-    from onpolicy.training_rows import use_engine_logps
+    from onpolicy.train.training_rows import use_engine_logps
 
     auto = RefConfig()
     assert use_engine_logps(auto, torch.float32, torch.float32, bf16=False)
@@ -330,7 +330,7 @@ def test_gradient_checkpointing_is_the_configured_one(tiny_model_path, setting, 
 
 
 def test_length_grouped_batches_sort_the_round_and_shuffle_the_batches():
-    from onpolicy.trl_compat import LengthGroupedBatches
+    from onpolicy.train.trl_compat import LengthGroupedBatches
 
     lengths = [5, 40, 6, 41, 7, 42, 8, 43, 9]
     sampler = LengthGroupedBatches(lengths, batch_size=2, seed=1)
@@ -358,7 +358,7 @@ def test_the_lm_head_scores_only_completion_tokens_on_cpu_with_the_same_result(t
 
     import trl.trainer.utils as trl_utils
 
-    from onpolicy import trl_compat
+    from onpolicy.train import trl_compat
 
     chunked = trl_utils._ChunkedLogProbFunction
 

@@ -19,7 +19,7 @@ from xml.sax.saxutils import quoteattr
 
 from onpolicy.errors import OnpolicyError
 from onpolicy.human.labels import Label, LabelBook
-from onpolicy.rundir import LABELS_FILE
+from onpolicy.run.rundir import LABELS_FILE
 
 GROUPS_FILE = "label_groups.jsonl"  # in a round's folder: the groups put up for people, as the page shows them
 EQUAL = "All equally good or bad"

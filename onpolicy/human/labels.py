@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 
 from onpolicy.errors import OnpolicyError
-from onpolicy.rundir import append_line
+from onpolicy.run.rundir import append_line
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,7 +25,7 @@ from onpolicy.human.desk import LabelDesk, Task
 from onpolicy.human.label_studio import GROUPS_FILE
 from onpolicy.human.labels import LabelBook, answers_digest
 from onpolicy.human.page import PageServer, check_free
-from onpolicy.rundir import LABELS_FILE, RunDirectory
+from onpolicy.run.rundir import LABELS_FILE, RunDirectory
 from onpolicy.scoring import guarded_scores
 from reward import Failed, Meter, Needs, RewardConfigError, RoundGroups, Score, WeightedSum, register
 

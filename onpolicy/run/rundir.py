@@ -152,7 +152,7 @@ class RunDirectory:
         self.write_text("state.json", json.dumps({**self.read_state(), **updates}, indent=1) + "\n")
 
     def write_status(self, round_number: int, phase: str, **progress: Any) -> None:
-        """What the job is doing now, and how far the phase is (`onpolicy.progress`). Not fsynced: it is for
+        """What the job is doing now, and how far the phase is (`onpolicy.run.progress`). Not fsynced: it is for
         watching, never for resuming."""
         status = {"round": round_number, "phase": phase, "pid": os.getpid(), "time": time.time(), **progress}
         self.write_text("status.json", json.dumps(status) + "\n", durable=False)

@@ -10,7 +10,7 @@ One snapshot kind for each way a state is held without a second trainer:
   costs no copy at all.
 
 `PolicyWeights` takes snapshots of one policy, loads them from checkpoints and knows the initial policy; the
-reference kinds (`onpolicy.reference`) and the KL estimate hold snapshots and never ask which kind they hold.
+reference kinds (`onpolicy.train.reference`) and the KL estimate hold snapshots and never ask which kind they hold.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
-from onpolicy import lora
+from onpolicy.train import lora
 
 
 @dataclasses.dataclass(frozen=True)

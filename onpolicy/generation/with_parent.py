@@ -1,4 +1,4 @@
-"""`python -m onpolicy.with_parent COMMAND...`: run COMMAND as a process that ends when the process that started
+"""`python -m onpolicy.generation.with_parent COMMAND...`: run COMMAND as a process that ends when the process that started
 it dies, however it dies (SIGKILL and the OOM killer included).
 
 A vLLM server the job starts must not outlive the job: a clean exit stops it, but a killed job has no say, and its

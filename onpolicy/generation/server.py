@@ -34,12 +34,12 @@ from typing import Any
 import torch
 
 from onpolicy.config import GenerationConfig
-from onpolicy.devices import engine_dtype
 from onpolicy.errors import OnpolicyError
-from onpolicy.group_sampling import GroupSampling
-from onpolicy.progress import PhaseProgress
-from onpolicy.serving import ADAPTER_NAME
+from onpolicy.generation.sampling import GroupSampling
+from onpolicy.generation.serving import ADAPTER_NAME
+from onpolicy.run.progress import PhaseProgress
 from onpolicy.tokens import fit_prompts
+from onpolicy.train.devices import engine_dtype
 from onpolicy.types import PromptRecord, Sample, SampleGroup
 
 SERVED_NAME = "policy"  # the model name onpolicy's servers serve under (any name does for a server given by URL)

@@ -1,12 +1,12 @@
 """Update: one DPO update per round on that round's pairs, with TRL's `DPOTrainer`.
 
 The policy lives in memory for the whole job; only the trainer wrapper is rebuilt per round (its dataset
-changes). The updater holds the policy, its reference (`onpolicy.reference`: one kind per `ref.refresh`, none of
+changes). The updater holds the policy, its reference (`onpolicy.train.reference`: one kind per `ref.refresh`, none of
 which costs a reference forward per step) and the glue to TRL; the pairs become TRL's tokenized rows in
-`onpolicy.training_rows`.
+`onpolicy.train.training_rows`.
 
 Everything that relies on TRL beyond its public arguments (the trainer subclass for tokenized rows with engine
-log-probs, two scoped adjustments of its internals, the mapping of its logs) lives in `onpolicy.trl_compat`.
+log-probs, two scoped adjustments of its internals, the mapping of its logs) lives in `onpolicy.train.trl_compat`.
 """
 
 from __future__ import annotations
@@ -20,14 +20,14 @@ from typing import Any
 
 import torch
 
-from onpolicy import kl, lora, trl_compat
 from onpolicy.config import RefConfig, TrainConfig
-from onpolicy.devices import choose_gradient_checkpointing
 from onpolicy.errors import OnpolicyError
-from onpolicy.policy_weights import PolicyWeights
-from onpolicy.progress import PhaseProgress
-from onpolicy.reference import build_reference
-from onpolicy.training_rows import RowBuilder, TrainingRows, use_engine_logps
+from onpolicy.run.progress import PhaseProgress
+from onpolicy.train import kl, lora, trl_compat
+from onpolicy.train.devices import choose_gradient_checkpointing
+from onpolicy.train.policy_weights import PolicyWeights
+from onpolicy.train.reference import build_reference
+from onpolicy.train.training_rows import RowBuilder, TrainingRows, use_engine_logps
 from onpolicy.types import Pair, SampleGroup, UpdateResult
 
 
@@ -50,7 +50,7 @@ class DPOUpdater:
     ) -> None:
         """`model_path`: the policy (with `train.lora`: its base model, the initial policy); `adapter_path`: with
         `train.lora`, a saved adapter to continue training (a resumed run's checkpoint's adapter/); `processes`:
-        how many data-parallel training processes run this update together (`onpolicy.distributed`);
+        how many data-parallel training processes run this update together (`onpolicy.train.distributed`);
         `initial_path`: the initial policy, when `model_path` is a resumed run's checkpoint; `kl`: keep what
         `kl_from_samples` compares with; `engine_dtype`: what the engine that samples computes in (None: no
         engine log-probs)."""
@@ -160,7 +160,7 @@ class DPOUpdater:
         return choose_gradient_checkpointing(self.train_config.gradient_checkpointing, torch.cuda.is_available())
 
     def kl_from_samples(self, groups: Sequence[SampleGroup]) -> dict[str, float]:
-        """eval/kl_initial and eval/kl_reference, with their _per_token (`onpolicy.kl`): the KL from the policy to
+        """eval/kl_initial and eval/kl_reference, with their _per_token (`onpolicy.train.kl`): the KL from the policy to
         the initial policy and to the reference the last round trained against, on the policy's own samples."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         initial = self.reference.initial() or self.weights.initial()

@@ -20,9 +20,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onpolicy.config import GenerationConfig
-from onpolicy.devices import engine_dtype
-from onpolicy.distributed import LAUNCHER_VARIABLES
 from onpolicy.errors import ConfigError, OnpolicyError
+from onpolicy.train.devices import engine_dtype
+from onpolicy.train.distributed import LAUNCHER_VARIABLES
 
 ADAPTER_NAME = "policy-lora"  # what the policy's LoRA adapter is served as (`generation.lora_sync: adapter`)
 # the adapter ranks vLLM's LoRA support is built for (vllm.config.lora.MaxLoRARanks)
@@ -83,7 +83,7 @@ class ManagedServer:
         # `vllm` script); the module form also runs from this interpreter's environment. `with_parent`: the server
         # ends when the job's process does, even when that is killed.
         self.command = [
-            sys.executable, "-m", "onpolicy.with_parent",
+            sys.executable, "-m", "onpolicy.generation.with_parent",
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
             "--served-model-name", served_model_name, "--host", host, "--port", str(port), *args,
         ]  # fmt: skip

@@ -12,16 +12,13 @@ import difflib
 import pathlib
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from onpolicy.errors import ConfigError
 from onpolicy.reward_terms import declared_needs
-
-if TYPE_CHECKING:
-    from onpolicy.config import Config
 
 # Keys whose relative paths are resolved against the YAML file's folder (or the working directory).
 PATH_KEYS = (
@@ -170,17 +167,6 @@ def _absolute_py_name(name: str, base: pathlib.Path) -> str:
     if sep and file.endswith(".py") and not pathlib.Path(file).expanduser().is_absolute():
         return f"{(base / pathlib.Path(file).expanduser()).resolve()}:{function}"
     return name
-
-
-def check_files(config: Config, source: str) -> None:
-    for key, prompts in (("prompts", config.prompts), ("eval.prompts", config.eval.prompts)):
-        if prompts is not None and prompts.path is not None and not pathlib.Path(prompts.path).exists():
-            raise ConfigError(f"{key}.path in {source}: prompt file not found: {prompts.path}")
-    if config.model.path is not None and not (pathlib.Path(config.model.path) / "config.json").is_file():
-        raise ConfigError(
-            f"model.path in {source}: {config.model.path} is not a model folder (no config.json there). "
-            "Give a local Hugging Face model folder, or leave model.path empty for the embedded SmolLM2."
-        )
 
 
 def explain(exc: ValidationError, source: str, override_keys: dict[str, str], valid_keys: Sequence[str]) -> str:

@@ -55,7 +55,7 @@ class WandbLogger:
         """The steps (rounds) this W&B run already holds from earlier processes of the job, when known:
         online, the steps before the resumed run's starting step; offline, what earlier segments hold."""
         if self.mode == "offline":
-            from onpolicy.wandb_offline import offline_history
+            from onpolicy.run.wandb_offline import offline_history
 
             return {int(row["_step"]) for row in offline_history(self.run_dir, self.run_id) if "_step" in row}
         return set(range(self.run.starting_step)) if self.run.resumed else set()

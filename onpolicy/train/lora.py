@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from onpolicy.trl_compat import REFERENCE_ADAPTER  # the name TRL gives the reference adapter it adds beside it
+from onpolicy.train.trl_compat import REFERENCE_ADAPTER  # the name TRL gives the reference adapter it adds beside it
 
 ADAPTER = "default"  # PEFT's name of the trained adapter
 ADAPTER_FOLDER = "adapter"  # in a checkpoint: the adapter alone, for resuming

@@ -25,9 +25,9 @@ import torch
 
 from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
-from onpolicy.group_sampling import GroupSampling
-from onpolicy.progress import PhaseProgress, engine_bar
-from onpolicy.serving import ADAPTER_NAME, engine_arguments
+from onpolicy.generation.sampling import GroupSampling
+from onpolicy.generation.serving import ADAPTER_NAME, engine_arguments
+from onpolicy.run.progress import PhaseProgress, engine_bar
 from onpolicy.tokens import fit_prompts
 from onpolicy.types import PromptRecord, Sample, SampleGroup
 

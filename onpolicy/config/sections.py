@@ -266,7 +266,7 @@ class TrainConfig(Section):
     def _known_to_trl_and_peft(self) -> TrainConfig:
         # imported here, not at the top: trl_compat imports torch, which reading a config does not need (trl_compat
         # imports nothing of this module)
-        from onpolicy.trl_compat import check_dpo_config_fields
+        from onpolicy.train.trl_compat import check_dpo_config_fields
 
         losses = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
         check_dpo_config_fields(losses, self.extra)
@@ -280,7 +280,7 @@ class TrainConfig(Section):
                 f"({', '.join(losses)}): give one weight per type"
             )
         if self.lora is not None:
-            from onpolicy.lora import check_lora_fields
+            from onpolicy.train.lora import check_lora_fields
 
             check_lora_fields(self.lora)
         return self

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from onpolicy.errors import OnpolicyError
-from onpolicy.progress import PhaseProgress
+from onpolicy.run.progress import PhaseProgress
 
 # The versions every replaced or overridden attribute below was checked against: pyproject.toml pins these lines
 # (tests/test_trl_compat.py holds the two together).
@@ -47,7 +47,7 @@ TRL_LINE = "1.16"
 TRANSFORMERS_LINE = "5.16-5.19"
 
 # The adapter TRL's `DPOTrainer` adds beside a PEFT policy's trained one ("default") to compute the reference
-# (`model.add_adapter("ref", ...)` in trl/trainer/dpo_trainer.py); `onpolicy.lora` prepares and drops it.
+# (`model.add_adapter("ref", ...)` in trl/trainer/dpo_trainer.py); `onpolicy.train.lora` prepares and drops it.
 REFERENCE_ADAPTER = "ref"
 
 # TRL's per-step training logs, averaged over a round, under the names onpolicy logs them.
@@ -235,7 +235,7 @@ def round_metrics(trainer: Any) -> dict[str, float]:
 def release(trainer: Any, models: Sequence[torch.nn.Module | None]) -> None:
     """Hand `models` back as ordinary transformers models: DPOTrainer patches a fused LM head onto a model's
     forward, and those patches would pile up over rounds. (A LoRA policy's `REFERENCE_ADAPTER` stays: the caller
-    drops it, `onpolicy.lora.drop_reference`.)"""
+    drops it, `onpolicy.train.lora.drop_reference`.)"""
     for model in models:
         if model is not None:
             model.__dict__.pop("forward", None)

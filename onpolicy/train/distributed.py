@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from onpolicy.errors import ConfigError
-from onpolicy.progress import PhaseProgress
+from onpolicy.run.progress import PhaseProgress
 from onpolicy.types import Pair, SampleGroup, UpdateResult
 
 if TYPE_CHECKING:
-    from onpolicy.update import DPOUpdater
+    from onpolicy.train.update import DPOUpdater
 
 LAUNCHED_PROCESSES = "WORLD_SIZE"  # what torchrun and accelerate launch set in every process they start
 # What the launchers set to make a process one of theirs: a process the job starts (a vLLM server) drops them, or

@@ -8,8 +8,8 @@ Relative paths inside a YAML file are resolved against that file's folder (so a 
 beside it); relative paths given on the command line are resolved against the working directory. The resolved
 config, saved in the run directory, holds absolute paths only.
 
-This module is the tree and its entry point `load_config`; its sections are in `onpolicy.config_sections`, and
-the reading, overriding, path resolution and error messages behind it in `onpolicy.config_loading`.
+This module is the tree and its entry point `load_config`; its sections are in `onpolicy.config.sections`, and
+the reading, overriding, path resolution and error messages behind it in `onpolicy.config.loading`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
-from onpolicy import config_loading, redaction
-from onpolicy.config_sections import (
+from onpolicy.config import loading, redaction
+from onpolicy.config.sections import (
     CheckpointConfig,
     EvalConfig,
     GenerationConfig,
@@ -97,7 +97,7 @@ class Config(Section):
         return self
 
     def to_yaml(self) -> str:
-        """The config as YAML, secrets masked (`onpolicy.redaction`): what the run directory keeps and prints."""
+        """The config as YAML, secrets masked (`onpolicy.config.redaction`): what the run directory keeps and prints."""
         return yaml.safe_dump(redaction.redact(self.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
 
     def secrets(self) -> list[str]:
@@ -113,16 +113,16 @@ def load_config(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) 
     if path is not None:
         path = pathlib.Path(path)
         source = str(path)
-        data = config_loading.read_yaml(path)
-    override_keys = config_loading.apply_overrides(data, overrides)
-    config_loading.check_text(data, source)
+        data = loading.read_yaml(path)
+    override_keys = loading.apply_overrides(data, overrides)
+    loading.check_text(data, source)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:
         keys = [key for key, _, _ in walk_fields()]
-        message = config_loading.explain(exc, source, override_keys, keys)
+        message = loading.explain(exc, source, override_keys, keys)
         raise ConfigError(redaction.redact_text(message, redaction.secrets_in(data))) from None  # it quotes values
-    config_loading.check_files(config, source)
+    _check_files(config, source)
     return config
 
 
@@ -164,3 +164,15 @@ def describe_fields(model: type[BaseModel] = Config) -> list[tuple[str, str, str
         default = "(required)" if field.is_required() else repr(field.get_default(call_default_factory=True))
         rows.append((key, default, field.description or ""))
     return rows
+
+
+def _check_files(config: Config, source: str) -> None:
+    """The files the config names are there (the prompts, the model folder)."""
+    for key, prompts in (("prompts", config.prompts), ("eval.prompts", config.eval.prompts)):
+        if prompts is not None and prompts.path is not None and not pathlib.Path(prompts.path).exists():
+            raise ConfigError(f"{key}.path in {source}: prompt file not found: {prompts.path}")
+    if config.model.path is not None and not (pathlib.Path(config.model.path) / "config.json").is_file():
+        raise ConfigError(
+            f"model.path in {source}: {config.model.path} is not a model folder (no config.json there). "
+            "Give a local Hugging Face model folder, or leave model.path empty for the embedded SmolLM2."
+        )

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from onpolicy.policy_weights import Snapshot
-from onpolicy.trl_compat import selective_log_softmax
+from onpolicy.train.policy_weights import Snapshot
+from onpolicy.train.trl_compat import selective_log_softmax
 from onpolicy.types import SampleGroup
 
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 
 from onpolicy.errors import OnpolicyError
-from onpolicy.rundir import RunDirectory
+from onpolicy.run.rundir import RunDirectory
 
 # what a report draws unless told: the ones a run logged, in this order, every eval/ metric after reward/mean
 DEFAULT_METRICS = (

@@ -15,7 +15,7 @@ None of them costs training time:
   first, `ref = a * policy + (1 - a) * ref` (TR-DPO's soft update, per round rather than per step). No other
   folder holds a mix, so each round's checkpoint keeps it in `reference/` for a resumed run.
 
-How each kind is held (a full copy, an adapter state, the base model) is `onpolicy.policy_weights`'s business.
+How each kind is held (a full copy, an adapter state, the base model) is `onpolicy.train.policy_weights`'s business.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import pathlib
 from typing import Protocol
 
 from onpolicy.config import RefConfig
-from onpolicy.policy_weights import FullCopy, PolicyWeights, Snapshot, TrainerReference, mix_into
-from onpolicy.rundir import REFERENCE_FOLDER, RunDirectory
+from onpolicy.run.rundir import REFERENCE_FOLDER, RunDirectory
+from onpolicy.train.policy_weights import FullCopy, PolicyWeights, Snapshot, TrainerReference, mix_into
 
 
 def reference_round(round_number: int, ref: RefConfig) -> int:

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from onpolicy.config import load_config
-from onpolicy.config_loading import parse_override
+from onpolicy.config.loading import parse_override
 from onpolicy.errors import OnpolicyError
 
 

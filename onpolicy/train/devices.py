@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from onpolicy.reference import reference_kind
+from onpolicy.train.reference import reference_kind
 
 # CPU flags under which vLLM's CPU build computes bf16 natively (oneDNN kernels); without them it emulates bf16.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})

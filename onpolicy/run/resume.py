@@ -18,12 +18,11 @@ from typing import Any, Literal
 
 import yaml
 
-from onpolicy import redaction
-from onpolicy.config import Config
+from onpolicy.config import Config, redaction
 from onpolicy.errors import OnpolicyError
-from onpolicy.reference import reference_kind, reference_round
-from onpolicy.run_lock import RunLock
-from onpolicy.rundir import RunDirectory, is_whole_model_folder
+from onpolicy.run.lock import RunLock
+from onpolicy.run.rundir import RunDirectory, is_whole_model_folder
+from onpolicy.train.reference import reference_kind, reference_round
 
 StartMode = Literal["auto", "resume", "fresh"]
 CHANGEABLE_ON_RESUME = ("rounds", "checkpoint", "wandb")
