@@ -2,6 +2,7 @@
 # Set up (or update) .venv, then run the whole test suite, slow end-to-end tests included.
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -m "not slow"   # the quick tiers only; any pytest arguments pass through
+#   ONPOLICY_TEST_WORKERS=1 scripts/test.sh   # one process, in order (default: 2 workers, a share of the cores each)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -19,4 +20,10 @@ export WANDB_MODE=offline TOKENIZERS_PARALLELISM=false
 cap=()
 [ -x ../shared/bin/capped ] && cap=(../shared/bin/capped 16G)
 .venv/bin/ruff check onpolicy reward tests benchmarks
-exec "${cap[@]}" .venv/bin/python -m pytest "$@"
+# Two workers, whole files each (module fixtures are shared finished runs): an end-to-end test spends most of its
+# time on one core (imports, engine start-up, disk), so two of them side by side nearly halve the suite's wall
+# time on 2 cores (tests/conftest.py pins each worker to its own cores). More workers would multiply the memory.
+workers=${ONPOLICY_TEST_WORKERS:-2}
+parallel=()
+[ "$workers" -gt 1 ] && parallel=(-n "$workers" --dist loadfile)
+exec "${cap[@]}" .venv/bin/python -m pytest "${parallel[@]}" "$@"
