@@ -163,7 +163,9 @@ class DPOUpdater:
         """eval/kl_initial and eval/kl_reference, with their _per_token (`onpolicy.train.kl`): the KL from the policy to
         the initial policy and to the reference the last round trained against, on the policy's own samples."""
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        initial = self.reference.initial() or self.weights.initial()
+        initial = self.reference.initial()  # where the reference holds it already, else loaded once
+        if initial is None:
+            initial = self.weights.initial()
         return kl.kl_from_samples(self.policy, pad, groups, {"initial": initial, "reference": self.reference.last()})
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
