@@ -195,8 +195,9 @@ def _run(args: argparse.Namespace) -> int:
     from onpolicy.config import load_config
     from onpolicy.config.redaction import masking, redact_text
     from onpolicy.loop import run_job
-    from onpolicy.run.rundir import RunDirectory, default_run_dir
+    from onpolicy.run.rundir import default_run_dir
     from onpolicy.run.stopping import Stopped
+    from onpolicy.train.distributed import LostProcess
 
     config = load_config(args.config, args.overrides)
     secrets = config.secrets()  # masked in every line and error the job prints
@@ -211,16 +212,29 @@ def _run(args: argparse.Namespace) -> int:
     except (Stopped, KeyboardInterrupt) as exc:
         if _process_name():  # a training process beside the main one, which tells the user
             return exc.exit_code if isinstance(exc, Stopped) else 130
-        last = RunDirectory(run_dir).last_complete_round() if RunDirectory.holds_run(run_dir) else -1
         how = f"stopped by {exc}" if isinstance(exc, Stopped) else "aborted"
         overrides = "".join(f" {o}" for o in args.overrides)
         print(
-            f"onpolicy: {how}; rounds up to {max(last, 0)} are complete in {run_dir}. Resume with: "
+            f"onpolicy: {how}; {_complete_rounds(run_dir)}. Resume with: "
             f"onpolicy run {args.config}{overrides} --run-dir {run_dir}",
             file=sys.stderr,
         )
         return exc.exit_code if isinstance(exc, Stopped) else 130
+    except LostProcess as exc:
+        print(
+            f"onpolicy: {exc}{_process_name()}; {_complete_rounds(run_dir)}. Resume by launching the job again "
+            "(on every node)",
+            file=sys.stderr,
+        )
+        return 1
     return 0
+
+
+def _complete_rounds(run_dir: pathlib.Path) -> str:
+    from onpolicy.run.rundir import RunDirectory
+
+    last = RunDirectory(run_dir).last_complete_round() if RunDirectory.holds_run(run_dir) else -1
+    return f"rounds up to {max(last, 0)} are complete in {run_dir}"
 
 
 def _launch(args: argparse.Namespace, argv: list[str]) -> int:

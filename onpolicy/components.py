@@ -207,7 +207,7 @@ def _trainer_side(
     else:
         team.broadcast(trainer_start)
         updater = MirroredUpdater(
-            build_updater(config, trainer_start, team.size, tokenizer), team, start.run.path / "trainer-data"
+            build_updater(config, trainer_start, team.size, tokenizer, team.sharded), team, start.run.path / "trainer-data"
         )
     sync = policy_sync(config, generator, updater)
     if (config.generation.backend == "server" and config.generation.server.urls) or (
@@ -231,9 +231,12 @@ def policy_sync(config: Config, generator: Generator, updater: Updater) -> Calla
     return lambda version: generator.load_weights(updater.named_weights(), version)
 
 
-def build_updater(config: Config, start: TrainerStart, processes: int = 1, tokenizer: Any = None) -> DPOUpdater:
+def build_updater(
+    config: Config, start: TrainerStart, processes: int = 1, tokenizer: Any = None, sharded: bool = False
+) -> DPOUpdater:
     """The policy and its updater as `start` describes, for one of `processes` training processes (`tokenizer`:
-    the one the generator uses, where this process has it; else loaded from `start.tokenizer_path`)."""
+    the one the generator uses, where this process has it; else loaded from `start.tokenizer_path`; `sharded`:
+    the policy is sharded over them)."""
     from transformers import AutoTokenizer
 
     from onpolicy.train.update import DPOUpdater
@@ -250,6 +253,7 @@ def build_updater(config: Config, start: TrainerStart, processes: int = 1, token
         processes=processes,
         initial_path=start.initial_path,
         kl=config.eval.prompts is not None and config.eval.kl_samples > 0,
+        sharded=sharded,
     )
     if start.reference is not None:
         updater.reference.restore(*start.reference)

@@ -141,18 +141,25 @@ def run_job(
 
     Launched as several processes (torchrun, accelerate launch), the main process runs the job and the others
     train beside it (`onpolicy.train.distributed`); they return no records."""
-    team = distributed.join(config.train.batch_size, config.train.process_timeout_s)
+    team = distributed.join(config.train)
     if team is None:
         return _run_job(config, run_dir, echo, mode, None, interactive)
     try:
         if not team.is_main:
             with GracefulStop(announce=False) as stop:
                 distributed.follow_main(
-                    team, lambda start: build_updater(config, start, team.size), lambda: stop.requested
+                    team,
+                    lambda start: build_updater(config, start, team.size, sharded=team.sharded),
+                    lambda: stop.requested,
                 )
                 stop.check()
             return []
         return _run_job(config, run_dir, echo, mode, team, interactive)
+    except RuntimeError as exc:
+        lost = distributed.lost_process(exc)
+        if lost is None:
+            raise
+        raise lost from exc
     finally:
         team.dismiss()
         team.leave()

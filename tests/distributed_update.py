@@ -29,16 +29,18 @@ EIGHT_PAIRS = [*PAIRS, *(dataclasses.replace(p, prompt_id=f"{p.prompt_id}b", rej
 
 def main(config_path: str, out: str) -> None:
     config = load_config(config_path)
-    team = distributed.join(config.train.batch_size, config.train.process_timeout_s)
+    team = distributed.join(config.train)
     start = distributed.TrainerStart(
         model_path=config.model.path, tokenizer_path=config.model.path, adapter_path=None, reference=None,
         engine_dtype=None,
     )  # fmt: skip
     if team is not None and not team.is_main:
-        distributed.follow_main(team, lambda s: build_updater(config, s, team.size), lambda: False)
+        distributed.follow_main(
+            team, lambda s: build_updater(config, s, team.size, sharded=team.sharded), lambda: False
+        )
         team.leave()
         return
-    updater = build_updater(config, start, team.size if team else 1)
+    updater = build_updater(config, start, team.size if team else 1, sharded=team is not None and team.sharded)
     if team is not None:
         team.broadcast(start)
         updater = distributed.MirroredUpdater(updater, team, pathlib.Path(out).parent / "trainer-data")

@@ -144,3 +144,27 @@ def test_a_mixed_reference_and_the_kl_estimate_on_the_gpu(tiny_model_path, refre
     else:
         updater.start_round(3)  # the round's starting policy is the reference: nothing between them
         assert updater.kl_from_samples(groups)["eval/kl_reference"] == 0.0
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_fsdp2_sharding_trains_on_the_gpu_as_unsharded_training_does(tiny_model_path, tmp_path, launcher):
+    """One process (NCCL) with the policy sharded by FSDP2 over it: accelerate's FSDP2 path on a GPU, which the
+    CPU tests reach only through `onpolicy.train.sharding.enable_on_cpus`."""
+    variant = {"train": {**TRAIN, "sharding": "fsdp2"}, "ref": {"mix": 0.5}}
+    sharded_config = _config(tiny_model_path, tmp_path, "sharded", variant)
+    plain_config = _config(tiny_model_path, tmp_path, "plain", {**variant, "train": TRAIN})
+    command = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+        if launcher == "torchrun"
+        else [
+            sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / "configs/accelerate/fsdp2.yaml"), "--num_processes", "1",
+        ]
+    )  # fmt: skip
+    sharded_losses, device, sharded = _run_update(command, sharded_config, tmp_path / "sharded")
+    plain_losses, _, plain = _run_update([sys.executable], plain_config, tmp_path / "plain")
+    assert device == "cuda"
+    assert sharded_losses == pytest.approx(plain_losses, abs=1e-5)
+    initial = load_file(tiny_model_path / "model.safetensors")
+    assert all(not sharded[k].equal(initial[k]) for k in initial)  # every weight trained, the head's unit too
+    assert max((sharded[k] - plain[k]).abs().max().item() for k in plain) < 1e-4

@@ -1,7 +1,8 @@
 """Several training processes on this machine's CPUs (gloo): the same pairs give the same losses and weights in
-2 processes as in 1; a run of `onpolicy run --processes 2` with one process killed mid-round, resumed to its end
-by `accelerate launch` with the shipped DDP config; a SIGTERM to the launcher stops every process at a safe
-point; the configurations that cannot work are refused before anything starts."""
+2 processes as in 1, data-parallel and FSDP2-sharded; a run with one process killed mid-round (on one node, and
+on the second of two simulated nodes), resumed to its end by `accelerate launch` with the shipped DDP or FSDP2
+config; a SIGTERM to the launcher stops every process at a safe point; the configurations that cannot work are
+refused before anything starts."""
 
 import json
 import os
@@ -16,6 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 from onpolicy.cli import main
+from onpolicy.config import load_config
 from tests.helpers import ROOT, free_port, read_jsonl, tiny_config
 
 # Two training processes need two devices: the tests pin the CPUs (gloo) on any machine, a one-GPU one included.
@@ -27,13 +29,20 @@ VARIANTS = {
         "train": {**TRAIN, "group_by_length": True, "lora": {"r": 8, "target_modules": "all-linear"}},
         "ref": {"refresh": "never"},
     },
+    # each process holds half of every weight; the mixed reference is each process's half too, swapped in for
+    # TRL's reference pass (round 2's reference is the mix of two policies)
+    "FSDP2 sharding, mixed reference": {"train": {**TRAIN, "sharding": "fsdp2"}, "ref": {"mix": 0.5}},
 }
 
 
-def _update_config(tiny_model_path, tmp_path, variant):
+def _update_config(tiny_model_path, tmp_path, variant, processes):
+    """The variant's config for `processes` processes (one process trains unsharded: what sharding must match)."""
     config = {"model": {"path": str(tiny_model_path)}, "prompts": {"items": ["hi"]}, "reward": [{"name": "length"}]}
-    path = tmp_path / "update.yaml"
-    path.write_text(yaml.safe_dump({**config, **VARIANTS[variant]}))
+    config.update(VARIANTS[variant])
+    if processes == 1:
+        config["train"] = {**config["train"], "sharding": "none"}
+    path = tmp_path / f"update-{processes}.yaml"
+    path.write_text(yaml.safe_dump(config))
     return path
 
 
@@ -49,10 +58,9 @@ def _run_update(command, config, out):
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_two_processes_train_as_one_on_the_same_pairs(tiny_model_path, tmp_path, variant):
-    config = _update_config(tiny_model_path, tmp_path, variant)
-    one_losses, one = _run_update([sys.executable], config, tmp_path / "one")
+    one_losses, one = _run_update([sys.executable], _update_config(tiny_model_path, tmp_path, variant, 1), tmp_path / "one")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    two_losses, two = _run_update(torchrun, config, tmp_path / "two")
+    two_losses, two = _run_update(torchrun, _update_config(tiny_model_path, tmp_path, variant, 2), tmp_path / "two")
     assert one_losses == pytest.approx(two_losses, abs=1e-6)
     initial = load_file(tiny_model_path / "model.safetensors")
     moved = max((one[k] - initial[k]).abs().max().item() for k in initial)
@@ -96,15 +104,27 @@ def test_a_process_started_through_with_parent_ends_when_its_parent_is_killed():
         time.sleep(0.1)
 
 
-def test_a_sharding_accelerate_config_is_refused_not_quietly_run_as_ddp():
+def test_what_sharded_training_does_not_run_is_refused_with_its_reason():
     from onpolicy.errors import ConfigError
-    from onpolicy.train.distributed import check_strategy
+    from onpolicy.train.sharding import sharded_job
 
-    with pytest.raises(ConfigError, match="accelerate launched this job with FSDP"):
-        check_strategy({"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})
-    with pytest.raises(ConfigError, match="with DeepSpeed"):
-        check_strategy({"ACCELERATE_USE_DEEPSPEED": "True"})
-    check_strategy({"ACCELERATE_USE_FSDP": "false"})  # what a DDP launch sets
+    assert sharded_job("none", {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"})  # an FSDP2 accelerate launch
+    assert sharded_job("fsdp2", {})
+    assert not sharded_job("none", {"ACCELERATE_USE_FSDP": "false"})  # what a DDP launch sets
+    with pytest.raises(ConfigError, match="FSDP version 1; onpolicy shards with FSDP2"):
+        sharded_job("none", {"ACCELERATE_USE_FSDP": "true"})
+    with pytest.raises(ConfigError, match="with DeepSpeed, which onpolicy does not run"):
+        sharded_job("none", {"ACCELERATE_USE_DEEPSPEED": "True"})
+    with pytest.raises(ConfigError, match="train.lora with FSDP2 sharding is not supported"):
+        load_config(None, ["model.path=x", "train.sharding=fsdp2", "train.lora.r=8"])
+
+
+def test_sharding_without_a_launcher_is_refused(tiny_model_path, tmp_path, capsys):
+    config = _write(_server_config(tiny_model_path, train={"sharding": "fsdp2"}), tmp_path)
+    assert main(["run", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "train.sharding=fsdp2 shards the policy over training processes started by a launcher" in (
+        capsys.readouterr().err
+    )
 
 
 def test_the_in_process_engine_and_an_uneven_batch_are_refused_before_anything_starts(
@@ -119,35 +139,74 @@ def test_the_in_process_engine_and_an_uneven_batch_are_refused_before_anything_s
     assert not (tmp_path / "run").exists()
 
 
+# (train.sharding, nodes). Two nodes are simulated on this machine, one launcher per node as on a cluster, one
+# process each, joined over 127.0.0.1, on one run directory (the cluster's shared storage). FSDP2 on one node
+# differs from FSDP2 on two only in the launch, which the DDP layouts cover (the suite's time goes elsewhere).
+LAYOUTS = {"DDP": ("none", 1), "DDP, two nodes": ("none", 2), "FSDP2, two nodes": ("fsdp2", 2)}
+
+
 @pytest.mark.slow
-def test_a_training_process_killed_mid_round_stops_the_job_and_accelerate_launch_resumes_it(tiny_model_path, tmp_path):
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_a_training_process_killed_mid_round_stops_the_job_and_accelerate_launch_resumes_it(
+    tiny_model_path, tmp_path, layout
+):
+    sharding, nodes = LAYOUTS[layout]
     train = {"learning_rate": 1.0e-3, "batch_size": 2, "max_length": 128, "num_epochs": 20}  # a long train phase
-    config = _server_config(tiny_model_path, rounds=3, train=train)
+    config = _server_config(tiny_model_path, rounds=3, train={**train, "sharding": sharding})
     port = config["generation"]["server"]["port"]
     config, run_dir = _write(config, tmp_path), tmp_path / "run"
-    command = [sys.executable, "-m", "onpolicy.cli", "run", str(config), "--run-dir", str(run_dir), "--processes", "2"]
-    job = subprocess.Popen(
-        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **CPU_ONLY}
-    )
-    _wait_for_phase(job, run_dir, 2, "train")
-    os.kill(_training_process(job.pid, rank=1), signal.SIGKILL)
-    _, stderr = job.communicate(timeout=300)
-    assert job.returncode == 137 and "training process 1 was ended by SIGKILL" in stderr, stderr[-3000:]
+    job = ["-m", "onpolicy.cli", "run", str(config), "--run-dir", str(run_dir)]
+    if nodes == 1:
+        launches = [[sys.executable, *job, "--processes", "2"]]  # onpolicy starts torchrun
+    else:
+        rendezvous = ["--nnodes", "2", "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port"]
+        torchrun = [sys.executable, "-m", "torch.distributed.run", *rendezvous, str(free_port())]
+        launches = [[*torchrun, "--node_rank", str(node), *job] for node in range(nodes)]
+    started = [_start(command) for command in launches]
+    _wait_for_phase(started[0], run_dir, 2, "train")
+    os.kill(_training_process(started[-1].pid, rank=1), signal.SIGKILL)  # the second node's, where there are two
+    outputs = [launched.communicate(timeout=300) for launched in started]
+    stderr = outputs[0][1]
+    if nodes == 1:
+        assert started[0].returncode == 137 and "training process 1 was ended by SIGKILL" in stderr, stderr[-3000:]
+    else:  # the main process saw the other node's process go: it says so, and stops
+        assert started[0].returncode == 1, stderr[-3000:]
+        assert "onpolicy: another training process of this job is gone" in stderr, stderr[-3000:]
+        # one line of the job's own (torchrun then reports its child's exit code, as for any job that fails)
+        assert "rounds up to 1 are complete in" in stderr and "[rank0]" not in stderr, stderr[-3000:]
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [1]
     _wait_until_closed(port)  # the vLLM server went with the job
+
     accelerate = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/ddp.yaml"),
-        "--num_processes", "2", "-m", "onpolicy.cli", "run", str(config), "--run-dir", str(run_dir),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(ROOT / "configs/accelerate" / ("ddp.yaml" if sharding == "none" else "fsdp2.yaml")), "--num_processes", "2",
     ]  # fmt: skip
-    resumed = subprocess.run(
-        accelerate, cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, **CPU_ONLY}
-    )
-    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
-    assert "resuming after round 1" in resumed.stdout and resumed.stdout.count("round 3/3") == 1  # one voice
+    if nodes == 1:
+        launches = [[*accelerate, *job]]
+    else:
+        address = ["--num_machines", "2", "--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
+        launches = [[*accelerate, *address, "--machine_rank", str(node), *job] for node in range(nodes)]
+    resumed = [_start(command) for command in launches]
+    outputs = [launched.communicate(timeout=600) for launched in resumed]
+    for launched, (stdout, stderr) in zip(resumed, outputs, strict=True):
+        assert launched.returncode == 0, stdout[-2000:] + stderr[-3000:]
+    stdout = outputs[0][0]
+    assert "resuming after round 1" in stdout and stdout.count("round 3/3") == 1  # one voice
+    assert all("round" not in out for out, _ in outputs[1:])  # the other node's first process is not a main one
     rounds = read_jsonl(run_dir / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [1, 2, 3] and all(r["train/steps"] >= 1 for r in rounds)
-    assert (run_dir / "final/model.safetensors").exists()
+    # final/ is an ordinary HF folder of the whole policy, every weight of it trained (a sharded one gathered)
+    final, initial = load_file(run_dir / "final/model.safetensors"), load_file(tiny_model_path / "model.safetensors")
+    assert final.keys() == initial.keys()
+    assert all(final[k].shape == initial[k].shape and not final[k].equal(initial[k]) for k in initial)
+    assert len(list(run_dir.glob("wandb/offline-run-*"))) == 2  # one W&B run per launch of the job, not per node
     assert not (run_dir / "trainer-data").exists() and not (run_dir / "weights-sync").exists()
+
+
+def _start(command):
+    return subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **CPU_ONLY}
+    )
 
 
 @pytest.mark.slow

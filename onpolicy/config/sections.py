@@ -252,6 +252,13 @@ class TrainConfig(Section):
         "16, target_modules: all-linear} (train.lora.r=8 on the command line). Empty: full fine-tuning. The "
         "reference is then an adapter state (no second model), the engine gets merged weights.",
     )
+    sharding: Literal["none", "fsdp2"] = Field(
+        "none",
+        description="fsdp2: shard the policy's weights, gradients and optimizer states over the training processes "
+        "(PyTorch FSDP2 through accelerate), so each holds about 1/N of them; needs a launcher (onpolicy run "
+        "--processes N, torchrun). An accelerate launch with an FSDP2 config (configs/accelerate/fsdp2.yaml) shards "
+        "whatever this says. none: every process holds the whole policy (DDP). docs/scaling.md",
+    )
     process_timeout_s: int = Field(
         86400,
         ge=1,
@@ -283,6 +290,10 @@ class TrainConfig(Section):
             from onpolicy.train.lora import check_lora_fields
 
             check_lora_fields(self.lora)
+        if self.lora is not None and self.sharding == "fsdp2":
+            from onpolicy.train.sharding import LORA_REFUSAL
+
+            raise ValueError(LORA_REFUSAL)
         return self
 
 

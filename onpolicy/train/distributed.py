@@ -1,16 +1,18 @@
 """Several training processes: a job started by `torchrun --nproc_per_node N`, `accelerate launch --num_processes N`
-(or `onpolicy run --processes N`, which starts torchrun) trains data-parallel.
+(or `onpolicy run --processes N`, which starts torchrun), on one node or several, trains them together.
 
-The main process (rank 0) runs the job as a single process does: it generates, scores and pairs, syncs the
-weights into the generator, writes the run directory and logs. The other processes hold the policy too and only
-train. The main process tells them each step that changes the policy (`MirroredUpdater`); they follow
-(`follow_main`), and TRL's trainer then runs each update on all of them together (DDP through accelerate), each
-process taking `train.batch_size / N` pairs of every batch. Every process holds the whole policy, so syncing and
-saving need the main process alone.
+The main process (global rank 0) runs the job as a single process does: it generates, scores and pairs, syncs the
+weights into the generator, writes the run directory and logs. The other processes (the first process of another
+node included) only train. The main process tells them each step that changes the policy (`MirroredUpdater`);
+they follow (`follow_main`), and TRL's trainer then runs each update on all of them together (through
+accelerate), each process taking `train.batch_size / N` pairs of every batch. With DDP every process holds the
+whole policy, so syncing and saving need the main process alone; with FSDP2 sharding (`onpolicy.train.sharding`)
+each holds 1/N of it, and whatever reads it whole (a sync, a save, the KL estimate) runs on every process together.
 
 A stop (SIGINT/SIGTERM, which torchrun passes to every process) ends training after the same step on every
-process: each step they agree whether any of them was asked to stop. A process that dies makes the launcher end
-the others; the run directory then holds the rounds completed before, as after a kill of a single process.
+process: each step they agree whether any of them was asked to stop. A process that dies makes its launcher end
+the others of its node; the processes on other nodes find it gone at their next collective step (`LostProcess`).
+The run directory then holds the rounds completed before, as after a kill of a single process.
 """
 
 from __future__ import annotations
@@ -20,16 +22,17 @@ import datetime
 import os
 import pathlib
 import shutil
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from onpolicy.errors import ConfigError
+from onpolicy.errors import ConfigError, OnpolicyError
 from onpolicy.run.progress import PhaseProgress
 from onpolicy.types import Pair, SampleGroup, UpdateResult
 
 if TYPE_CHECKING:
+    from onpolicy.config import TrainConfig
     from onpolicy.train.update import DPOUpdater
 
 LAUNCHED_PROCESSES = "WORLD_SIZE"  # what torchrun and accelerate launch set in every process they start
@@ -76,9 +79,10 @@ class Team:
     """The job's training processes over torch.distributed: the group the trainer uses (gloo on CPUs, NCCL on
     GPUs), and a gloo group for the main process's commands, which carries Python objects on any device."""
 
-    def __init__(self, timeout_s: int) -> None:
+    def __init__(self, timeout_s: int, sharded: bool = False) -> None:
         import torch.distributed as dist
 
+        self.sharded = sharded  # the policy is sharded over the processes: reading it whole takes all of them
         timeout = datetime.timedelta(seconds=timeout_s)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
@@ -127,31 +131,47 @@ class Team:
             dist.destroy_process_group()
 
 
-def join(batch_size: int, timeout_s: int) -> Team | None:
-    """This process's team when the job was launched as several processes, else None."""
-    processes = launched_processes()
-    if processes == 1:
+class LostProcess(OnpolicyError):
+    """A step that takes every training process failed because one of them is gone (ended, killed, or on a node
+    that cannot be reached)."""
+
+
+def lost_process(error: BaseException) -> LostProcess | None:
+    """`error` as a `LostProcess` where torch.distributed raised it (gloo and NCCL report a vanished peer as a
+    RuntimeError from inside their collectives), else None."""
+    if not isinstance(error, RuntimeError) or isinstance(error, OnpolicyError):
         return None
-    check_batch_size(batch_size, processes)
-    check_strategy(os.environ)
-    return Team(timeout_s)
+    traceback = error.__traceback__
+    while traceback is not None and f"torch{os.sep}distributed{os.sep}" not in traceback.tb_frame.f_code.co_filename:
+        traceback = traceback.tb_next
+    if traceback is None:
+        return None
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return LostProcess(
+        f"another training process of this job is gone (ended, or its node unreachable): a step all of them take "
+        f"together failed ({reason[:300]})"
+    )
 
 
-# what `accelerate launch` sets for the strategies that shard the policy over the processes
-SHARDING_LAUNCHES = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DeepSpeed"}
+def join(train: TrainConfig) -> Team | None:
+    """This process's team when the job was launched as several processes, or sharded by a launcher (even as one
+    process: `train.sharding`, or an FSDP2 accelerate launch), else None."""
+    from onpolicy.train import sharding as shards
 
-
-def check_strategy(environment: Mapping[str, str]) -> None:
-    """Refuse an accelerate config that shards the policy (FSDP, DeepSpeed): the main process syncs and saves the
-    policy alone, which needs every process to hold it whole, as DDP does. (On a machine without GPUs accelerate
-    would quietly run such a config as DDP.)"""
-    for variable, strategy in SHARDING_LAUNCHES.items():
-        if environment.get(variable, "false").lower() == "true":
+    processes = launched_processes()
+    sharded = shards.sharded_job(train.sharding, os.environ)
+    if sharded:
+        if LAUNCHED_PROCESSES not in os.environ:
             raise ConfigError(
-                f"accelerate launched this job with {strategy}, which shards the policy over the processes; "
-                "onpolicy trains with DDP only so far (every process holds the whole policy): launch with "
-                "configs/accelerate/ddp.yaml (docs/scaling.md)"
+                "train.sharding=fsdp2 shards the policy over training processes started by a launcher: run with "
+                "onpolicy run --processes N, torchrun or accelerate launch (docs/scaling.md)"
             )
+        shards.check_shardable(lora=train.lora is not None)
+        shards.fsdp_variables(os.environ)
+    elif processes == 1:
+        return None
+    check_batch_size(train.batch_size, processes)
+    return Team(train.process_timeout_s, sharded)
 
 
 def check_batch_size(batch_size: int, processes: int) -> None:
@@ -189,16 +209,26 @@ class MirroredUpdater:
         return self.updater.train(rows, round_number, self.team.anyone(should_stop), progress)
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        self._with_the_others("named_weights")
         return self.updater.named_weights()
 
     def save(self, folder: pathlib.Path) -> None:
+        self._with_the_others("save", folder)
         self.updater.save(folder)
 
     def save_checkpoint(self, folder: pathlib.Path) -> None:
+        self._with_the_others("save_checkpoint", folder)
         self.updater.save_checkpoint(folder)
 
     def kl_from_samples(self, groups: Sequence[SampleGroup]) -> dict[str, float]:
-        return self.updater.kl_from_samples(groups)  # the main process's models: no other process takes part
+        self._with_the_others("kl_from_samples", groups)
+        return self.updater.kl_from_samples(groups)
+
+    def _with_the_others(self, step: str, *args: Any) -> None:
+        """A sharded policy is read whole by every process together: have the others run `step` beside this one
+        (with DDP the main process's copy is whole, and the others have nothing to do)."""
+        if self.team.sharded:
+            self.team.broadcast((step, args))
 
     def save_adapter(self, folder: pathlib.Path) -> None:
         self.updater.save_adapter(folder)
@@ -221,5 +251,8 @@ def follow_main(
         step, args = command
         if step == "train":
             updater.train(*args, should_stop=team.anyone(stop_asked))
+        elif step == "named_weights":  # gathered one weight at a time: every process goes through all of them
+            for _ in updater.named_weights():
+                pass
         else:
             getattr(updater, step)(*args)

@@ -11,7 +11,7 @@ None of them costs training time:
 - `FrozenReference` (`never`, `every: N`): a snapshot of the policy taken when a refresh is due, from which TRL
   precomputes the reference log-probs before training; still no reference forward per step. With LoRA the
   snapshot is an adapter state, or the base model while the reference is the initial policy.
-- `MixedReference` (`mix: a`): a frozen copy that moves toward the policy at the start of every round after the
+- `MixedReference` (`mix: a`): a frozen copy (of this process's shards, for a sharded policy) that moves toward the policy at the start of every round after the
   first, `ref = a * policy + (1 - a) * ref` (TR-DPO's soft update, per round rather than per step). No other
   folder holds a mix, so each round's checkpoint keeps it in `reference/` for a resumed run.
 
@@ -25,7 +25,7 @@ from typing import Protocol
 
 from onpolicy.config import RefConfig
 from onpolicy.run.rundir import REFERENCE_FOLDER, RunDirectory
-from onpolicy.train.policy_weights import FullCopy, PolicyWeights, Snapshot, TrainerReference, mix_into
+from onpolicy.train.policy_weights import FullState, PolicyWeights, Snapshot, TrainerReference
 
 
 def reference_round(round_number: int, ref: RefConfig) -> int:
@@ -164,7 +164,7 @@ class MixedReference:
     def __init__(self, weights: PolicyWeights, ref: RefConfig, keep_copy: bool = False) -> None:
         self.weights = weights  # a copy is kept in any case: `keep_copy` asks nothing more
         self.share = ref.mix
-        self._snapshot: FullCopy | None = None
+        self._snapshot: FullState | None = None
         self._round = 0  # the newest round whose starting policy went into the mix
 
     def start_round(self, round_number: int) -> bool:
@@ -172,10 +172,10 @@ class MixedReference:
             return False
         if self._snapshot is None:
             snapshot = self.weights.snapshot()
-            assert isinstance(snapshot, FullCopy), "a mixed reference needs full weights (refused with LoRA)"
+            assert isinstance(snapshot, FullState), "a mixed reference needs full weights (refused with LoRA)"
             self._snapshot = snapshot
         else:
-            mix_into(self._snapshot.model, self.weights.policy, self.share)
+            self._snapshot.mix(self.weights.policy, self.share)
         self._round = round_number
         return True
 
@@ -191,11 +191,11 @@ class MixedReference:
 
     def save(self, checkpoint: pathlib.Path) -> None:
         if self._snapshot is not None:
-            self._snapshot.model.save_pretrained(checkpoint / self.checkpoint_folder)
+            self._snapshot.save(self.weights.policy, checkpoint / self.checkpoint_folder)
 
     def restore(self, folder: str | pathlib.Path, from_round: int) -> None:
         snapshot = self.weights.load(folder)
-        assert isinstance(snapshot, FullCopy)
+        assert isinstance(snapshot, FullState)
         self._snapshot = snapshot
         self._round = from_round + 1
 

@@ -7,9 +7,9 @@
 - `make_trainer`: a `DPOTrainer` subclass for rows that arrive tokenized and may carry the engine's reference
   log-probs (TRL's reference pass runs only where they are missing, plus a few checked rows), with an optional
   length-grouped sampler and a collator that counts padding.
-- `adjusted_trl`: two scoped replacements of TRL internals while a round's trainer lives, each measured and
-  tested: the fused LM head scores only completion tokens on a CPU too, and the reference cache is keyed without
-  hashing every weight.
+- `adjusted_trl`: scoped replacements of TRL internals while a round's trainer lives, each measured and tested:
+  the fused LM head scores only completion tokens on a CPU too, the reference cache is keyed without hashing
+  every weight, and a policy sharded before the trainer is made computes its own reference log-probs.
 - `round_metrics` / `release`: TRL's per-step logs averaged under onpolicy's names, and the model handed back
   as an ordinary transformers model.
 - `REFERENCE_ADAPTER`, `selective_log_softmax`: the name of the adapter TRL adds for a LoRA policy's reference,
@@ -40,6 +40,7 @@ import torch
 
 from onpolicy.errors import OnpolicyError
 from onpolicy.run.progress import PhaseProgress
+from onpolicy.train import sharding
 
 # The versions every replaced or overridden attribute below was checked against: pyproject.toml pins these lines
 # (tests/test_trl_compat.py holds the two together).
@@ -94,17 +95,25 @@ _SET_BY_ONPOLICY = {
     "logging_steps": "every step is logged, and averaged per round (rounds.jsonl, W&B)",
     "disable_tqdm": "the job's own progress display",
     "use_cpu": "CUDA_VISIBLE_DEVICES (empty: train on the CPU)",
+    "accelerator_config": "train.sharding (a sharded job's trainers use the accelerate state it set up)",
 }
 OWNED_FIELDS = {**{field: f"train.{key}" for field, key in _FROM_TRAIN.items()}, **_SET_BY_ONPOLICY}
 
 
 def dpo_config(
-    train: Any, output_dir: str, seed: int, gradient_checkpointing: bool, processes: int = 1, round_number: int = 1
+    train: Any,
+    output_dir: str,
+    seed: int,
+    gradient_checkpointing: bool,
+    processes: int = 1,
+    round_number: int = 1,
+    sharded: bool = False,
 ) -> Any:
     """TRL's training arguments for round `round_number`, from `train` (a `TrainConfig`, `extra` passed through;
     beta and the learning rate as its schedules give them for the round), for one of `processes` data-parallel
     processes: `train.batch_size` is the batch of all of them together, so that a step trains on the same pairs
-    however many processes share it."""
+    however many processes share it. `sharded`: the job's accelerate state is set up for FSDP already
+    (`onpolicy.train.sharding`), and the trainer must take it as it is (transformers would otherwise reset it)."""
     from trl import DPOConfig
 
     cuda = torch.cuda.is_available()
@@ -127,6 +136,7 @@ def dpo_config(
         logging_steps=1,
         disable_tqdm=True,
         use_cpu=not cuda,
+        accelerator_config={"use_configured_state": True} if sharded else None,
         **{**defaults, **train.extra},
     )
 
@@ -190,12 +200,15 @@ def make_trainer(
     should_stop: Callable[[], bool] | None,
     reference_adapter: Callable[[Any], None] | None = None,
     progress: PhaseProgress | None = None,
+    reference_weights: Callable[[Any], contextlib.AbstractContextManager[Any]] | None = None,
     **kwargs: Any,
 ) -> Any:
     """A round's trainer on a `datasets.Dataset` of tokenized rows (`kwargs`: DPOTrainer's model, ref_model, args, processing_class).
     Training stops after the current step once `should_stop()` is true; each step advances `progress`.
     `reference_adapter` (a LoRA policy): called with the model once TRL has added its `REFERENCE_ADAPTER`, to make
-    it the round's reference (None: TRL's copy of the trained adapter, the round's starting policy, is)."""
+    it the round's reference (None: TRL's copy of the trained adapter, the round's starting policy, is).
+    `reference_weights` (a sharded policy): opened around TRL's reference pass, so that the policy computes it
+    with the reference's weights (None: the policy's own, the round's starting policy)."""
     from transformers import PrinterCallback, TrainerCallback
 
     class StopWhenAsked(TrainerCallback):
@@ -213,6 +226,7 @@ def make_trainer(
         checked_rows=checked_rows,
         group_by_length=group_by_length,
         reference_adapter=reference_adapter,
+        reference_weights=reference_weights,
         train_dataset=dataset,
         callbacks=[StopWhenAsked()],
         **kwargs,
@@ -245,10 +259,14 @@ def release(trainer: Any, models: Sequence[torch.nn.Module | None]) -> None:
 
 
 @contextlib.contextmanager
-def adjusted_trl() -> Iterator[None]:
-    """Both TRL adjustments, while a round's trainer is made and trains."""
+def adjusted_trl(sharded: bool = False) -> Iterator[None]:
+    """The TRL adjustments, while a round's trainer is made and trains (`sharded`: the policy is sharded)."""
     with lm_head_on_completions_only(), unique_model_hash():
-        yield
+        if not sharded:
+            yield
+            return
+        with sharded_policy_as_reference():
+            yield
 
 
 def lm_head_on_completions_only() -> contextlib.AbstractContextManager[None]:
@@ -271,6 +289,20 @@ def unique_model_hash() -> contextlib.AbstractContextManager[None]:
     onpolicy round has new pairs and a new model, so the cache never hits, and the hash is pure cost: 0.5 s per
     round for the 135M model here, growing with the model (a 7B model is 28 GB of fp32 bytes to hash)."""
     return _replaced("trl.trainer.dpo_trainer", "hash_module", lambda _: lambda module: uuid.uuid4().hex)
+
+
+def sharded_policy_as_reference() -> contextlib.AbstractContextManager[None]:
+    """While open, TRL's `DPOTrainer` under FSDP precomputes the reference log-probs with the policy itself, as it
+    does without FSDP, instead of loading a reference model from the path in the policy's config.
+
+    TRL loads that model because, in a TRL job, FSDP shards the policy only when training starts, and a whole
+    policy on every process would cost the memory sharding saves. onpolicy shards the policy when it loads it
+    (`onpolicy.train.sharding`), so the policy the trainer gets is sharded already and is the round's starting
+    policy; the model TRL would load is the *initial* checkpoint (a silent "never refresh"), in full on every
+    process, read from disk every round. A reference other than the round's starting policy is swapped into the
+    policy around that pass (`make_trainer`'s `reference_weights`). TRL calls `create_model_from_path` there for
+    nothing else: the policy is given as a model."""
+    return _replaced("trl.trainer.dpo_trainer", "create_model_from_path", lambda _: lambda *args, **kwargs: None)
 
 
 def selective_log_softmax(logits: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -383,11 +415,13 @@ def _tokenized_trainer_class() -> type:
             checked_rows: Sequence[int],
             group_by_length: bool,
             reference_adapter: Callable[[Any], None] | None,
+            reference_weights: Callable[[Any], contextlib.AbstractContextManager[Any]] | None,
             **kwargs: Any,
         ) -> None:
             self.checked_rows = list(checked_rows)
             self.group_by_length = group_by_length
             self.reference_adapter = reference_adapter
+            self.reference_weights = reference_weights
             self.reference_metrics: dict[str, float] = {}
             super().__init__(**kwargs)
 
@@ -417,7 +451,9 @@ def _tokenized_trainer_class() -> type:
             if missing or checked:
                 needed = sorted(set(missing) | set(checked))
                 subset = dataset.remove_columns(_REF_COLUMNS).select(needed)
-                computed = super()._precompute_ref_logps(subset, name, batch_size)
+                with self.reference_weights(self.model) if self.reference_weights else contextlib.nullcontext():
+                    computed = super()._precompute_ref_logps(subset, name, batch_size)
+                sharding.reshard(self.model)  # the optimizer, made next, must step the shards
                 trainer = {side: dict(zip(needed, computed[side])) for side in _REF_COLUMNS}
                 for side in _REF_COLUMNS:
                     for i in missing:

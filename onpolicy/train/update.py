@@ -23,7 +23,7 @@ import torch
 from onpolicy.config import RefConfig, TrainConfig
 from onpolicy.errors import OnpolicyError
 from onpolicy.run.progress import PhaseProgress
-from onpolicy.train import kl, lora, trl_compat
+from onpolicy.train import kl, lora, sharding, trl_compat
 from onpolicy.train.devices import choose_gradient_checkpointing
 from onpolicy.train.policy_weights import PolicyWeights
 from onpolicy.train.reference import build_reference
@@ -47,13 +47,15 @@ class DPOUpdater:
         processes: int = 1,
         initial_path: str | None = None,
         kl: bool = False,
+        sharded: bool = False,
     ) -> None:
         """`model_path`: the policy (with `train.lora`: its base model, the initial policy); `adapter_path`: with
         `train.lora`, a saved adapter to continue training (a resumed run's checkpoint's adapter/); `processes`:
         how many data-parallel training processes run this update together (`onpolicy.train.distributed`);
         `initial_path`: the initial policy, when `model_path` is a resumed run's checkpoint; `kl`: keep what
         `kl_from_samples` compares with; `engine_dtype`: what the engine that samples computes in (None: no
-        engine log-probs)."""
+        engine log-probs); `sharded`: shard the policy over the `processes` (FSDP2, `onpolicy.train.sharding`),
+        after which every method is collective: each process calls it."""
         from transformers import AutoModelForCausalLM
 
         self.train_config = train
@@ -69,6 +71,8 @@ class DPOUpdater:
                 if adapter_path is not None
                 else lora.add_adapter(self.policy, train.lora, seed)
             )
+        if sharded:
+            self.policy = sharding.shard(self.policy, "bf16" if train.bf16 else "no")
         self.weights = PolicyWeights(self.policy, train.lora is not None, initial_path or model_path)
         self.reference = build_reference(ref, self.weights, keep_copy=kl)
         # The engine's log-probs are the reference's only when the reference is the policy that sampled.
@@ -114,7 +118,7 @@ class DPOUpdater:
             return UpdateResult(skipped=True, metrics=metrics)
         cfg = self.train_config
         reference = self.reference.for_trainer()
-        with trl_compat.adjusted_trl():
+        with trl_compat.adjusted_trl(self.weights.sharded):
             started = time.perf_counter()
             trainer = trl_compat.make_trainer(
                 data.dataset,
@@ -123,6 +127,7 @@ class DPOUpdater:
                 should_stop=should_stop,
                 progress=progress,
                 reference_adapter=reference.adapter,
+                reference_weights=reference.weights,
                 model=self.policy,
                 ref_model=reference.model,
                 args=trl_compat.dpo_config(
@@ -132,6 +137,7 @@ class DPOUpdater:
                     self.gradient_checkpointing,
                     self.processes,
                     round_number,
+                    self.weights.sharded,
                 ),  # fmt: skip
                 processing_class=self.tokenizer,
             )
@@ -199,10 +205,12 @@ def check_finite(round_number: int, metrics: Mapping[str, float], policy: torch.
     stays the last good one."""
     bad_metrics = [f"{key} = {value}" for key, value in metrics.items() if not math.isfinite(value)]
     bad_weights = [
-        f"{int((~torch.isfinite(weight)).sum())} of {weight.numel()} in {name}"
-        for name, weight in policy.named_parameters()
-        if weight.requires_grad and not bool(torch.isfinite(weight).all())
+        f"{int((~torch.isfinite(shard)).sum())} of {shard.numel()} in {name}"
+        for name, weight in sharding.parameters(policy)
+        if weight.requires_grad and not bool(torch.isfinite(shard := sharding.local(weight)).all())
     ]
+    if sharding.is_sharded(policy) and sharding.any_process(bool(bad_weights)) and not bad_weights:
+        bad_weights = ["in another training process's shard"]  # every process stops, not only the one that saw it
     if not bad_metrics and not bad_weights:
         return
     found = "; ".join(
