@@ -1,6 +1,7 @@
 """Two rounds of DPO updates on fixed pairs, through the parts a job of several training processes uses
 (`onpolicy.train.distributed`): run as one process (`python`) or as several (`torchrun`), it writes the losses, the
-device the policy trained on and the final weights of the main process to OUT (.json and .safetensors), for
+device the policy trained on, the KL estimate (with `eval.kl_samples`) and the final weights of the main process
+to OUT (.json and .safetensors), for
 test_distributed (processes) and test_cuda (devices) to compare.
 
     python tests/distributed_update.py CONFIG.yaml OUT
@@ -22,6 +23,7 @@ from onpolicy.components import build_updater  # noqa: E402
 from onpolicy.config import load_config  # noqa: E402
 from onpolicy.train import distributed  # noqa: E402
 from tests.helpers import PAIRS  # noqa: E402
+from tests.test_update import _sample_groups  # noqa: E402
 
 # 8 pairs: two full batches of 4 (a last, short batch would be padded differently by several processes)
 EIGHT_PAIRS = [*PAIRS, *(dataclasses.replace(p, prompt_id=f"{p.prompt_id}b", rejected="No.") for p in PAIRS)]
@@ -41,6 +43,7 @@ def main(config_path: str, out: str) -> None:
         team.leave()
         return
     updater = build_updater(config, start, team.size if team else 1, sharded=team is not None and team.sharded)
+    tokenizer = updater.tokenizer
     if team is not None:
         team.broadcast(start)
         updater = distributed.MirroredUpdater(updater, team, pathlib.Path(out).parent / "trainer-data")
@@ -49,13 +52,15 @@ def main(config_path: str, out: str) -> None:
         updater.start_round(n)
         result = updater.update(EIGHT_PAIRS, n)
         losses.append(result.metrics["train/loss"])
+    # the KL estimate, where the config asks for it: the policy against the initial one and the reference
+    kl = updater.kl_from_samples(_sample_groups(tokenizer)) if config.eval.kl_samples else {}
     named = list(updater.named_weights())
     device = named[0][1].device.type
     weights = {name: t.detach().to("cpu", copy=True).contiguous() for name, t in named}
     if team is not None:
         updater.close()
         team.leave()
-    pathlib.Path(f"{out}.json").write_text(json.dumps({"losses": losses, "device": device}))
+    pathlib.Path(f"{out}.json").write_text(json.dumps({"losses": losses, "device": device, "kl": kl}))
     save_file(weights, f"{out}.safetensors")
 
 

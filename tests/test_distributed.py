@@ -31,7 +31,11 @@ VARIANTS = {
     },
     # each process holds half of every weight; the mixed reference is each process's half too, swapped in for
     # TRL's reference pass (round 2's reference is the mix of two policies)
-    "FSDP2 sharding, mixed reference": {"train": {**TRAIN, "sharding": "fsdp2"}, "ref": {"mix": 0.5}},
+    "FSDP2 sharding, mixed reference, KL estimate": {
+        "train": {**TRAIN, "sharding": "fsdp2"},
+        "ref": {"mix": 0.5},
+        "eval": {"prompts": {"items": ["hi"]}, "kl_samples": 2},
+    },
 }
 
 
@@ -53,15 +57,19 @@ def _run_update(command, config, out):
         env={**os.environ, **CPU_ONLY, "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"},
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return json.loads(out.with_suffix(".json").read_text())["losses"], load_file(out.with_suffix(".safetensors"))
+    result = json.loads(out.with_suffix(".json").read_text())
+    return result["losses"], result["kl"], load_file(out.with_suffix(".safetensors"))
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_two_processes_train_as_one_on_the_same_pairs(tiny_model_path, tmp_path, variant):
-    one_losses, one = _run_update([sys.executable], _update_config(tiny_model_path, tmp_path, variant, 1), tmp_path / "one")
+    config = _update_config(tiny_model_path, tmp_path, variant, 1)
+    one_losses, one_kl, one = _run_update([sys.executable], config, tmp_path / "one")
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    two_losses, two = _run_update(torchrun, _update_config(tiny_model_path, tmp_path, variant, 2), tmp_path / "two")
+    config = _update_config(tiny_model_path, tmp_path, variant, 2)
+    two_losses, two_kl, two = _run_update(torchrun, config, tmp_path / "two")
     assert one_losses == pytest.approx(two_losses, abs=1e-6)
+    assert one_kl == pytest.approx(two_kl, abs=1e-5) and (one_kl == {} or one_kl["eval/kl_reference"] != 0.0)
     initial = load_file(tiny_model_path / "model.safetensors")
     moved = max((one[k] - initial[k]).abs().max().item() for k in initial)
     apart = max((one[k] - two[k]).abs().max().item() for k in one)
