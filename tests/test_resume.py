@@ -250,3 +250,13 @@ def test_a_reward_backend_down_all_along_stops_the_job_with_an_error(tiny_model_
     assert "raised ConnectionError: reward server at http://rm:8000 refused" in done.stderr
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [1, 2]  # the rounds run are kept
     assert not (run_dir / "final").exists()  # not a finished job
+
+
+def test_how_training_is_spread_over_processes_may_change_on_resume_and_what_it_computes_may_not():
+    from onpolicy.run.resume import _changed_settings
+
+    differences = [
+        ("train.sharding", "none", "fsdp2"), ("train.process_timeout_s", 60, 600), ("wandb.mode", "offline", "online"),
+        ("train.beta", 0.1, 0.2), ("train.shardingx", 1, 2),
+    ]  # fmt: skip
+    assert _changed_settings(differences) == ["train.beta (0.1 -> 0.2)", "train.shardingx (1 -> 2)"]

@@ -25,7 +25,9 @@ from onpolicy.run.rundir import RunDirectory, is_whole_model_folder
 from onpolicy.train.reference import reference_kind, reference_round
 
 StartMode = Literal["auto", "resume", "fresh"]
-CHANGEABLE_ON_RESUME = ("rounds", "checkpoint", "wandb")
+# what a resume may change: how long the run is, what it keeps and logs, and how its training is spread over
+# processes (an HF checkpoint loads into DDP or FSDP2 alike), none of which changes what a round computes
+CHANGEABLE_ON_RESUME = ("rounds", "checkpoint", "wandb", "train.sharding", "train.process_timeout_s")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +139,7 @@ def _changed_settings(differences: list[tuple[str, Any, Any]]) -> list[str]:
     return [
         f"{key} ({old!r} -> {new!r})"
         for key, old, new in differences
-        if key.split(".")[0] not in CHANGEABLE_ON_RESUME and old is not _ABSENT
+        if not any(key == part or key.startswith(f"{part}.") for part in CHANGEABLE_ON_RESUME) and old is not _ABSENT
     ]
 
 
@@ -155,7 +157,7 @@ def _check_same_experiment(run: RunDirectory, differences: list[tuple[str, Any, 
         raise OnpolicyError(
             f"{run.path} holds a run with another config; changed: {'; '.join(changed[:5])}"
             + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-            + ". Resuming needs the same config (only rounds, checkpoint.* and wandb.* may change): use --fresh "
+            + ". Resuming needs the same config (only rounds, checkpoint.*, wandb.*, train.sharding and train.process_timeout_s may change): use --fresh "
             "to start over in that directory (the old run is kept aside), or another --run-dir"
         )
     return [f"settings newer than this run take their values: {', '.join(added)}"] if added else []
