@@ -218,8 +218,9 @@ def _start(command):
 
 
 @pytest.mark.slow
-def test_sigterm_to_the_launcher_stops_every_process_at_a_safe_point(tiny_model_path, tmp_path):
-    train = {"learning_rate": 1.0e-3, "batch_size": 2, "max_length": 128, "num_epochs": 40}
+@pytest.mark.parametrize("sharding", ["none", "fsdp2"])
+def test_sigterm_to_the_launcher_stops_every_process_at_a_safe_point(tiny_model_path, tmp_path, sharding):
+    train = {"learning_rate": 1.0e-3, "batch_size": 2, "max_length": 128, "num_epochs": 40, "sharding": sharding}
     config = _write(_server_config(tiny_model_path, rounds=2, train=train), tmp_path)
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "onpolicy.cli", "run", str(config), "--run-dir", str(run_dir), "--processes", "2"]
