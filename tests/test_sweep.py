@@ -27,11 +27,24 @@ def test_every_combination_and_seed_is_a_run_of_its_own_in_one_group(tmp_path, c
     assert first.overrides == (
         "rounds=2", "train.beta=0.1", "train.lora={r: 8, lora_alpha: 16}", "seed=5", "wandb.group=beta-sweep"
     )  # fmt: skip
-    assert first.run_dir == tmp_path / "beta-sweep" / "train.beta=0.1,train.lora=_r_8,_lora_alpha_16_,seed=5"
+    assert first.run_dir.parent == tmp_path / "beta-sweep"
+    assert first.run_dir.name.startswith("train.beta=0.1,train.lora=_r_8,_lora_alpha_16_,seed=5.h")
     assert [run.overrides[-2] for run in runs[:2]] == ["seed=5", "seed=6"]
     assert main(["sweep", config, "--grid", "train.beta=0.1,0.3", "--seeds", "2", "--dry-run",
                  "--out", str(tmp_path / "s")]) == 0  # fmt: skip
     assert len(capsys.readouterr().out.splitlines()) == 4
+
+
+def test_grid_points_never_share_a_folder_and_plain_ones_keep_their_plain_names(tmp_path):
+    config = _config(tmp_path)
+    long_a, long_b = "x" * 190 + "a", "x" * 190 + "b"  # the same first 180 characters
+    grid = parse_grid(["train.beta=0.1,0.3", f"prompts.items=[a b],[a/b],[a_b],[{long_a}],[{long_b}]"])
+    runs = plan(config, grid, seeds=1, out=tmp_path / "s")
+    names = [run.run_dir.name for run in runs]
+    assert len(set(names)) == len(runs) == 10
+    assert all(len(name) <= 200 and "/" not in name for name in names)
+    plain = plan(config, parse_grid(["train.beta=0.1,0.3"]), seeds=1, out=tmp_path / "s")
+    assert [run.run_dir.name for run in plain] == ["train.beta=0.1,seed=5", "train.beta=0.3,seed=5"]
 
 
 def test_a_bad_value_anywhere_in_the_grid_stops_the_sweep_before_any_run(tmp_path):

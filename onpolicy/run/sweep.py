@@ -13,6 +13,7 @@ config (grid method) whose `wandb agent`s each run `onpolicy run CONFIG KEY=VALU
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import pathlib
 import re
@@ -114,5 +115,16 @@ def _split_values(values: str) -> list[str]:
 
 
 def _dir_name(parts: Sequence[str]) -> str:
-    """A folder name from KEY=VALUE parts: readable, and safe on any filesystem."""
-    return re.sub(r"[^A-Za-z0-9=.,_+-]+", "_", ",".join(parts)).strip("_")[:200]
+    """A folder name from KEY=VALUE parts (the last one `seed=N`): readable, safe on any filesystem, and unique
+    by construction. A name the parts give as they are is the parts; a name that had to lose characters (replaced,
+    or cut at 180) ends with `.h` and a digest of the parts, so two grid points never share a folder: a name
+    without a digest ends in `=` and digits (the seed), one with a digest does not."""
+    joined = ",".join(parts)
+    safe = re.sub(r"[^A-Za-z0-9=.,_+-]+", "_", joined).strip("_")
+    if safe == joined and len(safe) <= _NAME_LENGTH:
+        return safe
+    digest = hashlib.sha256(joined.encode()).hexdigest()[:12]
+    return f"{safe[:_NAME_LENGTH]}.h{digest}"
+
+
+_NAME_LENGTH = 180  # with a digest, 194 characters: under the 255 bytes of common file systems
