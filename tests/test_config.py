@@ -125,6 +125,18 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
         (MINIMAL, ["generation.temperature=.inf"], r"'generation.temperature' .*finite number"),
         (MINIMAL, ["reward.0.weight=.nan"], r"'reward\[0\].weight' .*finite number"),
         (MINIMAL, ["train.extra={logging_steps: 5}"], r"train.extra.logging_steps is set by onpolicy; it follows"),
+        (MINIMAL, ["train.extra={push_to_hub: true}"], r"train.extra.push_to_hub: a job never publishes weights"),
+        (MINIMAL, ["train.extra={hub_model_id: me/m}"], r"train.extra.hub_model_id: a job never publishes weights"),
+        (
+            MINIMAL,
+            ["generation.server.extra_args=[--host=0.0.0.0]"],
+            r"generation.server.extra_args: --host is set by onpolicy; started servers listen on 127.0.0.1 only",
+        ),
+        (
+            MINIMAL,
+            ["generation.server.extra_args=[--tensor-parallel-size, '2', --port, '9000']"],
+            r"extra_args: --port is set by onpolicy; it follows generation.server.port",
+        ),
         (MINIMAL, ['prompts.system_prompt="\\ud800"'], r"'prompts.system_prompt' in .*lone surrogate"),
         (MINIMAL, ["ref.refresh=mix", "train.lora={r: 8}"], r"ref.refresh: mix needs full fine-tuning"),
         (MINIMAL, ["ref.refresh=mix", "ref.mix=0"], r"'ref.mix' in command-line override .*greater than 0"),

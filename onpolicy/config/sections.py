@@ -80,6 +80,24 @@ class ServerConfig(Section):
         description="More `vllm serve` arguments for started servers, e.g. [--tensor-parallel-size, '2'].",
     )
 
+    @model_validator(mode="after")
+    def _no_owned_server_args(self) -> ServerConfig:
+        for arg in self.extra_args:
+            name = arg.split("=", 1)[0]
+            if name in _OWNED_SERVER_ARGS:
+                raise ValueError(f"generation.server.extra_args: {name} is set by onpolicy; {_OWNED_SERVER_ARGS[name]}")
+        return self
+
+
+# `vllm serve` arguments a started server gets from onpolicy, which extra_args (placed after them) would override
+_OWNED_SERVER_ARGS = {
+    "--host": "started servers listen on 127.0.0.1 only (to serve other machines, start servers yourself and "
+    "give generation.server.urls)",
+    "--port": "it follows generation.server.port (one port per started server, counting up)",
+    "--model": "started servers serve the policy the job trains",
+    "--served-model-name": "the job addresses its servers by the name it gives them",
+}
+
 
 class GenerationConfig(Section):
     backend: Literal["engine", "server"] = Field(

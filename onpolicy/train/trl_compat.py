@@ -171,6 +171,11 @@ def check_dpo_config_fields(loss_types: Sequence[str], extra: Mapping[str, Any])
 
     known = {f.name for f in dataclasses.fields(DPOConfig)}
     for key in extra:
+        if key == "push_to_hub" or key.startswith("hub_"):
+            raise ValueError(
+                f"train.extra.{key}: a job never publishes weights (its checkpoints and final/ are HF folders on "
+                "local storage); upload the one you choose yourself, e.g. `hf upload REPO RUN_DIR/final`"
+            )
         if key in OWNED_FIELDS:
             raise ValueError(f"train.extra.{key} is set by onpolicy; it follows {OWNED_FIELDS[key]}")
         if key not in known:
