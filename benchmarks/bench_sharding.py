@@ -64,8 +64,9 @@ def main() -> None:
                 state = max(r["parameters"] + r["gradients"] + r["optimizer"] for r in reports)
                 baseline = baseline or (state, main["peak_rss"])
                 rows.append([
-                    model, label, max(r["parameters"] for r in reports) / MIB, max(r["gradients"] for r in reports) / MIB,
-                    max(r["optimizer"] for r in reports) / MIB, state / MIB, f"{state / baseline[0]:.2f}",
+                    model, label, max(r["parameters"] for r in reports) / MIB,
+                    max(r["gradients"] for r in reports) / MIB, max(r["optimizer"] for r in reports) / MIB,
+                    state / MIB, f"{state / baseline[0]:.2f}",
                     max(r["imports_rss"] for r in reports) / GIB, max(r["loaded_rss"] for r in reports) / GIB,
                     max(r["step_rss"] for r in reports) / GIB,
                     main["peak_rss"] / GIB, f"{main['peak_rss'] / baseline[1]:.2f}",
@@ -75,8 +76,8 @@ def main() -> None:
         "One round of DPO updates, per training process (the training state: the largest of the job's processes)",
         [
             "model", "job", "params MiB", "grads MiB", "optimizer MiB", "training state MiB", "state vs 1 process",
-            "RSS after imports GiB", "RSS after loading GiB", "RSS after step 1 GiB", "peak RSS, main GiB", "main vs 1 process",
-            "peak RSS, other GiB", "update s",
+            "RSS after imports GiB", "RSS after loading GiB", "RSS after step 1 GiB", "peak RSS, main GiB",
+            "main vs 1 process", "peak RSS, other GiB", "update s",
         ],
         rows,
     )  # fmt: skip

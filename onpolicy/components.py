@@ -207,7 +207,9 @@ def _trainer_side(
     else:
         team.broadcast(trainer_start)
         updater = MirroredUpdater(
-            build_updater(config, trainer_start, team.size, tokenizer, team.sharded), team, start.run.path / "trainer-data"
+            build_updater(config, trainer_start, team.size, tokenizer, team.sharded),
+            team,
+            start.run.path / "trainer-data",
         )
     sync = policy_sync(config, generator, updater)
     if (config.generation.backend == "server" and config.generation.server.urls) or (

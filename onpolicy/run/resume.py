@@ -157,8 +157,9 @@ def _check_same_experiment(run: RunDirectory, differences: list[tuple[str, Any, 
         raise OnpolicyError(
             f"{run.path} holds a run with another config; changed: {'; '.join(changed[:5])}"
             + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-            + ". Resuming needs the same config (only rounds, checkpoint.*, wandb.*, train.sharding and train.process_timeout_s may change): use --fresh "
-            "to start over in that directory (the old run is kept aside), or another --run-dir"
+            + ". Resuming needs the same config (only rounds, checkpoint.*, wandb.*, train.sharding and "
+            "train.process_timeout_s may change): use --fresh to start over in that directory (the old run is kept "
+            "aside), or another --run-dir"
         )
     return [f"settings newer than this run take their values: {', '.join(added)}"] if added else []
 

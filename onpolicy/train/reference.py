@@ -11,9 +11,10 @@ None of them costs training time:
 - `FrozenReference` (`never`, `every: N`): a snapshot of the policy taken when a refresh is due, from which TRL
   precomputes the reference log-probs before training; still no reference forward per step. With LoRA the
   snapshot is an adapter state, or the base model while the reference is the initial policy.
-- `MixedReference` (`mix: a`): a frozen copy (of this process's shards, for a sharded policy) that moves toward the policy at the start of every round after the
-  first, `ref = a * policy + (1 - a) * ref` (TR-DPO's soft update, per round rather than per step). No other
-  folder holds a mix, so each round's checkpoint keeps it in `reference/` for a resumed run.
+- `MixedReference` (`mix: a`): a frozen copy (of this process's shards, for a sharded policy) that moves toward
+  the policy at the start of every round after the first, `ref = a * policy + (1 - a) * ref` (TR-DPO's soft
+  update, per round rather than per step). No other folder holds a mix, so each round's checkpoint keeps it in
+  `reference/` for a resumed run.
 
 How each kind is held (a full copy, an adapter state, the base model) is `onpolicy.train.policy_weights`'s business.
 """

@@ -266,12 +266,9 @@ def release(trainer: Any, models: Sequence[torch.nn.Module | None]) -> None:
 @contextlib.contextmanager
 def adjusted_trl(sharded: bool = False) -> Iterator[None]:
     """The TRL adjustments, while a round's trainer is made and trains (`sharded`: the policy is sharded)."""
-    with lm_head_on_completions_only(), unique_model_hash():
-        if not sharded:
-            yield
-            return
-        with sharded_policy_as_reference():
-            yield
+    own_reference = sharded_policy_as_reference() if sharded else contextlib.nullcontext()
+    with lm_head_on_completions_only(), unique_model_hash(), own_reference:
+        yield
 
 
 def lm_head_on_completions_only() -> contextlib.AbstractContextManager[None]:
