@@ -233,7 +233,8 @@ def _run(args: argparse.Namespace) -> int:
 def _complete_rounds(run_dir: pathlib.Path) -> str:
     from onpolicy.run.rundir import RunDirectory
 
-    last = RunDirectory(run_dir).last_complete_round() if RunDirectory.holds_run(run_dir) else -1
+    # read only: the job's lock is released by now, and another job may be starting in the directory
+    last = RunDirectory(run_dir).last_complete_round(repair=False) if RunDirectory.holds_run(run_dir) else -1
     return f"rounds up to {max(last, 0)} are complete in {run_dir}"
 
 

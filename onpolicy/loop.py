@@ -24,6 +24,7 @@ from onpolicy.config import Config
 from onpolicy.diagnostics import diagnose_pairs
 from onpolicy.errors import OnpolicyError
 from onpolicy.interfaces import Table
+from onpolicy.jsonable import jsonable
 from onpolicy.pairing import Selection, build_pairs
 from onpolicy.prompts import prompts_for_round
 from onpolicy.run.progress import PhaseProgress, Progress
@@ -108,6 +109,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
         **m.perf_metrics(seconds, gen["gen/tokens"]),
         "perf/record_s": record_s,
     }
+    metrics = jsonable(metrics, f"round {n}'s metric")  # a reward's numpy counters, before anything is written
     tables = {"pairs/examples": m.pair_table(pairing.pairs)}
     if parts.inputs.evaluator is not None:
         results, tables["eval/answers"] = _evaluate(job, n)
@@ -192,9 +194,9 @@ def _run_rounds(
     for note in start.notes:
         echo(note)
     if start.last_complete >= config.rounds:
-        if start.policy is not None and not (run.path / "final").is_dir():  # the job died writing final/
-            run.save_model(
-                "final",
+        if start.policy is not None and not run.final_is_round(start.last_complete):  # killed before final/
+            run.save_final(
+                start.last_complete,
                 lambda folder: shutil.copytree(start.policy, folder, ignore=shutil.ignore_patterns(REFERENCE_FOLDER)),
             )
         echo(f"{run.path} has all {config.rounds} rounds already (raise rounds= to continue it)")
@@ -222,7 +224,7 @@ def _run_rounds(
                 records.append(outcome.line())
                 echo(m.progress_line(n, config.rounds, outcome.metrics))
                 _check_scoring_works(run, config.stop_after_unscored_rounds, outcome)
-        final = run.save_model("final", parts.updater.save)
+        final = run.save_final(config.rounds, parts.updater.save)
         run.write_status(config.rounds, "done")
         echo(f"done: {config.rounds} rounds in {time.perf_counter() - started:.0f}s; final policy: {final}")
     finally:
@@ -297,7 +299,7 @@ def _evaluate(job: Job, round_number: int) -> tuple[dict[str, float], Table]:
     assert evaluator is not None
     with job.progress.phase(round_number, "evaluate", len(evaluator.records), "prompts") as progress:
         results, rows = evaluator.run(job.parts.generator, progress, initial=round_number == 0)
-    job.run.write_jsonl(f"{job.run.round_folder(round_number)}/eval.jsonl", rows)
+    rows = job.run.write_eval(round_number, rows)
     samples = job.config.eval.kl_samples
     if samples and round_number >= 1:  # round 0: the policy is the initial one and the reference
         began = time.perf_counter()

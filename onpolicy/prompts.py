@@ -18,6 +18,7 @@ from typing import Any
 from onpolicy.config import PromptsConfig
 from onpolicy.config.loading import lone_surrogate
 from onpolicy.errors import OnpolicyError
+from onpolicy.jsonable import jsonable
 from onpolicy.types import PromptRecord
 
 
@@ -102,7 +103,8 @@ def _to_record(item: Any, index: int, config: PromptsConfig, source: str) -> Pro
         item = {config.field: item}
     if not isinstance(item, Mapping):
         raise OnpolicyError(f"{where}: expected a string or a record, got {type(item).__name__}")
-    metadata = {k: v for k, v in item.items() if k not in {config.field, "messages", "id"}}
+    fields = {k: v for k, v in item.items() if k not in {config.field, "messages", "id"}}
+    metadata = {str(k): jsonable(v, f"{where}, field {k!r}") for k, v in fields.items()}  # as eval.jsonl holds them
     if isinstance(item.get("messages"), list):
         messages = [dict(m) for m in item["messages"]]
         if not messages or not all(isinstance(m, Mapping) and {"role", "content"} <= set(m) for m in messages):

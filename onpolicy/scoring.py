@@ -32,8 +32,22 @@ def guarded_scores(
         if len(scores) != len(responses):
             raise ValueError(f"returned {len(scores)} scores for {len(responses)} responses")
     except Exception as exc:
-        scores = [Failed(f"raised {type(exc).__name__}: {exc}", "error")] * len(responses)
-    return list(map(check_score, scores))
+        scores = [Failed(f"raised {type(exc).__name__}: {bounded(str(exc))}", "error")] * len(responses)
+    return [_bounded_failure(check_score(score)) for score in scores]
+
+
+MAX_REASON_CHARS = 500  # of why a sample has no reward: it is written once per sample
+
+
+def bounded(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """`text`, cut to `limit` characters with a note of how long it was."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _bounded_failure(score: float | Failed) -> float | Failed:
+    if isinstance(score, Failed) and len(score.reason) > MAX_REASON_CHARS:
+        return Failed(bounded(score.reason), score.kind)
+    return score
 
 
 def response_of(sample: Sample) -> Response:

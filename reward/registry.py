@@ -18,6 +18,7 @@ import importlib
 import importlib.util
 import inspect
 import math
+import numbers
 import pathlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -218,8 +219,8 @@ def check_score(value: object) -> Score:
     """A finite float, or `Failed` saying why `value` is not one."""
     if isinstance(value, Failed):
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or type(value).__name__ == "bool_":
         return Failed(f"returned {type(value).__name__} {value!r}, not a number", "invalid")
     if not math.isfinite(value):
         return Failed(f"returned {value}", "nonfinite")
-    return float(value)
+    return float(value)  # numpy's numbers too (an np.int64 is no int)

@@ -47,6 +47,31 @@ def test_parquet_and_text_files_with_a_custom_field(tmp_path):
     ]
 
 
+def test_metadata_takes_its_json_form_and_what_json_cannot_hold_is_refused_before_anything_runs(tmp_path):
+    import datetime
+    import decimal
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from onpolicy.jsonable import NotJsonable, jsonable
+
+    when = datetime.datetime(2026, 3, 4, 5, 6, 7)
+    table = {"prompt": ["a?"], "asked": [when], "day": [when.date()], "price": [decimal.Decimal("1.25")],
+             "scores": [[1, 2]], "tags": [{"x": 1}]}  # fmt: skip
+    pq.write_table(pa.table(table), tmp_path / "p.parquet")
+    (record,) = load_prompts(PromptsConfig(path=str(tmp_path / "p.parquet")))
+    assert record.metadata == {
+        "asked": "2026-03-04T05:06:07", "day": "2026-03-04", "price": 1.25, "scores": [1, 2], "tags": {"x": 1}
+    }  # fmt: skip
+    numbers = {"n": np.int64(3), "v": np.arange(2), 4: (np.float32(0.5),)}
+    assert jsonable(numbers, "x") == {"n": 3, "v": [0, 1], "4": [0.5]}
+    pq.write_table(pa.table({"prompt": ["a?", "b?"], "image": [b"\x89PNG", b"GIF8"]}), tmp_path / "b.parquet")
+    with pytest.raises(NotJsonable, match=r"b.parquet, prompt 1, field 'image' is bytes b'\\x89PNG', which the run"):
+        load_prompts(PromptsConfig(path=str(tmp_path / "b.parquet")))
+
+
 def test_shuffle_is_seeded():
     config = PromptsConfig(items=[str(i) for i in range(20)])
     first, again, other = load_prompts(config, seed=1), load_prompts(config, seed=1), load_prompts(config, seed=2)

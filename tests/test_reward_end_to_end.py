@@ -14,12 +14,39 @@ from tests.helpers import ROOT, build_tiny_reward_model, read_jsonl, run_cli
 pytestmark = pytest.mark.slow
 
 
+NUMPY_REWARD = """
+import numpy as np
+
+class Counted:
+    def __init__(self):
+        self.name, self.calls = "counted", np.int64(0)
+
+    def score_group(self, prompt, responses):
+        self.calls += 1
+        return [np.int64(len(r) % 3) for r in responses]  # numpy integers: numbers, if no ints
+
+    def take_stats(self):
+        calls, self.calls = self.calls, np.int64(0)
+        return {"calls": calls, "seen": np.array([calls])}
+"""
+
+
 def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_model_path, tmp_path):
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     reward_model = build_tiny_reward_model(tmp_path / "rm")
+    (tmp_path / "counted.py").write_text(NUMPY_REWARD)
+    asked = datetime.datetime(2026, 1, 2, 3, 4, 5)
+    prompts = {"prompt": ["Who are you?", "What is your name?", "Tell me a story."], "asked": [asked] * 3}
+    pq.write_table(pa.table(prompts), tmp_path / "prompts.parquet")  # a timestamp column: no JSON type
     config = {
         "rounds": 1,
         "model": {"path": str(tiny_model_path)},
-        "prompts": {"items": ["Who are you?", "What is your name?", "Tell me a story."]},
+        "prompts": {"path": str(tmp_path / "prompts.parquet")},
+        "eval": {"prompts": {"path": str(tmp_path / "prompts.parquet")}, "max_new_tokens": 4},
         # The rubric is ~1000 tokens in the tiny model's 512-token vocabulary.
         "generation": {"num_samples": 4, "max_new_tokens": 12, "max_model_len": 2048, "kv_cache_gib": 0.25},
         "reward": [
@@ -31,12 +58,15 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
             },
             {"name": "reward_model", "label": "rm", "normalize": "zscore", "args": {"path": str(reward_model)}},
             {"name": "missing_eos", "weight": 0.5},
+            {"name": f"{tmp_path / 'counted.py'}:Counted", "label": "counted", "weight": 0.1},
         ],
         "train": {"learning_rate": 1.0e-3, "batch_size": 4, "max_length": 128},
         "wandb": {"mode": "offline"},
     }
     run_dir, stdout = run_cli(config, tmp_path)
-    (record,) = read_jsonl(run_dir / "rounds.jsonl")
+    record = read_jsonl(run_dir / "rounds.jsonl")[-1]
+    assert record["reward/counted/calls"] == 3 and record["reward/counted/seen"] == [3]
+    assert {row["asked"] for row in read_jsonl(run_dir / "rounds" / "0001" / "eval.jsonl")} == {asked.isoformat()}
     samples = record["gen/samples"]
     assert samples == 12 and record["reward/scored"] == 12, stdout
     assert record["reward/self_judge/calls"] == samples and record["reward/self_judge/answers"] == 2 * samples
@@ -46,7 +76,7 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
     assert record["reward/missing_eos/mean"] <= 0
     assert 0 <= record["reward/agreement/self_judge~rm"] <= 1
     history = offline_history(run_dir)
-    assert history[0]["reward/self_judge/calls"] == samples and "reward/agreement/self_judge~rm" in history[0]
+    assert history[-1]["reward/self_judge/calls"] == samples and "reward/agreement/self_judge~rm" in history[-1]
 
 
 def test_unreachable_judge_endpoint_excludes_samples_with_a_message_and_the_run_goes_on(

@@ -1,5 +1,8 @@
 """The run directory: never overwrites a run, appends complete rounds durably, swaps model folders atomically."""
 
+import json
+import pathlib
+
 import pytest
 
 from onpolicy.errors import OnpolicyError
@@ -57,23 +60,91 @@ def test_a_last_line_cut_short_by_a_crash_is_not_a_round_and_is_dropped(tmp_path
     assert [r["round"] for r in run.read_rounds()] == [1, 2]
 
 
-def test_unfinished_work_of_later_rounds_is_discarded(tmp_path):
+def test_a_crash_s_leftovers_are_removed_and_names_onpolicy_did_not_write_are_left_alone(tmp_path):
     run = RunDirectory.create(tmp_path, "")
     for n in (1, 2, 3):
         run.write_text(f"rounds/{n:04d}/samples.jsonl", "{}\n")
+    for n in (1, 2):
         run.checkpoint(n).mkdir(parents=True)
-    (tmp_path / "checkpoints" / ".round-0004.tmp").mkdir()
-    removed = run.discard_unfinished(2)
-    assert removed == ["rounds/0003", "checkpoints/round-0003", "checkpoints/.round-0004.tmp"]
-    assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["0001", "0002"]
+    (tmp_path / "checkpoints" / ".round-0003.tmp").mkdir()  # killed while saving round 3's checkpoint
+    (tmp_path / "rounds" / "0003" / ".pairs.jsonl.tmp").write_text("")
+    for mine in ("checkpoints/round-best", "checkpoints/round-0009-copy", "rounds/notes", "rounds/0007x"):
+        (tmp_path / mine).mkdir(parents=True)
+    leftovers = run.discard_unfinished(2)
+    assert leftovers.removed == ("rounds/0003", "checkpoints/.round-0003.tmp") and leftovers.set_aside is None
+    assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["0001", "0002", "0007x", "notes"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "round-0001", "round-0002", "round-0009-copy", "round-best"
+    ]  # fmt: skip
+    assert run.prune_checkpoints(lambda n: False) == [1]
 
 
 def test_people_s_labels_of_an_unfinished_round_outlive_the_crash(tmp_path):
     run = RunDirectory.create(tmp_path, "")
     run.write_text("rounds/0001/samples.jsonl", "{}\n")
     run.write_text("rounds/0001/labels.jsonl", '{"group": "p1"}\n')
-    assert run.discard_unfinished(0) == ["rounds/0001/samples.jsonl"]
+    assert run.discard_unfinished(0).removed == ("rounds/0001/samples.jsonl",)
     assert [p.name for p in (tmp_path / "rounds/0001").iterdir()] == ["labels.jsonl"]
+
+
+@pytest.mark.parametrize("shortened_to", [0, 1, 3])
+def test_a_shortened_rounds_file_sets_the_later_rounds_aside_and_deletes_nothing(tmp_path, shortened_to):
+    """rounds.jsonl cut back by an edit or a bad copy: the complete rounds above its last line are moved aside
+    (with people's labels left in place for the rerun), never deleted."""
+    run = RunDirectory.create(tmp_path, "")
+    for n in (1, 2, 3, 4):
+        run.write_text(f"rounds/{n:04d}/samples.jsonl", f"{n}\n")
+        _save_checkpoint(run, n)
+        run.append_round({"round": n})
+    run.write_text("rounds/0004/labels.jsonl", '{"group": "p1"}\n')
+    run.prune_checkpoints(lambda n: n >= 3)  # checkpoint.keep_last: 2
+    lines = (tmp_path / "rounds.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "rounds.jsonl").write_text("".join(lines[:shortened_to]))
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    leftovers = run.discard_unfinished(shortened_to)
+    assert leftovers.removed == () and leftovers.set_aside is not None
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    moved = {p.relative_to(leftovers.set_aside.relative_to(tmp_path)): data for p, data in after.items()
+             if p.is_relative_to(leftovers.set_aside.relative_to(tmp_path))}  # fmt: skip
+    later = [n for n in (1, 2, 3, 4) if n > shortened_to]
+    assert sorted(moved) == sorted(
+        [pathlib.Path(f"rounds/{n:04d}/samples.jsonl") for n in later]
+        + [pathlib.Path("rounds/0004/labels.jsonl")]
+        + [pathlib.Path(f"checkpoints/round-{n:04d}/{name}") for n in later if n >= 3 for name in CHECKPOINT_FILES]
+    )
+    assert all(before[path] == data for path, data in moved.items())  # moved as they were
+    assert sorted(run.round_folders()) == list(range(1, shortened_to + 1)) + [4]  # round 4 keeps its labels
+    assert [p.name for p in (tmp_path / "rounds/0004").iterdir()] == ["labels.jsonl"]
+    assert sorted(run.checkpoint_folders()) == [n for n in (3,) if n <= shortened_to]
+
+
+def test_resuming_over_a_shortened_rounds_file_says_where_the_later_rounds_went(tmp_path):
+    run_dir = tmp_path / "run"
+    run = _open(run_dir).run
+    for n in (1, 2, 3):
+        _save_checkpoint(run, n)
+        run.append_round({"round": n})
+    (run_dir / "rounds.jsonl").write_text('{"round": 1}\n')
+    start = _open(run_dir)
+    assert start.last_complete == 1
+    [aside] = (run_dir / "set-aside").iterdir()
+    assert any(f"set aside in {aside}, nothing deleted; continuing after round 1" in n for n in start.notes)
+    assert sorted(p.name for p in (aside / "checkpoints").iterdir()) == ["round-0002", "round-0003"]
+
+
+def test_two_set_asides_in_one_second_keep_both(tmp_path):
+    run = RunDirectory.create(tmp_path, "")
+    for n in (1, 2):
+        run.write_text(f"rounds/{n:04d}/samples.jsonl", f"{n}\n")
+        run.append_round({"round": n})
+    first = run.set_aside_rounds_after(1)
+    run.write_text("rounds/0002/samples.jsonl", "again\n")
+    run.append_round({"round": 2})
+    second = run.set_aside_rounds_after(1)
+    assert first != second
+    assert (first / "rounds/0002/samples.jsonl").read_text() == "2\n"
+    assert (second / "rounds/0002/samples.jsonl").read_text() == "again\n"
+    assert (first / "rounds.jsonl").read_text() == (second / "rounds.jsonl").read_text() == '{"round": 2}\n'
 
 
 def test_pruning_keeps_what_the_rule_keeps_and_always_the_newest(tmp_path):
@@ -224,6 +295,9 @@ def test_a_damaged_line_before_the_last_stops_the_job_and_changes_nothing(tmp_pa
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
 def _save_checkpoint(run, n):
     import json
 
@@ -233,6 +307,8 @@ def _save_checkpoint(run, n):
     def save(folder):
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps({"round": n}))
+        for name in ("tokenizer_config.json", "tokenizer.json"):
+            (folder / name).write_text("{}")
         save_file({"w": torch.full((64,), float(n))}, str(folder / "model.safetensors"))
 
     run.save_checkpoint(n, save)
@@ -292,6 +368,287 @@ def test_renames_and_new_files_reach_the_disk_with_their_directory_entries(tmp_p
     run.append_round({"round": 1})  # rounds.jsonl is new: its entry too
     assert synced == [("file", str(tmp_path / "run" / "rounds.jsonl")), ("dir", str(tmp_path / "run"))]
     synced.clear()
-    run.save_model("final", lambda folder: (folder.mkdir(), (folder / "config.json").write_text("{}")))
-    assert synced[-1] == ("dir", str(tmp_path / "run"))
-    assert ("file", str(tmp_path / "run" / ".final.tmp" / "config.json")) in synced
+    def save(folder):
+        (folder / "adapter").mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+        (folder / "adapter" / "adapter_config.json").write_text("{}")
+
+    run.save_model("final", save)
+    tmp = tmp_path / "run" / ".final.tmp"
+    assert synced == [
+        ("file", str(tmp / "config.json")),
+        ("file", str(tmp / "adapter" / "adapter_config.json")),
+        ("dir", str(tmp / "adapter")),  # a subfolder's entries too
+        ("dir", str(tmp)),
+        ("dir", str(tmp_path / "run")),  # the rename into place
+    ]
+    synced.clear()
+    run.append_round({"round": 2})
+    run.set_aside_rounds_after(1)
+    [aside] = (tmp_path / "run" / "set-aside").iterdir()
+    assert ("file", str(aside / ".rounds.jsonl.tmp")) in synced and ("dir", str(aside)) in synced
+
+
+class Killed(BaseException):
+    """The process dying at an injected point."""
+
+
+def _model_folder(version):
+    def save(folder):
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"version": version}))
+        (folder / "model.safetensors").write_bytes(_safetensors(version))
+        for name in ("tokenizer_config.json", "tokenizer.json"):
+            (folder / name).write_text("{}")
+
+    return save
+
+
+def _safetensors(version):
+    import torch
+    from safetensors.torch import save
+
+    return save({"w": torch.full((8,), float(version))})
+
+
+def test_final_is_swapped_in_one_step_so_a_kill_leaves_the_old_or_the_new_whole(tmp_path, monkeypatch):
+    from onpolicy.run import files
+
+    run = RunDirectory.create(tmp_path, "")
+    run.save_model("final", _model_folder(1))
+    real_fsync_directory = files.fsync_directory
+
+    def killed_after_the_swap(path):
+        if path == tmp_path:
+            raise Killed
+        real_fsync_directory(path)
+
+    monkeypatch.setattr(files, "fsync_directory", killed_after_the_swap)
+    with pytest.raises(Killed):
+        run.save_model("final", _model_folder(2))
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "final" / "config.json").read_text()) == {"version": 2}
+    assert (tmp_path / "final" / "model.safetensors").read_bytes() == _safetensors(2)
+    assert run.discard_unfinished(0).removed == (".final.tmp",)  # the old final/, swapped out
+
+
+def test_where_folders_cannot_be_swapped_a_kill_between_the_renames_leaves_no_final_which_resume_rebuilds(
+    tmp_path, monkeypatch
+):
+    import os
+
+    from onpolicy.run import files
+
+    run = RunDirectory.create(tmp_path, "")
+    run.save_final(1, _model_folder(1))
+    assert run.final_is_round(1)
+    monkeypatch.setattr(files, "_exchange", lambda first, second: False)
+    real_rename = os.rename
+
+    def killed_between_the_renames(source, target):
+        if pathlib.Path(source).name == ".final.tmp":
+            raise Killed
+        real_rename(source, target)
+
+    monkeypatch.setattr(os, "rename", killed_between_the_renames)
+    with pytest.raises(Killed):
+        run.save_final(2, _model_folder(2))
+    monkeypatch.undo()
+    assert not (tmp_path / "final").exists() and not run.final_is_round(1) and not run.final_is_round(2)
+    assert run.discard_unfinished(0).removed == (".final.old.tmp", ".final.tmp")
+
+
+@pytest.mark.parametrize("left", ["the previous final", "a half-deleted final", "no final"])
+def test_a_job_killed_before_its_last_final_was_in_place_gets_it_from_the_last_checkpoint(
+    tiny_model_path, tmp_path, left
+):
+    import shutil
+
+    from onpolicy.loop import run_job
+
+    run_dir = tmp_path / "run"
+    run = _open(run_dir, rounds=3, model={"path": str(tiny_model_path)}).run
+    for n in (1, 2, 3):
+        run.save_checkpoint(n, lambda folder: shutil.copytree(tiny_model_path, folder))
+        (run.checkpoint(n) / "round.txt").write_text(str(n))
+        run.append_round({"round": n})
+    run.save_final(2, lambda folder: shutil.copytree(run.checkpoint(2), folder))  # a 2-round run, extended to 3
+    if left == "a half-deleted final":
+        run.write_state(final_round=3)
+        (run_dir / "final" / "model.safetensors").unlink()
+    elif left == "no final":
+        shutil.rmtree(run_dir / "final")
+    lines = []
+    assert run_job(_config(rounds=3, model={"path": str(tiny_model_path)}), run_dir, echo=lines.append) == []
+    assert lines[-1] == f"{run_dir} has all 3 rounds already (raise rounds= to continue it)"
+    assert (run_dir / "final" / "round.txt").read_text() == "3" and run.final_is_round(3)
+    weights = "model.safetensors"
+    assert (run_dir / "final" / weights).read_bytes() == (run.checkpoint(3) / weights).read_bytes()
+
+
+def _sharded_model_folder(folder):
+    import torch
+    from safetensors.torch import save_file
+
+    _model_folder(0)(folder)
+    (folder / "model.safetensors").unlink()
+    for shard in ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"):
+        save_file({shard[:11]: torch.zeros(4)}, str(folder / shard))
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    (folder / "adapter").mkdir()
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    save_file({"lora": torch.zeros(2)}, str(folder / "adapter" / "adapter_model.safetensors"))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["tokenizer_config.json", "tokenizer.json", "model-00002-of-00002.safetensors", "adapter/adapter_model.safetensors",
+     "adapter/adapter_config.json", "model.safetensors.index.json"],
+)  # fmt: skip
+def test_a_checkpoint_is_whole_only_with_everything_a_resume_loads(tmp_path, damage):
+    from onpolicy.run.model_folders import is_whole_model_folder, missing_parts
+
+    _sharded_model_folder(tmp_path / "model")
+    assert is_whole_model_folder(tmp_path / "model", adapter="adapter")
+    (tmp_path / "model" / damage).unlink()
+    assert not is_whole_model_folder(tmp_path / "model", adapter="adapter")
+    assert missing_parts(tmp_path / "model", adapter="adapter")
+    if damage.startswith("adapter/"):
+        assert is_whole_model_folder(tmp_path / "model")  # full fine-tuning does not load an adapter
+
+
+def test_a_resume_falls_back_past_a_checkpoint_without_its_tokenizer(tmp_path):
+    run_dir = tmp_path / "run"
+    run = _open(run_dir).run
+    for n in (1, 2):
+        _save_checkpoint(run, n)
+        run.append_round({"round": n})
+    (run.checkpoint(2) / "tokenizer_config.json").unlink()
+    start = _open(run_dir)
+    assert start.last_complete == 1 and start.policy == run.checkpoint(1)
+    [aside] = (run_dir / "set-aside").iterdir()
+    assert (aside / "checkpoints" / "round-0002" / "tokenizer.json").exists()
+
+
+def test_a_lora_resume_falls_back_past_a_checkpoint_without_its_adapter(tmp_path):
+    run_dir = tmp_path / "run"
+    lora = {"lora": {"r": 4}}
+    run = _open(run_dir, train=lora).run
+    for n in (1, 2):
+        run.save_checkpoint(n, _sharded_model_folder)
+        run.append_round({"round": n})
+    (run.checkpoint(2) / "adapter" / "adapter_config.json").unlink()
+    assert _open(run_dir, train=lora).last_complete == 1
+
+
+def _full_disk_at(monkeypatch, where):
+    """Make the disk fill up: os.write writes half its bytes and fails, or os.fsync fails (what a thin volume or
+    NFS reports when the data cannot be placed)."""
+    import errno
+    import os
+
+    real_write = os.write
+
+    def half_written(descriptor, data):
+        real_write(descriptor, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def unsynced(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "write":
+        monkeypatch.setattr(os, "write", half_written)
+    else:
+        monkeypatch.setattr(os, "fsync", unsynced)
+
+
+@pytest.mark.parametrize(
+    ("record", "where"),
+    [(record, "fsync") for record in ("rounds.jsonl", "state.json", "samples.jsonl", "labels.jsonl")]
+    + [("rounds.jsonl", "write"), ("labels.jsonl", "write")],  # appends: half a line reaches the file
+)
+def test_a_full_disk_while_writing_a_record_says_so_in_one_line_and_leaves_the_file_as_it_was(
+    tmp_path, monkeypatch, record, where
+):
+    from onpolicy.human.labels import Label, LabelBook
+    from onpolicy.run.files import NoSpace
+
+    run = RunDirectory.create(tmp_path, "")
+    book = LabelBook(tmp_path / "rounds" / "0002" / "labels.jsonl")
+    writes = {
+        "rounds.jsonl": lambda: run.append_round({"round": 2, "reward/mean": 0.5}),
+        "state.json": lambda: run.write_state(wandb_run_id="abc"),
+        "samples.jsonl": lambda: run.write_jsonl("rounds/0002/samples.jsonl", [{"sample": 0}] * 100),
+        "labels.jsonl": lambda: book.add(Label("p1", 4, 0, 1, "ann", answers="d")),
+    }
+    path = {"samples.jsonl": "rounds/0002/samples.jsonl", "labels.jsonl": "rounds/0002/labels.jsonl"}
+    path = path.get(record, record)
+    run.append_round({"round": 1})
+    run.write_state(wandb_run_id="first")
+    run.write_jsonl("rounds/0002/samples.jsonl", [{"sample": 0}])
+    book.add(Label("p0", 4, 0, 1, "ann", answers="d"))
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    _full_disk_at(monkeypatch, where)
+    with pytest.raises(NoSpace, match=rf"^no space left writing {tmp_path / path} \(No space left on device; .* GiB"):
+        writes[record]()
+    monkeypatch.undo()
+    assert {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_lock_taken_on_a_run_that_fresh_moved_away_meanwhile_is_taken_again_on_the_new_run(tmp_path, monkeypatch):
+    import fcntl
+    import os
+
+    from onpolicy.run import lock
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    real_lock_file = lock.lock_file
+    moved = []
+
+    def fresh_moves_the_run_first(descriptor, path, wait):
+        if not moved:  # between our open and our flock, another job's --fresh moves the run aside
+            run_dir.rename(tmp_path / "run.replaced")
+            run_dir.mkdir()
+            moved.append(True)
+        return real_lock_file(descriptor, path, wait)
+
+    monkeypatch.setattr(lock, "lock_file", fresh_moves_the_run_first)
+    held = lock.RunLock.take(run_dir)
+    try:
+        assert os.fstat(held._descriptor).st_ino == os.stat(run_dir / "job.lock").st_ino
+        old = os.open(tmp_path / "run.replaced" / "job.lock", os.O_RDWR)
+        try:
+            fcntl.flock(old, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the old run's lock is free: we hold none of it
+        finally:
+            os.close(old)
+    finally:
+        held.release()
+
+
+def test_a_file_system_without_locks_is_refused_with_what_to_do(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from onpolicy.run.lock import RunLock
+
+    def no_locks(descriptor, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OnpolicyError, match=r"job.lock: its file system does not support file locks \(No locks"):
+        RunLock.take(tmp_path / "run")
+
+
+def test_the_cli_s_last_word_on_a_stopped_job_reads_rounds_jsonl_without_repairing_it(tmp_path):
+    """By then the job's lock is released: a torn last line is for the next job (under its lock) to cut."""
+    from onpolicy.cli import _complete_rounds
+
+    run = RunDirectory.create(tmp_path / "run", "")
+    run.append_round({"round": 1})
+    with open(tmp_path / "run" / "rounds.jsonl", "a") as f:
+        f.write('{"round": 2, "rew')
+    before = (tmp_path / "run" / "rounds.jsonl").read_bytes()
+    assert _complete_rounds(tmp_path / "run") == f"rounds up to 1 are complete in {tmp_path / 'run'}"
+    assert (tmp_path / "run" / "rounds.jsonl").read_bytes() == before

@@ -4,12 +4,18 @@
 The kernel drops a flock when its process ends, however it ends (SIGKILL, out of memory, a power cut), so the
 lock of a dead job is simply free: a new job takes it over without guessing whether a pid is stale. The file
 stays (removing it could let two jobs lock two different files of the same name); its text is cleared when
-the job ends. On network filesystems the lock is as good as their locking (NFSv4 and Lustre honour flock).
+the job ends. Once locked, the file is checked to still be the directory's: a job that opened it just before
+`--fresh` moved the run aside would otherwise hold the old run's lock and write beside the new run.
+
+On network file systems the lock is as good as their locking: NFS with its lock service and Lustre mounted
+with `-o flock` lock across nodes; NFS mounted `nolock` or `local_lock=flock`, and Lustre with `-o localflock`,
+lock per node only, so two nodes can each take it. A file system with no locks at all is refused at start.
 """
 
 from __future__ import annotations
 
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -36,20 +42,25 @@ class RunLock:
     @classmethod
     def take(cls, directory: pathlib.Path) -> RunLock:
         """Lock `directory` (created if missing) for this process, or refuse naming the job that holds it."""
-        try:
-            directory.mkdir(parents=True, exist_ok=True)
-            descriptor = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise OnpolicyError(f"cannot use run directory {directory}: {exc.strerror or exc}") from None
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _describe(_read_holder(descriptor))
-            os.close(descriptor)
-            raise RunDirectoryBusy(
-                f"{directory} is in use by another job ({holder}); two jobs in one run directory would overwrite "
-                "each other's rounds. Wait for that job to end (or stop it), or give another --run-dir"
-            ) from None
+        for _ in range(_ATTEMPTS):
+            descriptor = _open_lock_file(directory)
+            try:
+                locked = lock_file(descriptor, directory / LOCK_FILE, wait=False)
+            except BaseException:
+                os.close(descriptor)
+                raise
+            if not locked:
+                holder = _describe(_read_holder(descriptor))
+                os.close(descriptor)
+                raise RunDirectoryBusy(
+                    f"{directory} is in use by another job ({holder}); two jobs in one run directory would "
+                    "overwrite each other's rounds. Wait for that job to end (or stop it), or give another --run-dir"
+                )
+            if _is_the_lock_file_of(directory, descriptor):
+                break
+            os.close(descriptor)  # the directory was moved (--fresh) after we opened its lock: lock the new one
+        else:
+            raise OnpolicyError(f"cannot lock {directory}: its {LOCK_FILE} kept being replaced while locking it")
         holder = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -77,6 +88,46 @@ class RunLock:
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.release()
+
+
+def lock_file(descriptor: int, path: pathlib.Path, wait: bool) -> bool:
+    """flock `descriptor` (the open file `path`) exclusively: True once held; with `wait` off, False when another
+    process holds it. A file system without working locks stops with what to do about it."""
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno not in _NO_LOCKS:
+            raise
+        raise OnpolicyError(
+            f"cannot lock {path}: its file system does not support file locks ({exc.strerror}), so onpolicy cannot "
+            "make sure one job alone writes there. Put the run directory on a local disk, or on a mount with locks "
+            "(NFS with its lock service, not mounted nolock; Lustre mounted with -o flock)"
+        ) from None
+    return True
+
+
+_NO_LOCKS = (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP)
+_ATTEMPTS = 5
+
+
+def _open_lock_file(directory: pathlib.Path) -> int:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        return os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise OnpolicyError(f"cannot use run directory {directory}: {exc.strerror or exc}") from None
+
+
+def _is_the_lock_file_of(directory: pathlib.Path, descriptor: int) -> bool:
+    """Whether the file `descriptor` locked is still `directory`'s lock file (not one moved away with its run)."""
+    try:
+        named = os.stat(directory / LOCK_FILE)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(descriptor)
+    return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _write(descriptor: int, text: str) -> None:

@@ -21,7 +21,9 @@ import yaml
 from onpolicy.config import Config, redaction
 from onpolicy.errors import OnpolicyError
 from onpolicy.run.lock import RunLock
-from onpolicy.run.rundir import RunDirectory, is_whole_model_folder
+from onpolicy.run.model_folders import is_whole_model_folder
+from onpolicy.run.rundir import RunDirectory
+from onpolicy.train.lora import ADAPTER_FOLDER
 from onpolicy.train.reference import reference_kind, reference_round
 
 StartMode = Literal["auto", "resume", "fresh"]
@@ -59,7 +61,7 @@ def open_run(config: Config, path: pathlib.Path, mode: StartMode = "auto") -> St
         notes.append(f"the run that was in {path} is now in {aside}")
     lock = RunLock.take(path)
     try:
-        return _open_locked(config, RunDirectory(path), lock, notes)
+        return _open_locked(config, RunDirectory(path, config.secrets()), lock, notes)
     except BaseException:
         lock.release()
         raise
@@ -77,9 +79,15 @@ def _open_locked(config: Config, run: RunDirectory, lock: RunLock, notes: list[s
         notes.append(f"{run.path} held a run with another config that completed no round: starting it anew")
     else:
         notes += _check_same_experiment(run, differences)
-    removed = run.discard_unfinished(max(last, 0))
-    if removed:
-        notes.append(f"discarded the unfinished work of round {max(last, 0) + 1}: {', '.join(removed)}")
+    leftovers = run.discard_unfinished(max(last, 0))
+    if leftovers.removed:
+        notes.append(f"discarded the unfinished work of round {max(last, 0) + 1}: {', '.join(leftovers.removed)}")
+    if leftovers.set_aside is not None:
+        notes.append(
+            f"rounds.jsonl ends at round {max(last, 0)}, but checkpoints or files of later rounds were here (a crash "
+            "just after a checkpoint, or a rounds.jsonl shortened by an edit or a bad copy): they are set aside in "
+            f"{leftovers.set_aside}, nothing deleted; continuing after round {max(last, 0)}"
+        )
     resumable = _last_resumable_round(run, config, last)
     if resumable < last:
         kept = run.set_aside_rounds_after(resumable)
@@ -107,12 +115,14 @@ def _last_resumable_round(run: RunDirectory, config: Config, last: int) -> int:
     """The newest complete round (at most `last`) whose checkpoint and next reference are whole: the round a
     job continues after. 0 (or -1 when nothing is complete) needs no checkpoint."""
     saved_reference = reference_kind(config.ref).checkpoint_folder  # a reference no other folder holds
+    adapter = ADAPTER_FOLDER if config.train.lora is not None else None  # LoRA continues its adapter
     for candidate in range(last, 0, -1):
         reference_from = reference_round(candidate + 1, config.ref) - 1
+        reference_folder = None if saved_reference is None else run.checkpoint(candidate) / saved_reference
         if (
-            run.checkpoint_is_whole(candidate)
-            and (reference_from < 1 or run.checkpoint_is_whole(reference_from))
-            and (saved_reference is None or is_whole_model_folder(run.checkpoint(candidate) / saved_reference))
+            run.checkpoint_is_whole(candidate, adapter)
+            and (reference_from < 1 or run.checkpoint_is_whole(reference_from, adapter))
+            and (reference_folder is None or is_whole_model_folder(reference_folder, tokenizer=False))
         ):
             return candidate
     return min(last, 0)

@@ -22,21 +22,40 @@ checkpoint are in place; anything of a later round is unfinished work that resum
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-import errno
 import json
 import os
 import pathlib
+import re
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from onpolicy.errors import OnpolicyError
+from onpolicy.run import files
+from onpolicy.run.files import append_line, cut_torn_tail
+from onpolicy.run.model_folders import is_whole_model_folder
 from onpolicy.types import Pair, ScoredGroup, to_json
 
 LABELS_FILE = "labels.jsonl"  # people's labels of a round's groups (onpolicy.human), kept through a crash
 REFERENCE_FOLDER = "reference"  # in a round checkpoint: the mixed reference (`ref.refresh: mix`)
+FINAL_FOLDER = "final"
+SET_ASIDE_FOLDER = "set-aside"
+FAILURE_SUFFIX = "_failure"  # an eval row's key for why a metric has no score
+_ROUND_FOLDER = re.compile(r"[0-9]{4,}")  # rounds/0001; any other name there is not onpolicy's
+_CHECKPOINT_FOLDER = re.compile(r"round-([0-9]{4,})")  # checkpoints/round-0001
+
+
+@dataclasses.dataclass(frozen=True)
+class Leftovers:
+    """What `RunDirectory.discard_unfinished` did: the crash leftovers it removed, and the folder it moved the
+    work of later rounds into (None: there was none to keep)."""
+
+    removed: tuple[str, ...]
+    set_aside: pathlib.Path | None
 
 
 def default_run_dir(config_path: str | None) -> pathlib.Path:
@@ -45,8 +64,12 @@ def default_run_dir(config_path: str | None) -> pathlib.Path:
 
 
 class RunDirectory:
-    def __init__(self, path: pathlib.Path) -> None:
+    """A run's directory. `secrets` (the config's: `Config.secrets()`) are masked in what rewards and judges
+    said of a failure before it is written, as they are in what the job prints."""
+
+    def __init__(self, path: pathlib.Path, secrets: Sequence[str] = ()) -> None:
         self.path = path
+        self.secrets = tuple(secrets)
 
     @staticmethod
     def holds_run(path: pathlib.Path) -> bool:
@@ -67,18 +90,7 @@ class RunDirectory:
 
     def write_text(self, name: str, text: str, durable: bool = True) -> pathlib.Path:
         """Write `name` whole or not at all; `durable` also fsyncs it before it takes the old one's place."""
-        target = self.path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp, target)
-        if durable:
-            _fsync_directory(target.parent)
-        return target
+        return files.write_text(self.path / name, text, durable)
 
     def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
         return self.write_text(name, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
@@ -99,7 +111,7 @@ class RunDirectory:
                 "prompt_id": group.group.record.id,
                 "sample": i,
                 "reward": reward,
-                "failure": failure,
+                "failure": None if failure is None else _redacted(failure, self.secrets),
                 **to_json(sample),
             }
             for group in scored
@@ -107,12 +119,22 @@ class RunDirectory:
         )
         return self.write_jsonl(f"{self.round_folder(round_number)}/samples.jsonl", rows)
 
+    def write_eval(self, round_number: int, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Write round `round_number`'s eval answers (one row per prompt; a metric's failure under
+        `NAME_failure`); returns the rows as written, failures with the secrets masked."""
+        written = [{key: self._masked(key, value) for key, value in row.items()} for row in rows]
+        self.write_jsonl(f"{self.round_folder(round_number)}/eval.jsonl", written)
+        return written
+
+    def _masked(self, key: str, value: Any) -> Any:
+        return _redacted(value, self.secrets) if key.endswith(FAILURE_SUFFIX) and isinstance(value, str) else value
+
     def write_pairs(self, round_number: int, pairs: Sequence[Pair]) -> pathlib.Path:
         return self.write_jsonl(f"{self.round_folder(round_number)}/pairs.jsonl", map(to_json, pairs))
 
     def append_round(self, record: Mapping[str, Any]) -> None:
         """Mark a round complete: one line in rounds.jsonl, on disk before this returns."""
-        append_line(self.path / "rounds.jsonl", json.dumps(dict(record), ensure_ascii=False))
+        append_line(self.path / "rounds.jsonl", _json_line(record).rstrip("\n"))
 
     def read_rounds(self, repair: bool = True) -> list[dict[str, Any]]:
         """The completed rounds' records, in order. A last line cut short by a crash mid-append (no newline at
@@ -137,12 +159,13 @@ class RunDirectory:
                 )
             records.append(record)
         if torn and repair:
-            _cut_torn_tail(file)
+            cut_torn_tail(file)
         return records
 
-    def last_complete_round(self) -> int:
-        """The number of the last complete round: -1 when none is, 0 when only the initial evaluation is."""
-        return max((int(r["round"]) for r in self.read_rounds()), default=-1)
+    def last_complete_round(self, repair: bool = True) -> int:
+        """The number of the last complete round: -1 when none is, 0 when only the initial evaluation is
+        (`repair`: as `read_rounds`)."""
+        return max((int(r["round"]) for r in self.read_rounds(repair)), default=-1)
 
     def read_state(self) -> dict[str, Any]:
         file = self.path / "state.json"
@@ -157,138 +180,139 @@ class RunDirectory:
         status = {"round": round_number, "phase": phase, "pid": os.getpid(), "time": time.time(), **progress}
         self.write_text("status.json", json.dumps(status) + "\n", durable=False)
 
-    def discard_unfinished(self, last_complete: int) -> list[str]:
-        """Remove what a crash left of rounds after `last_complete` and of interrupted writes; returns what."""
+    def discard_unfinished(self, last_complete: int) -> Leftovers:
+        """Clear what lies beyond round `last_complete`, the last in rounds.jsonl. A crash leaves only the round
+        in flight (its folder without its line) and temporary files: those are removed, people's labels kept.
+        A round checkpoint beyond it, or the folder of a round after the next, is work `rounds.jsonl` lost (a
+        crash just after a checkpoint, or a file shortened by hand or a bad copy): all of it is set aside,
+        never deleted."""
+        later_rounds = {n: f for n, f in self.round_folders().items() if n > last_complete}
+        later_checkpoints = {n: f for n, f in self.checkpoint_folders().items() if n > last_complete}
         removed = []
-        for folder in sorted((self.path / "rounds").glob("[0-9]*")):
-            if folder.name.isdigit() and int(folder.name) > last_complete:
-                if (folder / LABELS_FILE).is_file():  # people's work: the round, run again, shows only what is left
-                    for part in sorted(folder.iterdir()):
-                        if part.name != LABELS_FILE:
-                            shutil.rmtree(part) if part.is_dir() else part.unlink()
-                            removed.append(str(part.relative_to(self.path)))
-                    continue
-                shutil.rmtree(folder)
-                removed.append(str(folder.relative_to(self.path)))
-        for folder in sorted((self.path / "checkpoints").glob("round-*")):
-            if _checkpoint_round(folder) > last_complete:
-                shutil.rmtree(folder)
-                removed.append(str(folder.relative_to(self.path)))
-        for tmp in sorted(self.path.rglob(".*.tmp")):
-            if "wandb" not in tmp.relative_to(self.path).parts:
-                shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
-                removed.append(str(tmp.relative_to(self.path)))
-        return removed
+        aside = None
+        if later_checkpoints or any(n > last_complete + 1 for n in later_rounds):
+            aside = self._set_aside([], [*later_rounds.values(), *later_checkpoints.values()])
+        else:
+            for folder in later_rounds.values():
+                removed += self._clear_round_folder(folder)
+        for tmp in self._temporary_files():
+            shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+            removed.append(str(tmp.relative_to(self.path)))
+        return Leftovers(tuple(removed), aside)
 
     def set_aside_rounds_after(self, round_number: int) -> pathlib.Path:
         """Move the records, files and checkpoints of the complete rounds after `round_number` into a folder of
         their own (returned), so that the run continues after `round_number` and nothing of them is deleted."""
-        aside = self.path / "set-aside" / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         records = self.read_rounds()
-        later = [record for record in records if record["round"] > round_number]
-        for kind in ("rounds", "checkpoints"):
-            (aside / kind).mkdir(parents=True, exist_ok=True)
-        (aside / "rounds.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in later))
-        for record in later:
-            for folder in (self.path / self.round_folder(record["round"]), self.checkpoint(record["round"])):
-                if folder.exists():
-                    folder.rename(aside / folder.parent.name / folder.name)
+        later = [record["round"] for record in records if record["round"] > round_number]
+        folders = [self.path / self.round_folder(n) for n in later] + [self.checkpoint(n) for n in later]
+        aside = self._set_aside([r for r in records if r["round"] > round_number], folders)
         self.write_jsonl("rounds.jsonl", [record for record in records if record["round"] <= round_number])
         return aside
+
+    def round_folders(self) -> dict[int, pathlib.Path]:
+        """The rounds/NNNN folders, by round (other names there are left alone)."""
+        return {int(f.name): f for f in _listed(self.path / "rounds") if f.is_dir() and _ROUND_FOLDER.fullmatch(f.name)}
+
+    def checkpoint_folders(self) -> dict[int, pathlib.Path]:
+        """The round checkpoints, by round (other names in checkpoints/ are left alone)."""
+        found = {}
+        for folder in _listed(self.path / "checkpoints"):
+            match = _CHECKPOINT_FOLDER.fullmatch(folder.name)
+            if match and folder.is_dir():
+                found[int(match.group(1))] = folder
+        return found
+
+    def _set_aside(self, records: Sequence[Mapping[str, Any]], folders: Iterable[pathlib.Path]) -> pathlib.Path:
+        """Move `folders` (round folders, checkpoints) and `records` into a new folder of set-aside/, durably;
+        a round folder's labels stay in place too, so that the round, run again, offers only the groups nobody
+        labelled yet."""
+        (self.path / SET_ASIDE_FOLDER).mkdir(exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S-")
+        aside = pathlib.Path(tempfile.mkdtemp(prefix=stamp, dir=self.path / SET_ASIDE_FOLDER))  # unique
+        if records:
+            files.write_text(aside / "rounds.jsonl", "".join(_json_line(record) for record in records))
+        for folder in folders:
+            if not folder.exists():
+                continue
+            target = aside / folder.parent.name / folder.name
+            target.parent.mkdir(exist_ok=True)
+            folder.rename(target)
+            files.fsync_directory(target.parent)
+            files.fsync_directory(folder.parent)
+            if (target / LABELS_FILE).is_file():
+                files.write_text(folder / LABELS_FILE, (target / LABELS_FILE).read_text(encoding="utf-8"))
+        files.fsync_directory(aside)
+        files.fsync_directory(aside.parent)
+        return aside
+
+    def _clear_round_folder(self, folder: pathlib.Path) -> list[str]:
+        """Remove an unfinished round's folder, all but people's labels (the round, run again, shows only what
+        is left to label); returns what went."""
+        if not (folder / LABELS_FILE).is_file():
+            shutil.rmtree(folder)
+            return [str(folder.relative_to(self.path))]
+        removed = []
+        for part in sorted(folder.iterdir()):
+            if part.name != LABELS_FILE:
+                shutil.rmtree(part) if part.is_dir() else part.unlink()
+                removed.append(str(part.relative_to(self.path)))
+        return removed
+
+    def _temporary_files(self) -> list[pathlib.Path]:
+        """What an interrupted write left: `.NAME.tmp` where onpolicy writes (not in wandb/ or set-aside/)."""
+        places = [self.path, self.path / "checkpoints", self.path / "rounds", *self.round_folders().values()]
+        return [tmp for place in places for tmp in sorted(place.glob(".*.tmp"))]
 
     def checkpoint(self, round_number: int) -> pathlib.Path:
         return self.path / "checkpoints" / f"round-{round_number:04d}"
 
-    def checkpoint_is_whole(self, round_number: int) -> bool:
-        """Whether round `round_number`'s checkpoint is there and whole: a config, weights, and every JSON and
-        safetensors file in it readable to its end (what a power cut before its files reached the disk breaks)."""
-        return is_whole_model_folder(self.checkpoint(round_number))
+    def checkpoint_is_whole(self, round_number: int, adapter: str | None = None) -> bool:
+        """Whether round `round_number`'s checkpoint holds everything a resume loads (config, every weight
+        file, the tokenizer; with `adapter`, the LoRA adapter in that subfolder), each readable to its end
+        (what a power cut before its files reached the disk breaks)."""
+        return is_whole_model_folder(self.checkpoint(round_number), adapter=adapter)
 
     def save_checkpoint(self, round_number: int, save: Callable[[pathlib.Path], None]) -> pathlib.Path:
         return self.save_model(str(self.checkpoint(round_number).relative_to(self.path)), save)
 
     def prune_checkpoints(self, keep: Callable[[int], bool]) -> list[int]:
         """Delete the round checkpoints `keep` rejects, never the newest one; returns the rounds deleted."""
-        rounds = sorted(_checkpoint_round(f) for f in (self.path / "checkpoints").glob("round-[0-9]*"))
+        rounds = sorted(self.checkpoint_folders())
         deleted = [n for n in rounds[:-1] if not keep(n)]
         for n in deleted:
             shutil.rmtree(self.checkpoint(n))
         return deleted
 
     def save_model(self, name: str, save: Callable[[pathlib.Path], None]) -> pathlib.Path:
-        """Save a model folder via `save(folder)` into a temporary folder, fsync it, then rename it into place.
-        A full disk stops with a message saying so, and leaves no half-written folder behind."""
+        """Save a model folder via `save(folder)` into a temporary folder, fsync it (files and subfolders), then
+        swap it into place in one step. A full disk stops with a message saying so, and leaves no half-written
+        folder behind."""
         target = self.path / name
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         try:
-            save(tmp)
-            for file in sorted(tmp.rglob("*")):
-                if file.is_file():
-                    with open(file, "rb") as f:
-                        os.fsync(f.fileno())
-        except Exception as exc:
+            with files.space_checked(target):
+                save(tmp)
+                files.fsync_tree(tmp)
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            if _disk_full(exc):
-                free = shutil.disk_usage(self.path).free / 1024**3
-                raise OnpolicyError(
-                    f"no space left writing {target} ({exc}; {free:.1f} GiB free): the round was not marked "
-                    "complete. Free some space (or lower checkpoint.keep_last) and run the same command again to "
-                    "resume"
-                ) from None
             raise
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        _fsync_directory(target.parent)
+        files.replace_folder(tmp, target)
         return target
 
+    def save_final(self, round_number: int, save: Callable[[pathlib.Path], None]) -> pathlib.Path:
+        """Save the policy after round `round_number` as final/, and then note that round in state.json."""
+        folder = self.save_model(FINAL_FOLDER, save)
+        self.write_state(final_round=round_number)
+        return folder
 
-def is_whole_model_folder(folder: pathlib.Path) -> bool:
-    """A saved HF model folder with a config and weights, each of its JSON and safetensors files complete."""
-    from safetensors import safe_open
-
-    if not (folder / "config.json").is_file() or not any(folder.rglob("*.safetensors")):
-        return False
-    try:
-        for file in folder.rglob("*.json"):
-            json.loads(file.read_text(encoding="utf-8"))
-        for file in folder.rglob("*.safetensors"):
-            with safe_open(str(file), "pt"):  # checks that the header's tensors cover the file exactly
-                pass
-    except Exception:
-        return False
-    return True
-
-
-def append_line(file: pathlib.Path, line: str) -> None:
-    """Append `line` and a newline to an append-only file, on disk before this returns (a new file's directory
-    entry too). A torn last line a crash left (no newline at its end) is cut first: it was never written whole,
-    and the new line must not run on from it."""
-    new = not file.exists()
-    if not new:
-        _cut_torn_tail(file)
-    with open(file, "a", encoding="utf-8") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    if new:
-        _fsync_directory(file.parent)
-
-
-def _cut_torn_tail(file: pathlib.Path) -> None:
-    """Cut what follows the last newline of `file` (nothing when it ends with one)."""
-    with open(file, "r+b") as f:
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        f.seek(size - 1)
-        if f.read(1) == b"\n":
-            return
-        f.seek(0)
-        f.truncate(f.read().rfind(b"\n") + 1)
-        os.fsync(f.fileno())
+    def final_is_round(self, round_number: int) -> bool:
+        """Whether final/ is there, whole, and the policy after round `round_number` (a job killed after a
+        round's line but before its final/ was in place left the previous one, or none)."""
+        folder = self.path / FINAL_FOLDER
+        return self.read_state().get("final_round") == round_number and is_whole_model_folder(folder)
 
 
 def _out_of_place(record: dict[str, Any] | None, previous: int) -> str | None:
@@ -310,25 +334,15 @@ def _round_record(line: bytes) -> dict[str, Any] | None:
     return record
 
 
-def _fsync_directory(path: pathlib.Path) -> None:
-    """Make a rename or a new file in `path` durable (the entry lives in the directory, not in the file)."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
+def _redacted(text: str, secrets: Sequence[str]) -> str:
+    from onpolicy.config.redaction import redact_text  # here: onpolicy.config's package imports this module
+
+    return redact_text(text, secrets)
 
 
-def _checkpoint_round(folder: pathlib.Path) -> int:
-    return int(folder.name.removeprefix("round-"))
+def _listed(folder: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(folder.iterdir()) if folder.is_dir() else []
 
 
-_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """Whether a write failed for want of space: an OSError saying so, or a library's error wrapping one
-    (safetensors reports "I/O error: ... (os error 28)")."""
-    if isinstance(exc, OSError) and exc.errno in _DISK_FULL:
-        return True
-    return any(f"(os error {code})" in str(exc) for code in _DISK_FULL)
+def _json_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(dict(record), ensure_ascii=False) + "\n"
