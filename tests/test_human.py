@@ -74,10 +74,12 @@ def test_each_group_goes_to_one_labeller_until_its_lease_runs_out(tmp_path):
     assert desk.state("ana")["being_labelled"] == 2
     clock.now += 61  # both walked away: their groups go back to the others
     assert desk.claim("cleo").group == "q1"
-    desk.submit("ana", "q1", ana.digest, 0, 2)  # a late label from ana still counts...
-    with pytest.raises(LabelRefused, match="ana has labelled this group already"):
-        desk.submit("cleo", "q1", ana.digest, 1, 2)
-    assert desk.claim("cleo").group == "q2"  # ...and cleo moves on
+    with pytest.raises(LabelRefused, match="cleo is labelling this group now"):
+        desk.submit("ana", "q1", ana.digest, 0, 2)  # ana's lease ran out, and cleo holds the group now
+    desk.submit("cleo", "q1", ana.digest, 0, 2)
+    with pytest.raises(LabelRefused, match="cleo has labelled this group already"):
+        desk.submit("ana", "q1", ana.digest, 1, 2)
+    assert desk.claim("cleo").group == "q2"  # cleo moves on
     desk.release("cleo", "q2")  # skipped: cleo gets the next group, dan the one she gave back
     assert desk.claim("cleo").group == "q3"
     assert desk.claim("dan").group == "q2"
@@ -89,8 +91,66 @@ def test_each_group_goes_to_one_labeller_until_its_lease_runs_out(tmp_path):
         desk.submit("dan", "q2", desk.claim("dan").digest, 1, 1)
     with pytest.raises(LabelRefused, match="give your name"):
         desk.claim("  ")
-    state = desk.state("ana")
+    state = desk.state("cleo")
     assert (state["labelled"], state["left"], state["mine"]) == (1, 2, 1)
+
+
+def test_a_group_leased_to_someone_is_theirs_to_label_and_the_skip_list_holds_only_the_round_s_groups(tmp_path):
+    clock = Clock()
+    desk = LabelDesk(lease_s=60, clock=clock)
+    desk.open_round(1, LabelBook(tmp_path / "labels.jsonl"), tasks(), timeout_s=None)
+    ana = desk.claim("ana")
+    with pytest.raises(LabelRefused, match="ana is labelling this group now"):
+        desk.submit("ben", ana.group, ana.digest, 0, 1)
+    clock.now += 61  # ana's lease ran out: whoever labels it first counts
+    desk.submit("ben", ana.group, ana.digest, 0, 1)
+    for n in range(1000):
+        desk.release("ben", f"made-up-{n}")
+    assert desk._skipped.get("ben", set()) == set()
+
+
+def test_a_label_imported_while_the_page_is_open_wins_over_a_later_one_and_neither_is_written_twice(tmp_path):
+    desk = LabelDesk(lease_s=60)
+    book = tmp_path / "labels.jsonl"
+    desk.open_round(1, LabelBook(book), tasks(), timeout_s=None)
+    ana = desk.claim("ana")
+    imported = Label(ana.group, 3, 2, 0, "label-studio", answers=ana.digest)
+    assert LabelBook(book).add(imported) is imported  # `onpolicy label import`, in another process
+    with pytest.raises(LabelRefused, match="label-studio has labelled this group already"):
+        desk.submit("ana", ana.group, ana.digest, 0, 1)
+    assert len(book.read_text().splitlines()) == 1
+    assert LabelBook(book).add(Label(ana.group, 3, 0, 1, "again", answers=ana.digest)) == imported
+
+
+def test_the_page_reads_no_more_than_its_body_cap_of_a_request_without_its_token(tmp_path):
+    import http.client
+
+    from onpolicy.human.page import MAX_BODY_BYTES
+
+    desk = LabelDesk()
+    desk.open_round(1, LabelBook(tmp_path / "labels.jsonl"), tasks(), timeout_s=None)
+    server = PageServer(desk, "127.0.0.1", 0)
+    server.start()
+    try:
+        for headers, body in (
+            ({"Content-Length": str(10 * 1024**3)}, b"{"),  # says 10 GiB: refused before a byte is read
+            ({}, iter([b"x" * 8192] * (MAX_BODY_BYTES // 8192 + 2))),  # chunked: says nothing of its length
+        ):
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            connection.request(
+                "POST", "/api/label", body, {"Content-Type": "application/json", **headers}, encode_chunked=not headers
+            )
+            answer = connection.getresponse()
+            assert answer.status == 413, answer.read()
+            connection.close()
+        long_name = {"labeller": "x" * 5000, "group": "q1", "digest": "0" * 16}
+        token = {"X-Onpolicy-Token": server.token, "Content-Type": "application/json"}
+        request = urllib.request.Request(server.address + "api/label", json.dumps(long_name).encode(), token)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request)
+        assert refused.value.code == 422
+    finally:
+        server.stop()
 
 
 def test_a_resumed_round_opens_with_only_the_groups_unlabelled_for_these_answers(tmp_path):

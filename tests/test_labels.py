@@ -27,7 +27,9 @@ def test_labels_are_kept_as_given_the_first_counts_and_a_torn_last_line_is_ignor
     assert book.labels() == {}
     book.add(Label("p1", 4, best=0, worst=3, labeller="ana", time=1.0, answers="a1"))
     book.add(Label("p2", 4, best=None, worst=None, labeller="ben", time=2.0, answers="a2"))
-    book.add(Label("p1", 4, best=1, worst=3, labeller="ben", time=3.0, answers="a1"))  # a second label: not taken
+    first = book.labels()["p1"]
+    assert book.add(Label("p1", 4, best=1, worst=3, labeller="ben", time=3.0, answers="a1")) == first  # not taken
+    assert book.add(Label("p1", 4, best=1, worst=3, labeller="ben", time=3.0, answers="b1")).answers == "b1"  # others
     with open(book.path, "a") as f:
         f.write('{"group": "p3", "size": 4, "be')  # a crash while writing
     labels = LabelBook(book.path).labels()  # read back, as a resumed job does
@@ -36,7 +38,7 @@ def test_labels_are_kept_as_given_the_first_counts_and_a_torn_last_line_is_ignor
     book.add(
         Label("p3", 4, best=2, worst=1, labeller="ana", time=4.0, answers="a3")
     )  # labelling goes on after the crash
-    assert book.path.read_text().count("\n") == 4 and LabelBook(book.path).labels()["p3"].best == 2
+    assert book.path.read_text().count("\n") == 4 and LabelBook(book.path).labels()["p3"].best == 2  # p1 a1, b1
     # only labels of the answers a round holds now: p2 was sampled again, differently
     assert set(book.labels({"p1": "a1", "p2": "other answers", "p3": "a3"})) == {"p1", "p3"}
 

@@ -139,18 +139,24 @@ class LabelDesk:
         else is left."""
         labeller = _checked_name(labeller)
         with self._changed:
+            if group not in self._tasks:  # the skip list holds the round's groups only
+                return
             if self._leases.get(group, ("", 0.0))[0] == labeller:
                 del self._leases[group]
             self._skipped.setdefault(labeller, set()).add(group)
 
     def submit(self, labeller: str, group: str, digest: str, best: int | None, worst: int | None) -> Label:
         """Record `labeller`'s label of `group` (best and worst answer, or both None for a tie); on disk before this
-        returns. A lease only keeps others from being shown the group: a label given after it ran out counts."""
+        returns. While someone else holds the group's lease, only they may label it; a label given after one's
+        own lease ran out counts, unless another labeller has taken the group since."""
         labeller = _checked_name(labeller)
         with self._changed:
             task = self._tasks.get(group)
             if task is None or task.digest != digest:
                 raise LabelRefused("this group is no longer open for labelling (the round moved on)")
+            holder, expiry = self._leases.get(group, ("", 0.0))
+            if holder and holder != labeller and expiry > self._clock() and group not in self._labels:
+                raise LabelRefused(f"{holder} is labelling this group now; take the next one")
             if self._past_deadline():
                 raise LabelRefused("the round's deadline has passed; its unlabelled groups were left out")
             if group in self._labels:  # a lease ran out and two people labelled it: the first label stands
@@ -160,8 +166,10 @@ class LabelDesk:
             except ValueError as exc:
                 raise LabelRefused(str(exc), status=400) from None
             assert self._book is not None
-            self._book.add(label)
-            self._labels[group] = label
+            counted = self._book.add(label)
+            self._labels[group] = counted
+            if counted is not label:  # `onpolicy label import` added one meanwhile
+                raise LabelRefused(f"{counted.labeller} has labelled this group already")
             self._leases.pop(group, None)
             self._changed.notify_all()
             return label

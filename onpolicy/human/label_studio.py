@@ -134,9 +134,13 @@ def import_annotations(run_dir: pathlib.Path, exported: Sequence[Mapping[str, An
             continue
         labelled_of[round_number][group_key] = label
         labels.append((round_number, label))
+    added = 0
     for round_number, label in labels:
-        _book(run_dir, round_number).add(label)
-    return len(labels), skipped
+        if _book(run_dir, round_number).add(label) is label:
+            added += 1
+        else:  # given in the job's page since the book was read
+            skipped.append(f"group {label.group!r} of round {round_number} was labelled meanwhile")
+    return added, skipped
 
 
 def _book(run_dir: pathlib.Path, round_number: int) -> LabelBook:

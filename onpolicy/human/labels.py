@@ -12,12 +12,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import pathlib
 import time
 from collections.abc import Mapping, Sequence
 
 from onpolicy.errors import OnpolicyError
-from onpolicy.run.rundir import append_line
+from onpolicy.run.files import append_line
+from onpolicy.run.lock import lock_file
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,10 +69,22 @@ class LabelBook:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
 
-    def add(self, label: Label) -> None:
-        """Append `label`, on disk before this returns (after cutting a torn last line a crash left)."""
+    def add(self, label: Label) -> Label:
+        """Append `label` unless the book holds a label of the same answers already; returns the label that
+        counts (the one given, or the earlier one). On disk before this returns. The book is locked meanwhile
+        (flock on its file), so that the job's page and `onpolicy label import` beside it never interleave,
+        and a torn last line is cut only by the one writer."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        append_line(self.path, json.dumps(dataclasses.asdict(label), ensure_ascii=False))
+        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            lock_file(descriptor, self.path, wait=True)
+            earlier = self.labels({label.group: label.answers}).get(label.group)
+            if earlier is not None:
+                return earlier
+            append_line(self.path, json.dumps(dataclasses.asdict(label), ensure_ascii=False))
+            return label
+        finally:
+            os.close(descriptor)  # and with it the lock
 
     def labels(self, answers: Mapping[str, str] | None = None) -> dict[str, Label]:
         """Each labelled group's first label; with `answers` (group -> digest of its answers), only labels of

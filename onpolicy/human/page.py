@@ -22,8 +22,13 @@ from pydantic import BaseModel, Field
 
 from onpolicy.errors import OnpolicyError
 from onpolicy.human.desk import LabelDesk, LabelRefused
+from onpolicy.run.files import NoSpace
 
 PAGE = pathlib.Path(__file__).with_name("page.html")
+
+
+MAX_BODY_BYTES = 64 * 1024  # a request body: a label is a few hundred bytes
+MAX_GROUP_CHARS = 4096  # a group's key (its prompt's id)
 
 
 class Who(BaseModel):
@@ -31,14 +36,14 @@ class Who(BaseModel):
 
 
 class Given(Who):
-    group: str
-    digest: str
-    best: int | None = None
-    worst: int | None = None
+    group: str = Field(max_length=MAX_GROUP_CHARS)
+    digest: str = Field(max_length=64)
+    best: int | None = Field(None, ge=0, le=10_000)
+    worst: int | None = Field(None, ge=0, le=10_000)
 
 
 class Skipped(Who):
-    group: str
+    group: str = Field(max_length=MAX_GROUP_CHARS)
 
 
 def build_app(desk: LabelDesk, token: str) -> Any:
@@ -51,6 +56,7 @@ def build_app(desk: LabelDesk, token: str) -> Any:
             raise HTTPException(401, "this page needs its link with the token (printed when the job started it)")
 
     app = FastAPI(title="onpolicy labels", docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)  # outermost: before the token check reads anything
     guarded = [Depends(check_token)]
     html = PAGE.read_text(encoding="utf-8")
     headers = _security_headers(html)
@@ -86,6 +92,8 @@ def build_app(desk: LabelDesk, token: str) -> Any:
             desk.submit(given.labeller, given.group, given.digest, given.best, given.worst)
         except LabelRefused as exc:
             raise refused(exc) from None
+        except NoSpace as exc:  # the label is not saved: the labeller hears why (507 Insufficient Storage)
+            raise HTTPException(507, str(exc)) from None
         return {"state": desk.state(given.labeller)}
 
     @app.post("/api/release", dependencies=guarded)
@@ -94,6 +102,37 @@ def build_app(desk: LabelDesk, token: str) -> Any:
         return {"state": desk.state(skipped.labeller)}
 
     return app
+
+
+class BodyCap:
+    """ASGI middleware: a request whose body is over `limit` bytes gets 413 with no more of it read (FastAPI
+    reads a whole body before any dependency, the token check included, runs)."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        from starlette.exceptions import HTTPException
+        from starlette.responses import PlainTextResponse
+
+        too_large = f"request body over {self.limit} bytes"
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            return await PlainTextResponse(too_large, 413)(scope, receive, send)
+        received = 0
+
+        async def capped_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:  # a chunked body, which says nothing of its length first
+                raise HTTPException(413, too_large)  # FastAPI passes it on as the response
+            return message
+
+        await self.app(scope, capped_receive, send)
 
 
 class PageServer:
