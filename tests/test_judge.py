@@ -1,8 +1,10 @@
 """LLM judges: strict parsing, pairwise aggregation, and the real backends - a `vllm serve` process on a loopback
 port (with a proxy in front to inject bad answers, delays and key checks) and an in-process vLLM engine."""
 
+import contextlib
 import random
 import re
+import time
 
 import numpy as np
 import pytest
@@ -69,6 +71,105 @@ def test_a_missing_api_key_is_a_clear_error(monkeypatch):
     }
     with pytest.raises(RewardConfigError, match="ONPOLICY_TEST_JUDGE_KEY .* is not set"):
         build_reward("judge", args)
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        ({"timeout": 0}, "timeout must be a positive number of seconds, not 0"),
+        ({"timeout": float("nan")}, "timeout must be a positive number"),
+        ({"deadline": "soon"}, "deadline must be a positive number of seconds, not 'soon'"),
+        ({"max_retries": -1}, "max_retries must be a whole number from 0 to 20, not -1"),
+        ({"max_retries": 2.5}, "max_retries must be a whole number"),
+        ({"concurrency": 0}, "concurrency must be a whole number from 1"),
+        ({"max_tokens": 0}, "max_tokens must be a whole number of at least 1, not 0"),
+        ({"temperature": -0.1}, "temperature must be a number of at least 0, not -0.1"),
+        ({"temperature": float("inf")}, "temperature must be a number of at least 0"),
+    ],
+)
+def test_request_and_sampling_settings_are_checked_when_the_judge_is_built(args, problem):
+    base = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
+    with pytest.raises(RewardConfigError, match=re.escape(problem)):
+        build_reward("judge", {**base, **args})
+
+
+COMPLETION = (
+    '{"id": "c", "object": "chat.completion", "created": 0, "model": "m", '
+    '"choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Score: 4"}}]}'
+)
+
+
+@contextlib.contextmanager
+def canned_endpoint(reply):
+    """An HTTP endpoint on a loopback port that answers every POST with `reply(write)`, which writes raw bytes."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+
+            def write(data):
+                self.wfile.write(data)
+                self.wfile.flush()
+
+            try:
+                reply(write)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client gave up, as it should
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _headers(length, kind="application/json"):
+    return f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\r\n".encode()
+
+
+def _trickle(data, every_s=0.1):
+    def reply(write):
+        for byte in data:
+            write(bytes([byte]))
+            time.sleep(every_s)
+
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("reply", "reason"),
+    [
+        (_trickle(_headers(len(COMPLETION)) + COMPLETION.encode()), "no complete answer before the request's deadline"),
+        (lambda write: (write(_headers(len(COMPLETION))), _trickle(COMPLETION.encode())(write)),
+         "no complete answer before the request's deadline"),
+        (lambda write: write(_headers(9 * 2**20) + b" " * (9 * 2**20)), "the answer ran over 8388608 bytes"),
+        (lambda write: write(_headers(15, "text/html") + b"<html>hi</html>"), "the endpoint answered with no chat "
+         "completion: '<html>hi</html>'"),
+        (lambda write: write(_headers(9) + b"not json!"), "the endpoint answered with no chat completion"),
+    ],
+    ids=["headers a byte at a time", "body a byte at a time", "a 9 MiB answer", "a 200 of HTML", "a 200 not JSON"],
+)  # fmt: skip
+def test_an_endpoint_that_trickles_floods_or_answers_no_json_fails_those_samples_with_the_reason(reply, reason):
+    with canned_endpoint(reply) as url:
+        judge = _judge(url, timeout=1.0, max_retries=1, deadline=2.0)
+        started = time.monotonic()
+        scores = judge.score_group(PROMPT, RESPONSES[:2])
+    assert time.monotonic() - started < 10
+    assert all(isinstance(s, Failed) and s.kind == "judge_error" for s in scores), scores
+    assert reason in scores[0].reason, scores[0].reason
+
+
+def test_a_well_behaved_endpoint_answers_within_the_limits():
+    with canned_endpoint(lambda write: write(_headers(len(COMPLETION)) + COMPLETION.encode())) as url:
+        assert _judge(url, deadline=5.0).score_group(PROMPT, RESPONSES[:2]) == [4.0, 4.0]
 
 
 @pytest.fixture(scope="module")

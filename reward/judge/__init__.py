@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from reward.base import GroupReward, Needs, RewardConfigError
-from reward.judge.clients import ChatBackend, OpenAIChat, PolicyEngine, Sampling, VLLMChat
+from reward.judge.clients import ChatBackend, OpenAIChat, PolicyEngine, RequestLimits, Sampling, VLLMChat
 from reward.judge.judges import PairwiseJudge, PointwiseJudge
 from reward.judge.templates import build_pairwise, build_rubric
 from reward.registry import register
@@ -45,6 +46,7 @@ def judge(
     aggregate: Literal["wins", "bradley_terry"] = "wins",
     timeout: float = 60.0,
     max_retries: int = 3,
+    deadline: float | None = None,
     concurrency: int = 8,
     kv_cache_gib: float = 0.5,
     max_model_len: int | None = None,
@@ -61,8 +63,11 @@ def judge(
     `score_range`; `votes` answers per response, averaged. Pairwise: `template` (optional) with {prompt},
     {response_a}, {response_b}; `max_comparisons` pairs per group; `aggregate` wins or bradley_terry.
     `constrain` restricts answers to the verdict format (vLLM structured outputs; no written justification);
-    `answer_prefix` starts the judge's answer (vLLM engines and `vllm serve` only). `policy_engine` is not a
-    config argument: the job hands it over (see `PolicyEngine`).
+    `answer_prefix` starts the judge's answer (vLLM engines and `vllm serve` only). Backend `openai`: `timeout`
+    bounds each read, connect and write, `max_retries` the retries of a failed request, and `deadline` (default
+    each try's `timeout` plus 8 s of backoff between tries) one request in all, retries included; an answer over
+    8 MiB fails.
+    `policy_engine` is not a config argument: the job hands it over (see `PolicyEngine`).
     """
     if mode not in ("pointwise", "pairwise"):
         raise RewardConfigError(f"judge: mode must be pointwise or pairwise, not {mode!r}")
@@ -74,9 +79,14 @@ def judge(
         raise RewardConfigError("judge: several votes at temperature 0 are the same answer; raise temperature")
     if max_comparisons is not None and max_comparisons < 1:
         raise RewardConfigError(f"judge: max_comparisons must be at least 1, not {max_comparisons}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise RewardConfigError(f"judge: max_tokens must be a whole number of at least 1, not {max_tokens!r}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+        raise RewardConfigError(f"judge: temperature must be a number of at least 0, not {temperature!r}")
     sampling = Sampling(temperature=temperature, max_tokens=max_tokens)
-    chat = _backend(backend, model, base_url, api_key_env, sampling, timeout, max_retries, concurrency,
-                    kv_cache_gib, max_model_len, dtype, seed, policy_engine)  # fmt: skip
+    requests = RequestLimits(timeout, max_retries, deadline, concurrency)
+    chat = _backend(backend, model, base_url, api_key_env, sampling, requests, kv_cache_gib, max_model_len, dtype,
+                    seed, policy_engine)  # fmt: skip
     if mode == "pointwise":
         rubric_ = build_rubric(rubric, template, score_pattern, score_range)
         return PointwiseJudge(chat, rubric_, votes, parse_retries, answer_prefix, constrain)
@@ -90,9 +100,7 @@ def _backend(
     base_url: str | None,
     api_key_env: str | None,
     sampling: Sampling,
-    timeout: float,
-    max_retries: int,
-    concurrency: int,
+    requests: RequestLimits,
     kv_cache_gib: float,
     max_model_len: int | None,
     dtype: str,
@@ -110,5 +118,5 @@ def _backend(
     if backend == "openai":
         if base_url is None or model is None:
             raise RewardConfigError("judge: backend 'openai' needs base_url and model (the served model's name)")
-        return OpenAIChat(base_url, model, api_key_env, sampling, timeout, max_retries, concurrency)
+        return OpenAIChat(base_url, model, api_key_env, sampling, requests)
     raise RewardConfigError(f"judge: backend must be policy, vllm or openai, not {backend!r}")

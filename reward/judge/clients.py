@@ -9,6 +9,8 @@ that request's error, and the judge marks those samples failed.
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import os
 import pathlib
 from collections.abc import Sequence
@@ -45,6 +47,32 @@ class ChatBackend(Protocol):
 class Sampling:
     temperature: float = 0.7
     max_tokens: int = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """How an HTTP judge's requests are bounded: `timeout` each read, connect and write; `max_retries` the
+    retries of a failed request (the OpenAI client's, with backoff); `deadline` one request in all, retries
+    included (default: each try's `timeout`, and the client's longest backoff between tries); `concurrency`
+    requests at a time."""
+
+    timeout: float = 60.0
+    max_retries: int = 3
+    deadline: float | None = None
+    concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        _check_whole("concurrency", self.concurrency, 1, 10_000)
+        _check_whole("max_retries", self.max_retries, 0, 20)
+        _check_seconds("timeout", self.timeout)
+        if self.deadline is not None:
+            _check_seconds("deadline", self.deadline)
+
+    @property
+    def total_s(self) -> float:
+        if self.deadline is not None:
+            return self.deadline
+        return self.timeout * (self.max_retries + 1) + LONGEST_BACKOFF_S * self.max_retries
 
 
 def _messages(request: ChatRequest) -> list[dict[str, str]]:
@@ -179,11 +207,11 @@ class OpenAIChat:
         model: str,
         api_key_env: str | None,
         sampling: Sampling,
-        timeout: float,
-        max_retries: int,
-        concurrency: int,
+        requests: RequestLimits,
     ) -> None:
-        from openai import OpenAI
+        from openai import DefaultHttpxClient, OpenAI
+
+        from reward.judge.bounded_http import bounded_transport  # httpx2: imported with the client that needs it
 
         if api_key_env is None:
             api_key = "EMPTY"  # a local `vllm serve` without --api-key accepts any key
@@ -194,39 +222,49 @@ class OpenAIChat:
                 f"judge: the environment variable {api_key_env} (named by api_key_env) is not set; it must hold "
                 f"the API key for {base_url}"
             )
-        if concurrency < 1:
-            raise RewardConfigError(f"judge: concurrency must be at least 1, not {concurrency}")
         self.model = model
         self._api_key = api_key if api_key_env is not None else None  # a real key, to keep out of messages
         self.sampling = sampling
-        self.concurrency = concurrency
-        self.client = OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+        self.requests = requests
+        transport = bounded_transport(requests.concurrency)
+        self.client = OpenAI(
+            base_url=base_url,
+            api_key=api_key,
+            max_retries=requests.max_retries,
+            http_client=DefaultHttpxClient(transport=transport, timeout=requests.timeout),
+        )
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatAnswer]:
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        with ThreadPoolExecutor(max_workers=self.requests.concurrency) as pool:
             return list(pool.map(self._one, requests))
 
     def _one(self, request: ChatRequest) -> ChatAnswer:
         import openai
+        from openai.types.chat import ChatCompletion
+
+        from reward.judge.bounded_http import limits
 
         extra: dict[str, Any] = {}
         if request.regex:
             extra["structured_outputs"] = {"regex": request.regex}
         if request.answer_prefix:
             extra.update(continue_final_message=True, add_generation_prompt=False)
-        try:
-            response = self.client.chat.completions.create(
-                model=self.model,
-                messages=_messages(request),
-                n=request.n,
-                temperature=self.sampling.temperature,
-                max_tokens=self.sampling.max_tokens,
-                extra_body=extra or None,
-            )
-        except openai.APIError as exc:
-            error = f"{type(exc).__name__}: {_first_line(exc)}"
-            # an endpoint may echo the request, its Authorization header included: the key never leaves here
-            return ChatAnswer([], error=error.replace(self._api_key, "***") if self._api_key else error)
+        with limits(self.requests.total_s, MAX_ANSWER_BYTES) as bound:
+            try:
+                response = self.client.chat.completions.create(
+                    model=self.model,
+                    messages=_messages(request),
+                    n=request.n,
+                    temperature=self.sampling.temperature,
+                    max_tokens=self.sampling.max_tokens,
+                    extra_body=extra or None,
+                )
+            except openai.APIError as exc:
+                return self._failed(f"{type(exc).__name__}: {bound.exceeded or _first_line(exc)}")
+            except json.JSONDecodeError as exc:  # a 200 that says it is JSON and is not
+                return self._failed(f"the endpoint answered with no chat completion (not JSON: {exc})")
+        if not isinstance(response, ChatCompletion):  # a 200 whose body is not a chat completion's JSON
+            return self._failed(f"the endpoint answered with no chat completion: {_first_line(response)!r}")
         usage = response.usage
         return ChatAnswer(
             texts=[request.answer_prefix + (choice.message.content or "") for choice in response.choices],
@@ -235,5 +273,24 @@ class OpenAIChat:
         )
 
 
-def _first_line(exc: Exception) -> str:
-    return (str(exc).strip().splitlines() or [""])[0][:300]
+    def _failed(self, error: str) -> ChatAnswer:
+        # an endpoint may echo the request, its Authorization header included: the key never leaves here
+        return ChatAnswer([], error=error.replace(self._api_key, "***") if self._api_key else error)
+
+
+LONGEST_BACKOFF_S = 8.0  # the OpenAI client's longest wait between two tries of a request
+MAX_ANSWER_BYTES = 8 * 1024 * 1024  # of one judge answer, headers and JSON body: a verdict is a few kilobytes
+
+
+def _check_seconds(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise RewardConfigError(f"judge: {name} must be a positive number of seconds, not {value!r}")
+
+
+def _check_whole(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RewardConfigError(f"judge: {name} must be a whole number from {low} to {high}, not {value!r}")
+
+
+def _first_line(message: object) -> str:
+    return (str(message).strip().splitlines() or [""])[0][:300]
