@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -81,6 +82,10 @@ def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
     check_generation_backend(config.generation.backend, launched_processes())
+    if config.generation.backend == "server" and config.generation.server.urls:
+        from onpolicy.generation.server import external_api_key
+
+        external_api_key(config.generation.server)  # a variable named but not set: before anything starts
     check_reward_terms(config.reward, "reward", prompts, config.generation)
     try:
         check_dpo_config_values(config.train)
@@ -274,7 +279,7 @@ def _server_generator(
     in the run directory), stopped when the job ends (`on_close`)."""
     import torch
 
-    from onpolicy.generation.server import ServerGenerator
+    from onpolicy.generation.server import ServerGenerator, external_api_key
     from onpolicy.generation.serving import cli_flags, engine_arguments, start_servers
 
     server = generation.server
@@ -283,8 +288,13 @@ def _server_generator(
         # the sampled token's own log-prob is all onpolicy asks a server for
         arguments = {**engine_arguments(generation, torch.cuda.is_available(), lora_rank), "max_logprobs": 1}
         args = [*cli_flags(arguments), *server.extra_args]
-        servers = start_servers(policy_path, server.launch, server.port, run_path, args, server.startup_timeout_s)
+        api_key = secrets.token_urlsafe(32)  # the job's own, for every route of its servers
+        servers = start_servers(
+            policy_path, server.launch, server.port, run_path, args, server.startup_timeout_s, api_key
+        )
         on_close.extend(s.stop for s in servers)
+    else:
+        api_key = external_api_key(server)
     urls = server.urls or [s.url for s in servers]
     sync_dir = pathlib.Path(server.sync_dir) if server.sync_dir else run_path / "weights-sync"
     if not server.sync_dir:  # the run's own: whatever is there, a killed job left
@@ -294,6 +304,6 @@ def _server_generator(
         for started in servers:
             started.check_alive()
 
-    generator = ServerGenerator(urls, tokenizer, generation, sync_dir, check_alive)
+    generator = ServerGenerator(urls, tokenizer, generation, sync_dir, check_alive, api_key)
     on_close.append(generator.close)
     return generator

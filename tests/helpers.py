@@ -20,6 +20,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -80,13 +81,17 @@ def vllm_server(
     log: pathlib.Path | None = None,
     args: Sequence[str] = ("--dtype", "float32", "--max-model-len", "2048"),
     port: int | None = None,
+    api_key: str | None = None,
 ) -> Iterator[Any]:
     """`vllm serve model` on a loopback port (a free one by default), started and stopped by onpolicy's own
-    supervisor; yields the `ManagedServer` once it answers (its `.url`; the OpenAI API is under `/v1`)."""
+    supervisor; yields the `ManagedServer` once it answers (its `.url`; the OpenAI API is under `/v1`). Every
+    route takes `api_key` (a random one by default: the server's `.api_key`)."""
     from onpolicy.generation.serving import ManagedServer
 
     log = log or pathlib.Path(tempfile.mkdtemp(prefix="vllm-server-")) / "server.log"
-    server = ManagedServer(model, port or free_port(), log, [*args, *SERVER_ARGS], served_model_name=name)
+    server = ManagedServer(
+        model, port or free_port(), log, [*args, *SERVER_ARGS], served_model_name=name, api_key=api_key
+    )
     server.start()
     try:
         server.wait_until_ready(300)
@@ -203,6 +208,20 @@ def _build(path: pathlib.Path, model_class, tokenizer, seed: int, **config_args)
     return path
 
 
+KEYLESS = "EMPTY"  # the key an OpenAI client without api_key_env sends: the judge test server takes it
+
+
+def is_up(url: str) -> bool:
+    """Whether a server answers at `url` at all (a 401 for want of its API key is an answer)."""
+    try:
+        urllib.request.urlopen(f"{url}/health", timeout=5)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 class JudgeProxy:
     """Forwards chat requests to `upstream`. `rewrite(request, index, answer) -> new answer` changes each answer,
     `delay` holds the reply back (seconds), `api_key` (when set) must be the bearer token (a wrong one is echoed
@@ -231,7 +250,7 @@ class JudgeProxy:
                 request = urllib.request.Request(
                     proxy.upstream + self.path.removeprefix("/v1"),
                     data=json.dumps(body).encode(),
-                    headers={"Content-Type": "application/json"},
+                    headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEYLESS}"},
                 )
                 answer = json.loads(urllib.request.urlopen(request, timeout=120).read())
                 if proxy.rewrite is not None:

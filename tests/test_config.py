@@ -137,6 +137,12 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
             ["generation.server.extra_args=[--tensor-parallel-size, '2', --port, '9000']"],
             r"extra_args: --port is set by onpolicy; it follows generation.server.port",
         ),
+        (
+            MINIMAL,
+            ["generation.server.extra_args=[--api-key, k]"],
+            r"extra_args: --api-key is set by onpolicy; started servers take a key of the job's own",
+        ),
+        (MINIMAL, ["generation.server.api_key_env=not a name"], r"'generation.server.api_key_env' .*pattern"),
         (MINIMAL, ['prompts.system_prompt="\\ud800"'], r"'prompts.system_prompt' in .*lone surrogate"),
         (MINIMAL, ["ref.refresh=mix", "train.lora={r: 8}"], r"ref.refresh: mix needs full fine-tuning"),
         (MINIMAL, ["ref.refresh=mix", "ref.mix=0"], r"'ref.mix' in command-line override .*greater than 0"),
@@ -155,6 +161,17 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
 def test_bad_config_gives_one_clear_error(tmp_path, data, overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(_write(tmp_path, data), overrides)
+
+
+def test_servers_given_by_url_with_a_key_variable_that_is_not_set_are_refused_before_anything_starts(monkeypatch):
+    from onpolicy.components import check_inputs
+    from onpolicy.config import Config
+
+    monkeypatch.delenv("ONPOLICY_TEST_SERVER_KEY", raising=False)
+    server = {"urls": ["http://127.0.0.1:9"], "api_key_env": "ONPOLICY_TEST_SERVER_KEY"}
+    config = Config.model_validate({**MINIMAL, "generation": {"backend": "server", "server": server}})
+    with pytest.raises(ConfigError, match=r"the environment variable ONPOLICY_TEST_SERVER_KEY is not set; it must hold"):
+        check_inputs(config)
 
 
 def test_several_errors_are_listed_together(tmp_path):

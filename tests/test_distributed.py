@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
 import yaml
@@ -18,7 +17,7 @@ from safetensors.torch import load_file
 
 from onpolicy.cli import main
 from onpolicy.config import load_config
-from tests.helpers import ROOT, free_port, read_jsonl, tiny_config
+from tests.helpers import ROOT, free_port, is_up, read_jsonl, tiny_config
 
 # Two training processes need two devices: the tests pin the CPUs (gloo) on any machine, a one-GPU one included.
 CPU_ONLY = {"CUDA_VISIBLE_DEVICES": ""}
@@ -255,11 +254,7 @@ def _wait_for_phase(job, run_dir, round_number, phase, timeout=300):
 
 def _wait_until_closed(port, timeout=60):
     deadline = time.monotonic() + timeout
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5)
-        except OSError:
-            return
+    while is_up(f"http://127.0.0.1:{port}"):
         assert time.monotonic() < deadline, f"the server on port {port} outlived its job"
         time.sleep(1)
 

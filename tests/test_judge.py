@@ -12,7 +12,7 @@ import pytest
 from reward import Failed, RewardConfigError, build_reward
 from reward.judge.judges import bradley_terry, choose_pairs
 from reward.judge.templates import RUBRICS, build_pairwise
-from tests.helpers import JudgeProxy, vllm_server
+from tests.helpers import KEYLESS, JudgeProxy, vllm_server
 
 PROMPT = {"id": "q1", "prompt": "Who are you?", "messages": [{"role": "user", "content": "Who are you?"}]}
 RESPONSES = ["I am Athene.", "I am a model.", "Hello there.", "No idea."]
@@ -174,7 +174,7 @@ def test_a_well_behaved_endpoint_answers_within_the_limits():
 
 @pytest.fixture(scope="module")
 def judge_url(tiny_model_path, tmp_path_factory):
-    with vllm_server(tiny_model_path, log=tmp_path_factory.mktemp("serve") / "vllm.log") as server:
+    with vllm_server(tiny_model_path, log=tmp_path_factory.mktemp("serve") / "vllm.log", api_key=KEYLESS) as server:
         yield f"{server.url}/v1"
 
 

@@ -3,10 +3,12 @@ their token ids and log-probs, weights moved in place with a version, stale or d
 runs with `generation.backend: server`, including a server killed mid-run and the run resumed."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -15,7 +17,7 @@ import torch
 from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
 from onpolicy.types import PromptRecord
-from tests.helpers import ROOT, free_port, read_jsonl, run_cli, tiny_config, vllm_server
+from tests.helpers import ROOT, free_port, is_up, read_jsonl, run_cli, tiny_config, vllm_server
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Who are you?", "What is your name?", "Tell me a story."]
@@ -37,7 +39,7 @@ def generator(server, tiny_model_path, tmp_path):
 
     config = GenerationConfig(num_samples=3, max_new_tokens=10, max_model_len=256, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    generator = ServerGenerator([server.url], tokenizer, config, tmp_path / "sync", server.check_alive)
+    generator = ServerGenerator([server.url], tokenizer, config, tmp_path / "sync", server.check_alive, server.api_key)
     assert generator.engine_dtype == torch.float32
     return generator
 
@@ -89,14 +91,22 @@ def test_new_weights_reach_the_server_in_place_under_their_version(generator, se
     assert not generator.sync_dir.exists()
 
 
-def test_a_server_holding_other_weights_is_refused(generator, server):
+def test_a_started_server_s_routes_all_take_its_key_and_one_holding_other_weights_is_refused(generator, server):
     generator.version = "8"
+    change = {"new_version": "someone-else"}
+    for path, body in (("/update_weight_version", change), ("/collective_rpc", {"method": "reload_weights"}),
+                       ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/tmp"}), ("/health", None)):
+        data = None if body is None else json.dumps(body).encode()
+        keyless = urllib.request.Request(server.url + path, data, {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:  # any local process, without the job's key
+            urllib.request.urlopen(keyless, timeout=30)
+        assert refused.value.code == 401, path
     request = urllib.request.Request(
         f"{server.url}/update_weight_version",
-        json.dumps({"new_version": "someone-else"}).encode(),
-        {"Content-Type": "application/json"},
+        json.dumps(change).encode(),
+        {"Content-Type": "application/json", "Authorization": f"Bearer {server.api_key}"},
     )
-    urllib.request.urlopen(request, timeout=30)
+    urllib.request.urlopen(request, timeout=30)  # one who has the key
     with pytest.raises(OnpolicyError, match=r"serves weight version 'someone-else', not the policy's '8'"):
         generator.generate(RECORDS)
 
@@ -136,8 +146,7 @@ def test_a_run_on_a_started_server_samples_round_two_from_the_updated_weights(ti
             gap = torch.tensor(sample["logprobs"]) - _teacher_forced(model, prompt_ids, sample["token_ids"])
             errors[name].append(gap.abs().mean().item())
     assert max(errors["after_round_1"]) < 1e-3 < min(errors["initial"]), errors
-    with pytest.raises(OSError):  # the server is gone with the job
-        urllib.request.urlopen(f"http://127.0.0.1:{config['generation']['server']['port']}/health", timeout=5)
+    assert not is_up(f"http://127.0.0.1:{config['generation']['server']['port']}")  # gone with the job
 
 
 def test_a_server_killed_mid_run_fails_the_round_cleanly_and_the_run_resumes(tiny_model_path, tmp_path):
@@ -153,12 +162,17 @@ def test_a_server_killed_mid_run_fails_the_round_cleanly_and_the_run_resumes(tin
     )
     config = tiny_config(tiny_model_path, rounds=2, reward=[{"name": f"{tmp_path / 'held.py'}:score"}])
     config["generation"]["backend"] = "server"
-    config["generation"]["server"] = {"urls": [f"http://127.0.0.1:{port}"], "request_timeout_s": 60}
+    config["generation"]["server"] = {
+        "urls": [f"http://127.0.0.1:{port}"], "request_timeout_s": 60, "api_key_env": "ONPOLICY_TEST_SERVER_KEY"
+    }  # fmt: skip
+    environment = {**os.environ, "ONPOLICY_TEST_SERVER_KEY": "the-servers-key"}
     (tmp_path / "run.yaml").write_text(json.dumps(config))
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "onpolicy.cli", "run", str(tmp_path / "run.yaml"), "--run-dir", str(run_dir)]
-    with vllm_server(tiny_model_path, "policy", tmp_path / "first.log", SERVE, port=port) as server:
-        job = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with vllm_server(tiny_model_path, "policy", tmp_path / "first.log", SERVE, port, "the-servers-key") as server:
+        job = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+        )
         _wait_for(lambda: _phase(run_dir) == (1, "score"), job)
         server.process.send_signal(signal.SIGKILL)  # the server dies after round 1 sampled, before its sync
         (tmp_path / "go").touch()
@@ -166,8 +180,8 @@ def test_a_server_killed_mid_run_fails_the_round_cleanly_and_the_run_resumes(tin
     assert job.returncode == 2, stderr
     assert f"the vLLM server at http://127.0.0.1:{port} failed on" in stderr
     assert not (run_dir / "rounds.jsonl").exists() or read_jsonl(run_dir / "rounds.jsonl") == []
-    with vllm_server(tiny_model_path, "policy", tmp_path / "second.log", SERVE, port=port):
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    with vllm_server(tiny_model_path, "policy", tmp_path / "second.log", SERVE, port, "the-servers-key"):
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [1, 2]
 

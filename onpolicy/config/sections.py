@@ -79,6 +79,12 @@ class ServerConfig(Section):
         default_factory=list,
         description="More `vllm serve` arguments for started servers, e.g. [--tensor-parallel-size, '2'].",
     )
+    api_key_env: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="The environment variable holding the API key of the servers at urls (their --api-key or "
+        "VLLM_API_KEY), sent on every request. Started servers get a key of the job's own on every route.",
+    )
 
     @model_validator(mode="after")
     def _no_owned_server_args(self) -> ServerConfig:
@@ -96,6 +102,8 @@ _OWNED_SERVER_ARGS = {
     "--port": "it follows generation.server.port (one port per started server, counting up)",
     "--model": "started servers serve the policy the job trains",
     "--served-model-name": "the job addresses its servers by the name it gives them",
+    "--api-key": "started servers take a key of the job's own on every route (for servers you start, give "
+    "generation.server.api_key_env)",
 }
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import json
+import os
 import pathlib
 import shutil
 import urllib.error
@@ -34,9 +35,10 @@ from typing import Any
 import torch
 
 from onpolicy.config import GenerationConfig
-from onpolicy.errors import OnpolicyError
+from onpolicy.config.sections import ServerConfig
+from onpolicy.errors import ConfigError, OnpolicyError
 from onpolicy.generation.sampling import GroupSampling
-from onpolicy.generation.serving import ADAPTER_NAME
+from onpolicy.generation.serving import ADAPTER_NAME, authorization
 from onpolicy.run.progress import PhaseProgress
 from onpolicy.tokens import fit_prompts
 from onpolicy.train.devices import engine_dtype
@@ -56,8 +58,10 @@ class ServerGenerator(GroupSampling):
         config: GenerationConfig,
         sync_dir: pathlib.Path,
         check_alive: Callable[[], None] = lambda: None,
+        api_key: str | None = None,
     ) -> None:
         self.urls = [url.rstrip("/").removesuffix("/v1") for url in urls]
+        self._headers = authorization(api_key)  # sent on every request
         self.tokenizer = tokenizer
         self.config = config
         self.sync_dir = sync_dir
@@ -198,11 +202,12 @@ class ServerGenerator(GroupSampling):
         return models[0]["id"]
 
     def _get(self, url: str, path: str) -> dict[str, Any]:
-        return self._send(urllib.request.Request(url + path), url, path)
+        return self._send(urllib.request.Request(url + path, headers=self._headers), url, path)
 
     def _post(self, url: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
         data = json.dumps(body).encode() if body is not None else b""
-        request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json", **self._headers}
+        request = urllib.request.Request(url + path, data=data, headers=headers)
         return self._send(request, url, path)
 
     def _send(self, request: urllib.request.Request, url: str, path: str) -> dict[str, Any]:
@@ -216,6 +221,8 @@ class ServerGenerator(GroupSampling):
                 hint = " (is it running with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True?)"
             elif exc.code == 404 and path != "/v1/completions":
                 hint = " (is it running with VLLM_SERVER_DEV_MODE=1?)"
+            elif exc.code == 401:
+                hint = " (its API key: generation.server.api_key_env names the variable that holds it)"
             raise OnpolicyError(
                 f"the vLLM server at {url} answered {path} with HTTP {exc.code}{hint}: {detail}"
             ) from None
@@ -229,6 +236,20 @@ class ServerGenerator(GroupSampling):
             return json.loads(body or b"{}")
         except ValueError:  # some routes answer in plain text
             return {"text": body.decode(errors="replace")}
+
+
+def external_api_key(server: ServerConfig) -> str | None:
+    """The API key of the servers at `generation.server.urls`, from the variable `api_key_env` names (None: no
+    key). Checked before anything starts."""
+    if server.api_key_env is None:
+        return None
+    key = os.environ.get(server.api_key_env)
+    if not key:
+        raise ConfigError(
+            f"generation.server.api_key_env: the environment variable {server.api_key_env} is not set; it must hold "
+            "the API key of the servers at generation.server.urls"
+        )
+    return key
 
 
 def _sample(choice: dict[str, Any]) -> Sample:

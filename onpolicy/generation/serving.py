@@ -3,7 +3,10 @@
 A started server writes its log into the run directory, must answer `/health` within its start-up time (or the
 job stops with its log's last lines), is checked for life before each use, and is stopped on every way out of
 the job (normal end, error, SIGINT/SIGTERM, and the interpreter's exit). It runs with `VLLM_SERVER_DEV_MODE=1`:
-onpolicy moves weights in through the dev routes (`/collective_rpc`, `/update_weight_version`).
+onpolicy moves weights in through the dev routes (`/collective_rpc`, `/update_weight_version`). Those routes
+would let any local process load other weights into the policy's server, so every route of a started server,
+dev routes included, takes an API key of the job's own (`onpolicy.generation.guarded_server`), which onpolicy
+sends on each request.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import atexit
 import os
 import pathlib
+import secrets
 import subprocess
 import sys
 import time
@@ -76,15 +80,17 @@ class ManagedServer:
         args: Sequence[str] = (),
         host: str = "127.0.0.1",
         served_model_name: str = "policy",
+        api_key: str | None = None,
     ) -> None:
         self.url = f"http://{host}:{port}"
         self.log_path = log_path
-        # `python -m vllm.entrypoints.openai.api_server` is `vllm serve` (vLLM's CPU build installs no working
-        # `vllm` script); the module form also runs from this interpreter's environment. `with_parent`: the server
-        # ends when the job's process does, even when that is killed.
+        self.api_key = api_key if api_key is not None else secrets.token_urlsafe(32)
+        # `guarded_server` is `vllm serve` (vLLM's CPU build installs no working `vllm` script) with the API key
+        # guarding every route; the module form also runs from this interpreter's environment. `with_parent`: the
+        # server ends when the job's process does, even when that is killed.
         self.command = [
             sys.executable, "-m", "onpolicy.generation.with_parent",
-            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+            sys.executable, "-m", "onpolicy.generation.guarded_server", "--model", str(model),
             "--served-model-name", served_model_name, "--host", host, "--port", str(port), *args,
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
@@ -94,6 +100,7 @@ class ManagedServer:
         env = {
             **os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1",
             "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            "VLLM_API_KEY": self.api_key,  # not --api-key: a command line shows in `ps` to every local user
         }  # fmt: skip
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server runs its engine core in its own process
         for name in LAUNCHER_VARIABLES:  # started by a training process: the server is not one of the trainers
@@ -111,8 +118,9 @@ class ManagedServer:
         deadline = time.monotonic() + timeout_s
         while True:
             self.check_alive()
+            health = urllib.request.Request(f"{self.url}/health", headers=authorization(self.api_key))
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=5):
+                with urllib.request.urlopen(health, timeout=5):
                     return
             except (OSError, urllib.error.URLError):
                 if time.monotonic() > deadline:
@@ -149,6 +157,11 @@ class ManagedServer:
             process.wait(timeout=30)
 
 
+def authorization(api_key: str | None) -> dict[str, str]:
+    """The header that carries `api_key` to a vLLM server (none without a key)."""
+    return {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
+
+
 def start_servers(
     model: str | pathlib.Path,
     count: int,
@@ -156,10 +169,13 @@ def start_servers(
     log_folder: pathlib.Path,
     args: Sequence[str],
     startup_timeout_s: float,
+    api_key: str,
 ) -> list[ManagedServer]:
-    """`count` servers of `model` on ports first_port, first_port+1, ...; started together, ready on return."""
+    """`count` servers of `model` on ports first_port, first_port+1, ..., each taking `api_key` on every route;
+    started together, ready on return."""
     servers = [
-        ManagedServer(model, first_port + i, log_folder / f"vllm-server-{i}.log", args).start() for i in range(count)
+        ManagedServer(model, first_port + i, log_folder / f"vllm-server-{i}.log", args, api_key=api_key).start()
+        for i in range(count)
     ]
     try:
         for server in servers:
