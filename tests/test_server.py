@@ -174,9 +174,14 @@ def test_a_server_killed_mid_run_fails_the_round_cleanly_and_the_run_resumes(tin
             command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
         )
         _wait_for(lambda: _phase(run_dir) == (1, "score"), job)
+        killed = server.process.pid
         server.process.send_signal(signal.SIGKILL)  # the server dies after round 1 sampled, before its sync
         (tmp_path / "go").touch()
         _, stderr = job.communicate(timeout=300)
+    deadline = time.monotonic() + 30  # its engine core, orphaned by the kill, goes with the server's stop
+    while _running_in_group(killed) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _running_in_group(killed)
     assert job.returncode == 2, stderr
     assert f"the vLLM server at http://127.0.0.1:{port} failed on" in stderr
     assert not (run_dir / "rounds.jsonl").exists() or read_jsonl(run_dir / "rounds.jsonl") == []
@@ -184,6 +189,18 @@ def test_a_server_killed_mid_run_fails_the_round_cleanly_and_the_run_resumes(tin
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
     assert done.returncode == 0, done.stderr[-3000:]
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [1, 2]
+
+
+def _running_in_group(group):
+    import psutil
+
+    def in_group(process):
+        try:
+            return os.getpgid(process.pid) == group and process.status() != psutil.STATUS_ZOMBIE
+        except (psutil.Error, ProcessLookupError):
+            return False
+
+    return [process.pid for process in psutil.process_iter() if in_group(process)]
 
 
 def _phase(run_dir):

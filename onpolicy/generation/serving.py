@@ -12,9 +12,11 @@ sends on each request.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import pathlib
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -145,16 +147,20 @@ class ManagedServer:
             return "(no log)"
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 30 s); safe to call again."""
+        """Stop the server (SIGTERM, then SIGKILL after 30 s), and whatever of its process group outlived it (an
+        engine core whose server was killed); safe to call again."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
+        if process is None:
             return
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)  # its own group (start_new_session): the server's children
+        process.wait(timeout=30)
 
 
 def authorization(api_key: str | None) -> dict[str, str]:
