@@ -38,11 +38,17 @@ def test_offline_run_logs_one_step_per_round(clean_env, tmp_path):
     logger.log_round(1, {"reward/mean": 0.25, "pairs/kept": 3.0})
     logger.log_round(2, {"reward/mean": 0.5, "pairs/kept": 4.0})
     logger.finish()
-    # W&B's service process may still be writing the file when finish() returns (seen once on a loaded machine)
-    deadline = time.monotonic() + 15
-    while not (history := offline_history(tmp_path)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    history = _history_once_written(tmp_path)
     assert [(row["_step"], row["reward/mean"], row["pairs/kept"]) for row in history] == [(1, 0.25, 3), (2, 0.5, 4)]
+
+
+def _history_once_written(run_dir):
+    """The offline history, waiting for it: W&B's service process may still be writing the file when finish()
+    returns (seen on a loaded machine, for both an offline run and one that fell back to offline)."""
+    deadline = time.monotonic() + 15
+    while not (history := offline_history(run_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return history
 
 
 def test_unreachable_server_falls_back_to_offline(clean_env, tmp_path):
@@ -52,7 +58,7 @@ def test_unreachable_server_falls_back_to_offline(clean_env, tmp_path):
     assert isinstance(logger, WandbLogger) and logger.mode == "offline"
     logger.log_round(1, {"reward/mean": 1.0})
     logger.finish()
-    assert [row["reward/mean"] for row in offline_history(tmp_path)] == [1.0]
+    assert [row["reward/mean"] for row in _history_once_written(tmp_path)] == [1.0]
 
 
 def test_disabled_logs_nothing(clean_env, tmp_path):

@@ -9,6 +9,7 @@ goes on with a warning.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import netrc
 import os
@@ -135,5 +136,7 @@ def start_logger(
             return WandbLogger(run, attempt, run_dir)
         except Exception as exc:
             log.warning("W&B could not start in %s mode (%s)", attempt, exc)
+            with contextlib.suppress(Exception):  # the failed attempt's service and global run: none for the next
+                wandb.teardown()
     log.warning("W&B is off for this run; every round is still written to %s", run_dir / "rounds.jsonl")
     return NullLogger()
