@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from onpolicy.run.progress import PhaseProgress
 from onpolicy.types import Sample, SampleGroup, ScoredGroup
-from reward import Failed, GroupReward, Response, RoundGroups
+from reward import Failed, Group, GroupReward, Response, RoundGroups
+from reward.base import score_groups as scores_of_groups
 
 if TYPE_CHECKING:  # the role only: reading a config (which registers the human reward, a user of this module)
     from onpolicy.interfaces import Reward  # does not need torch, which onpolicy.interfaces imports
@@ -48,6 +49,24 @@ def _bounded_failure(score: float | Failed) -> float | Failed:
     if isinstance(score, Failed) and len(score.reason) > MAX_REASON_CHARS:
         return Failed(bounded(score.reason), score.kind)
     return score
+
+
+SCORING_CHUNK_GROUPS = 64  # groups a reward that batches across groups gets at once; progress moves per chunk
+
+
+def guarded_batch(reward: GroupReward, groups: Sequence[Group]) -> list[list[float | Failed]]:
+    """`guarded_scores` of each group, in one call where `reward` scores many groups at once (`score_groups`).
+    When that call raises or answers in the wrong shape, each group is scored on its own, so that a failure
+    stays with the group it belongs to."""
+    if not callable(getattr(reward, "score_groups", None)) or len(groups) < 2:
+        return [guarded_scores(reward, prompt, responses) for prompt, responses in groups]
+    try:
+        batch = scores_of_groups(reward, groups)
+        if any(len(scores) != len(responses) for scores, (_, responses) in zip(batch, groups)):
+            raise ValueError("a group's scores do not match its responses")
+    except Exception:
+        return [guarded_scores(reward, prompt, responses) for prompt, responses in groups]
+    return [[_bounded_failure(check_score(score)) for score in scores] for scores in batch]
 
 
 def response_of(sample: Sample) -> Response:
@@ -91,10 +110,15 @@ def _score_views(
     scored = []
     excluded: Counter[str] = Counter()
     examples: dict[str, str] = {}
-    for group, (prompt, texts) in zip(groups, views):
+    every_group_scores = (
+        group_scores
+        for start in range(0, len(views), SCORING_CHUNK_GROUPS)
+        for group_scores in guarded_batch(reward, views[start : start + SCORING_CHUNK_GROUPS])
+    )
+    for group, group_scores in zip(groups, every_group_scores):
         rewards: list[float | None] = []
         failures: list[str | None] = []
-        for score in guarded_scores(reward, prompt, texts):
+        for score in group_scores:
             if isinstance(score, Failed):
                 excluded[score.kind] += 1
                 examples.setdefault(score.kind, score.reason)

@@ -6,7 +6,9 @@ This package does not import the training loop.
 """
 
 from reward.base import (
+    BatchReward,
     Failed,
+    Group,
     GroupReward,
     Meter,
     Needs,
@@ -14,12 +16,15 @@ from reward.base import (
     RewardConfigError,
     RoundGroups,
     Score,
+    score_groups,
 )
 from reward.composite import Term, WeightedSum, matches
 from reward.registry import Registry, build_reward, builtin_names, register, reward_needs
 
 __all__ = [
+    "BatchReward",
     "Failed",
+    "Group",
     "GroupReward",
     "Meter",
     "Needs",
@@ -35,4 +40,5 @@ __all__ = [
     "matches",
     "register",
     "reward_needs",
+    "score_groups",
 ]

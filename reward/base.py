@@ -6,6 +6,11 @@ text), `messages` (the chat turns), `id`, and whatever metadata the prompt sourc
 reference answer...). Each response is a `str`; the loop passes `Response`s, which also say whether
 generation was cut at the token limit. This package knows nothing of the training loop: it only scores.
 
+A backend that scores faster many groups at once (a reward model batching across prompts, a judge keeping one
+pool of requests busy) also has `score_groups(groups)`: a list of (prompt, responses), one list of scores per
+group, each as `score_group` would return it. The loop gives it a round's groups in chunks (`score_groups`
+below); a backend without it is called group by group.
+
 A backend that costs something (model calls, tokens, seconds) also has `take_stats()`, returning its counters
 since the last call; the loop logs them per round. What else a backend needs from the job it declares in a
 `Needs` record where it is registered: one that people score (in a page) is shown a round's groups before they
@@ -76,6 +81,37 @@ class GroupReward(Protocol):
     name: str
 
     def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]: ...
+
+
+Group = tuple[Mapping[str, Any], Sequence[str]]  # a prompt record and the responses to it
+
+
+@runtime_checkable
+class BatchReward(Protocol):
+    """Scores many groups at once: for each group, what `score_group` would return."""
+
+    def score_groups(self, groups: Sequence[Group]) -> list[list[Score]]: ...
+
+
+def score_groups(reward: GroupReward, groups: Sequence[Group]) -> list[list[Score]]:
+    """Each group's scores from `reward`: in one call where it scores many groups at once (`score_groups`), else
+    one `score_group` call per group. Raises what the reward raises, and when a batch's shape is wrong."""
+    batched = getattr(reward, "score_groups", None)
+    if not callable(batched):
+        return [list(reward.score_group(prompt, responses)) for prompt, responses in groups]
+    scores = [list(group_scores) for group_scores in batched(groups)]
+    if len(scores) != len(groups):
+        raise ValueError(f"score_groups returned scores for {len(scores)} groups, given {len(groups)}")
+    return scores
+
+
+def regrouped(flat: Sequence[Score], groups: Sequence[Group]) -> list[list[Score]]:
+    """Scores of all the responses of `groups`, in order (`flat`), cut back into one list per group."""
+    scores, start = [], 0
+    for _, responses in groups:
+        scores.append(list(flat[start : start + len(responses)]))
+        start += len(responses)
+    return scores
 
 
 class Response(str):

@@ -19,7 +19,17 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from reward.base import Failed, GroupReward, Needs, RewardConfigError, RoundGroups, Score, take_stats
+from reward.base import (
+    Failed,
+    Group,
+    GroupReward,
+    Needs,
+    RewardConfigError,
+    RoundGroups,
+    Score,
+    score_groups,
+    take_stats,
+)
 from reward.registry import check_score
 
 Normalize = Literal["none", "zscore", "rank"]
@@ -61,19 +71,37 @@ class WeightedSum:
         self._sums: Counter[str] = Counter()
 
     def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
-        totals: list[Score] = [0.0] * len(responses)
+        return self.score_groups([(prompt, responses)])[0]
+
+    def score_groups(self, groups: Sequence[Group]) -> list[list[Score]]:
+        """Each group's weighted sum; every term scores all the groups it applies to in one go (`score_groups`),
+        so that a term that batches across groups does."""
+        by_term = [self._term_scores(term, groups) for term in self.terms]
+        return [self._combine([scores[n] for scores in by_term], len(group[1])) for n, group in enumerate(groups)]
+
+    def _term_scores(self, term: Term, groups: Sequence[Group]) -> list[list[Score] | None]:
+        """`term`'s checked scores of each group (None where its `when` does not match: it is not called)."""
+        applies = [n for n, (prompt, _) in enumerate(groups) if matches(prompt, term.when)]
+        scored = score_groups(term.reward, [groups[n] for n in applies]) if applies else []
+        found: list[list[Score] | None] = [None] * len(groups)
+        for n, scores in zip(applies, scored):
+            responses = groups[n][1]
+            if len(scores) != len(responses):
+                raise ValueError(
+                    f"reward {term.label!r} returned {len(scores)} scores for {len(responses)} responses"
+                )
+            found[n] = [check_score(s) for s in scores]
+        return found
+
+    def _combine(self, by_term: Sequence[list[Score] | None], size: int) -> list[Score]:
+        """One group's weighted sum of its terms' scores (None: the term does not apply, and adds 0)."""
+        totals: list[Score] = [0.0] * size
         per_term: dict[str, list[float | None]] = {}
-        for term in self.terms:
-            scores: list[Score] = [0.0] * len(responses)  # a term that does not apply: 0, without calling it
-            if matches(prompt, term.when):
-                scores = [check_score(s) for s in term.reward.score_group(prompt, responses)]
-                if len(scores) != len(responses):
-                    raise ValueError(
-                        f"reward {term.label!r} returned {len(scores)} scores for {len(responses)} responses"
-                    )
+        for term, scores in zip(self.terms, by_term):
+            if scores is None:
+                continue
             raw = [None if isinstance(s, Failed) else s for s in scores]
-            if matches(prompt, term.when):  # a term is watched only on the prompts it applies to
-                per_term[term.label] = raw
+            per_term[term.label] = raw  # a term is watched only on the prompts it applies to
             for i, value in enumerate(normalized(raw, term.normalize)):
                 if isinstance(totals[i], Failed):
                     continue

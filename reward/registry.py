@@ -7,6 +7,8 @@
 - `package.module:function` or `path/to/file.py:function`: a per-response function
   `function(completion: str, prompt: dict, **args) -> float`. It is called once per response; if it raises or
   returns NaN/inf, that response is left out and counted, never scored 0.
+- a function marked `batched = True`: `function(completions: list[str], prompts: list[dict], **args) ->
+  list[float]`, called once for many responses at a time, as TRL's reward functions are.
 - `package.module:Class` (or a factory function marked with `group_reward = True`) called with `**args` must
   return an object with `score_group(prompt, responses)`: a group-level reward (judges, reward models). Its
   `needs` attribute, if any, says what it needs from the job, as a built-in's registration does.
@@ -24,7 +26,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from reward.base import Failed, GroupReward, Needs, RewardConfigError, Score
+from reward.base import Failed, Group, GroupReward, Needs, RewardConfigError, Score, regrouped
 
 # What a factory needs, as declared: fixed, or worked out from its arguments (the config's, defaults filled in).
 DeclaredNeeds = Needs | Callable[[Mapping[str, Any]], Needs]
@@ -135,6 +137,8 @@ def build_reward(name: str, args: Mapping[str, Any] | None = None, policy_engine
         return reward
     if not callable(target):
         raise RewardConfigError(f"{name} is not callable")
+    if getattr(target, "batched", False):
+        return _batch_function(name, target, args)
     try:
         inspect.signature(target).bind("completion", {}, **args)
     except TypeError as exc:
@@ -194,6 +198,42 @@ def _call_factory(factory: Callable[..., GroupReward], name: str, args: dict[str
         raise
     except (TypeError, ValueError) as exc:
         raise RewardConfigError(f"reward {name!r}: {exc}") from None
+
+
+def _batch_function(name: str, target: Callable[..., Sequence[float]], args: dict[str, Any]) -> BatchFunctionReward:
+    try:
+        inspect.signature(target).bind([], [], **args)
+    except TypeError as exc:
+        raise RewardConfigError(
+            f"{name} is marked batched, and cannot be called as {target.__name__}(completions, prompts"
+            + "".join(f", {k}=..." for k in args)
+            + f"): {exc}"
+        ) from None
+    except ValueError:
+        pass
+    return BatchFunctionReward(name, target, args)
+
+
+class BatchFunctionReward:
+    """A function marked `batched = True`: `function(completions, prompts, **args) -> list[float]`, called once
+    for many responses (as TRL's reward functions are), `prompts[i]` the prompt record of `completions[i]`. A
+    raise fails the responses of that call; a non-number, that response."""
+
+    def __init__(self, name: str, function: Callable[..., Sequence[float]], args: Mapping[str, Any]) -> None:
+        self.name = name
+        self.function = function
+        self.args = dict(args)
+
+    def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
+        return self.score_groups([(prompt, responses)])[0]
+
+    def score_groups(self, groups: Sequence[Group]) -> list[list[Score]]:
+        completions = [response for _, responses in groups for response in responses]
+        prompts = [prompt for prompt, responses in groups for _ in responses]
+        values = list(self.function(completions, prompts, **self.args))
+        if len(values) != len(completions):
+            raise ValueError(f"returned {len(values)} scores for {len(completions)} completions")
+        return regrouped([check_score(value) for value in values], groups)
 
 
 class FunctionReward:

@@ -346,3 +346,37 @@ def test_a_local_engine_judge_honours_constraints_and_answer_prefixes(tiny_model
     )
     assert prefixed.score_group(PROMPT, RESPONSES[:2]) == [7.0, 7.0]
     assert prefixed.take_stats()["calls"] == 2
+
+
+def test_a_round_s_groups_share_one_pool_of_judge_requests():
+    """Pointwise at K=2: one group at a time keeps at most 2 requests in flight; four groups scored together
+    fill the pool of 8. Pairwise still asks both orders of every pair."""
+    import threading
+
+    from reward import score_groups
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "seen": 0}
+
+    def slow_completion(write):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["seen"] += 1
+        time.sleep(0.3)
+        with lock:
+            state["now"] -= 1
+        write(_headers(len(COMPLETION)) + COMPLETION.encode())
+
+    groups = [({**PROMPT, "id": f"q{n}"}, RESPONSES[:2]) for n in range(4)]
+    with canned_endpoint(slow_completion) as url:
+        judge = _judge(url, concurrency=8)
+        assert [judge.score_group(*group) for group in groups] == [[4.0, 4.0]] * 4
+        assert state["most"] == 2
+        state.update(most=0, seen=0)
+        assert score_groups(judge, groups) == [[4.0, 4.0]] * 4
+        assert state["most"] == 8 and state["seen"] == 8
+        pairwise = _judge(url, mode="pairwise", concurrency=8, parse_retries=0)
+        state.update(most=0, seen=0)
+        scores = score_groups(pairwise, [({**PROMPT, "id": f"q{n}"}, RESPONSES[:3]) for n in range(2)])
+        assert state["seen"] == 2 * 3 * 2 and state["most"] == 8  # 3 pairs a group, both orders
+        assert all(isinstance(s, Failed) for group in scores for s in group)  # "Score: 4" is no A/B verdict

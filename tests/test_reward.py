@@ -291,3 +291,133 @@ def test_a_sum_shows_the_round_to_the_terms_that_need_people_and_closes_those_th
         ("open", "close"),
     ]
     assert total.needs == Needs(people=True, close=True)
+
+
+BATCHED = """
+calls = []
+
+def by_length(completions, prompts, unit=1):
+    calls.append(len(completions))
+    if "boom" in completions:
+        raise ValueError("cannot score this batch")
+    return [len(c) * unit if c != "odd" else "not a number" for c in completions]
+
+by_length.batched = True
+"""
+
+
+def _groups(*answers):
+    return [({**PROMPT, "id": str(n)}, list(responses)) for n, responses in enumerate(answers)]
+
+
+def test_a_batched_user_function_scores_many_groups_in_one_call_and_its_failures_stay_per_response(tmp_path):
+    import sys
+
+    from reward import score_groups
+
+    (tmp_path / "batched.py").write_text(BATCHED)
+    reward = build_reward(f"{tmp_path / 'batched.py'}:by_length", {"unit": 2})
+    groups = _groups(["a", "abc"], ["ab", "odd", "abcd"])
+    scores = score_groups(reward, groups)
+    assert scores[0] == [2.0, 6.0] and scores[1][0] == 4.0 and scores[1][2] == 8.0
+    assert scores[1][1].kind == "invalid"
+    assert sys.modules["reward_user_batched"].calls == [5]  # one call for both groups
+    assert reward.score_group(PROMPT, ["abc"]) == [6.0]
+    (tmp_path / "wrong.py").write_text("def f(completion):\n    return 1.0\nf.batched = True\n")
+    with pytest.raises(RewardConfigError, match=r"marked batched, and cannot be called as f\(completions, prompts\)"):
+        build_reward(f"{tmp_path / 'wrong.py'}:f")
+
+
+def test_a_sum_of_terms_that_batch_scores_each_term_across_groups_as_it_would_one_group_at_a_time(tmp_path):
+    from reward import score_groups
+
+    class Counting:
+        name = "counting"
+
+        def __init__(self):
+            self.batches = []
+
+        def score_group(self, prompt, responses):
+            return self.score_groups([(prompt, responses)])[0]
+
+        def score_groups(self, groups):
+            self.batches.append(len(groups))
+            return [[float(len(r)) for r in responses] for _, responses in groups]
+
+    groups = _groups(["I am Athene", "no"], ["x", "I am SmolLM"], ["Athene", "SmolLM", "both"])
+    terms = lambda counting: [  # noqa: E731
+        Term(build_reward("contains", {"words": ["Athene"]}), 2.0, normalize="rank"),
+        Term(counting, 0.5, label="counting", normalize="zscore"),
+        Term(build_reward("forbids", {"words": ["SmolLM"]}), 1.0, when={"id": "1"}),
+    ]
+    one_at_a_time = WeightedSum(terms(Counting()))
+    expected = [one_at_a_time.score_group(prompt, responses) for prompt, responses in groups]
+    counting = Counting()
+    batched = WeightedSum(terms(counting))
+    assert score_groups(batched, groups) == expected
+    assert counting.batches == [3]
+    assert batched.take_stats() == one_at_a_time.take_stats()
+
+
+def test_the_loop_scores_a_round_in_chunks_and_a_batch_that_raises_is_scored_group_by_group(tmp_path):
+    from onpolicy.scoring import SCORING_CHUNK_GROUPS, guarded_batch
+
+    class Picky:
+        name = "picky"
+
+        def __init__(self):
+            self.batches = []
+
+        def score_group(self, prompt, responses):
+            if prompt["id"] == "1":
+                raise RuntimeError("no")
+            return [1.0] * len(responses)
+
+        def score_groups(self, groups):
+            self.batches.append(len(groups))
+            return [self.score_group(prompt, responses) for prompt, responses in groups]
+
+    picky = Picky()
+    scores = guarded_batch(picky, _groups(["a"], ["b", "c"], ["d"]))
+    assert picky.batches == [3]  # tried at once, then group by group
+    assert scores[0] == [1.0] and scores[2] == [1.0]
+    assert [s.kind for s in scores[1]] == ["error", "error"] and "RuntimeError: no" in scores[1][0].reason
+    assert SCORING_CHUNK_GROUPS >= 32
+
+
+def test_a_round_s_groups_reach_a_batching_reward_in_chunks_with_progress_per_group():
+    from onpolicy.scoring import SCORING_CHUNK_GROUPS, score_groups
+    from onpolicy.types import PromptRecord, Sample, SampleGroup
+
+    class Counting:
+        name = "counting"
+
+        def __init__(self):
+            self.batches = []
+
+        def score_group(self, prompt, responses):
+            return [float(len(r)) for r in responses]
+
+        def score_groups(self, groups):
+            self.batches.append(len(groups))
+            return [self.score_group(*group) for group in groups]
+
+    class Advances:
+        done = 0
+
+        def advance(self, n=1):
+            self.done += n
+
+    count = SCORING_CHUNK_GROUPS + 6
+    groups = [
+        SampleGroup(
+            PromptRecord(str(n), ({"role": "user", "content": "q"},)),
+            (),
+            tuple(Sample("x" * (n % 5 + i), (1,), (-0.1,), "stop") for i in range(2)),
+        )
+        for n in range(count)
+    ]
+    reward, progress = Counting(), Advances()
+    scored, excluded, _ = score_groups(reward, groups, progress)
+    assert reward.batches == [SCORING_CHUNK_GROUPS, 6] and progress.done == count and not excluded
+    assert [g.rewards for g in scored] == [(float(n % 5), float(n % 5 + 1)) for n in range(count)]

@@ -50,6 +50,29 @@ def test_scores_match_the_checkpoint_read_through_its_own_template_in_any_batch_
     assert len(set(round(x, 4) for x in expected)) > 1  # a real model: different texts, different scores
 
 
+def test_a_round_scored_at_once_is_batched_across_groups_with_the_scores_of_one_group_at_a_time(
+    tiny_reward_model_path,
+):
+    from reward import score_groups
+
+    prompts = [{**PROMPT, "id": f"q{n}", "prompt": q, "messages": [{"role": "user", "content": q}]}
+               for n, q in enumerate(["Who are you?", "What is two plus two? Answer in one long sentence please."])]
+    groups = [(prompt, RESPONSES[n:] + RESPONSES[:n]) for n, prompt in enumerate(prompts * 3)]  # 6 groups of 4
+    args = {"path": str(tiny_reward_model_path), "batch_size": 8, "dtype": "float32"}
+    per_group = build_reward("reward_model", args)
+    expected = [per_group.score_group(prompt, responses) for prompt, responses in groups]
+    assert per_group.take_stats()["calls"] == 6  # batches of K=4: batch_size 8 is never reached one group at a time
+    batched = build_reward("reward_model", args)
+    scores = score_groups(batched, groups)
+    assert [len(s) for s in scores] == [4] * 6
+    assert [x for group in scores for x in group] == pytest.approx([x for g in expected for x in g], abs=1e-4)
+    assert batched.take_stats()["calls"] == 3  # 24 responses, 8 a batch
+    budget = build_reward("reward_model", {**args, "batch_tokens": 60})
+    within_budget = [x for g in score_groups(budget, groups) for x in g]
+    assert within_budget == pytest.approx([x for g in expected for x in g], abs=1e-4)
+    assert budget.take_stats()["calls"] > 3  # at most 60 padded tokens a batch
+
+
 def test_long_conversations_keep_their_end_and_are_counted_as_truncated(tiny_reward_model_path):
     reward = build_reward("reward_model", {"path": str(tiny_reward_model_path), "max_length": 40})
     scores = reward.score_group(PROMPT, ["word " * 50, "ok"])

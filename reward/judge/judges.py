@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from reward.base import Failed, Meter, Score
+from reward.base import Failed, Group, Meter, Score, regrouped
 from reward.judge.clients import ChatAnswer, ChatBackend, ChatRequest
 from reward.judge.templates import PairwisePrompt, Rubric, record_text
 
@@ -91,13 +91,15 @@ class PointwiseJudge:
         self.asker = _Asker(backend, self.meter, parse_retries, answer_prefix)
 
     def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
-        conversations = [self.rubric.messages(record_text(prompt), r) for r in responses]
+        return self.score_groups([(prompt, responses)])[0]
+
+    def score_groups(self, groups: Sequence[Group]) -> list[list[Score]]:
+        """Every response of `groups` asked at once: one pool of `concurrency` requests for them all."""
+        conversations = [self.rubric.messages(record_text(p), r) for p, responses in groups for r in responses]
         verdicts, problems = self.asker.ask(conversations, self.votes, self.rubric.parse, self.regex)
-        scores: list[Score] = []
-        for votes, problem in zip(verdicts, problems):
-            scores.append(sum(votes) / len(votes) if votes else problem)
-        self.meter.add(failed=sum(isinstance(s, Failed) for s in scores), scored=len(scores))
-        return scores
+        flat: list[Score] = [sum(votes) / len(votes) if votes else why for votes, why in zip(verdicts, problems)]
+        self.meter.add(failed=sum(isinstance(s, Failed) for s in flat), scored=len(flat))
+        return regrouped(flat, groups)
 
     def take_stats(self) -> dict[str, float]:
         return _with_rates(self.meter.take())
@@ -131,16 +133,36 @@ class PairwiseJudge:
         self.asker = _Asker(backend, self.meter, parse_retries, answer_prefix)
 
     def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
-        k = len(responses)
-        pairs = choose_pairs(
-            k, self.max_comparisons, random.Random(self.seed ^ zlib.crc32(str(prompt.get("id")).encode()))
-        )
-        text = record_text(prompt)
+        return self.score_groups([(prompt, responses)])[0]
+
+    def score_groups(self, groups: Sequence[Group]) -> list[list[Score]]:
+        """Every comparison of `groups` asked at once (both orders of each pair): one pool of `concurrency`
+        requests for them all."""
+        plans = [self._pairs(prompt, len(responses)) for prompt, responses in groups]
         conversations = []
-        for i, j in pairs:
-            conversations.append(self.template.messages(text, responses[i], responses[j]))
-            conversations.append(self.template.messages(text, responses[j], responses[i]))
+        for (prompt, responses), pairs in zip(groups, plans):
+            text = record_text(prompt)
+            for i, j in pairs:
+                conversations.append(self.template.messages(text, responses[i], responses[j]))
+                conversations.append(self.template.messages(text, responses[j], responses[i]))
         verdicts, problems = self.asker.ask(conversations, 1, self.template.parse, self.regex)
+        scores = []
+        start = 0
+        for (_, responses), pairs in zip(groups, plans):
+            end = start + 2 * len(pairs)
+            scores.append(self._ranked(len(responses), pairs, verdicts[start:end], problems[start:end]))
+            start = end
+        return scores
+
+    def _pairs(self, prompt: Mapping[str, Any], k: int) -> list[tuple[int, int]]:
+        """The pairs of a group's k responses to compare, drawn the same way for the same prompt."""
+        rng = random.Random(self.seed ^ zlib.crc32(str(prompt.get("id")).encode()))
+        return choose_pairs(k, self.max_comparisons, rng)
+
+    def _ranked(
+        self, k: int, pairs: Sequence[tuple[int, int]], verdicts: Sequence[list[Any]], problems: Sequence[Failed]
+    ) -> list[Score]:
+        """A group's scores from its comparisons' verdicts (two per pair, one per order)."""
         wins = np.zeros((k, k))
         games = np.zeros(k)
         for n, (i, j) in enumerate(pairs):
