@@ -138,18 +138,25 @@ def build_reward(name: str, args: Mapping[str, Any] | None = None, policy_engine
     if not callable(target):
         raise RewardConfigError(f"{name} is not callable")
     if getattr(target, "batched", False):
-        return _batch_function(name, target, args)
+        _check_call(target, ([], []), args, f"{name} is marked batched, and", "completions, prompts")
+        return BatchFunctionReward(name, target, args)
+    _check_call(target, ("completion", {}), args, name, "completion, prompt")
+    return FunctionReward(name, target, args)
+
+
+def _check_call(
+    target: Callable[..., Any], given: tuple[Any, ...], args: Mapping[str, Any], who: str, shown: str
+) -> None:
+    """Refuse a user function that cannot be called with `given` and `args` (`shown`: how the message writes
+    `given`)."""
     try:
-        inspect.signature(target).bind("completion", {}, **args)
+        inspect.signature(target).bind(*given, **args)
     except TypeError as exc:
         raise RewardConfigError(
-            f"{name} cannot be called as {target.__name__}(completion, prompt"
-            + "".join(f", {k}=..." for k in args)
-            + f"): {exc}"
+            f"{who} cannot be called as {target.__name__}({shown}" + "".join(f", {k}=..." for k in args) + f"): {exc}"
         ) from None
     except ValueError:  # builtins without a signature: let the call tell
         pass
-    return FunctionReward(name, target, args)
 
 
 def _is_factory(name: str, target: Any) -> bool:
@@ -198,20 +205,6 @@ def _call_factory(factory: Callable[..., GroupReward], name: str, args: dict[str
         raise
     except (TypeError, ValueError) as exc:
         raise RewardConfigError(f"reward {name!r}: {exc}") from None
-
-
-def _batch_function(name: str, target: Callable[..., Sequence[float]], args: dict[str, Any]) -> BatchFunctionReward:
-    try:
-        inspect.signature(target).bind([], [], **args)
-    except TypeError as exc:
-        raise RewardConfigError(
-            f"{name} is marked batched, and cannot be called as {target.__name__}(completions, prompts"
-            + "".join(f", {k}=..." for k in args)
-            + f"): {exc}"
-        ) from None
-    except ValueError:
-        pass
-    return BatchFunctionReward(name, target, args)
 
 
 class BatchFunctionReward:
