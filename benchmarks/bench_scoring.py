@@ -5,6 +5,9 @@
   `batch_size` 32, float32 on the CPU. One group at a time, a batch holds the K responses of one prompt however
   large `batch_size` is; at once, the round's responses are sorted by length and cut into full batches.
   Samples per second, and the ratio; the scores of both ways agree (the largest difference is shown).
+- Reward model engines: the same round at once on transformers, on vLLM's pooling runner in this process and on
+  a vLLM pooling server the benchmark starts as a job does (`engine: server`); samples per second, the ratio to
+  transformers, and how far their scores are from transformers' (all float32).
 - Pairwise judge: an OpenAI-compatible endpoint on this machine that answers each request after `--latency-s`
   (a remote API's round trip; 0.05 s), judging 256 prompts x K=4 (6 pairs a group, both orders: 12 requests)
   with `concurrency: 32`. One group at a time, at most 12 requests are in flight; at once, the pool of 32 is
@@ -53,12 +56,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-scoring-") as folder:
         model = args.reward_model or _trained_reward_model(pathlib.Path(folder) / "rm")
         rows = [_reward_model_row(model, prompts, k) for k in (4, 8)]
-    print_table(
-        f"bench_scoring: reward model, {args.prompts} prompts, batch_size 32",
-        ["K", "samples", "tokens a sample", "one group at a time (samples/s)", "the round at once (samples/s)",
-         "ratio", "GFLOP/s at once", "largest score difference"],
-        rows,
-    )  # fmt: skip
+        print_table(
+            f"bench_scoring: reward model, {args.prompts} prompts, batch_size 32",
+            ["K", "samples", "tokens a sample", "one group at a time (samples/s)", "the round at once (samples/s)",
+             "ratio", "GFLOP/s at once", "largest score difference"],
+            rows,
+        )  # fmt: skip
+        print_table(
+            f"bench_scoring: reward model engines, the round at once, {args.prompts} prompts",
+            ["K", "engine", "samples/s", "ratio to transformers", "largest score difference to transformers"],
+            _engine_rows(model, prompts, pathlib.Path(folder)),
+        )
     print_table(
         f"bench_scoring: pairwise judge, {args.prompts} prompts x K=4, concurrency 32, {args.latency_s} s a request",
         ["scoring", "requests", "in flight at most", "seconds", "ratio"],
@@ -109,10 +117,59 @@ def _reward_model_row(model: pathlib.Path, prompts: Sequence[dict[str, Any]], k:
     difference = max(abs(a - b) for x, y in zip(one_by_one, at_once) for a, b in zip(x, y))
     samples = len(groups) * k
     tokens = reward.take_stats()["tokens"] / 2  # both passes over the round
-    parameters = sum(p.numel() for p in reward._model.parameters())
+    parameters = sum(p.numel() for p in reward.engine._model.parameters())
     flops = 2 * parameters * tokens / batched_s / 1e9  # a forward pass: ~2 FLOPs per parameter and token
     return [k, samples, tokens / samples, samples / per_group_s, samples / batched_s, per_group_s / batched_s,
             flops, difference]  # fmt: skip
+
+
+def _engine_rows(model: pathlib.Path, prompts: Sequence[dict[str, Any]], logs: pathlib.Path) -> list[list[Any]]:
+    """The round at once on each engine: transformers (batch_size 32), vLLM's pooling runner in this process, and
+    a vLLM pooling server started as a job starts one (requests of 32, 4 in flight); all float32 on the CPU."""
+    import socket
+
+    from onpolicy.generation.serving import reward_server_starter
+    from onpolicy.scoring import SCORING_CHUNK_GROUPS
+    from reward import build_reward, score_groups
+    from reward.servers import ModelServers
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = {"path": str(model), "batch_size": 32, "max_length": 512, "dtype": "float32"}
+    vllm = {"kv_cache_gib": 1.0, "enforce_eager": True}
+    servers = ModelServers()
+    engines = {
+        "transformers": build_reward("reward_model", {**base, "device": "cpu"}),
+        "vllm (in process)": build_reward("reward_model", {**base, "engine": "vllm", **vllm}),
+        "vllm server": build_reward(
+            "reward_model", {**base, "engine": "server", "port": port, **vllm}, model_servers=servers
+        ),
+    }
+    on_close: list[Any] = []
+    rows = []
+    try:
+        servers.attach(reward_server_starter(logs, on_close))
+        for k in (4, 8):
+            groups = _groups(prompts, k)
+            first: tuple[float, list[float]] | None = None
+            for name, reward in engines.items():
+                score_groups(reward, groups[:2])  # loaded, and warm
+                started = time.perf_counter()
+                scores = [
+                    x
+                    for start in range(0, len(groups), SCORING_CHUNK_GROUPS)
+                    for group in score_groups(reward, groups[start : start + SCORING_CHUNK_GROUPS])
+                    for x in group
+                ]
+                rate = len(scores) / (time.perf_counter() - started)
+                first = first or (rate, scores)
+                difference = max(abs(a - b) for a, b in zip(scores, first[1]))
+                rows.append([k, name, rate, rate / first[0], difference])
+    finally:
+        for release in on_close:
+            release()
+    return rows
 
 
 def _judge_rows(prompts: Sequence[dict[str, Any]], latency_s: float) -> list[list[Any]]:

@@ -40,6 +40,7 @@ from onpolicy.train.trl_compat import check_dpo_config_values
 from onpolicy.types import PromptRecord
 from reward import WeightedSum
 from reward.judge import PolicyEngine
+from reward.servers import ModelServers
 
 if TYPE_CHECKING:
     from onpolicy.train.update import DPOUpdater
@@ -54,6 +55,7 @@ class Inputs:
     correction: Correction | None
     evaluator: Evaluation | None
     policy_engine: PolicyEngine  # attached by `build_components` once the engine runs
+    model_servers: ModelServers = dataclasses.field(default_factory=ModelServers)  # started by `build_components`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,7 +95,8 @@ def check_inputs(config: Config) -> Inputs:
         raise ConfigError(str(exc)) from None
     check_model_folder(config.model.path)
     policy_engine = PolicyEngine()
-    reward = build_reward_from_terms(config.reward, policy_engine)
+    model_servers = ModelServers()
+    reward = build_reward_from_terms(config.reward, policy_engine, model_servers=model_servers)
     shown_only = next((i for i, term in enumerate(reward.terms) if term.needs.shown_only), None)
     if config.pairs.correction.corrector and shown_only is not None:
         raise ConfigError(
@@ -104,19 +107,41 @@ def check_inputs(config: Config) -> Inputs:
     evaluator = None
     eval_prompts = load_eval_prompts(config.eval, seed=config.seed)
     if eval_prompts is not None:
-        eval_reward = None if config.eval.reward is None else _eval_reward(config, reward, policy_engine, eval_prompts)
+        eval_reward = None
+        if config.eval.reward is not None:
+            eval_reward = _eval_reward(config, reward, policy_engine, model_servers, eval_prompts)
         evaluator = build_evaluator(config.eval, eval_prompts, eval_reward)
+    _check_reward_server_ports(config.generation, model_servers)
     return Inputs(
         prompts=prompts,
         reward=reward,
         correction=build_correction(config.pairs.correction, reward),
         evaluator=evaluator,
         policy_engine=policy_engine,
+        model_servers=model_servers,
     )
 
 
+def _check_reward_server_ports(generation: GenerationConfig, model_servers: ModelServers) -> None:
+    """Refuse a reward's server on a port the job's generation servers take."""
+    server = generation.server
+    if generation.backend != "server" or server.urls:
+        return
+    taken = range(server.port, server.port + server.launch)
+    for request in model_servers.requests:
+        if request.port in taken:
+            raise ConfigError(
+                f"a reward's vLLM server asks for port {request.port}, which a generation server takes "
+                f"(generation.server.port {server.port}, launch {server.launch}); give the reward another port"
+            )
+
+
 def _eval_reward(
-    config: Config, job_reward: WeightedSum, policy_engine: PolicyEngine, eval_prompts: Sequence[PromptRecord]
+    config: Config,
+    job_reward: WeightedSum,
+    policy_engine: PolicyEngine,
+    model_servers: ModelServers,
+    eval_prompts: Sequence[PromptRecord],
 ) -> WeightedSum:
     """What compares eval answers with the initial policy's (`eval.reward`, not None)."""
     if config.eval.reward == "job":
@@ -130,7 +155,7 @@ def _eval_reward(
     if any(term_needs(term, f"eval.reward[{i}]").people for i, term in enumerate(config.eval.reward)):
         raise ConfigError("eval.reward: people do not judge eval answers; give a judge, a reward model or rules")
     check_reward_terms(config.eval.reward, "eval.reward", eval_prompts, config.generation)
-    return build_reward_from_terms(config.eval.reward, policy_engine, where="eval.reward")
+    return build_reward_from_terms(config.eval.reward, policy_engine, "eval.reward", model_servers)
 
 
 def build_components(
@@ -163,6 +188,10 @@ def build_components(
     engine_model = str(model_path if sends_adapter else policy_path)
     on_close: list[Callable[[], None]] = []
     try:
+        if inputs.model_servers.requests:
+            from onpolicy.generation.serving import reward_server_starter
+
+            inputs.model_servers.attach(reward_server_starter(start.run.path, on_close))
         if generation.backend == "server":
             generator = _server_generator(generation, engine_model, tokenizer, start.run.path, on_close, lora_rank)
         else:

@@ -19,6 +19,7 @@ from onpolicy.human import reward as human_reward  # noqa: F401  (its import reg
 from onpolicy.types import PromptRecord
 from reward import Needs, RewardConfigError, Term, WeightedSum, build_reward, matches, reward_needs
 from reward.judge import PolicyEngine
+from reward.servers import ModelServers
 
 
 def check_reward_terms(
@@ -64,12 +65,16 @@ def _check_policy_engine(at: str, needs: Needs, generation: GenerationConfig) ->
 
 
 def build_reward_from_terms(
-    terms: Sequence[RewardTerm], policy_engine: PolicyEngine | None = None, where: str = "reward"
+    terms: Sequence[RewardTerm],
+    policy_engine: PolicyEngine | None = None,
+    where: str = "reward",
+    model_servers: ModelServers | None = None,
 ) -> WeightedSum:
     """The configured reward: the weighted sum of its terms, each with what it needs. Errors name the term (in the
     list `where`). A term that needs the policy engine (a `policy` judge) gets `policy_engine` (by default a
-    detached one of its own: checking a config needs no engine); reward terms among a term's arguments (a `human`
-    term's `fallback`) are built first, into one reward."""
+    detached one of its own: checking a config needs no engine), one that needs a server started gets
+    `model_servers` (by default a holder nobody starts); reward terms among a term's arguments (a `human` term's
+    `fallback`) are built first, into one reward."""
     built = []
     for i, term in enumerate(terms):
         at = f"{where}[{i}]"
@@ -77,9 +82,11 @@ def build_reward_from_terms(
         args = dict(term.args)
         for arg in needs.rewards:
             if args.get(arg) is not None:
-                args[arg] = build_reward_from_terms(_sub_terms(term, arg, at), policy_engine, f"{at}.args.{arg}")
+                args[arg] = build_reward_from_terms(
+                    _sub_terms(term, arg, at), policy_engine, f"{at}.args.{arg}", model_servers
+                )
         try:
-            reward = build_reward(term.name, args, policy_engine)
+            reward = build_reward(term.name, args, policy_engine, model_servers)
         except RewardConfigError as exc:
             raise ConfigError(f"{at} ({term.name}): {exc}") from None
         label = term.label or _default_label(term, i, terms)

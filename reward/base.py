@@ -54,6 +54,10 @@ class Needs:
     """It runs a model of its own on a CUDA device."""
     close: bool = False
     """It holds something open (a page, a server) until its `close()`, which the job calls when it ends."""
+    servers: bool = False
+    """It runs a model on a vLLM server the job starts for it: its factory is handed `model_servers`, the job's
+    `reward.servers.ModelServers`, to ask for one; the job starts it once its run is open and stops it at its
+    end."""
     rewards: tuple[str, ...] = ()
     """Its arguments that are reward terms as a config lists them: the job checks and builds each into one reward,
     and hands that over in their place."""

@@ -131,6 +131,7 @@ class WeightedSum:
             policy_engine=any(n.policy_engine for n in needs),
             gpu=any(n.gpu for n in needs),
             close=any(n.close for n in needs),
+            servers=any(n.servers for n in needs),
         )
 
     def prepare(self, round_groups: RoundGroups) -> None:

@@ -106,8 +106,9 @@ def reward_needs(name: str, args: Mapping[str, Any] | None = None) -> Needs:
     import path the `needs` attribute of the object there (a per-response function needs nothing). Bad arguments
     are refused here, as building would refuse them."""
     args = dict(args or {})
-    if "policy_engine" in args:
-        raise RewardConfigError(f"reward {name!r}: policy_engine is not an argument a config can set")
+    for handed in ("policy_engine", "model_servers"):
+        if handed in args:
+            raise RewardConfigError(f"reward {name!r}: {handed} is not an argument a config can set")
     target = REWARDS.resolve(name)
     if not _is_factory(name, target):
         return Needs()
@@ -122,15 +123,21 @@ def reward_needs(name: str, args: Mapping[str, Any] | None = None) -> Needs:
     return declared(bound.arguments)
 
 
-def build_reward(name: str, args: Mapping[str, Any] | None = None, policy_engine: Any = None) -> GroupReward:
+def build_reward(
+    name: str, args: Mapping[str, Any] | None = None, policy_engine: Any = None, model_servers: Any = None
+) -> GroupReward:
     """The reward called `name` (a built-in or an import path), built with `args`. A factory that needs the policy
-    engine (`Needs.policy_engine`: the `policy` judge) is handed `policy_engine`, the job's `PolicyEngine`."""
+    engine (`Needs.policy_engine`: the `policy` judge) is handed `policy_engine`, the job's `PolicyEngine`; one
+    that needs a server started (`Needs.servers`), `model_servers`, the job's `ModelServers` (a holder of its
+    own by default: nothing starts it)."""
     needs = reward_needs(name, args)
     args = dict(args or {})
     target = REWARDS.resolve(name)
     if _is_factory(name, target):
         if needs.policy_engine:
             args["policy_engine"] = policy_engine
+        if needs.servers:
+            args["model_servers"] = model_servers
         reward = _call_factory(target, name, args)
         if not callable(getattr(reward, "score_group", None)):
             raise RewardConfigError(f"{name} built an object without a score_group(prompt, responses) method")

@@ -9,91 +9,63 @@ truncated. The model is loaded on first use, apart from the policy, on `device`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import pathlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from reward.base import Group, Meter, Needs, RewardConfigError, Score, regrouped
 from reward.registry import register
+from reward.reward_model_engines import (
+    SERVED_NAME,
+    Engine,
+    ServerEngine,
+    TorchEngine,
+    VLLMEngine,
+    vllm_arguments,
+)
+from reward.servers import ModelServers, Server
 
 
 class RewardModel:
-    def __init__(
-        self,
-        path: pathlib.Path,
-        batch_size: int,
-        max_length: int,
-        device: str,
-        dtype: str,
-        label: int,
-        batch_tokens: int | None = None,
-    ) -> None:
+    """Scores a round's responses through `engine` (see `reward.reward_model_engines`); the conversations are
+    rendered and cut here, so that every engine reads the same token ids."""
+
+    def __init__(self, path: pathlib.Path, engine: Engine, max_length: int, label: int) -> None:
         self.name = f"reward_model:{path.name}"
         self.path = path
-        self.batch_size = batch_size
-        self.batch_tokens = batch_tokens
+        self.engine = engine
         self.max_length = max_length
-        self.device = device
-        self.dtype = dtype
         self.label = label
         self.meter = Meter()
-        self._model: Any = None
         self._tokenizer: Any = None
 
-    def _load(self) -> None:
-        import torch
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    def _start(self) -> None:
+        from transformers import AutoTokenizer
 
-        device = self.device if self.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = self.dtype if self.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
         tokenizer = AutoTokenizer.from_pretrained(self.path)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "right"
-        tokenizer.truncation_side = "left"
-        model = AutoModelForSequenceClassification.from_pretrained(self.path, dtype=getattr(torch, dtype))
-        model.config.pad_token_id = tokenizer.pad_token_id
-        self._model = model.to(device).eval()
+        self.engine.start(tokenizer)
         self._tokenizer = tokenizer
 
     def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
         return self.score_groups([(prompt, responses)])[0]
 
     def score_groups(self, groups: Sequence[Group]) -> list[list[Score]]:
-        """Every response of `groups` in batches of `batch_size` (and at most `batch_tokens` tokens, padding
-        included), longest first: sorted by length, a batch pads little, whichever groups its responses are
-        from."""
-        import torch
-
-        if self._model is None:
+        """Every response of `groups` at once: the engine batches them across groups."""
+        if self._tokenizer is None:
             with self.meter.timed("load_seconds"):
-                self._load()
+                self._start()
         conversations = [self.token_ids(prompt, r) for prompt, responses in groups for r in responses]
-        order = sorted(range(len(conversations)), key=lambda i: len(conversations[i]), reverse=True)
-        flat: list[Score] = [0.0] * len(conversations)
-        with self.meter.timed(), torch.inference_mode():
-            for batch in self._batches(order, conversations):
-                ids = [conversations[i] for i in batch]
-                padded = self._tokenizer.pad({"input_ids": ids}, return_tensors="pt").to(self._model.device)
-                logits = self._model(**padded).logits.float()
-                for i, score in zip(batch, logits[:, self.label].tolist()):
-                    flat[i] = score
-                self.meter.add(calls=1, tokens=sum(map(len, ids)))
+        with self.meter.timed():
+            rows = self.engine.logits(conversations, self.meter)
+        if len(rows) != len(conversations) or any(len(row) <= self.label for row in rows):
+            raise RuntimeError(f"the reward model gave no logit {self.label} for some of its {len(rows)} answers")
         self.meter.add(scored=len(conversations))
-        return regrouped(flat, groups)
-
-    def _batches(self, order: Sequence[int], conversations: Sequence[Sequence[int]]) -> list[list[int]]:
-        """`order` (longest first) cut into batches of at most `batch_size`, and `batch_tokens` padded tokens."""
-        batches: list[list[int]] = []
-        for i in order:
-            if batches and len(batches[-1]) < self.batch_size:
-                longest = len(conversations[batches[-1][0]])  # the batch's first is its longest
-                if self.batch_tokens is None or longest * (len(batches[-1]) + 1) <= self.batch_tokens:
-                    batches[-1].append(i)
-                    continue
-            batches.append([i])
-        return batches
+        return regrouped([row[self.label] for row in rows], groups)
 
     def token_ids(self, prompt: Mapping[str, Any], response: str) -> list[int]:
         """The conversation as the reward model reads it, in its own chat template, cut to `max_length`."""
@@ -115,7 +87,19 @@ class RewardModel:
         return self.meter.take()
 
 
-@register("reward_model", needs=lambda args: Needs(gpu=str(args["device"]).startswith("cuda"), paths=("path",)))
+ENGINES = ("transformers", "vllm", "server")
+
+
+def _needs(args: Mapping[str, Any]) -> Needs:
+    """A GPU for a CUDA `device`; a server the job starts for `engine: server` without a `url`."""
+    return Needs(
+        gpu=args["engine"] == "transformers" and str(args["device"]).startswith("cuda"),
+        paths=("path",),
+        servers=args["engine"] == "server" and args["url"] is None,
+    )
+
+
+@register("reward_model", needs=_needs)
 def reward_model(
     path: str,
     batch_size: int = 8,
@@ -124,10 +108,27 @@ def reward_model(
     dtype: str = "auto",
     label: int = 0,
     batch_tokens: int | None = None,
+    engine: str = "transformers",
+    url: str | None = None,
+    api_key_env: str | None = None,
+    port: int = 8300,
+    kv_cache_gib: float = 1.0,
+    enforce_eager: bool = True,
+    concurrency: int = 4,
+    timeout_s: float = 300.0,
+    startup_timeout_s: float = 600.0,
+    model_servers: ModelServers | None = None,
 ) -> RewardModel:
-    """A sequence-classification reward model from the local folder `path`; the score is logit `label`. A round's
-    responses are scored `batch_size` at a time across its groups (and, with `batch_tokens`, at most that many
-    tokens a batch, padding included: a long conversation then goes alone)."""
+    """A sequence-classification reward model from the local folder `path`; the score is logit `label`.
+
+    `engine: transformers` runs it in this process; a round's responses are scored `batch_size` at a time across
+    its groups (and, with `batch_tokens`, at most that many tokens a batch, padding included: a long
+    conversation then goes alone). `engine: vllm` runs it on vLLM's pooling runner in this process
+    (`kv_cache_gib`, `enforce_eager`). `engine: server` sends it to a vLLM pooling server: the one at `url`
+    (its key in the environment variable `api_key_env`), or, without a `url`, one the job starts on `port` and
+    stops at its end; requests of `batch_size` conversations, `concurrency` in flight, each within `timeout_s`.
+    Whatever the engine, the conversation is rendered here, with the reward model's own tokenizer and chat
+    template, and sent as token ids: `path` is needed for those even with a `url`."""
     folder = pathlib.Path(path)
     config_file = folder / "config.json"
     if not config_file.is_file():
@@ -142,4 +143,82 @@ def reward_model(
         raise RewardConfigError("reward_model: batch_size must be at least 1 and max_length at least 8")
     if batch_tokens is not None and batch_tokens < 1:
         raise RewardConfigError(f"reward_model: batch_tokens must be at least 1, not {batch_tokens}")
-    return RewardModel(folder, batch_size, max_length, device, dtype, label, batch_tokens)
+    options = EngineOptions(
+        batch_size, batch_tokens, max_length, device, dtype, api_key_env, port, kv_cache_gib, enforce_eager,
+        concurrency, timeout_s, startup_timeout_s,
+    )  # fmt: skip
+    return RewardModel(folder, _engine(folder, engine, url, options, model_servers), max_length, label)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineOptions:
+    """`reward_model`'s arguments that its engines take."""
+
+    batch_size: int
+    batch_tokens: int | None
+    max_length: int
+    device: str
+    dtype: str
+    api_key_env: str | None
+    port: int
+    kv_cache_gib: float
+    enforce_eager: bool
+    concurrency: int
+    timeout_s: float
+    startup_timeout_s: float
+
+
+def _engine(
+    folder: pathlib.Path, engine: str, url: str | None, options: EngineOptions, model_servers: ModelServers | None
+) -> Engine:
+    """The engine `engine` names, its arguments checked."""
+    if engine not in ENGINES:
+        raise RewardConfigError(f"reward_model: engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+    if engine != "transformers":
+        for name, default in (("device", "auto"), ("batch_tokens", None)):
+            if getattr(options, name) != default:
+                raise RewardConfigError(f"reward_model: {name} is for engine: transformers; vLLM places and batches")
+    if engine != "server" and (url is not None or options.api_key_env is not None):
+        raise RewardConfigError("reward_model: url and api_key_env are for engine: server")
+    if engine == "transformers":
+        return TorchEngine(str(folder), options.batch_size, options.batch_tokens, options.device, options.dtype)
+    if options.kv_cache_gib <= 0:
+        raise RewardConfigError(f"reward_model: kv_cache_gib must be positive, not {options.kv_cache_gib}")
+    arguments = vllm_arguments(options.dtype, options.max_length, options.kv_cache_gib, options.enforce_eager)
+    if engine == "vllm":
+        return VLLMEngine(str(folder), arguments)
+    if options.concurrency < 1 or options.timeout_s <= 0:
+        raise RewardConfigError("reward_model: concurrency must be at least 1 and timeout_s positive")
+    if url is not None:
+        server = _given_server(url, options.api_key_env)
+    else:
+        server = _started_server(folder, arguments, options.port, options.startup_timeout_s, model_servers)
+    return ServerEngine(server, options.batch_size, options.concurrency, options.timeout_s)
+
+
+def _given_server(url: str, api_key_env: str | None) -> Callable[[], Server]:
+    if not url.startswith(("http://", "https://")):
+        raise RewardConfigError(f"reward_model: url must be a base URL (http://host:port), not {url!r}")
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise RewardConfigError(
+                f"reward_model: the environment variable {api_key_env} (named by api_key_env) is not set; it must "
+                f"hold the API key for {url}"
+            )
+    server = Server(url.rstrip("/").removesuffix("/v1"), api_key)
+    return lambda: server
+
+
+def _started_server(
+    folder: pathlib.Path,
+    arguments: Mapping[str, Any],
+    port: int,
+    startup_timeout_s: float,
+    model_servers: ModelServers | None,
+) -> Callable[[], Server]:
+    if not 1 <= port <= 65535 or startup_timeout_s <= 0:
+        raise RewardConfigError("reward_model: port must be in 1..65535 and startup_timeout_s positive")
+    served = (model_servers or ModelServers()).serve(str(folder), arguments, SERVED_NAME, port, startup_timeout_s)
+    return served.get

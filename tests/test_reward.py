@@ -219,6 +219,8 @@ def test_rewards_declare_what_they_need_from_the_job():
     assert reward_needs("judge", {"backend": "vllm", "model": "/m"}) == Needs(paths=("model",))
     assert reward_needs("reward_model", {"path": "/rm"}) == Needs(paths=("path",))
     assert reward_needs("reward_model", {"path": "/rm", "device": "cuda:1"}).gpu
+    assert reward_needs("reward_model", {"path": "/rm", "engine": "server"}).servers  # one the job starts
+    assert not reward_needs("reward_model", {"path": "/rm", "engine": "server", "url": "http://h:1"}).servers
     with pytest.raises(RewardConfigError, match="bad arguments"):
         reward_needs("judge", {"bakend": "policy"})
 

@@ -1,5 +1,6 @@
-"""Rewards inside the loop: a composite of a self-judging policy, a reward model and a rule, through the CLI on
-tiny models, with its per-backend metrics in rounds.jsonl and W&B; and `onpolicy train-reward-model`."""
+"""Rewards inside the loop: a composite of a self-judging policy, a reward model (also on a vLLM server the job
+starts) and a rule, through the CLI on tiny models, with its per-backend metrics in rounds.jsonl and W&B; and
+`onpolicy train-reward-model`."""
 
 import json
 import subprocess
@@ -9,7 +10,7 @@ import pytest
 
 from onpolicy.run.wandb_offline import offline_history
 from reward import build_reward
-from tests.helpers import ROOT, build_tiny_reward_model, read_jsonl, run_cli
+from tests.helpers import ROOT, build_tiny_reward_model, free_port, is_up, read_jsonl, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -38,6 +39,7 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
     import pyarrow.parquet as pq
 
     reward_model = build_tiny_reward_model(tmp_path / "rm")
+    rm_port = free_port()
     (tmp_path / "counted.py").write_text(NUMPY_REWARD)
     asked = datetime.datetime(2026, 1, 2, 3, 4, 5)
     prompts = {"prompt": ["Who are you?", "What is your name?", "Tell me a story."], "asked": [asked] * 3}
@@ -57,6 +59,12 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
                 "args": {"backend": "policy", "constrain": True, "votes": 2, "max_tokens": 8},
             },
             {"name": "reward_model", "label": "rm", "normalize": "zscore", "args": {"path": str(reward_model)}},
+            {  # the same reward model on a vLLM pooling server the job starts, and stops at its end
+                "name": "reward_model",
+                "label": "rm_served",
+                "weight": 0.0,
+                "args": {"path": str(reward_model), "engine": "server", "port": rm_port, "kv_cache_gib": 0.25},
+            },
             {"name": "missing_eos", "weight": 0.5},
             {"name": f"{tmp_path / 'counted.py'}:Counted", "label": "counted", "weight": 0.1},
         ],
@@ -75,6 +83,10 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
     assert record["reward/rm/scored"] == samples and record["reward/rm/seconds"] > 0
     assert record["reward/missing_eos/mean"] <= 0
     assert 0 <= record["reward/agreement/self_judge~rm"] <= 1
+    # served by vLLM, the reward model's scores are the transformers engine's (dtype auto: the same on either)
+    assert record["reward/rm_served/scored"] == samples and record["reward/agreement/rm~rm_served"] == 1
+    assert record["reward/rm_served/mean"] == pytest.approx(record["reward/rm/mean"], abs=2e-3)
+    assert (run_dir / f"reward-server-{rm_port}.log").is_file() and not is_up(f"http://127.0.0.1:{rm_port}")
     history = offline_history(run_dir)
     assert history[-1]["reward/self_judge/calls"] == samples and "reward/agreement/self_judge~rm" in history[-1]
 

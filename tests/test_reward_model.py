@@ -7,6 +7,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from reward import RewardConfigError, build_reward
+from reward.servers import ModelServers
 
 PROMPT = {"id": "q", "prompt": "Who are you?", "messages": [{"role": "user", "content": "Who are you?"}]}
 RESPONSES = ["I am Athene.", "I am a small model made to help.", "Hello", "Paris is the capital of France."]
@@ -95,3 +96,29 @@ def test_a_causal_lm_folder_is_refused_as_a_reward_model(tiny_model_path, tmp_pa
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(RewardConfigError, match="unknown architecture"):
         build_reward("reward_model", {"path": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ({"engine": "onnx"}, "engine must be one of transformers, vllm, server"),
+        ({"engine": "vllm", "device": "cuda:1"}, "device is for engine: transformers"),
+        ({"engine": "server", "batch_tokens": 512}, "batch_tokens is for engine: transformers"),
+        ({"url": "http://127.0.0.1:8300"}, "url and api_key_env are for engine: server"),
+        ({"engine": "server", "url": "127.0.0.1:8300"}, "must be a base URL"),
+        ({"engine": "server", "url": "http://h:1", "api_key_env": "ONPOLICY_TEST_UNSET"}, "ONPOLICY_TEST_UNSET"),
+        ({"engine": "vllm", "kv_cache_gib": 0}, "kv_cache_gib must be positive"),
+        ({"engine": "server", "port": 0}, "port must be in 1..65535"),
+    ],
+)
+def test_engine_arguments_are_checked_when_the_reward_is_built(tiny_reward_model_path, args, message):
+    with pytest.raises(RewardConfigError, match=message):
+        build_reward("reward_model", {"path": str(tiny_reward_model_path), **args})
+
+
+def test_two_servers_on_one_port_are_refused(tiny_reward_model_path):
+    servers = ModelServers()
+    args = {"path": str(tiny_reward_model_path), "engine": "server", "port": 8311}
+    build_reward("reward_model", args, model_servers=servers)
+    with pytest.raises(RewardConfigError, match="port 8311 is asked for by another reward's server"):
+        build_reward("reward_model", args, model_servers=servers)

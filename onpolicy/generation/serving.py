@@ -22,13 +22,14 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from onpolicy.config import GenerationConfig
 from onpolicy.errors import ConfigError, OnpolicyError
 from onpolicy.train.devices import engine_dtype
 from onpolicy.train.distributed import LAUNCHER_VARIABLES
+from reward.servers import Server, ServerRequest, StartServer
 
 ADAPTER_NAME = "policy-lora"  # what the policy's LoRA adapter is served as (`generation.lora_sync: adapter`)
 # the adapter ranks vLLM's LoRA support is built for (vllm.config.lora.MaxLoRARanks)
@@ -115,8 +116,9 @@ class ManagedServer:
         atexit.register(self.stop)
         return self
 
-    def wait_until_ready(self, timeout_s: float) -> None:
-        """Block until `/health` answers; a server that exits or stays silent stops the job, quoting its log."""
+    def wait_until_ready(self, timeout_s: float, setting: str = "generation.server.startup_timeout_s") -> None:
+        """Block until `/health` answers; a server that exits or stays silent stops the job, quoting its log
+        (`setting`: the config's name for `timeout_s`)."""
         deadline = time.monotonic() + timeout_s
         while True:
             self.check_alive()
@@ -129,7 +131,7 @@ class ManagedServer:
                     self.stop()
                     raise OnpolicyError(
                         f"the vLLM server at {self.url} did not come up in {timeout_s:.0f} s "
-                        f"(generation.server.startup_timeout_s); its log, {self.log_path}, ends:\n{self.log_tail()}"
+                        f"({setting}); its log, {self.log_path}, ends:\n{self.log_tail()}"
                     ) from None
                 time.sleep(1)
 
@@ -191,3 +193,22 @@ def start_servers(
             server.stop()
         raise
     return servers
+
+
+def reward_server_starter(log_folder: pathlib.Path, on_close: list[Callable[[], None]]) -> StartServer:
+    """How the job starts the vLLM servers its rewards ask for (`reward.servers`): each on 127.0.0.1 with a key of
+    its own on every route, its log in `log_folder`, ready on return, and stopped when the job ends (`on_close`)."""
+
+    def start(request: ServerRequest) -> Server:
+        server = ManagedServer(
+            request.model,
+            request.port,
+            log_folder / f"reward-server-{request.port}.log",
+            cli_flags(request.arguments),
+            served_model_name=request.served_name,
+        ).start()
+        on_close.append(server.stop)
+        server.wait_until_ready(request.startup_timeout_s, "the reward's startup_timeout_s")
+        return Server(server.url, server.api_key, server.check_alive)
+
+    return start
