@@ -4,7 +4,9 @@
 The conversation is rendered with the reward model's *own* tokenizer and chat template, never the policy's:
 a reward model read through another template scores text it was not trained on. Long conversations keep their
 last `max_length` tokens (the end of the response is what the model reads its score from) and are counted as
-truncated. The model is loaded on first use, apart from the policy, on `device`.
+truncated. The model is loaded on first use, apart from the policy, by its engine
+(`reward.reward_model_engines`): transformers in this process, vLLM's pooling runner in this process, or a vLLM
+pooling server; every engine reads the token ids made here.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ from reward.base import Meter
 from reward.servers import Server
 
 SERVED_NAME = "reward-model"  # what a started server serves the reward model as
+MAX_ANSWER_BYTES = 16 * 1024**2  # a server's answer to one request (a batch's scores take a few KiB)
 
 
 class Engine(Protocol):
@@ -195,11 +196,17 @@ class ServerEngine:
         request = urllib.request.Request(server.url + route, body, headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                return json.loads(response.read())
+                answer = response.read(MAX_ANSWER_BYTES + 1)
         except urllib.error.HTTPError as exc:
             detail = exc.read(2000).decode(errors="replace")
             raise RuntimeError(
                 f"the reward model server at {server.url} refused {route} ({exc.code}): {detail}"
             ) from None
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise RuntimeError(f"the reward model server at {server.url} did not answer {route}: {exc}") from None
+        if len(answer) > MAX_ANSWER_BYTES:
+            raise RuntimeError(f"the reward model server at {server.url} answered {route} with over 16 MiB")
+        try:
+            return json.loads(answer)
+        except ValueError:
+            raise RuntimeError(f"the reward model server at {server.url} answered {route} with no JSON") from None
