@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pathlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -28,7 +27,7 @@ from reward.reward_model_engines import (
     VLLMEngine,
     vllm_arguments,
 )
-from reward.servers import ModelServers, Server
+from reward.servers import ModelServers, Server, api_key_from_environment
 
 
 class RewardModel:
@@ -146,8 +145,9 @@ def reward_model(
     if batch_tokens is not None and batch_tokens < 1:
         raise RewardConfigError(f"reward_model: batch_tokens must be at least 1, not {batch_tokens}")
     options = EngineOptions(
-        batch_size, batch_tokens, max_length, device, dtype, api_key_env, port, kv_cache_gib, enforce_eager,
-        concurrency, timeout_s, startup_timeout_s,
+        batch_size=batch_size, batch_tokens=batch_tokens, max_length=max_length, device=device, dtype=dtype,
+        api_key_env=api_key_env, port=port, kv_cache_gib=kv_cache_gib, enforce_eager=enforce_eager,
+        concurrency=concurrency, timeout_s=timeout_s, startup_timeout_s=startup_timeout_s,
     )  # fmt: skip
     return RewardModel(folder, _engine(folder, engine, url, options, model_servers), max_length, label)
 
@@ -201,14 +201,7 @@ def _engine(
 def _given_server(url: str, api_key_env: str | None) -> Callable[[], Server]:
     if not url.startswith(("http://", "https://")):
         raise RewardConfigError(f"reward_model: url must be a base URL (http://host:port), not {url!r}")
-    api_key = None
-    if api_key_env is not None:
-        api_key = os.environ.get(api_key_env)
-        if not api_key:
-            raise RewardConfigError(
-                f"reward_model: the environment variable {api_key_env} (named by api_key_env) is not set; it must "
-                f"hold the API key for {url}"
-            )
+    api_key = api_key_from_environment(api_key_env, url, "reward_model")
     server = Server(url.rstrip("/").removesuffix("/v1"), api_key)
     return lambda: server
 

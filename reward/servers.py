@@ -10,6 +10,7 @@ them when it ends. A holder nobody attaches (`onpolicy check`) starts nothing.
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +36,20 @@ class Server:
     url: str
     api_key: str | None
     check_alive: Callable[[], None] = lambda: None
+
+
+def api_key_from_environment(variable: str | None, url: str, who: str) -> str | None:
+    """The API key for the endpoint at `url`, from the environment variable `variable` (None: no key); a variable
+    named but not set is refused, naming `who` (the reward) and the endpoint."""
+    if variable is None:
+        return None
+    key = os.environ.get(variable)
+    if not key:
+        raise RewardConfigError(
+            f"{who}: the environment variable {variable} (named by api_key_env) is not set; it must hold the API "
+            f"key for {url}"
+        )
+    return key
 
 
 # How a job starts a server: ready (health-checked) on return, stopped by the job when it ends.

@@ -96,6 +96,19 @@ def test_a_policy_judge_needs_the_in_process_engine():
         check_inputs(_config(reward=judge, generation={"lora_sync": "adapter"}, train={"lora": {"r": 8}}))
 
 
+def test_reward_servers_are_asked_for_at_check_and_refused_on_a_generation_servers_port(tiny_reward_model_path):
+    served = {"name": "reward_model", "args": {"path": str(tiny_reward_model_path), "engine": "server", "port": 8201}}
+    inputs = check_inputs(_config(reward=[served]))
+    assert [request.port for request in inputs.model_servers.requests] == [8201]  # asked for; nothing started
+    with pytest.raises(RuntimeError, match="has not been started"):
+        inputs.reward.score_group({"prompt": "Hi", "messages": [{"role": "user", "content": "Hi"}]}, ["Hello"])
+    starting = {"backend": "server", "server": {"port": 8200, "launch": 2}}
+    with pytest.raises(ConfigError, match=r"port 8201, which a generation server takes \(generation.server.port 8200"):
+        check_inputs(_config(reward=[served], generation=starting))
+    given = {"backend": "server", "server": {"urls": ["http://127.0.0.1:8201"]}}
+    assert check_inputs(_config(reward=[served], generation=given)).model_servers.requests  # no port of the job's
+
+
 def test_a_reward_that_needs_a_gpu_is_refused_where_torch_sees_none(tmp_path, monkeypatch):
     import torch
 

@@ -58,12 +58,15 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
                 "normalize": "rank",
                 "args": {"backend": "policy", "constrain": True, "votes": 2, "max_tokens": 8},
             },
-            {"name": "reward_model", "label": "rm", "normalize": "zscore", "args": {"path": str(reward_model)}},
+            # float32 pinned on both: `dtype: auto` is bfloat16 on a GPU, where two engines' orders may differ
+            {"name": "reward_model", "label": "rm", "normalize": "zscore",
+             "args": {"path": str(reward_model), "dtype": "float32"}},
             {  # the same reward model on a vLLM pooling server the job starts, and stops at its end
                 "name": "reward_model",
                 "label": "rm_served",
                 "weight": 0.0,
-                "args": {"path": str(reward_model), "engine": "server", "port": rm_port, "kv_cache_gib": 0.25},
+                "args": {"path": str(reward_model), "engine": "server", "port": rm_port, "kv_cache_gib": 0.25,
+                         "dtype": "float32"},
             },
             {"name": "missing_eos", "weight": 0.5},
             {"name": f"{tmp_path / 'counted.py'}:Counted", "label": "counted", "weight": 0.1},
@@ -83,7 +86,7 @@ def test_a_composite_of_judge_reward_model_and_rule_ranks_and_reports_each(tiny_
     assert record["reward/rm/scored"] == samples and record["reward/rm/seconds"] > 0
     assert record["reward/missing_eos/mean"] <= 0
     assert 0 <= record["reward/agreement/self_judge~rm"] <= 1
-    # served by vLLM, the reward model's scores are the transformers engine's (dtype auto: the same on either)
+    # served by vLLM, the reward model's scores are the transformers engine's
     assert record["reward/rm_served/scored"] == samples and record["reward/agreement/rm~rm_served"] == 1
     assert record["reward/rm_served/mean"] == pytest.approx(record["reward/rm/mean"], abs=2e-3)
     assert (run_dir / f"reward-server-{rm_port}.log").is_file() and not is_up(f"http://127.0.0.1:{rm_port}")

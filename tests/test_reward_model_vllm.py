@@ -11,6 +11,7 @@ from reward.servers import ModelServers
 from tests.helpers import free_port, is_up
 
 pytestmark = pytest.mark.slow
+pytest.importorskip("vllm", reason="the vLLM engines need vLLM, which this machine lacks")
 
 RESPONSES = ["I am Athene.", "I am a small model made to help.", "Hello", "Paris is the capital of France."]
 QUESTIONS = ["Who are you?", "What is two plus two? Answer in one long sentence please."]

@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from reward.base import RewardConfigError
+from reward.servers import api_key_from_environment
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,17 +214,9 @@ class OpenAIChat:
 
         from reward.judge.bounded_http import bounded_transport  # httpx2: imported with the client that needs it
 
-        if api_key_env is None:
-            api_key = "EMPTY"  # a local `vllm serve` without --api-key accepts any key
-        elif os.environ.get(api_key_env):
-            api_key = os.environ[api_key_env]
-        else:
-            raise RewardConfigError(
-                f"judge: the environment variable {api_key_env} (named by api_key_env) is not set; it must hold "
-                f"the API key for {base_url}"
-            )
+        self._api_key = api_key_from_environment(api_key_env, base_url, "judge")  # a real key: kept out of messages
+        api_key = self._api_key or "EMPTY"  # a local `vllm serve` without --api-key accepts any key
         self.model = model
-        self._api_key = api_key if api_key_env is not None else None  # a real key, to keep out of messages
         self.sampling = sampling
         self.requests = requests
         transport = bounded_transport(requests.concurrency)
