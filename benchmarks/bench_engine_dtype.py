@@ -20,7 +20,7 @@ import argparse
 import statistics
 
 from benchmarks._common import print_table, run_identity_demo_alone
-from onpolicy.train.devices import NATIVE_BF16_FLAGS, cpu_flags
+from onpolicy.devices import NATIVE_BF16_FLAGS, cpu_flags
 
 COLUMNS = [
     ("generate s", "perf/generate_s"),

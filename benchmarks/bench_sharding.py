@@ -108,6 +108,7 @@ def _worker(model_path: str, out: str, sharding: str) -> None:
 
     from onpolicy.config import RefConfig, TrainConfig
     from onpolicy.train import distributed
+    from onpolicy.train.policy_storage import policy_storage
     from onpolicy.train.update import DPOUpdater
 
     imports_rss = _rss()
@@ -129,13 +130,15 @@ def _worker(model_path: str, out: str, sharding: str) -> None:
 
     register_optimizer_step_post_hook(measure)
     start = distributed.TrainerStart(
-        model_path=model_path, tokenizer_path=model_path, adapter_path=None, reference=None, engine_dtype=None
-    )
+        initial_path=model_path, checkpoint=None, tokenizer_path=model_path,
+        storage=policy_storage(train, sharded=team is not None and team.sharded), reference=None, engine_dtype=None,
+    )  # fmt: skip
 
     def build(start: distributed.TrainerStart) -> DPOUpdater:
         tokenizer = AutoTokenizer.from_pretrained(start.tokenizer_path)
-        sharded = team is not None and team.sharded
-        return DPOUpdater(start.model_path, tokenizer, train, RefConfig(), processes=processes, sharded=sharded)
+        return DPOUpdater(
+            start.initial_path, tokenizer, train, RefConfig(), processes=processes, storage=start.storage
+        )
 
     report = {"update_s": 0.0}
 

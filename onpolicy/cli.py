@@ -247,7 +247,8 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     from torch.distributed.run import parse_args, run
 
     from onpolicy.config import load_config
-    from onpolicy.train.distributed import check_batch_size, check_generation_backend, launched_processes
+    from onpolicy.run.launch import launched_processes
+    from onpolicy.train.distributed import check_batch_size, check_generation_backend
 
     processes = args.processes
     if processes < 1:

@@ -14,6 +14,7 @@ judge that uses the policy engine gets it here, explicitly, through the `PolicyE
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 import secrets
 import shutil
@@ -23,19 +24,26 @@ from typing import TYPE_CHECKING, Any
 
 from onpolicy.config import Config, GenerationConfig, redaction
 from onpolicy.correction import build_correction
+from onpolicy.devices import engine_dtype, engine_may_be_reference
 from onpolicy.errors import ConfigError
 from onpolicy.evaluation import build_evaluator, load_eval_prompts
 from onpolicy.interfaces import Correction, Evaluation, Generator, Reward, RoundLogger, Updater
 from onpolicy.prompts import load_prompts
 from onpolicy.reward_terms import build_reward_from_terms, check_reward_terms, term_needs
+from onpolicy.run.launch import launched_processes
 from onpolicy.run.model_store import check_model_folder
-from onpolicy.run.resume import Start
+from onpolicy.run.resume import CheckpointLayout, Start
 from onpolicy.run.tracking import start_logger
 from onpolicy.tokens import check_prompts_leave_room_to_train
-from onpolicy.train.devices import engine_dtype, engine_may_be_reference
-from onpolicy.train.distributed import MirroredUpdater, Team, TrainerStart, check_generation_backend, launched_processes
-from onpolicy.train.lora import ADAPTER_FOLDER
-from onpolicy.train.reference import restore_source
+from onpolicy.train.distributed import (
+    MirroredUpdater,
+    Team,
+    TrainerStart,
+    check_generation_backend,
+    join,
+)
+from onpolicy.train.policy_storage import PolicyStorage, policy_storage
+from onpolicy.train.reference import reference_kind, reference_round, restore_source
 from onpolicy.train.trl_compat import check_dpo_config_values
 from onpolicy.types import PromptRecord
 from reward import WeightedSum
@@ -66,7 +74,6 @@ class Components:
     generator: Generator
     updater: Updater
     logger: RoundLogger
-    sync: Callable[[str], None]  # the updated policy into the generator, as weight version str(round)
     on_close: tuple[Callable[[], None], ...] = ()
 
     def close(self) -> None:
@@ -158,6 +165,20 @@ def _eval_reward(
     return build_reward_from_terms(config.eval.reward, policy_engine, "eval.reward", model_servers)
 
 
+def checkpoint_layout(config: Config, team: Team | None = None) -> CheckpointLayout:
+    """What the round checkpoints of a job of `config` hold, as its policy's storage and its reference kind say."""
+    return CheckpointLayout(
+        reference_round=functools.partial(reference_round, ref=config.ref),
+        adapters=_storage(config, team).checkpoint_parts,
+        reference_folder=reference_kind(config.ref).checkpoint_folder,
+    )
+
+
+def _storage(config: Config, team: Team | None) -> PolicyStorage:
+    """How the policy is held: the kind `train` asks for, sharded where the job's team shards it."""
+    return policy_storage(config.train, config.generation.lora_sync, sharded=team is not None and team.sharded)
+
+
 def build_components(
     config: Config, inputs: Inputs, start: Start, echo: Callable[[str], None] = print, team: Team | None = None
 ) -> Components:
@@ -169,8 +190,9 @@ def build_components(
     from onpolicy.run.model_store import resolve_model
 
     started = time.perf_counter()
-    model_path = resolve_model(config.model)
-    policy_path = start.policy or model_path
+    model_path = str(resolve_model(config.model))
+    checkpoint = None if start.policy is None else str(start.policy)
+    policy_path = checkpoint or model_path
     echo(
         f"resuming after round {start.last_complete}; policy: {policy_path}"
         if start.resumed
@@ -182,10 +204,8 @@ def build_components(
         config.generation.dtype, engine_may_be_reference(config.ref, config.train), config.model.train_dtype
     )
     generation = config.generation.model_copy(update={"dtype": dtype})
-    # with the adapter sent to it, the engine serves the base model (the adapter is loaded on top)
-    sends_adapter = config.generation.lora_sync == "adapter"
-    lora_rank = int(config.train.lora.get("r", 8)) if sends_adapter and config.train.lora is not None else None
-    engine_model = str(model_path if sends_adapter else policy_path)
+    storage = _storage(config, team)
+    engine_start = storage.engine_start(model_path, checkpoint)
     on_close: list[Callable[[], None]] = []
     try:
         if inputs.model_servers.requests:
@@ -193,103 +213,80 @@ def build_components(
 
             inputs.model_servers.attach(reward_server_starter(start.run.path, on_close))
         if generation.backend == "server":
-            generator = _server_generator(generation, engine_model, tokenizer, start.run.path, on_close, lora_rank)
+            generator = _server_generator(
+                generation, engine_start.model, tokenizer, start.run.path, on_close, engine_start.lora_rank
+            )
         else:
-            generator = VLLMGenerator(engine_model, tokenizer, generation, lora_rank)
+            generator = VLLMGenerator(engine_start.model, tokenizer, generation, engine_start.lora_rank)
             inputs.policy_engine.attach(generator.llm)
-        parts = _trainer_side(config, inputs, start, generator, tokenizer, str(model_path), str(policy_path), team)
+        trainer_start = TrainerStart(
+            initial_path=model_path,
+            checkpoint=checkpoint,
+            tokenizer_path=policy_path,
+            storage=storage,
+            reference=restore_source(config.ref, start.run, start.last_complete, start.reference_from, model_path),
+            engine_dtype=generator.engine_dtype,
+        )
+        updater = _updater(config, trainer_start, tokenizer, team, start.run.path)
+        if isinstance(updater, MirroredUpdater):
+            on_close.insert(0, updater.close)
+        if (config.generation.backend == "server" and config.generation.server.urls) or engine_start.send_policy:
+            # servers given by URL serve whatever they were started with, and an engine sent adapters starts on the
+            # base model: send the policy this run continues from
+            updater.send_policy(generator, str(max(start.last_complete, 0)))
+        run_config = redaction.redact(config.model_dump(mode="json"))
+        logger = start_logger(config.wandb, start.run.path, run_config, start.wandb_run_id)
     except BaseException:
         for release in on_close:
             release()
         raise
-    if isinstance(parts.updater, MirroredUpdater):
-        on_close.insert(0, parts.updater.close)
-    parts = dataclasses.replace(parts, on_close=tuple(on_close))
-    echo(
-        f"setup took {time.perf_counter() - started:.1f}s; engine: {dtype}; W&B: {parts.logger.mode}; "
-        f"run dir: {start.run.path}"
-    )
-    return parts
-
-
-def _trainer_side(
-    config: Config,
-    inputs: Inputs,
-    start: Start,
-    generator: Generator,
-    tokenizer: Any,
-    model_path: str,
-    policy_path: str,
-    team: Team | None,
-) -> Components:
-    """The policy's updater (with its reference as the run directory says; on every training process of a
-    `team`) and the logger, beside `generator`."""
-    lora_adapter = None
-    if config.train.lora is not None and start.policy is not None:  # LoRA continues its adapter on the base
-        lora_adapter = str(start.policy / ADAPTER_FOLDER)
-    trainer_start = TrainerStart(
-        model_path=model_path if config.train.lora is not None else policy_path,
-        tokenizer_path=policy_path,
-        adapter_path=lora_adapter,
-        reference=restore_source(config.ref, start.run, start.last_complete, start.reference_from, model_path),
-        engine_dtype=generator.engine_dtype,
-        initial_path=model_path,
-    )
-    updater: Updater
-    if team is None:
-        updater = build_updater(config, trainer_start, tokenizer=tokenizer)
-    else:
-        team.broadcast(trainer_start)
-        updater = MirroredUpdater(
-            build_updater(config, trainer_start, team.size, tokenizer, team.sharded),
-            team,
-            start.run.path / "trainer-data",
-        )
-    sync = policy_sync(config, generator, updater)
-    if (config.generation.backend == "server" and config.generation.server.urls) or (
-        config.generation.lora_sync == "adapter" and start.policy is not None
-    ):
-        # servers given by URL serve whatever they were started with, and an engine sent adapters starts on the
-        # base model: push the policy this run continues from
-        sync(str(max(start.last_complete, 0)))
-    run_config = redaction.redact(config.model_dump(mode="json"))
-    logger = start_logger(config.wandb, start.run.path, run_config, start.wandb_run_id)
     if logger.run_id:
         start.run.write_state(wandb_run_id=logger.run_id)
-    return Components(inputs=inputs, generator=generator, updater=updater, logger=logger, sync=sync)
+    echo(
+        f"setup took {time.perf_counter() - started:.1f}s; engine: {dtype}; W&B: {logger.mode}; "
+        f"run dir: {start.run.path}"
+    )
+    return Components(
+        inputs=inputs, generator=generator, updater=updater, logger=logger, on_close=tuple(on_close)
+    )
 
 
-def policy_sync(config: Config, generator: Generator, updater: Updater) -> Callable[[str], None]:
-    """How the updated policy reaches the generator, as weight version `version`: its weights (with LoRA: merged),
-    or its LoRA adapter alone (`generation.lora_sync: adapter`)."""
-    if config.generation.lora_sync == "adapter":
-        return lambda version: generator.load_adapter(updater.save_adapter, version)
-    return lambda version: generator.load_weights(updater.named_weights(), version)
+def _updater(
+    config: Config, start: TrainerStart, tokenizer: Any, team: Team | None, run_path: pathlib.Path
+) -> Updater:
+    """The policy's updater, with its reference as the run directory says; with a `team`, on every one of its
+    processes, the others told by this one."""
+    if team is None:
+        return build_updater(config, start, tokenizer=tokenizer)
+    team.broadcast(start)
+    return MirroredUpdater(build_updater(config, start, team.size, tokenizer), team, run_path / "trainer-data")
 
 
-def build_updater(
-    config: Config, start: TrainerStart, processes: int = 1, tokenizer: Any = None, sharded: bool = False
-) -> DPOUpdater:
+def join_team(config: Config) -> Team | None:
+    """This process's place among the job's training processes, when it was launched as several (else None);
+    a process other than the main one builds its policy's updater as the main process describes."""
+    return join(config.train, lambda start, team: build_updater(config, start, team.size))
+
+
+def build_updater(config: Config, start: TrainerStart, processes: int = 1, tokenizer: Any = None) -> DPOUpdater:
     """The policy and its updater as `start` describes, for one of `processes` training processes (`tokenizer`:
-    the one the generator uses, where this process has it; else loaded from `start.tokenizer_path`; `sharded`:
-    the policy is sharded over them)."""
+    the one the generator uses, where this process has it; else loaded from `start.tokenizer_path`)."""
     from transformers import AutoTokenizer
 
     from onpolicy.train.update import DPOUpdater
 
     updater = DPOUpdater(
-        start.model_path,
+        start.initial_path,
         tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(start.tokenizer_path),
         config.train,
         config.ref,
         seed=config.seed,
         dtype=config.model.train_dtype,
         engine_dtype=start.engine_dtype,
-        adapter_path=start.adapter_path,
+        checkpoint=start.checkpoint,
         processes=processes,
-        initial_path=start.initial_path,
         kl=config.eval.prompts is not None and config.eval.kl_samples > 0,
-        sharded=sharded,
+        storage=start.storage,
     )
     if start.reference is not None:
         updater.reference.restore(*start.reference)

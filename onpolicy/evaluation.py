@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from onpolicy.config import EvalConfig
 from onpolicy.errors import ConfigError
+from onpolicy.interfaces import PhaseProgress
 from onpolicy.prompts import load_prompts
-from onpolicy.run.progress import PhaseProgress
 from onpolicy.scoring import guarded_scores
 from onpolicy.types import PromptRecord, SampleGroup
 from reward import Failed, GroupReward, RewardConfigError, build_reward, matches

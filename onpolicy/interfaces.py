@@ -10,15 +10,23 @@ from __future__ import annotations
 
 import pathlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import torch
-
-from onpolicy.run.progress import PhaseProgress
 from onpolicy.types import Pair, PromptRecord, SampleGroup, ScoredGroup, UpdateResult
 from reward import RoundGroups, Score
 
+if TYPE_CHECKING:  # names in annotations only: the stages that use these roles do not import torch
+    import torch
+
 Table = tuple[list[str], list[list[Any]]]  # (columns, rows), as a W&B Table holds them
+
+
+class PhaseProgress(Protocol):
+    """How far a long phase of a round is (`onpolicy.run.progress`): its parts advance it as work finishes."""
+
+    total: int | None  # set by whoever learns it late (a trainer, its number of steps)
+
+    def advance(self, n: int = 1) -> None: ...
 
 
 class Generator(Protocol):
@@ -73,8 +81,9 @@ class Updater(Protocol):
         progress: PhaseProgress | None = None,
     ) -> UpdateResult: ...
 
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The policy's weights under their HF names, for the generator."""
+    def send_policy(self, generator: Generator, version: str) -> None:
+        """The policy into `generator` from now on, as weight version `version` (the round that made it): its
+        weights, or with `generation.lora_sync: adapter` its LoRA adapter alone."""
         ...
 
     def save(self, folder: pathlib.Path) -> None:
@@ -88,10 +97,6 @@ class Updater(Protocol):
     def kl_from_samples(self, groups: Sequence[SampleGroup]) -> dict[str, float]:
         """The KL from the policy to the initial policy and to the last round's reference, estimated on the
         policy's own samples (`eval.kl_samples`)."""
-        ...
-
-    def save_adapter(self, folder: pathlib.Path) -> None:
-        """With `train.lora`: the adapter alone, as PEFT saves it."""
         ...
 
 
@@ -175,3 +180,25 @@ class RoundLogger(Protocol):
         ...
 
     def finish(self) -> None: ...
+
+
+class TrainingTeam(Protocol):
+    """The job's training processes, when it was launched as several (torchrun, accelerate launch): the main one
+    runs the job, the others train beside it (`onpolicy.train.distributed`)."""
+
+    @property
+    def is_main(self) -> bool: ...
+
+    def follow_main(self, stop_asked: Callable[[], bool]) -> None:
+        """On a process other than the main one: train as the main process says until it dismisses the team."""
+        ...
+
+    def lost_process(self, error: BaseException) -> Exception | None:
+        """`error` as the job's error where it says another process is gone, else None."""
+        ...
+
+    def dismiss(self) -> None:
+        """From the main process: the job is over (the others leave `follow_main`)."""
+        ...
+
+    def leave(self) -> None: ...

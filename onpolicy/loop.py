@@ -19,20 +19,19 @@ from typing import Any
 from transformers import set_seed
 
 from onpolicy import metrics as m
-from onpolicy.components import Components, Inputs, build_components, build_updater, check_inputs
+from onpolicy.components import Components, Inputs, build_components, check_inputs, checkpoint_layout, join_team
 from onpolicy.config import Config
 from onpolicy.diagnostics import diagnose_pairs
 from onpolicy.errors import OnpolicyError
-from onpolicy.interfaces import Table
+from onpolicy.interfaces import PhaseProgress, Table, TrainingTeam
 from onpolicy.jsonable import jsonable
 from onpolicy.pairing import Selection, build_pairs
 from onpolicy.prompts import prompts_for_round
-from onpolicy.run.progress import PhaseProgress, Progress
-from onpolicy.run.resume import Start, StartMode, open_run, retention
+from onpolicy.run.progress import Progress
+from onpolicy.run.resume import CheckpointLayout, Start, StartMode, open_run, retention
 from onpolicy.run.rundir import REFERENCE_FOLDER, RunDirectory
 from onpolicy.run.stopping import GracefulStop
 from onpolicy.scoring import score_round
-from onpolicy.train import distributed
 from onpolicy.types import PairingResult, RoundRecord, UpdateResult
 from reward import RoundGroups
 
@@ -46,6 +45,7 @@ class Job:
     run: RunDirectory
     stop: GracefulStop
     progress: Progress
+    layout: CheckpointLayout  # what its round checkpoints hold
 
 
 def run_round(n: int, job: Job) -> RoundRecord:
@@ -90,7 +90,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
         update = updater.update(pairing.pairs, n, should_stop=lambda: job.stop.requested, progress=progress)
     with stage("sync"):
         if not update.skipped:
-            parts.sync(str(n))
+            updater.send_policy(generator, str(n))
     with stage("record"):
         run.write_samples(n, scored)
         run.write_pairs(n, pairing.pairs)
@@ -121,7 +121,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
     metrics["perf/round_total_s"] = time.perf_counter() - round_started  # with evaluation, records, checkpoint
     run.append_round({"round": n, **metrics})  # the round is complete from here on
     parts.logger.log_round(n, metrics, tables=tables)
-    run.prune_checkpoints(retention(n, config))
+    run.prune_checkpoints(retention(n, config.checkpoint, job.layout))
     if too_long:
         warnings.append(f"{len(too_long)} prompt(s) too long for the engine were skipped, e.g. {too_long[0].id!r}")
     warnings += pairing.problems
@@ -142,23 +142,19 @@ def run_job(
     `echo` prints a line for the user; `interactive`: it prints to a terminal (progress bars, not lines).
 
     Launched as several processes (torchrun, accelerate launch), the main process runs the job and the others
-    train beside it (`onpolicy.train.distributed`); they return no records."""
-    team = distributed.join(config.train)
+    train beside it (the `TrainingTeam`); they return no records."""
+    team = join_team(config)
     if team is None:
         return _run_job(config, run_dir, echo, mode, None, interactive)
     try:
         if not team.is_main:
             with GracefulStop(announce=False) as stop:
-                distributed.follow_main(
-                    team,
-                    lambda start: build_updater(config, start, team.size, sharded=team.sharded),
-                    lambda: stop.requested,
-                )
+                team.follow_main(lambda: stop.requested)
                 stop.check()
             return []
         return _run_job(config, run_dir, echo, mode, team, interactive)
     except RuntimeError as exc:
-        lost = distributed.lost_process(exc)
+        lost = team.lost_process(exc)
         if lost is None:
             raise
         raise lost from exc
@@ -172,11 +168,11 @@ def _run_job(
     run_dir: pathlib.Path,
     echo: Callable[[str], None],
     mode: StartMode,
-    team: distributed.Team | None,
+    team: TrainingTeam | None,
     interactive: bool,
 ) -> list[dict[str, Any]]:
     inputs = check_inputs(config)  # everything the user gave, before any model is loaded
-    start = open_run(config, run_dir, mode)
+    start = open_run(config, run_dir, checkpoint_layout(config, team), mode)
     with start.lock:
         progress = Progress(start.run, echo, interactive, config.progress_every_s, sys.stdout)
         return _run_rounds(config, inputs, start, echo, team, progress)
@@ -187,7 +183,7 @@ def _run_rounds(
     inputs: Inputs,
     start: Start,
     echo: Callable[[str], None],
-    team: distributed.Team | None,
+    team: TrainingTeam | None,
     progress: Progress,
 ) -> list[dict[str, Any]]:
     run = start.run
@@ -208,7 +204,7 @@ def _run_rounds(
     try:
         _catch_up_wandb(run, parts)
         with GracefulStop() as stop:
-            job = Job(config, parts, run, stop, progress)
+            job = Job(config, parts, run, stop, progress, start.layout)
             if inputs.evaluator is not None and start.last_complete < 0:  # round 0: the initial policy's answers
                 results, table = _evaluate(job, 0)
                 record = {"round": 0, **results}
@@ -233,7 +229,7 @@ def _run_rounds(
 
 
 def _round_context(n: int, job: Job) -> RoundGroups:
-    """Round n as a reward's `prepare` sees it (`score_groups` fills in the groups)."""
+    """Round n as a reward's `prepare` sees it (`score_round` fills in the groups)."""
     return RoundGroups(
         round=n,
         folder=job.run.path / job.run.round_folder(n),

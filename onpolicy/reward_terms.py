@@ -2,20 +2,18 @@
 (`reward.Needs`, declared where it is registered), terms needing what the job cannot give are refused before
 any model loads, and the rest are built into one weighted sum that knows each term's needs.
 
-onpolicy's own reward joins the `reward` package's built-ins here: importing `onpolicy.human.reward` registers
-`human`. Every onpolicy module that names rewards reaches the registry through this one.
+onpolicy's own reward (`human`) is among the `reward` package's built-ins: the `onpolicy` package includes its
+module in the registry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from pydantic import TypeAdapter, ValidationError
 
 from onpolicy.config.sections import GenerationConfig, RewardTerm
 from onpolicy.errors import ConfigError
-from onpolicy.human import reward as human_reward  # noqa: F401  (its import registers the `human` reward)
 from onpolicy.types import PromptRecord
 from reward import Needs, RewardConfigError, Term, WeightedSum, build_reward, matches, reward_needs
 from reward.judge import PolicyEngine
@@ -95,19 +93,6 @@ def build_reward_from_terms(
         return WeightedSum(built)
     except RewardConfigError as exc:
         raise ConfigError(f"{where}: {exc}; give the terms distinct label:s") from None
-
-
-def declared_needs(term: Mapping[str, Any]) -> Needs:
-    """What a reward term, as the YAML gives it (not yet checked), declares it needs; nothing for a name that is
-    not a built-in (user code is imported when the config is checked, not when it is read) or for arguments its
-    reward refuses (the check says so later)."""
-    name, args = term.get("name"), term.get("args")
-    if not isinstance(name, str) or ":" in name:
-        return Needs()
-    try:
-        return reward_needs(name, args if isinstance(args, dict) else {})
-    except RewardConfigError:
-        return Needs()
 
 
 def term_needs(term: RewardTerm, at: str) -> Needs:

@@ -10,15 +10,12 @@ from __future__ import annotations
 import dataclasses
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from onpolicy.run.progress import PhaseProgress
+from onpolicy.interfaces import PhaseProgress, Reward
 from onpolicy.types import Sample, SampleGroup, ScoredGroup
 from reward import Failed, Group, GroupReward, Response, RoundGroups
 from reward.base import score_groups as scores_of_groups
-
-if TYPE_CHECKING:  # the role only: reading a config (which registers the human reward, a user of this module)
-    from onpolicy.interfaces import Reward  # does not need torch, which onpolicy.interfaces imports
 from reward.registry import check_score
 
 
@@ -74,7 +71,7 @@ def response_of(sample: Sample) -> Response:
     return Response(sample.text, sample.finish_reason == "length", len(sample.token_ids))
 
 
-def score_groups(
+def score_sample_groups(
     reward: GroupReward, groups: Sequence[SampleGroup], progress: PhaseProgress | None = None
 ) -> tuple[list[ScoredGroup], Counter[str], list[str]]:
     """Scored groups; excluded samples counted by kind ("error", "nonfinite", "invalid", ...); and one line per
@@ -85,7 +82,7 @@ def score_groups(
 def score_round(
     reward: Reward, groups: Sequence[SampleGroup], round_groups: RoundGroups, progress: PhaseProgress | None = None
 ) -> tuple[list[ScoredGroup], Counter[str], list[str]]:
-    """`score_groups` for a round: the reward is shown the round's groups first (`prepare`, with `round_groups`,
+    """`score_sample_groups` for a round: the reward is shown the round's groups first (`prepare`, with `round_groups`,
     the round, its groups left empty: filled in here) and hears when their scoring is over (`finish`, however it
     ends)."""
     views = _views(groups)

@@ -39,7 +39,7 @@ class Registry:
 
     def __init__(self, kind: str, builtins_from: Sequence[str] = ()) -> None:
         self.kind = kind
-        self._builtins_from = tuple(builtins_from)  # modules whose import registers the built-ins
+        self._builtins_from = list(builtins_from)  # modules whose import registers the built-ins
         self._entries: dict[str, Callable[..., Any]] = {}
         self._needs: dict[str, DeclaredNeeds] = {}
 
@@ -56,6 +56,13 @@ class Registry:
             return entry
 
         return add
+
+    def include(self, module: str) -> None:
+        """Built-ins of a program that runs rewards, beside the package's own: `module` registers them when it is
+        imported, which happens, as for the package's own, when the registry is first read (not now: the program's
+        module may import a good deal, and whoever only names rewards should not pay for it)."""
+        if module not in self._builtins_from:
+            self._builtins_from.append(module)
 
     def declared_needs(self, name: str) -> DeclaredNeeds:
         """What the built-in called `name` was registered as needing."""

@@ -150,7 +150,7 @@ def test_a_mixed_reference_and_the_kl_estimate_on_the_gpu(tiny_model_path, refre
 def test_fsdp2_sharding_trains_on_the_gpu_as_unsharded_training_does(tiny_model_path, tmp_path, launcher):
     """One process (NCCL) with the policy sharded by FSDP2 over it: accelerate's FSDP2 path on a GPU, which the
     CPU tests reach only through `onpolicy.train.sharding.enable_on_cpus`."""
-    variant = {"train": {**TRAIN, "sharding": "fsdp2"}, "ref": {"mix": 0.5}}
+    variant = {"train": {**TRAIN, "sharding": "fsdp2"}, "ref": {"refresh": "mix", "mix": 0.5}}
     sharded_config = _config(tiny_model_path, tmp_path, "sharded", variant)
     plain_config = _config(tiny_model_path, tmp_path, "plain", {**variant, "train": TRAIN})
     command = (

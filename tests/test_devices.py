@@ -3,7 +3,7 @@
 import pytest
 
 from onpolicy.config import RefConfig, TrainConfig
-from onpolicy.train.devices import (
+from onpolicy.devices import (
     NATIVE_BF16_FLAGS,
     choose_engine_dtype,
     choose_gradient_checkpointing,

@@ -32,7 +32,7 @@ VARIANTS = {
     # TRL's reference pass (round 2's reference is the mix of two policies)
     "FSDP2 sharding, mixed reference, KL estimate": {
         "train": {**TRAIN, "sharding": "fsdp2"},
-        "ref": {"mix": 0.5},
+        "ref": {"refresh": "mix", "mix": 0.5},
         "eval": {"prompts": {"items": ["hi"]}, "kl_samples": 2},
     },
 }
@@ -57,7 +57,12 @@ def _run_update(command, config, out):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     result = json.loads(out.with_suffix(".json").read_text())
+    refresh = load_config(config).ref.refresh
+    assert result["reference"] == REFERENCE_KINDS[refresh]  # the variant's reference is the one it trained with
     return result["losses"], result["kl"], load_file(out.with_suffix(".safetensors"))
+
+
+REFERENCE_KINDS = {"every_round": "RoundStartReference", "never": "FrozenReference", "mix": "MixedReference"}
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))

@@ -1,10 +1,17 @@
-"""The layers the folders show hold in the imports: no import circle anywhere in onpolicy/ and reward/ (deferred
-and type-checking imports included, since they hide a circle rather than remove it), and the round's stages,
-flat beside loop.py, import no backend: neither onpolicy.generation nor onpolicy.train, nor the libraries
-those wrap."""
+"""The layers the folders show hold in the imports:
+
+- no import circle anywhere in onpolicy/ and reward/ (deferred and type-checking imports included, since they hide
+  a circle rather than remove it; importing `a.b.c` runs `a` and `a.b` first, so those count too), and every
+  module imports first in a fresh interpreter (what a circle breaks at run time);
+- no module imports one of a higher layer (`LAYERS`), and the two backends, generation (the actor) and train
+  (the learner), do not import each other;
+- the round's stages, flat beside loop.py, import no backend: neither onpolicy.generation nor onpolicy.train,
+  nor the libraries those wrap."""
 
 import ast
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -24,6 +31,24 @@ STAGES = [
     "onpolicy.errors",
 ]
 BACKENDS = ("onpolicy.generation", "onpolicy.train", "onpolicy.components", "vllm", "trl", "peft")
+# From the bottom up: a module imports its own layer and those below. The reward package and the records come
+# first; the config tree; the roles and the stages over them (with the machine's defaults); the run's plumbing;
+# people as the judge, then the rewards the config names; the two backends; the composition root; the loop; the
+# command line. (`onpolicy` alone is the package's face, at the bottom: importing any onpolicy module runs it.)
+FOUNDATION = ("reward", "onpolicy", "onpolicy.errors", "onpolicy.types", "onpolicy.jsonable")
+LAYERS = [
+    FOUNDATION,
+    ("onpolicy.config",),
+    (*(stage for stage in STAGES if stage not in FOUNDATION), "onpolicy.devices"),
+    ("onpolicy.run",),
+    ("onpolicy.human",),
+    ("onpolicy.reward_terms",),
+    ("onpolicy.train", "onpolicy.generation"),
+    ("onpolicy.components",),
+    ("onpolicy.loop",),
+    ("onpolicy.cli",),
+]
+APART = [("onpolicy.generation", "onpolicy.train")]  # same layer, and neither imports the other
 
 
 def _modules() -> dict[str, pathlib.Path]:
@@ -59,14 +84,32 @@ def _imported(module: str) -> set[str]:
 
 
 def _project_imports(module: str) -> set[str]:
-    """The project's own modules that `module` imports (a name resolved to the module that defines it)."""
+    """The project's own modules that `module` imports (a name resolved to the module that defines it), with the
+    packages above each (whose `__init__` runs first)."""
     found = set()
     for name in _imported(module):
         while name and name not in MODULES:
             name = name.rpartition(".")[0]
-        if name and name != module:
-            found.add(name)
+        while name:
+            if name in MODULES and name != module and not module.startswith(f"{name}."):
+                found.add(name)  # a module's own packages ran before it: no arrow back up to them
+            name = name.rpartition(".")[0]
     return found
+
+
+def _layer(module: str) -> int:
+    """The index in `LAYERS` of the most specific prefix naming `module`."""
+    best = max(
+        (len(prefix), i)
+        for i, layer in enumerate(LAYERS)
+        for prefix in layer
+        if module == prefix or module.startswith(f"{prefix}.")
+    )
+    return best[1]
+
+
+def _within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(f"{prefix}.")
 
 
 def test_no_module_imports_itself_through_others():
@@ -87,6 +130,61 @@ def test_no_module_imports_itself_through_others():
     assert not circles, circles
 
 
+def test_no_module_imports_a_higher_layer():
+    upward = sorted(
+        f"{module} -> {imported}"
+        for module in MODULES
+        for imported in _project_imports(module)
+        if _layer(imported) > _layer(module)
+    )
+    assert not upward, upward
+
+
+def test_generation_and_training_do_not_import_each_other():
+    crossing = sorted(
+        f"{module} -> {imported}"
+        for module in MODULES
+        for imported in _project_imports(module)
+        for a, b in APART
+        if (_within(module, a) and _within(imported, b)) or (_within(module, b) and _within(imported, a))
+    )
+    assert not crossing, crossing
+
+
+# Each module imported first, in a child forked from a process that has the slow libraries loaded and no project
+# module: a circle among the project's modules fails there as it would in a fresh interpreter.
+IMPORT_EACH_FIRST = """
+import importlib, os, sys, traceback
+for library in ("torch", "transformers", "trl", "peft", "accelerate", "datasets"):
+    try:
+        importlib.import_module(library)
+    except ImportError:
+        pass
+assert not any(name == "onpolicy" or name.startswith(("onpolicy.", "reward")) for name in sys.modules)
+failed = 0
+for module in sys.argv[1:]:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            importlib.import_module(module)
+        except BaseException:
+            print(f"--- import {module} first:", flush=True)
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
+        os._exit(0)
+    failed += os.waitpid(pid, 0)[1] != 0
+sys.exit(min(failed, 1))
+"""
+
+
+def test_every_module_imports_first_in_a_fresh_interpreter():
+    done = subprocess.run(
+        [sys.executable, "-c", IMPORT_EACH_FIRST, *sorted(MODULES)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr[-6000:]
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_a_stage_imports_no_backend(stage):
     backends = sorted(
@@ -95,6 +193,8 @@ def test_a_stage_imports_no_backend(stage):
     assert not backends, f"{stage} imports {backends}: a stage sees backends through onpolicy.interfaces only"
 
 
-def test_the_check_sees_deferred_imports():
-    """The walk finds an import inside a function (where a circle would hide), resolved to its module."""
+def test_the_check_sees_deferred_imports_and_the_packages_they_run():
+    """The walk finds an import inside a function (where a circle would hide), resolved to its module, and the
+    package whose `__init__` importing it runs first."""
     assert "onpolicy.train.reward_training" in _project_imports("onpolicy.cli")  # imported inside a function
+    assert "onpolicy.config" in _project_imports("onpolicy.reward_terms")  # it imports onpolicy.config.sections

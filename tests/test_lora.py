@@ -15,14 +15,14 @@ LN2 = math.log(2)
 LORA = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj", "up_proj"]}
 
 
-def _updater(path, refresh="every_round", adapter_path=None, **ref):
+def _updater(path, refresh="every_round", checkpoint=None, **ref):
     from transformers import AutoTokenizer
 
     from onpolicy.train.update import DPOUpdater
 
     train = TrainConfig(learning_rate=1e-2, batch_size=4, max_length=64, lora=LORA)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    return DPOUpdater(str(path), tokenizer, train, RefConfig(refresh=refresh, **ref), adapter_path=adapter_path)
+    return DPOUpdater(str(path), tokenizer, train, RefConfig(refresh=refresh, **ref), checkpoint=checkpoint)
 
 
 def _weights(updater) -> dict[str, torch.Tensor]:
@@ -88,7 +88,7 @@ def test_checkpoints_are_merged_folders_and_a_resumed_run_continues_the_adapter(
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "round-1").state_dict()
     for name, tensor in _weights(updater).items():
         torch.testing.assert_close(saved[name], tensor, rtol=1e-5, atol=1e-6)
-    resumed = _updater(tiny_model_path, adapter_path=tmp_path / "round-1" / "adapter")
+    resumed = _updater(tiny_model_path, checkpoint=tmp_path / "round-1")
     for name, tensor in _weights(resumed).items():
         torch.testing.assert_close(tensor, saved[name], rtol=1e-5, atol=1e-6)
     assert any(p.requires_grad for n, p in resumed.policy.named_parameters() if "lora_" in n)

@@ -5,7 +5,7 @@ import math
 import pytest
 
 from onpolicy.pairing import build_pairs, group_pairs
-from onpolicy.scoring import score_groups
+from onpolicy.scoring import score_sample_groups
 from onpolicy.types import PromptRecord, Sample, SampleGroup, ScoredGroup
 from reward import Failed
 
@@ -93,7 +93,7 @@ class _Table:
 
 def test_scoring_excludes_and_counts_nan_inf_failed_and_non_numbers():
     values = {"a": 1.0, "b": math.nan, "c": math.inf, "d": Failed("unparsable answer", "unparsable"), "e": "7", "f": 2}
-    scored, excluded, messages = score_groups(_Table(values), [_group(list(values))])
+    scored, excluded, messages = score_sample_groups(_Table(values), [_group(list(values))])
     assert scored[0].rewards == (1.0, None, None, None, None, 2.0)
     assert dict(excluded) == {"nonfinite": 2, "unparsable": 1, "invalid": 1}
     assert scored[0].failures[3] == "unparsable answer"
@@ -103,7 +103,7 @@ def test_scoring_excludes_and_counts_nan_inf_failed_and_non_numbers():
 def test_a_reward_that_raises_excludes_that_group_only():
     other = PromptRecord(id="p2", messages=RECORD.messages)
     groups = [_group(["a", "f"]), SampleGroup(record=other, prompt_token_ids=(1,), samples=_group(["a", "f"]).samples)]
-    scored, excluded, messages = score_groups(_Table({"a": 1.0, "f": 0.0}, raise_on="p1"), groups)
+    scored, excluded, messages = score_sample_groups(_Table({"a": 1.0, "f": 0.0}, raise_on="p1"), groups)
     assert scored[0].rewards == (None, None) and scored[1].rewards == (1.0, 0.0)
     assert dict(excluded) == {"error": 2}
     assert "RuntimeError: judge unreachable" in messages[0]
@@ -119,7 +119,7 @@ def test_rewards_see_the_prompt_record_with_its_metadata():
             seen.append(prompt)
             return [0.0] * len(responses)
 
-    score_groups(Spy(), [_group(["x"])])
+    score_sample_groups(Spy(), [_group(["x"])])
     assert seen[0]["category"] == "id" and seen[0]["prompt"] == "Who are you?" and seen[0]["id"] == "p1"
 
 

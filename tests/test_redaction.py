@@ -78,6 +78,7 @@ def test_the_cli_masks_a_config_s_secret_quoted_by_an_error_or_a_validation_mess
 
 
 def test_a_run_with_secrets_in_its_config_resumes(tmp_path):
+    from onpolicy.components import checkpoint_layout
     from onpolicy.config import Config
     from onpolicy.run.resume import open_run
 
@@ -88,8 +89,8 @@ def test_a_run_with_secrets_in_its_config_resumes(tmp_path):
             "generation": {"backend": "server", "server": {"urls": ["http://bob:pa55word@gpu-1:8000"]}},
         }
     )
-    open_run(config, tmp_path / "run").lock.release()
+    open_run(config, tmp_path / "run", checkpoint_layout(config)).lock.release()
     (tmp_path / "run" / "rounds.jsonl").write_text('{"round": 0}\n')
-    start = open_run(config, tmp_path / "run")  # the saved config has *** where the password was
+    start = open_run(config, tmp_path / "run", checkpoint_layout(config))  # the saved config masks the password
     start.lock.release()
     assert start.last_complete == 0 and "pa55word" not in (tmp_path / "run" / "config.yaml").read_text()

@@ -388,7 +388,7 @@ def test_the_loop_scores_a_round_in_chunks_and_a_batch_that_raises_is_scored_gro
 
 
 def test_a_round_s_groups_reach_a_batching_reward_in_chunks_with_progress_per_group():
-    from onpolicy.scoring import SCORING_CHUNK_GROUPS, score_groups
+    from onpolicy.scoring import SCORING_CHUNK_GROUPS, score_sample_groups
     from onpolicy.types import PromptRecord, Sample, SampleGroup
 
     class Counting:
@@ -420,6 +420,6 @@ def test_a_round_s_groups_reach_a_batching_reward_in_chunks_with_progress_per_gr
         for n in range(count)
     ]
     reward, progress = Counting(), Advances()
-    scored, excluded, _ = score_groups(reward, groups, progress)
+    scored, excluded, _ = score_sample_groups(reward, groups, progress)
     assert reward.batches == [SCORING_CHUNK_GROUPS, 6] and progress.done == count and not excluded
     assert [g.rewards for g in scored] == [(float(n % 5), float(n % 5 + 1)) for n in range(count)]

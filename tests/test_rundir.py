@@ -166,6 +166,7 @@ def test_pruning_keeps_what_the_rule_keeps_and_always_the_newest(tmp_path):
     ],
 )
 def test_retention_keeps_the_newest_every_nth_and_the_reference_source(checkpoint, ref, newest, kept):
+    from onpolicy.components import checkpoint_layout
     from onpolicy.config import Config
     from onpolicy.run.resume import retention
 
@@ -177,7 +178,7 @@ def test_retention_keeps_the_newest_every_nth_and_the_reference_source(checkpoin
             "ref": ref,
         }
     )
-    keep = retention(newest, config)
+    keep = retention(newest, config.checkpoint, checkpoint_layout(config))
     assert [n for n in range(1, newest + 1) if keep(n)] == kept
 
 
@@ -200,20 +201,21 @@ def test_a_full_disk_while_saving_a_model_leaves_nothing_half_written(tmp_path):
 def test_resuming_a_run_from_an_older_onpolicy_accepts_settings_it_did_not_have(tmp_path):
     import yaml
 
+    from onpolicy.components import checkpoint_layout
     from onpolicy.run.resume import open_run
 
     config = _config()
-    open_run(config, tmp_path / "run").lock.release()
+    open_run(config, tmp_path / "run", checkpoint_layout(config)).lock.release()
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     del saved["ref"]["logps"]  # as written by a version without that setting
     (tmp_path / "run" / "config.yaml").write_text(yaml.safe_dump(saved))
-    start = open_run(config, tmp_path / "run", "resume")
+    start = open_run(config, tmp_path / "run", checkpoint_layout(config), "resume")
     start.lock.release()
     assert "settings newer than this run take their values: ref.logps='auto'" in start.notes
     start.run.append_round({"round": 0})  # the initial evaluation: the run has begun
     changed = config.model_copy(update={"seed": 7})
     with pytest.raises(OnpolicyError, match=r"changed: seed \(0 -> 7\)"):
-        open_run(changed, tmp_path / "run", "resume")
+        open_run(changed, tmp_path / "run", checkpoint_layout(changed), "resume")
 
 
 def _config(**changes):
@@ -225,9 +227,11 @@ def _config(**changes):
 
 
 def _open(path, mode="auto", **changes):
+    from onpolicy.components import checkpoint_layout
     from onpolicy.run.resume import open_run
 
-    start = open_run(_config(**changes), path, mode)
+    config = _config(**changes)
+    start = open_run(config, path, checkpoint_layout(config), mode)
     start.lock.release()
     return start
 
@@ -247,6 +251,7 @@ def test_a_second_job_is_refused_while_one_holds_the_directory_and_a_dead_job_s_
     import subprocess
     import sys
 
+    from onpolicy.components import checkpoint_layout
     from onpolicy.run.lock import RunDirectoryBusy
     from onpolicy.run.resume import open_run
     from tests.helpers import ROOT
@@ -261,13 +266,13 @@ def test_a_second_job_is_refused_while_one_holds_the_directory_and_a_dead_job_s_
             with pytest.raises(
                 RunDirectoryBusy, match=rf"in use by another job \(pid {holder.pid} on this machine, since 20"
             ):
-                open_run(_config(), run_dir, mode)
+                open_run(_config(), run_dir, checkpoint_layout(_config()), mode)
         assert sorted(p.name for p in run_dir.iterdir()) == rounds_before  # --fresh moved nothing aside
         assert not list(tmp_path.glob("run.replaced-*"))
     finally:
         os.kill(holder.pid, signal.SIGKILL)  # dies holding the lock: the kernel frees it
         holder.wait()
-    start = open_run(_config(), run_dir)
+    start = open_run(_config(), run_dir, checkpoint_layout(_config()))
     assert str(os.getpid()) in (run_dir / "job.lock").read_text()
     start.lock.release()
     assert (run_dir / "job.lock").read_text() == ""
@@ -510,10 +515,10 @@ def test_a_checkpoint_is_whole_only_with_everything_a_resume_loads(tmp_path, dam
     from onpolicy.run.model_folders import is_whole_model_folder, missing_parts
 
     _sharded_model_folder(tmp_path / "model")
-    assert is_whole_model_folder(tmp_path / "model", adapter="adapter")
+    assert is_whole_model_folder(tmp_path / "model", adapters=("adapter",))
     (tmp_path / "model" / damage).unlink()
-    assert not is_whole_model_folder(tmp_path / "model", adapter="adapter")
-    assert missing_parts(tmp_path / "model", adapter="adapter")
+    assert not is_whole_model_folder(tmp_path / "model", adapters=("adapter",))
+    assert missing_parts(tmp_path / "model", adapters=("adapter",))
     if damage.startswith("adapter/"):
         assert is_whole_model_folder(tmp_path / "model")  # full fine-tuning does not load an adapter
 

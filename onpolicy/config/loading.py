@@ -11,14 +11,14 @@ from __future__ import annotations
 import difflib
 import pathlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
 from onpolicy.errors import ConfigError
-from onpolicy.reward_terms import declared_needs
+from reward import Needs, RewardConfigError, reward_needs
 
 # Keys whose relative paths are resolved against the YAML file's folder (or the working directory).
 PATH_KEYS = (
@@ -159,6 +159,19 @@ def _resolve_term_files(terms: Any, base: pathlib.Path) -> None:
                 args[key] = str((base / pathlib.Path(args[key]).expanduser()).resolve())
         for key in needs.rewards:
             _resolve_term_files(args.get(key), base)
+
+
+def declared_needs(term: Mapping[str, Any]) -> Needs:
+    """What a reward term, as the YAML gives it (not yet checked), declares it needs; nothing for a name that is
+    not a built-in (user code is imported when the config is checked, not when it is read) or for arguments its
+    reward refuses (the check says so later)."""
+    name, args = term.get("name"), term.get("args")
+    if not isinstance(name, str) or ":" in name:
+        return Needs()
+    try:
+        return reward_needs(name, args if isinstance(args, dict) else {})
+    except RewardConfigError:
+        return Needs()
 
 
 def _absolute_py_name(name: str, base: pathlib.Path) -> str:

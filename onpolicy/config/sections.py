@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from onpolicy.config.library_fields import check_dpo_config_fields, check_lora_fields
+
 
 class Section(BaseModel):
     # no NaN or infinity in any number: `.inf` and `.nan` are valid YAML, never a valid setting
@@ -222,6 +224,15 @@ class PairsConfig(Section):
     correction: CorrectionConfig = Field(default_factory=CorrectionConfig)
 
 
+# why train.lora and FSDP2 sharding do not go together (refused when the config is read, and by a launch)
+LORA_REFUSAL = (
+    "train.lora with FSDP2 sharding is not supported: the adapter LoRA trains is a few megabytes, which "
+    "data-parallel training holds on every process at no cost (sharding would save the frozen base only, and "
+    "PEFT's reference adapters would need sharding too); train LoRA with configs/accelerate/ddp.yaml, or fully "
+    "fine-tune with sharding"
+)
+
+
 class TrainConfig(Section):
     beta: float = Field(0.1, gt=0, description="DPO beta: strength of the pull towards the reference.")
     loss_type: str | list[str] = Field(
@@ -297,10 +308,6 @@ class TrainConfig(Section):
 
     @model_validator(mode="after")
     def _known_to_trl_and_peft(self) -> TrainConfig:
-        # imported here, not at the top: trl_compat imports torch, which reading a config does not need (trl_compat
-        # imports nothing of this module)
-        from onpolicy.train.trl_compat import check_dpo_config_fields
-
         losses = [self.loss_type] if isinstance(self.loss_type, str) else self.loss_type
         check_dpo_config_fields(losses, self.extra)
         for key in ("beta_by_round", "learning_rate_by_round"):
@@ -313,12 +320,8 @@ class TrainConfig(Section):
                 f"({', '.join(losses)}): give one weight per type"
             )
         if self.lora is not None:
-            from onpolicy.train.lora import check_lora_fields
-
             check_lora_fields(self.lora)
         if self.lora is not None and self.sharding == "fsdp2":
-            from onpolicy.train.sharding import LORA_REFUSAL
-
             raise ValueError(LORA_REFUSAL)
         return self
 

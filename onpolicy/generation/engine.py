@@ -27,7 +27,8 @@ from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
 from onpolicy.generation.sampling import GroupSampling
 from onpolicy.generation.serving import ADAPTER_NAME, engine_arguments
-from onpolicy.run.progress import PhaseProgress, engine_bar
+from onpolicy.interfaces import PhaseProgress
+from onpolicy.run.progress import engine_bar
 from onpolicy.tokens import fit_prompts
 from onpolicy.types import PromptRecord, Sample, SampleGroup
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from onpolicy.config import GenerationConfig
-from onpolicy.run.progress import PhaseProgress
+from onpolicy.interfaces import PhaseProgress
 from onpolicy.types import PromptRecord, SampleGroup
 
 

@@ -36,12 +36,12 @@ import torch
 
 from onpolicy.config import GenerationConfig
 from onpolicy.config.sections import ServerConfig
+from onpolicy.devices import engine_dtype
 from onpolicy.errors import ConfigError, OnpolicyError
 from onpolicy.generation.sampling import GroupSampling
 from onpolicy.generation.serving import ADAPTER_NAME, authorization
-from onpolicy.run.progress import PhaseProgress
+from onpolicy.interfaces import PhaseProgress
 from onpolicy.tokens import fit_prompts
-from onpolicy.train.devices import engine_dtype
 from onpolicy.types import PromptRecord, Sample, SampleGroup
 
 SERVED_NAME = "policy"  # the model name onpolicy's servers serve under (any name does for a server given by URL)

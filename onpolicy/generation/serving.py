@@ -26,9 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from onpolicy.config import GenerationConfig
+from onpolicy.devices import engine_dtype
 from onpolicy.errors import ConfigError, OnpolicyError
-from onpolicy.train.devices import engine_dtype
-from onpolicy.train.distributed import LAUNCHER_VARIABLES
+from onpolicy.run.launch import LAUNCHER_VARIABLES
 from reward.servers import Server, ServerRequest, StartServer
 
 ADAPTER_NAME = "policy-lora"  # what the policy's LoRA adapter is served as (`generation.lora_sync: adapter`)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Sequence
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -18,13 +19,13 @@ TOKENIZER_VOCABULARIES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vo
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
-def is_whole_model_folder(folder: pathlib.Path, tokenizer: bool = True, adapter: str | None = None) -> bool:
-    """A saved HF model folder: a config and every weight file it names, with `tokenizer` a tokenizer, with
-    `adapter` (a subfolder's name) a PEFT adapter there; each of its JSON and safetensors files complete."""
-    return not missing_parts(folder, tokenizer, adapter)
+def is_whole_model_folder(folder: pathlib.Path, tokenizer: bool = True, adapters: Sequence[str] = ()) -> bool:
+    """A saved HF model folder: a config and every weight file it names, with `tokenizer` a tokenizer, a PEFT
+    adapter in each subfolder `adapters` names; each of its JSON and safetensors files complete."""
+    return not missing_parts(folder, tokenizer, adapters)
 
 
-def missing_parts(folder: pathlib.Path, tokenizer: bool = True, adapter: str | None = None) -> list[str]:
+def missing_parts(folder: pathlib.Path, tokenizer: bool = True, adapters: Sequence[str] = ()) -> list[str]:
     """What `folder` lacks of a whole model folder (see `is_whole_model_folder`): names of missing or damaged
     files, empty when it is whole."""
     if not folder.is_dir():
@@ -34,8 +35,7 @@ def missing_parts(folder: pathlib.Path, tokenizer: bool = True, adapter: str | N
         needed.append(TOKENIZER_CONFIG)
         if not any((folder / name).is_file() for name in TOKENIZER_VOCABULARIES):
             needed.append(" or ".join(TOKENIZER_VOCABULARIES))
-    if adapter is not None:
-        needed += [f"{adapter}/{name}" for name in ADAPTER_FILES]
+    needed += [f"{adapter}/{name}" for adapter in adapters for name in ADAPTER_FILES]
     missing = [name for name in needed if not (folder / name).is_file()]
     damaged = [str(file.relative_to(folder)) for file in _readable_files(folder) if not _is_complete(file)]
     return missing + damaged

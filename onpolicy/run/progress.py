@@ -15,7 +15,10 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
+
+if TYPE_CHECKING:
+    from onpolicy.interfaces import PhaseProgress
 
 STATUS_EVERY_S = 2.0
 
@@ -24,10 +27,11 @@ class StatusWriter(Protocol):
     def write_status(self, round_number: int, phase: str, **progress: Any) -> None: ...
 
 
-class PhaseProgress:
-    """One phase's counter: `advance(n)` as work finishes; `total` may be set once it is known (train steps)."""
+class PhaseCounter:
+    """One phase's counter (an `onpolicy.interfaces.PhaseProgress`): `advance(n)` as work finishes; `total` may
+    be set once it is known (train steps)."""
 
-    def __init__(self, report: Callable[[PhaseProgress], None], total: int | None, unit: str) -> None:
+    def __init__(self, report: Callable[[PhaseCounter], None], total: int | None, unit: str) -> None:
         self.total = total
         self.unit = unit
         self.done = 0
@@ -67,13 +71,13 @@ class Progress:
         self.stream = stream
 
     @contextlib.contextmanager
-    def phase(self, round_number: int, name: str, total: int | None = None, unit: str = "") -> Iterator[PhaseProgress]:
+    def phase(self, round_number: int, name: str, total: int | None = None, unit: str = "") -> Iterator[PhaseCounter]:
         """Report the work of phase `name` of round `round_number` while the block runs."""
         self.status.write_status(round_number, name)
         bar = _Bar(self.stream, f"round {round_number} {name}") if self.interactive else None
         last_status = last_line = time.monotonic()
 
-        def report(progress: PhaseProgress) -> None:
+        def report(progress: PhaseCounter) -> None:
             nonlocal last_status, last_line
             now = time.monotonic()
             finished = progress.total is not None and progress.done >= progress.total
@@ -90,7 +94,7 @@ class Progress:
                 self.echo(f"  round {round_number} {name}: {progress.describe()}")
 
         try:
-            yield PhaseProgress(report, total, unit)
+            yield PhaseCounter(report, total, unit)
         finally:
             if bar is not None:
                 bar.close()
@@ -112,7 +116,7 @@ class _Bar:
         self._task = self._bar.add_task(description, total=None, unit="", rate="")
         self._bar.start()
 
-    def show(self, progress: PhaseProgress) -> None:
+    def show(self, progress: PhaseCounter) -> None:
         self._bar.update(
             self._task, completed=progress.done, total=progress.total, unit=progress.unit,
             rate=f"{progress.rate():.3g}/s",

@@ -18,18 +18,27 @@ from typing import Any, Literal
 
 import yaml
 
-from onpolicy.config import Config, redaction
+from onpolicy.config import CheckpointConfig, Config, redaction
 from onpolicy.errors import OnpolicyError
 from onpolicy.run.lock import RunLock
 from onpolicy.run.model_folders import is_whole_model_folder
 from onpolicy.run.rundir import RunDirectory
-from onpolicy.train.lora import ADAPTER_FOLDER
-from onpolicy.train.reference import reference_kind, reference_round
 
 StartMode = Literal["auto", "resume", "fresh"]
 # what a resume may change: how long the run is, what it keeps and logs, and how its training is spread over
 # processes (an HF checkpoint loads into DDP or FSDP2 alike), none of which changes what a round computes
 CHANGEABLE_ON_RESUME = ("rounds", "checkpoint", "wandb", "train.sharding", "train.process_timeout_s")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointLayout:
+    """What a run's round checkpoints hold beside the policy's HF model folder, and which round each round's
+    reference comes from: the policy's storage and its reference kind say (`onpolicy.components` asks them), so
+    that a resume knows, before anything loads, which checkpoints are whole and which to keep."""
+
+    reference_round: Callable[[int], int]  # the round whose starting policy is round n's reference
+    adapters: tuple[str, ...] = ()  # PEFT adapter subfolders the policy continues from (LoRA: adapter/)
+    reference_folder: str | None = None  # where a checkpoint holds a reference no other folder holds (a mix)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +49,7 @@ class Start:
     reference_from: int  # the reference is the policy after this round (0: the initial model)
     wandb_run_id: str | None
     lock: RunLock  # held for the job's life: release it when the job ends
+    layout: CheckpointLayout
     notes: tuple[str, ...] = ()
 
     @property
@@ -47,10 +57,11 @@ class Start:
         return self.last_complete >= 0
 
 
-def open_run(config: Config, path: pathlib.Path, mode: StartMode = "auto") -> Start:
-    """A fresh run directory, or the run already in `path` ready to continue (`auto` decides by whether
-    `path` holds a run; `resume` insists on one; `fresh` moves an existing run aside and starts anew). The
-    directory is locked for this job (`Start.lock`); a job already running there is refused."""
+def open_run(config: Config, path: pathlib.Path, layout: CheckpointLayout, mode: StartMode = "auto") -> Start:
+    """A fresh run directory, or the run already in `path` ready to continue from the checkpoints `layout`
+    describes (`auto` decides by whether `path` holds a run; `resume` insists on one; `fresh` moves an existing
+    run aside and starts anew). The directory is locked for this job (`Start.lock`); a job already running there
+    is refused."""
     if mode == "resume" and not RunDirectory.holds_run(path):
         raise OnpolicyError(f"--resume: {path} holds no run to resume")
     notes: list[str] = []
@@ -61,16 +72,18 @@ def open_run(config: Config, path: pathlib.Path, mode: StartMode = "auto") -> St
         notes.append(f"the run that was in {path} is now in {aside}")
     lock = RunLock.take(path)
     try:
-        return _open_locked(config, RunDirectory(path, config.secrets()), lock, notes)
+        return _open_locked(config, RunDirectory(path, config.secrets()), layout, lock, notes)
     except BaseException:
         lock.release()
         raise
 
 
-def _open_locked(config: Config, run: RunDirectory, lock: RunLock, notes: list[str]) -> Start:
+def _open_locked(
+    config: Config, run: RunDirectory, layout: CheckpointLayout, lock: RunLock, notes: list[str]
+) -> Start:
     if not RunDirectory.holds_run(run.path):
         RunDirectory.create(run.path, config.to_yaml())
-        return Start(run, -1, None, 0, None, lock, tuple(notes))
+        return Start(run, -1, None, 0, None, lock, layout, tuple(notes))
     last = run.last_complete_round()  # before anything changes: a damaged rounds.jsonl stops here
     differences = _saved_differences(run, config)
     if last < 0 and _changed_settings(differences):
@@ -88,7 +101,7 @@ def _open_locked(config: Config, run: RunDirectory, lock: RunLock, notes: list[s
             "just after a checkpoint, or a rounds.jsonl shortened by an edit or a bad copy): they are set aside in "
             f"{leftovers.set_aside}, nothing deleted; continuing after round {max(last, 0)}"
         )
-    resumable = _last_resumable_round(run, config, last)
+    resumable = _last_resumable_round(run, layout, last)
     if resumable < last:
         kept = run.set_aside_rounds_after(resumable)
         notes.append(
@@ -97,7 +110,7 @@ def _open_locked(config: Config, run: RunDirectory, lock: RunLock, notes: list[s
             f"{kept}"
         )
         last = resumable
-    reference_from = reference_round(last + 1, config.ref) - 1 if last >= 0 else 0
+    reference_from = layout.reference_round(last + 1) - 1 if last >= 0 else 0
     state = run.read_state()
     run.write_text("config.yaml", config.to_yaml())  # `rounds` and the other changeable keys may have changed
     return Start(
@@ -107,32 +120,31 @@ def _open_locked(config: Config, run: RunDirectory, lock: RunLock, notes: list[s
         reference_from=reference_from,
         wandb_run_id=state.get("wandb_run_id"),
         lock=lock,
+        layout=layout,
         notes=tuple(notes),
     )
 
 
-def _last_resumable_round(run: RunDirectory, config: Config, last: int) -> int:
+def _last_resumable_round(run: RunDirectory, layout: CheckpointLayout, last: int) -> int:
     """The newest complete round (at most `last`) whose checkpoint and next reference are whole: the round a
     job continues after. 0 (or -1 when nothing is complete) needs no checkpoint."""
-    saved_reference = reference_kind(config.ref).checkpoint_folder  # a reference no other folder holds
-    adapter = ADAPTER_FOLDER if config.train.lora is not None else None  # LoRA continues its adapter
+    saved_reference = layout.reference_folder
     for candidate in range(last, 0, -1):
-        reference_from = reference_round(candidate + 1, config.ref) - 1
+        reference_from = layout.reference_round(candidate + 1) - 1
         reference_folder = None if saved_reference is None else run.checkpoint(candidate) / saved_reference
         if (
-            run.checkpoint_is_whole(candidate, adapter)
-            and (reference_from < 1 or run.checkpoint_is_whole(reference_from, adapter))
+            run.checkpoint_is_whole(candidate, layout.adapters)
+            and (reference_from < 1 or run.checkpoint_is_whole(reference_from, layout.adapters))
             and (reference_folder is None or is_whole_model_folder(reference_folder, tokenizer=False))
         ):
             return candidate
     return min(last, 0)
 
 
-def retention(newest: int, config: Config) -> Callable[[int], bool]:
-    """Which round checkpoints to keep once round `newest` is complete: the newest `keep_last`, every
-    `every`-th, and the one the next round's reference comes from."""
-    keep = config.checkpoint
-    reference_from = reference_round(newest + 1, config.ref) - 1
+def retention(newest: int, keep: CheckpointConfig, layout: CheckpointLayout) -> Callable[[int], bool]:
+    """Which round checkpoints to keep once round `newest` is complete: the newest `keep.keep_last`, every
+    `keep.every`-th, and the one the next round's reference comes from."""
+    reference_from = layout.reference_round(newest + 1) - 1
 
     def kept(round_number: int) -> bool:
         return (

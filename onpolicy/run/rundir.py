@@ -267,11 +267,11 @@ class RunDirectory:
     def checkpoint(self, round_number: int) -> pathlib.Path:
         return self.path / "checkpoints" / f"round-{round_number:04d}"
 
-    def checkpoint_is_whole(self, round_number: int, adapter: str | None = None) -> bool:
+    def checkpoint_is_whole(self, round_number: int, adapters: Sequence[str] = ()) -> bool:
         """Whether round `round_number`'s checkpoint holds everything a resume loads (config, every weight
-        file, the tokenizer; with `adapter`, the LoRA adapter in that subfolder), each readable to its end
+        file, the tokenizer; a PEFT adapter in each subfolder `adapters` names), each readable to its end
         (what a power cut before its files reached the disk breaks)."""
-        return is_whole_model_folder(self.checkpoint(round_number), adapter=adapter)
+        return is_whole_model_folder(self.checkpoint(round_number), adapters=adapters)
 
     def save_checkpoint(self, round_number: int, save: Callable[[pathlib.Path], None]) -> pathlib.Path:
         return self.save_model(str(self.checkpoint(round_number).relative_to(self.path)), save)

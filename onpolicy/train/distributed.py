@@ -22,34 +22,21 @@ import datetime
 import os
 import pathlib
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from onpolicy.errors import ConfigError, OnpolicyError
-from onpolicy.run.progress import PhaseProgress
+from onpolicy.interfaces import PhaseProgress
+from onpolicy.run.launch import LAUNCHED_PROCESSES, launched_processes
 from onpolicy.types import Pair, SampleGroup, UpdateResult
 
 if TYPE_CHECKING:
     from onpolicy.config import TrainConfig
+    from onpolicy.interfaces import Generator
+    from onpolicy.train.policy_storage import PolicyStorage
     from onpolicy.train.update import DPOUpdater
-
-LAUNCHED_PROCESSES = "WORLD_SIZE"  # what torchrun and accelerate launch set in every process they start
-# What the launchers set to make a process one of theirs: a process the job starts (a vLLM server) drops them, or
-# its engine would try to join the training processes' group.
-LAUNCHER_VARIABLES = (
-    "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK",
-    "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_NAME", "ROLE_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
-    "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS", "TORCHELASTIC_USE_AGENT_STORE",
-    "TORCHELASTIC_ERROR_FILE", "TORCH_NCCL_ASYNC_ERROR_HANDLING", "ACCELERATE_DYNAMO_BACKEND",
-)  # fmt: skip
-
-
-def launched_processes() -> int:
-    """How many processes the launcher started for this job (1 without a launcher)."""
-    return int(os.environ.get(LAUNCHED_PROCESSES, "1"))
-
 
 def check_generation_backend(backend: str, processes: int) -> None:
     """Refuse the in-process engine beside several training processes: vLLM joins a torch.distributed group it
@@ -67,21 +54,29 @@ class TrainerStart:
     """What every training process needs to build the same policy, reference and updater: decided by the main
     process (which alone reads the run directory and resolves the model) and sent to the others."""
 
-    model_path: str  # what the updater loads (with LoRA: the base model)
+    initial_path: str  # the initial policy's model folder
+    checkpoint: str | None  # the round checkpoint a resumed run continues (None: the initial policy)
     tokenizer_path: str
-    adapter_path: str | None  # LoRA: the adapter a resumed run continues
+    storage: PolicyStorage  # how every process holds the policy
     reference: tuple[str, int] | None  # resume: restore the reference from (folder, round it was saved after)
     engine_dtype: torch.dtype | None
-    initial_path: str | None = None  # the initial policy, where model_path is a resumed run's checkpoint
 
 
 class Team:
     """The job's training processes over torch.distributed: the group the trainer uses (gloo on CPUs, NCCL on
-    GPUs), and a gloo group for the main process's commands, which carries Python objects on any device."""
+    GPUs), and a gloo group for the main process's commands, which carries Python objects on any device. Meets
+    `onpolicy.interfaces.TrainingTeam`: a process other than the main one builds its updater with
+    `build_updater(start, team)`."""
 
-    def __init__(self, timeout_s: int, sharded: bool = False) -> None:
+    def __init__(
+        self,
+        timeout_s: int,
+        sharded: bool = False,
+        build_updater: Callable[[TrainerStart, Team], DPOUpdater] | None = None,
+    ) -> None:
         import torch.distributed as dist
 
+        self._build_updater = build_updater
         self.sharded = sharded  # the policy is sharded over the processes: reading it whole takes all of them
         timeout = datetime.timedelta(seconds=timeout_s)
         if not dist.is_initialized():
@@ -114,6 +109,15 @@ class Team:
             return bool(flag.item())
 
         return agreed
+
+    def follow_main(self, stop_asked: Callable[[], bool]) -> None:
+        """On a process other than the main one: train as the main process says until it dismisses the team."""
+        assert self._build_updater is not None, "a team that follows the main process is given build_updater"
+        build = self._build_updater
+        follow_main(self, lambda start: build(start, self), stop_asked)
+
+    def lost_process(self, error: BaseException) -> LostProcess | None:
+        return lost_process(error)
 
     def dismiss(self) -> None:
         """From the main process: tell the others the job is over (once; they then leave `follow_main`)."""
@@ -153,9 +157,12 @@ def lost_process(error: BaseException) -> LostProcess | None:
     )
 
 
-def join(train: TrainConfig) -> Team | None:
+def join(
+    train: TrainConfig, build_updater: Callable[[TrainerStart, Team], DPOUpdater] | None = None
+) -> Team | None:
     """This process's team when the job was launched as several processes, or sharded by a launcher (even as one
-    process: `train.sharding`, or an FSDP2 accelerate launch), else None."""
+    process: `train.sharding`, or an FSDP2 accelerate launch), else None; `build_updater`: how a process other
+    than the main one builds its updater."""
     from onpolicy.train import sharding as shards
 
     processes = launched_processes()
@@ -171,7 +178,7 @@ def join(train: TrainConfig) -> Team | None:
     elif processes == 1:
         return None
     check_batch_size(train.batch_size, processes)
-    return Team(train.process_timeout_s, sharded)
+    return Team(train.process_timeout_s, sharded, build_updater)
 
 
 def check_batch_size(batch_size: int, processes: int) -> None:
@@ -208,9 +215,9 @@ class MirroredUpdater:
         self.team.broadcast(("train", (rows, round_number)))
         return self.updater.train(rows, round_number, self.team.anyone(should_stop), progress)
 
-    def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        self._with_the_others("named_weights")
-        return self.updater.named_weights()
+    def send_policy(self, generator: Generator, version: str) -> None:
+        self._with_the_others("named_weights")  # a sharded policy is gathered by all: the others drain theirs
+        self.updater.send_policy(generator, version)
 
     def save(self, folder: pathlib.Path) -> None:
         self._with_the_others("save", folder)
@@ -229,9 +236,6 @@ class MirroredUpdater:
         (with DDP the main process's copy is whole, and the others have nothing to do)."""
         if self.team.sharded:
             self.team.broadcast((step, args))
-
-    def save_adapter(self, folder: pathlib.Path) -> None:
-        self.updater.save_adapter(folder)
 
     def close(self) -> None:
         self.team.dismiss()

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from onpolicy.train.policy_weights import Snapshot
+from onpolicy.train.snapshots import Snapshot
 from onpolicy.train.trl_compat import selective_log_softmax
 from onpolicy.types import SampleGroup
 

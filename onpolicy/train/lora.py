@@ -14,8 +14,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import difflib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -27,20 +25,11 @@ ADAPTER = "default"  # PEFT's name of the trained adapter
 ADAPTER_FOLDER = "adapter"  # in a checkpoint: the adapter alone, for resuming
 
 
-def check_lora_fields(settings: Mapping[str, Any]) -> None:
-    """Raise ValueError for a `train.lora` key PEFT's LoraConfig lacks or onpolicy sets itself."""
+def rank(settings: Mapping[str, Any]) -> int:
+    """The adapter's rank as PEFT reads `settings` (`train.lora`; PEFT's own default where `r` is not given)."""
     from peft import LoraConfig
 
-    known = {f.name for f in dataclasses.fields(LoraConfig)}
-    for key in settings:
-        if key == "task_type":
-            raise ValueError("train.lora.task_type is set by onpolicy (CAUSAL_LM)")
-        if key not in known:
-            near = difflib.get_close_matches(key, sorted(known), n=1)
-            raise ValueError(
-                f"train.lora.{key}: peft.LoraConfig has no field '{key}'"
-                + (f"; did you mean '{near[0]}'?" if near else "")
-            )
+    return int(LoraConfig(task_type="CAUSAL_LM", **settings).r)
 
 
 def add_adapter(model: torch.nn.Module, settings: Mapping[str, Any], seed: int) -> Any:

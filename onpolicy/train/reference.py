@@ -16,7 +16,8 @@ None of them costs training time:
   update, per round rather than per step). No other folder holds a mix, so each round's checkpoint keeps it in
   `reference/` for a resumed run.
 
-How each kind is held (a full copy, an adapter state, the base model) is `onpolicy.train.policy_weights`'s business.
+How each kind is held (a full copy, an adapter state, the base model, shards) is `onpolicy.train.snapshots`'s
+business, and which of those a policy takes its storage kind's (`onpolicy.train.policy_storage`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Protocol
 
 from onpolicy.config import RefConfig
 from onpolicy.run.rundir import REFERENCE_FOLDER, RunDirectory
-from onpolicy.train.policy_weights import FullState, PolicyWeights, Snapshot, TrainerReference
+from onpolicy.train.policy_weights import PolicyWeights
+from onpolicy.train.snapshots import FullState, Snapshot, TrainerReference
 
 
 def reference_round(round_number: int, ref: RefConfig) -> int:

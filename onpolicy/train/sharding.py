@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from onpolicy.config.sections import LORA_REFUSAL
 from onpolicy.errors import ConfigError
 
 # What `accelerate launch --config_file configs/accelerate/fsdp2.yaml` sets in every process, and what
@@ -68,14 +69,6 @@ def fsdp_variables(environment: MutableMapping[str, str]) -> None:
     accelerate config's own values stay."""
     for name, value in FSDP2_VARIABLES.items():
         environment.setdefault(name, value)
-
-
-LORA_REFUSAL = (
-    "train.lora with FSDP2 sharding is not supported: the adapter LoRA trains is a few megabytes, which "
-    "data-parallel training holds on every process at no cost (sharding would save the frozen base only, and "
-    "PEFT's reference adapters would need sharding too); train LoRA with configs/accelerate/ddp.yaml, or fully "
-    "fine-tune with sharding"
-)
 
 
 def check_shardable(lora: bool) -> None:

@@ -1,9 +1,9 @@
 """Everything onpolicy relies on in TRL beyond its public arguments, in one module, for the TRL versions that
 `pyproject.toml` admits (and the tests run against):
 
-- `dpo_config`: TRL's `DPOConfig` built from onpolicy's `train.*` through one field table, which also names the
-  fields onpolicy owns (a `train.extra` key may not set them), with beta and the learning rate of the round
-  (`for_round`, from their schedules); `dpo_loss_types` reads the loss types from TRL.
+- `dpo_config`: TRL's `DPOConfig` built from onpolicy's `train.*` through one field table
+  (`onpolicy.config.library_fields`, which also checks the config against TRL's fields), with beta and the
+  learning rate of the round (`for_round`, from their schedules).
 - `make_trainer`: a `DPOTrainer` subclass for rows that arrive tokenized and may carry the engine's reference
   log-probs (TRL's reference pass runs only where they are missing, plus a few checked rows), with an optional
   length-grouped sampler and a collator that counts padding.
@@ -23,13 +23,9 @@ version lacks it, onpolicy stops with an `OnpolicyError` naming the versions it 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import difflib
-import functools
 import importlib
 import math
 import random
-import re
 import tempfile
 import time
 import uuid
@@ -38,8 +34,9 @@ from typing import Any
 
 import torch
 
+from onpolicy.config.library_fields import DPO_FIELDS_FROM_TRAIN
 from onpolicy.errors import OnpolicyError
-from onpolicy.run.progress import PhaseProgress
+from onpolicy.interfaces import PhaseProgress
 from onpolicy.train import sharding
 
 # The versions every replaced or overridden attribute below was checked against: pyproject.toml pins these lines
@@ -64,40 +61,6 @@ _TRL_METRICS = {
 }
 
 
-# DPOConfig field <- the train.* key that sets it. The same table builds the config and tells a `train.extra` key
-# that it may not set the field.
-_FROM_TRAIN = {
-    "beta": "beta",
-    "loss_type": "loss_type",
-    "loss_weights": "loss_weights",
-    "learning_rate": "learning_rate",
-    "num_train_epochs": "num_epochs",
-    "gradient_accumulation_steps": "gradient_accumulation_steps",
-    "max_length": "max_length",
-    "max_grad_norm": "max_grad_norm",
-    "lr_scheduler_type": "lr_scheduler_type",
-    "warmup_steps": "warmup_steps",
-    "bf16": "bf16",
-}
-# DPOConfig fields onpolicy sets from elsewhere (what sets them instead), or must own because the loop depends on
-# them (why): every field `dpo_config` passes itself is here, so `train.extra` cannot pass it a second time.
-_SET_BY_ONPOLICY = {
-    "gradient_checkpointing": "train.gradient_checkpointing",
-    "train_sampling_strategy": "train.group_by_length",
-    "seed": "seed",
-    "output_dir": "--run-dir",
-    "report_to": "wandb.mode",
-    "precompute_ref_log_probs": "ref.refresh",
-    "save_strategy": "checkpoint.every",
-    "per_device_train_batch_size": "train.batch_size",
-    "ddp_backend": "the launcher (torchrun / accelerate launch)",
-    "ddp_timeout": "train.process_timeout_s",
-    "logging_steps": "every step is logged, and averaged per round (rounds.jsonl, W&B)",
-    "disable_tqdm": "the job's own progress display",
-    "use_cpu": "CUDA_VISIBLE_DEVICES (empty: train on the CPU)",
-    "accelerator_config": "train.sharding (a sharded job's trainers use the accelerate state it set up)",
-}
-OWNED_FIELDS = {**{field: f"train.{key}" for field, key in _FROM_TRAIN.items()}, **_SET_BY_ONPOLICY}
 
 
 def dpo_config(
@@ -119,7 +82,7 @@ def dpo_config(
     cuda = torch.cuda.is_available()
     # every weight of a causal LM takes part in its loss: DDP's search for unused ones would only cost time
     defaults = {"ddp_find_unused_parameters": False}
-    settings = {field: getattr(train, key) for field, key in _FROM_TRAIN.items()}
+    settings = {field: getattr(train, key) for field, key in DPO_FIELDS_FROM_TRAIN.items()}
     settings["beta"] = for_round(train.beta, train.beta_by_round, round_number)
     settings["learning_rate"] = for_round(train.learning_rate, train.learning_rate_by_round, round_number)
     return DPOConfig(
@@ -146,44 +109,6 @@ def for_round(value: float, schedule: Mapping[int, float] | None, round_number: 
     schedule's entry for the latest round at or before it, else `value`."""
     started = [n for n in schedule or {} if n <= round_number]
     return schedule[max(started)] if started else value
-
-
-@functools.cache
-def dpo_loss_types() -> tuple[str, ...]:
-    """The loss types the installed TRL's `DPOTrainer` knows, read from `DPOConfig.loss_type`'s own help text."""
-    from trl.trainer.dpo_config import DPOConfig
-
-    field = next(f for f in dataclasses.fields(DPOConfig) if f.name == "loss_type")
-    return tuple(re.findall(r"`'(\w+)'`", field.metadata["help"]))
-
-
-def check_dpo_config_fields(loss_types: Sequence[str], extra: Mapping[str, Any]) -> None:
-    """Raise ValueError for an unknown loss type, or an `extra` key DPOConfig lacks or onpolicy owns."""
-    known_losses = dpo_loss_types()
-    for loss in loss_types:
-        if loss not in known_losses:
-            near = difflib.get_close_matches(loss, known_losses, n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else f" (one of: {', '.join(known_losses)})"
-            raise ValueError(f"train.loss_type: unknown DPO loss type '{loss}'{hint}")
-    if not extra:
-        return
-    from trl.trainer.dpo_config import DPOConfig
-
-    known = {f.name for f in dataclasses.fields(DPOConfig)}
-    for key in extra:
-        if key == "push_to_hub" or key.startswith("hub_"):
-            raise ValueError(
-                f"train.extra.{key}: a job never publishes weights (its checkpoints and final/ are HF folders on "
-                "local storage); upload the one you choose yourself, e.g. `hf upload REPO RUN_DIR/final`"
-            )
-        if key in OWNED_FIELDS:
-            raise ValueError(f"train.extra.{key} is set by onpolicy; it follows {OWNED_FIELDS[key]}")
-        if key not in known:
-            near = difflib.get_close_matches(key, sorted(known), n=1)
-            raise ValueError(
-                f"train.extra.{key}: trl.DPOConfig has no field '{key}'"
-                + (f"; did you mean '{near[0]}'?" if near else "")
-            )
 
 
 def check_dpo_config_values(train: Any) -> None:

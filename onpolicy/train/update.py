@@ -21,10 +21,11 @@ from typing import Any
 import torch
 
 from onpolicy.config import RefConfig, TrainConfig
+from onpolicy.devices import choose_gradient_checkpointing
 from onpolicy.errors import OnpolicyError
-from onpolicy.run.progress import PhaseProgress
-from onpolicy.train import kl, lora, sharding, trl_compat
-from onpolicy.train.devices import choose_gradient_checkpointing
+from onpolicy.interfaces import Generator, PhaseProgress
+from onpolicy.train import kl, trl_compat
+from onpolicy.train.policy_storage import PolicyStorage, policy_storage
 from onpolicy.train.policy_weights import PolicyWeights
 from onpolicy.train.reference import build_reference
 from onpolicy.train.training_rows import RowBuilder, TrainingRows, use_engine_logps
@@ -36,44 +37,35 @@ class DPOUpdater:
 
     def __init__(
         self,
-        model_path: str,
+        initial_path: str,
         tokenizer: Any,
         train: TrainConfig,
         ref: RefConfig,
         seed: int = 0,
         dtype: str = "float32",
         engine_dtype: torch.dtype | None = None,
-        adapter_path: str | pathlib.Path | None = None,
+        checkpoint: str | pathlib.Path | None = None,
         processes: int = 1,
-        initial_path: str | None = None,
         kl: bool = False,
-        sharded: bool = False,
+        storage: PolicyStorage | None = None,
     ) -> None:
-        """`model_path`: the policy (with `train.lora`: its base model, the initial policy); `adapter_path`: with
-        `train.lora`, a saved adapter to continue training (a resumed run's checkpoint's adapter/); `processes`:
-        how many data-parallel training processes run this update together (`onpolicy.train.distributed`);
-        `initial_path`: the initial policy, when `model_path` is a resumed run's checkpoint; `kl`: keep what
-        `kl_from_samples` compares with; `engine_dtype`: what the engine that samples computes in (None: no
-        engine log-probs); `sharded`: shard the policy over the `processes` (FSDP2, `onpolicy.train.sharding`),
-        after which every method is collective: each process calls it."""
-        from transformers import AutoModelForCausalLM
-
+        """`initial_path`: the initial policy's model folder; `checkpoint`: the round checkpoint a resumed run
+        continues (None: train the initial policy); `storage`: how the policy is held (`onpolicy.train.policy_storage`;
+        by default the kind `train` asks for in one process), which loads it; `processes`: how many data-parallel
+        training processes run this update together (`onpolicy.train.distributed`), all of them together where the
+        storage is sharded, after which every method is collective: each process calls it; `kl`: keep what
+        `kl_from_samples` compares with; `engine_dtype`: what the engine that samples computes in (None: no engine
+        log-probs)."""
         self.train_config = train
         self.tokenizer = tokenizer
         # TRL wants an output folder; with save_strategy="no" it stays empty, so keep it out of the run directory.
         self._output_dir = tempfile.TemporaryDirectory(prefix="onpolicy-trainer-")
         self.seed = seed
         self.processes = processes
-        self.policy = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
-        if train.lora is not None:
-            self.policy = (
-                lora.load_adapter(self.policy, str(adapter_path))
-                if adapter_path is not None
-                else lora.add_adapter(self.policy, train.lora, seed)
-            )
-        if sharded:
-            self.policy = sharding.shard(self.policy, "bf16" if train.bf16 else "no")
-        self.weights = PolicyWeights(self.policy, train.lora is not None, initial_path or model_path)
+        self.storage = storage if storage is not None else policy_storage(train)
+        checkpoint = None if checkpoint is None else str(checkpoint)
+        self.policy = self.storage.load(initial_path, checkpoint, getattr(torch, dtype), seed)
+        self.weights = PolicyWeights(self.policy, self.storage, initial_path)
         self.reference = build_reference(ref, self.weights, keep_copy=kl)
         # The engine's log-probs are the reference's only when the reference is the policy that sampled.
         self.engine_logps = (
@@ -118,7 +110,7 @@ class DPOUpdater:
             return UpdateResult(skipped=True, metrics=metrics)
         cfg = self.train_config
         reference = self.reference.for_trainer()
-        with trl_compat.adjusted_trl(self.weights.sharded):
+        with trl_compat.adjusted_trl(self.storage.sharded):
             started = time.perf_counter()
             trainer = trl_compat.make_trainer(
                 data.dataset,
@@ -137,7 +129,7 @@ class DPOUpdater:
                     self.gradient_checkpointing,
                     self.processes,
                     round_number,
-                    self.weights.sharded,
+                    self.storage.sharded,
                 ),  # fmt: skip
                 processing_class=self.tokenizer,
             )
@@ -154,7 +146,7 @@ class DPOUpdater:
                 metrics["perf/train_setup_s"] = setup_s - metrics["perf/ref_logps_s"]
                 metrics["perf/train_steps_s"] = steps_s
                 metrics["perf/train_tokens_per_s"] = data.tokens * epochs / steps_s if steps_s > 0 else 0.0
-                check_finite(round_number, metrics, self.policy)
+                check_finite(round_number, metrics, self.storage.non_finite(self.policy))
             finally:
                 trl_compat.release(trainer, (self.policy, reference.model))
                 self.weights.after_training()
@@ -175,12 +167,13 @@ class DPOUpdater:
         return kl.kl_from_samples(self.policy, pad, groups, {"initial": initial, "reference": self.reference.last()})
 
     def named_weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """The policy's weights under their HF names, for the engine (with LoRA: merged)."""
+        """The policy's weights under their HF names (with LoRA: merged)."""
         return self.weights.named()
 
-    def save_adapter(self, folder: pathlib.Path) -> None:
-        """The LoRA adapter alone, as PEFT saves it (what `generation.lora_sync: adapter` sends the engine)."""
-        self.policy.save_pretrained(folder)
+    def send_policy(self, generator: Generator, version: str) -> None:
+        """The policy into `generator` as weight version `version`, as its storage sends it (its weights, merged
+        with LoRA, or the LoRA adapter alone)."""
+        self.storage.send(self.policy, generator, version)
 
     def save(self, folder: pathlib.Path) -> None:
         """The policy as an ordinary HF folder (config, safetensors, tokenizer with its chat template); with LoRA
@@ -199,18 +192,11 @@ class Diverged(OnpolicyError):
     """An update left a non-finite training metric or non-finite weights."""
 
 
-def check_finite(round_number: int, metrics: Mapping[str, float], policy: torch.nn.Module) -> None:
-    """Stop the job when round `round_number`'s update diverged: a training metric or a trained weight that is
-    NaN or infinite. Raised before the weights reach the engine or a checkpoint, so the last complete round
-    stays the last good one."""
+def check_finite(round_number: int, metrics: Mapping[str, float], bad_weights: Sequence[str]) -> None:
+    """Stop the job when round `round_number`'s update diverged: a training metric that is NaN or infinite, or
+    trained weights that are (`bad_weights`, as the policy's storage finds them). Raised before the weights reach
+    the engine or a checkpoint, so the last complete round stays the last good one."""
     bad_metrics = [f"{key} = {value}" for key, value in metrics.items() if not math.isfinite(value)]
-    bad_weights = [
-        f"{int((~torch.isfinite(shard)).sum())} of {shard.numel()} in {name}"
-        for name, weight in sharding.parameters(policy)
-        if weight.requires_grad and not bool(torch.isfinite(shard := sharding.local(weight)).all())
-    ]
-    if sharding.is_sharded(policy) and sharding.any_process(bool(bad_weights)) and not bad_weights:
-        bad_weights = ["in another training process's shard"]  # every process stops, not only the one that saw it
     if not bad_metrics and not bad_weights:
         return
     found = "; ".join(

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
-from onpolicy.train.reference import reference_kind
+if TYPE_CHECKING:
+    from onpolicy.config import RefConfig, TrainConfig
 
 # CPU flags under which vLLM's CPU build computes bf16 natively (oneDNN kernels); without them it emulates bf16.
 NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -56,11 +57,10 @@ def choose_engine_dtype(
     return train_dtype if engine_is_reference else "bfloat16"
 
 
-def engine_may_be_reference(ref: Any, train: Any) -> bool:
+def engine_may_be_reference(ref: RefConfig, train: TrainConfig) -> bool:
     """Whether an engine computing in the trainer's dtype would stand in for the reference model: the reference
-    is each round's sampling policy, `ref.logps` lets the engine's log-probs in, no autocast shifts the trainer's.
-    (`ref`, `train`: the config's RefConfig and TrainConfig.)"""
-    return reference_kind(ref).sampling_policy and ref.logps != "trainer" and not train.bf16
+    is each round's sampling policy, `ref.logps` lets the engine's log-probs in, no autocast shifts the trainer's."""
+    return ref.is_round_start_policy and ref.logps != "trainer" and not train.bf16
 
 
 def engine_dtype(requested: str, engine_is_reference: bool = True, train_dtype: str = "float32") -> str:
