@@ -128,7 +128,7 @@ def _engine_rows(model: pathlib.Path, prompts: Sequence[dict[str, Any]], logs: p
     a vLLM pooling server started as a job starts one (requests of 32, 4 in flight); all float32 on the CPU."""
     import socket
 
-    from onpolicy.generation.serving import reward_server_starter
+    from onpolicy.components import reward_server_starter
     from onpolicy.scoring import SCORING_CHUNK_GROUPS
     from reward import build_reward, score_groups
     from reward.servers import ModelServers

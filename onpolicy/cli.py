@@ -247,8 +247,9 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     from torch.distributed.run import parse_args, run
 
     from onpolicy.config import load_config
+    from onpolicy.generation.backends import generation_backend
     from onpolicy.run.launch import launched_processes
-    from onpolicy.train.distributed import check_batch_size, check_generation_backend
+    from onpolicy.train.distributed import check_batch_size
 
     processes = args.processes
     if processes < 1:
@@ -256,7 +257,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     if launched_processes() > 1:
         raise OnpolicyError("--processes: this command already runs under a launcher (torchrun, accelerate launch)")
     config = load_config(args.config, args.overrides)
-    check_generation_backend(config.generation.backend, processes)
+    generation_backend(config.generation).check(processes)
     check_batch_size(config.train.batch_size, processes)
     rest = [a for i, a in enumerate(argv) if a != "--processes" and not (i and argv[i - 1] == "--processes")]
     rest = [a for a in rest if not a.startswith("--processes=")]

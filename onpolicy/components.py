@@ -3,12 +3,13 @@
 Two steps, because a user's mistakes must surface before minutes of model loading:
 
 1. `check_inputs`: what the user gave (prompts, rewards, the corrector, the evaluation) is loaded and checked,
-   no model touched;
-2. `build_components`: the engine, the policy and its updater, and the W&B logger start, continuing from where
-   the run directory says (`resume.Start`).
+   and the generation backend is chosen and checked, no model touched;
+2. `build_components`: the generation backend, the policy (held as its storage kind says) and its updater, and
+   the W&B logger start, continuing from where the run directory says (`resume.Start`).
 
-This is the only module that names concrete backends; the loop sees the roles of `onpolicy.interfaces`. The
-judge that uses the policy engine gets it here, explicitly, through the `PolicyEngine` handed to the reward.
+This is the only module that chooses concrete kinds (the generation backend, the policy's storage, the reference
+through the updater) and asks them what they can do; the loop sees the roles of `onpolicy.interfaces`. The judge
+that uses the policy engine gets it here, explicitly, through the `PolicyEngine` handed to the reward.
 """
 
 from __future__ import annotations
@@ -16,17 +17,16 @@ from __future__ import annotations
 import dataclasses
 import functools
 import pathlib
-import secrets
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from onpolicy.config import Config, GenerationConfig, redaction
+from onpolicy.config import Config, redaction
 from onpolicy.correction import build_correction
 from onpolicy.devices import engine_dtype, engine_may_be_reference
 from onpolicy.errors import ConfigError
 from onpolicy.evaluation import build_evaluator, load_eval_prompts
+from onpolicy.generation.backends import GenerationBackend, generation_backend
 from onpolicy.interfaces import Correction, Evaluation, Generator, Reward, RoundLogger, Updater
 from onpolicy.prompts import load_prompts
 from onpolicy.reward_terms import build_reward_from_terms, check_reward_terms, term_needs
@@ -39,7 +39,6 @@ from onpolicy.train.distributed import (
     MirroredUpdater,
     Team,
     TrainerStart,
-    check_generation_backend,
     join,
 )
 from onpolicy.train.policy_storage import PolicyStorage, policy_storage
@@ -48,7 +47,7 @@ from onpolicy.train.trl_compat import check_dpo_config_values
 from onpolicy.types import PromptRecord
 from reward import WeightedSum
 from reward.judge import PolicyEngine
-from reward.servers import ModelServers
+from reward.servers import ModelServers, Server, ServerRequest, StartServer
 
 if TYPE_CHECKING:
     from onpolicy.train.update import DPOUpdater
@@ -63,6 +62,7 @@ class Inputs:
     correction: Correction | None
     evaluator: Evaluation | None
     policy_engine: PolicyEngine  # attached by `build_components` once the engine runs
+    backend: GenerationBackend  # where the policy's samples come from, started by `build_components`
     model_servers: ModelServers = dataclasses.field(default_factory=ModelServers)  # started by `build_components`
 
 
@@ -90,11 +90,6 @@ class Components:
 def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
-    check_generation_backend(config.generation.backend, launched_processes())
-    if config.generation.backend == "server" and config.generation.server.urls:
-        from onpolicy.generation.server import external_api_key
-
-        external_api_key(config.generation.server)  # a variable named but not set: before anything starts
     check_reward_terms(config.reward, "reward", prompts, config.generation)
     try:
         check_dpo_config_values(config.train)
@@ -118,7 +113,8 @@ def check_inputs(config: Config) -> Inputs:
         if config.eval.reward is not None:
             eval_reward = _eval_reward(config, reward, policy_engine, model_servers, eval_prompts)
         evaluator = build_evaluator(config.eval, eval_prompts, eval_reward)
-    _check_reward_server_ports(config.generation, model_servers)
+    backend = generation_backend(config.generation)
+    backend.check(launched_processes(), [request.port for request in model_servers.requests])
     return Inputs(
         prompts=prompts,
         reward=reward,
@@ -126,21 +122,8 @@ def check_inputs(config: Config) -> Inputs:
         evaluator=evaluator,
         policy_engine=policy_engine,
         model_servers=model_servers,
+        backend=backend,
     )
-
-
-def _check_reward_server_ports(generation: GenerationConfig, model_servers: ModelServers) -> None:
-    """Refuse a reward's server on a port the job's generation servers take."""
-    server = generation.server
-    if generation.backend != "server" or server.urls:
-        return
-    taken = range(server.port, server.port + server.launch)
-    for request in model_servers.requests:
-        if request.port in taken:
-            raise ConfigError(
-                f"a reward's vLLM server asks for port {request.port}, which a generation server takes "
-                f"(generation.server.port {server.port}, launch {server.launch}); give the reward another port"
-            )
 
 
 def _eval_reward(
@@ -186,7 +169,6 @@ def build_components(
     `team` (several training processes, this one the main), the policy on each of them."""
     from transformers import AutoTokenizer
 
-    from onpolicy.generation.engine import VLLMGenerator
     from onpolicy.run.model_store import resolve_model
 
     started = time.perf_counter()
@@ -209,16 +191,11 @@ def build_components(
     on_close: list[Callable[[], None]] = []
     try:
         if inputs.model_servers.requests:
-            from onpolicy.generation.serving import reward_server_starter
-
             inputs.model_servers.attach(reward_server_starter(start.run.path, on_close))
-        if generation.backend == "server":
-            generator = _server_generator(
-                generation, engine_start.model, tokenizer, start.run.path, on_close, engine_start.lora_rank
-            )
-        else:
-            generator = VLLMGenerator(engine_start.model, tokenizer, generation, engine_start.lora_rank)
-            inputs.policy_engine.attach(generator.llm)
+        on_close.append(inputs.backend.close)
+        generator = inputs.backend.start(
+            engine_start.model, tokenizer, generation, engine_start.lora_rank, start.run.path, inputs.policy_engine
+        )
         trainer_start = TrainerStart(
             initial_path=model_path,
             checkpoint=checkpoint,
@@ -230,7 +207,7 @@ def build_components(
         updater = _updater(config, trainer_start, tokenizer, team, start.run.path)
         if isinstance(updater, MirroredUpdater):
             on_close.insert(0, updater.close)
-        if (config.generation.backend == "server" and config.generation.server.urls) or engine_start.send_policy:
+        if inputs.backend.sends_policy_first or engine_start.send_policy:
             # servers given by URL serve whatever they were started with, and an engine sent adapters starts on the
             # base model: send the policy this run continues from
             updater.send_policy(generator, str(max(start.last_complete, 0)))
@@ -293,43 +270,22 @@ def build_updater(config: Config, start: TrainerStart, processes: int = 1, token
     return updater
 
 
-def _server_generator(
-    generation: GenerationConfig,
-    policy_path: str,
-    tokenizer: Any,
-    run_path: pathlib.Path,
-    on_close: list[Callable[[], None]],
-    lora_rank: int | None,
-) -> Generator:
-    """Generation on vLLM servers: those at generation.server.urls, or `launch` servers started here (their logs
-    in the run directory), stopped when the job ends (`on_close`)."""
-    import torch
+def reward_server_starter(log_folder: pathlib.Path, on_close: list[Callable[[], None]]) -> StartServer:
+    """How the job starts the vLLM servers its rewards ask for (`reward.servers`): each a `vllm serve` process
+    (`onpolicy.generation.serving`) on 127.0.0.1 with a key of its own on every route, its log in `log_folder`,
+    ready on return, and stopped when the job ends (`on_close`)."""
+    from onpolicy.generation.serving import ManagedServer, cli_flags
 
-    from onpolicy.generation.server import ServerGenerator, external_api_key
-    from onpolicy.generation.serving import cli_flags, engine_arguments, start_servers
+    def start(request: ServerRequest) -> Server:
+        server = ManagedServer(
+            request.model,
+            request.port,
+            log_folder / f"reward-server-{request.port}.log",
+            cli_flags(request.arguments),
+            served_model_name=request.served_name,
+        ).start()
+        on_close.append(server.stop)
+        server.wait_until_ready(request.startup_timeout_s, "the reward's startup_timeout_s")
+        return Server(server.url, server.api_key, server.check_alive)
 
-    server = generation.server
-    servers = []
-    if not server.urls:
-        # the sampled token's own log-prob is all onpolicy asks a server for
-        arguments = {**engine_arguments(generation, torch.cuda.is_available(), lora_rank), "max_logprobs": 1}
-        args = [*cli_flags(arguments), *server.extra_args]
-        api_key = secrets.token_urlsafe(32)  # the job's own, for every route of its servers
-        servers = start_servers(
-            policy_path, server.launch, server.port, run_path, args, server.startup_timeout_s, api_key
-        )
-        on_close.extend(s.stop for s in servers)
-    else:
-        api_key = external_api_key(server)
-    urls = server.urls or [s.url for s in servers]
-    sync_dir = pathlib.Path(server.sync_dir) if server.sync_dir else run_path / "weights-sync"
-    if not server.sync_dir:  # the run's own: whatever is there, a killed job left
-        shutil.rmtree(sync_dir, ignore_errors=True)
-
-    def check_alive() -> None:
-        for started in servers:
-            started.check_alive()
-
-    generator = ServerGenerator(urls, tokenizer, generation, sync_dir, check_alive, api_key)
-    on_close.append(generator.close)
-    return generator
+    return start

@@ -5,7 +5,7 @@ import gc
 
 import pytest
 
-from onpolicy.generation.serving import reward_server_starter
+from onpolicy.components import reward_server_starter
 from reward import build_reward, score_groups
 from reward.servers import ModelServers
 from tests.helpers import free_port, is_up

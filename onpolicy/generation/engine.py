@@ -25,7 +25,7 @@ import torch
 
 from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
-from onpolicy.generation.sampling import GroupSampling
+from onpolicy.generation.sampling import GroupSampling, vllm_sampling
 from onpolicy.generation.serving import ADAPTER_NAME, engine_arguments
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.run.progress import engine_bar
@@ -73,14 +73,7 @@ class VLLMGenerator(GroupSampling):
         fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=refuse_long)
         if not fitting:
             return [], too_long
-        params = SamplingParams(
-            n=num_samples,
-            temperature=self.config.temperature,
-            top_p=self.config.top_p,
-            max_tokens=max_new_tokens,
-            logprobs=0,  # the sampled token's own log-prob
-        )
-        outputs = self._run(fitting, params, progress)
+        outputs = self._run(fitting, SamplingParams(**vllm_sampling(self.config, num_samples, max_new_tokens)), progress)
         groups = [
             SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(_sample(c) for c in out.outputs))
             for (record, ids), out in zip(fitting, outputs)
@@ -94,7 +87,7 @@ class VLLMGenerator(GroupSampling):
         from vllm import SamplingParams
 
         fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
-        greedy = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+        greedy = SamplingParams(**vllm_sampling(self.config, 1, max_new_tokens, greedy=True))
         outputs = self._run(fitting, greedy, progress) if fitting else []
         answers = {id(record): out.outputs[0].text for (record, _), out in zip(fitting, outputs)}
         return [answers.get(id(record)) for record in records]

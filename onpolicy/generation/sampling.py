@@ -1,13 +1,32 @@
 """What both generators (the in-process engine and vLLM servers) share: a round's training groups and the
-evaluation's samples are one sampling call, with the configured or given counts and lengths."""
+evaluation's samples are one sampling call, with the configured or given counts and lengths, and vLLM's sampling
+parameters come from the generation settings in one place (`vllm_sampling`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from onpolicy.config import GenerationConfig
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.types import PromptRecord, SampleGroup
+
+
+def vllm_sampling(
+    config: GenerationConfig, num_samples: int, max_new_tokens: int, greedy: bool = False
+) -> dict[str, Any]:
+    """vLLM's sampling parameters (`SamplingParams`' fields, which its completions API takes under the same names):
+    `num_samples` samples of at most `max_new_tokens` at the configured temperature and top-p, each sampled token
+    with its own log-prob; `greedy`: one greedy answer, no log-probs (evaluation)."""
+    if greedy:
+        return {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
+    return {
+        "n": num_samples,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_tokens": max_new_tokens,
+        "logprobs": 0,  # the sampled token's own log-prob
+    }
 
 
 class GroupSampling:

@@ -38,7 +38,7 @@ from onpolicy.config import GenerationConfig
 from onpolicy.config.sections import ServerConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.errors import ConfigError, OnpolicyError
-from onpolicy.generation.sampling import GroupSampling
+from onpolicy.generation.sampling import GroupSampling, vllm_sampling
 from onpolicy.generation.serving import ADAPTER_NAME, authorization
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.tokens import fit_prompts
@@ -81,13 +81,7 @@ class ServerGenerator(GroupSampling):
         progress: PhaseProgress | None,
     ) -> tuple[list[SampleGroup], list[PromptRecord]]:
         fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=refuse_long)
-        body = {
-            "n": num_samples,
-            "temperature": self.config.temperature,
-            "top_p": self.config.top_p,
-            "max_tokens": max_new_tokens,
-            "logprobs": 0,
-        }
+        body = vllm_sampling(self.config, num_samples, max_new_tokens)
         choices = self._complete([ids for _, ids in fitting], body, progress)
         groups = [
             SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(map(_sample, prompt_choices)))
@@ -100,7 +94,7 @@ class ServerGenerator(GroupSampling):
     ) -> list[str | None]:
         """The greedy answer to each prompt (None for a prompt too long for the servers), for evaluation."""
         fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
-        greedy = {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
+        greedy = vllm_sampling(self.config, 1, max_new_tokens, greedy=True)
         choices = self._complete([ids for _, ids in fitting], greedy, progress)
         answers = {id(record): prompt_choices[0]["text"] for (record, _), prompt_choices in zip(fitting, choices)}
         return [answers.get(id(record)) for record in records]

@@ -22,14 +22,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onpolicy.config import GenerationConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.errors import ConfigError, OnpolicyError
 from onpolicy.run.launch import LAUNCHER_VARIABLES
-from reward.servers import Server, ServerRequest, StartServer
 
 ADAPTER_NAME = "policy-lora"  # what the policy's LoRA adapter is served as (`generation.lora_sync: adapter`)
 # the adapter ranks vLLM's LoRA support is built for (vllm.config.lora.MaxLoRARanks)
@@ -193,22 +192,3 @@ def start_servers(
             server.stop()
         raise
     return servers
-
-
-def reward_server_starter(log_folder: pathlib.Path, on_close: list[Callable[[], None]]) -> StartServer:
-    """How the job starts the vLLM servers its rewards ask for (`reward.servers`): each on 127.0.0.1 with a key of
-    its own on every route, its log in `log_folder`, ready on return, and stopped when the job ends (`on_close`)."""
-
-    def start(request: ServerRequest) -> Server:
-        server = ManagedServer(
-            request.model,
-            request.port,
-            log_folder / f"reward-server-{request.port}.log",
-            cli_flags(request.arguments),
-            served_model_name=request.served_name,
-        ).start()
-        on_close.append(server.stop)
-        server.wait_until_ready(request.startup_timeout_s, "the reward's startup_timeout_s")
-        return Server(server.url, server.api_key, server.check_alive)
-
-    return start

@@ -38,17 +38,6 @@ if TYPE_CHECKING:
     from onpolicy.train.policy_storage import PolicyStorage
     from onpolicy.train.update import DPOUpdater
 
-def check_generation_backend(backend: str, processes: int) -> None:
-    """Refuse the in-process engine beside several training processes: vLLM joins a torch.distributed group it
-    finds in its process, and would take the trainers' for its own."""
-    if backend == "engine" and processes > 1:
-        raise ConfigError(
-            f"generation.backend: engine runs vLLM inside the main training process, where it would join the "
-            f"{processes} training processes' torch.distributed group; with several training processes, generate "
-            "on a vLLM server: generation.backend=server (onpolicy starts it; docs/scaling.md)"
-        )
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainerStart:
     """What every training process needs to build the same policy, reference and updater: decided by the main

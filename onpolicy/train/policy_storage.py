@@ -213,8 +213,8 @@ class ShardedWeights:
 
 
 def policy_storage(train: TrainConfig, lora_sync: str = "merged", sharded: bool = False) -> PolicyStorage:
-    """The kind `train` asks for (`sharded`: the job shards the policy over its processes, `train.sharding` or an
-    FSDP2 launch; `lora_sync`: `generation.lora_sync`)."""
+    """The kind `train` asks for (`lora_sync`: `generation.lora_sync`; `sharded`: the job's training processes
+    shard the policy, by `train.sharding` or an FSDP2 launch)."""
     if sharded:
         return ShardedWeights("bf16" if train.bf16 else "no")
     if train.lora is not None:

@@ -1,0 +1,211 @@
+"""Where the policy's samples come from: one kind per mode of `generation.backend`, chosen once
+(`generation_backend`).
+
+- `InProcessEngine` (`backend: engine`): one vLLM engine inside the job's process; weights reach it in memory;
+- `StartedServers` (`backend: server`, `launch: N`): N `vllm serve` processes the job starts on this machine
+  (`onpolicy.generation.serving`), each with a key of the job's own, health-checked, logged into the run directory
+  and stopped with the job;
+- `GivenServers` (`backend: server`, `urls`): servers someone else runs. They serve whatever they were started
+  with, so the job sends them the policy before its first round.
+
+A kind is asked, before anything starts, whether it can run the job (`check`) and where it runs (`in_process`: a
+reward may then generate with the engine itself, the `policy` judge); `start` gives the job's `Generator`, which
+samples and takes each round's weights; `close` stops and removes what the kind started and wrote.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import secrets
+import shutil
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from onpolicy.config import GenerationConfig
+from onpolicy.config.sections import ServerConfig
+from onpolicy.errors import ConfigError
+from onpolicy.interfaces import Generator
+from reward.judge import PolicyEngine
+
+
+class GenerationBackend(Protocol):
+    """One way of serving the policy to sample from (see the module docstring)."""
+
+    in_process: bool  # the engine runs in the job's process (a reward may generate with it)
+    sends_policy_first: bool  # it serves what it was started with: send the policy before the first round
+
+    def check(self, processes: int, reward_ports: Sequence[int] = ()) -> None:
+        """Refuse, with a `ConfigError`, what cannot work: beside `processes` training processes, with rewards
+        whose servers take `reward_ports`, with the API key it needs. Nothing starts."""
+        ...
+
+    def start(
+        self,
+        model: str,
+        tokenizer: Any,
+        generation: GenerationConfig,
+        lora_rank: int | None,
+        run_path: pathlib.Path,
+        policy_engine: PolicyEngine,
+    ) -> Generator:
+        """The generator serving `model` (with LoRA adapters of `lora_rank` loaded on top, where given); what it
+        writes goes into the run directory `run_path`; a reward that generates with the engine gets it through
+        `policy_engine`."""
+        ...
+
+    def close(self) -> None:
+        """Stop what `start` started and remove what it wrote (safe to call again, or without a start)."""
+        ...
+
+
+class InProcessEngine:
+    """A vLLM engine in the job's process."""
+
+    in_process = True
+    sends_policy_first = False
+
+    def check(self, processes: int, reward_ports: Sequence[int] = ()) -> None:
+        if processes > 1:  # vLLM joins a torch.distributed group it finds in its process
+            raise ConfigError(
+                f"generation.backend: engine runs vLLM inside the main training process, where it would join the "
+                f"{processes} training processes' torch.distributed group; with several training processes, "
+                "generate on a vLLM server: generation.backend=server (onpolicy starts it; docs/scaling.md)"
+            )
+
+    def start(
+        self,
+        model: str,
+        tokenizer: Any,
+        generation: GenerationConfig,
+        lora_rank: int | None,
+        run_path: pathlib.Path,
+        policy_engine: PolicyEngine,
+    ) -> Generator:
+        from onpolicy.generation.engine import VLLMGenerator
+
+        generator = VLLMGenerator(model, tokenizer, generation, lora_rank)
+        policy_engine.attach(generator.llm)
+        return generator
+
+    def close(self) -> None:
+        pass  # the engine lives as long as the job's process
+
+
+class StartedServers:
+    """`server.launch` vLLM servers the job starts on ports `server.port`, `server.port + 1`, ..."""
+
+    in_process = False
+    sends_policy_first = False
+
+    def __init__(self, server: ServerConfig) -> None:
+        self.server = server
+        self._closers: list[Callable[[], None]] = []  # what close() runs: the generator's folder, then the servers
+
+    def check(self, processes: int, reward_ports: Sequence[int] = ()) -> None:
+        taken = range(self.server.port, self.server.port + self.server.launch)
+        for port in reward_ports:
+            if port in taken:
+                raise ConfigError(
+                    f"a reward's vLLM server asks for port {port}, which a generation server takes "
+                    f"(generation.server.port {self.server.port}, launch {self.server.launch}); give the reward "
+                    "another port"
+                )
+
+    def start(
+        self,
+        model: str,
+        tokenizer: Any,
+        generation: GenerationConfig,
+        lora_rank: int | None,
+        run_path: pathlib.Path,
+        policy_engine: PolicyEngine,
+    ) -> Generator:
+        import torch
+
+        from onpolicy.generation.serving import cli_flags, engine_arguments, start_servers
+
+        server = self.server
+        # the sampled token's own log-prob is all onpolicy asks a server for
+        arguments = {**engine_arguments(generation, torch.cuda.is_available(), lora_rank), "max_logprobs": 1}
+        api_key = secrets.token_urlsafe(32)  # the job's own, for every route of its servers
+        servers = start_servers(
+            model, server.launch, server.port, run_path, [*cli_flags(arguments), *server.extra_args],
+            server.startup_timeout_s, api_key,
+        )  # fmt: skip
+        self._closers = [started.stop for started in servers]
+
+        def check_alive() -> None:
+            for started in servers:
+                started.check_alive()
+
+        generator = _server_generator([s.url for s in servers], tokenizer, generation, run_path, api_key, check_alive)
+        self._closers.insert(0, generator.close)
+        return generator
+
+    def close(self) -> None:
+        closers, self._closers = self._closers, []
+        for close in closers:
+            close()
+
+
+class GivenServers:
+    """The vLLM servers at `server.urls`, run by someone else (with the key in `server.api_key_env`, if any)."""
+
+    in_process = False
+    sends_policy_first = True  # they serve what they were started with
+
+    def __init__(self, server: ServerConfig) -> None:
+        self.server = server
+        self._generator: Any = None
+
+    def check(self, processes: int, reward_ports: Sequence[int] = ()) -> None:
+        from onpolicy.generation.server import external_api_key
+
+        external_api_key(self.server)  # a variable named but not set: said before anything starts
+
+    def start(
+        self,
+        model: str,
+        tokenizer: Any,
+        generation: GenerationConfig,
+        lora_rank: int | None,
+        run_path: pathlib.Path,
+        policy_engine: PolicyEngine,
+    ) -> Generator:
+        from onpolicy.generation.server import external_api_key
+
+        api_key = external_api_key(self.server)
+        self._generator = _server_generator(self.server.urls, tokenizer, generation, run_path, api_key)
+        return self._generator
+
+    def close(self) -> None:
+        generator, self._generator = self._generator, None
+        if generator is not None:
+            generator.close()
+
+
+def generation_backend(generation: GenerationConfig) -> GenerationBackend:
+    """The kind `generation.backend` (and, for servers, `generation.server.urls`) names."""
+    if generation.backend == "engine":
+        return InProcessEngine()
+    if generation.server.urls:
+        return GivenServers(generation.server)
+    return StartedServers(generation.server)
+
+
+def _server_generator(
+    urls: Sequence[str],
+    tokenizer: Any,
+    generation: GenerationConfig,
+    run_path: pathlib.Path,
+    api_key: str | None,
+    check_alive: Callable[[], None] = lambda: None,
+) -> Generator:
+    """A generator on the servers at `urls`, each round's weights written into `generation.server.sync_dir` (by
+    default the run directory's weights-sync/, emptied first: whatever is there, a killed job left)."""
+    from onpolicy.generation.server import ServerGenerator
+
+    sync_dir = pathlib.Path(generation.server.sync_dir) if generation.server.sync_dir else run_path / "weights-sync"
+    if not generation.server.sync_dir:
+        shutil.rmtree(sync_dir, ignore_errors=True)
+    return ServerGenerator(urls, tokenizer, generation, sync_dir, check_alive, api_key)
