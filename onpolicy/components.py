@@ -113,7 +113,7 @@ def check_inputs(config: Config) -> Inputs:
         if config.eval.reward is not None:
             eval_reward = _eval_reward(config, reward, policy_engine, model_servers, eval_prompts)
         evaluator = build_evaluator(config.eval, eval_prompts, eval_reward)
-    backend = generation_backend(config.generation)
+    backend = generation_backend(config.generation, policy_engine)
     backend.check(launched_processes(), [request.port for request in model_servers.requests])
     return Inputs(
         prompts=prompts,
@@ -193,9 +193,7 @@ def build_components(
         if inputs.model_servers.requests:
             inputs.model_servers.attach(reward_server_starter(start.run.path, on_close))
         on_close.append(inputs.backend.close)
-        generator = inputs.backend.start(
-            engine_start.model, tokenizer, generation, engine_start.lora_rank, start.run.path, inputs.policy_engine
-        )
+        generator = inputs.backend.start(engine_start, tokenizer, generation, start.run.path)
         trainer_start = TrainerStart(
             initial_path=model_path,
             checkpoint=checkpoint,

@@ -155,6 +155,17 @@ class UpdateResult:
     metrics: Mapping[str, float]
 
 
+@dataclasses.dataclass(frozen=True)
+class EngineStart:
+    """What the generator starts from, as the policy's storage says (`onpolicy.train.policy_storage`) and the
+    generation backend starts it (`onpolicy.generation.backends`), for a run that starts at the initial model or
+    continues a checkpoint."""
+
+    model: str  # the model folder it loads
+    lora_rank: int | None = None  # it serves LoRA adapters of this rank on top of that model
+    send_policy: bool = False  # the model is not the policy: send the policy before the first round
+
+
 def to_json(record: Any) -> dict[str, Any]:
     """A dataclass record as a JSON-ready dict (mappings and tuples become objects and lists)."""
     return dataclasses.asdict(record)

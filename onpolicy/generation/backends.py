@@ -25,6 +25,7 @@ from onpolicy.config import GenerationConfig
 from onpolicy.config.sections import ServerConfig
 from onpolicy.errors import ConfigError
 from onpolicy.interfaces import Generator
+from onpolicy.types import EngineStart
 from reward.judge import PolicyEngine
 
 
@@ -39,18 +40,9 @@ class GenerationBackend(Protocol):
         whose servers take `reward_ports`, with the API key it needs. Nothing starts."""
         ...
 
-    def start(
-        self,
-        model: str,
-        tokenizer: Any,
-        generation: GenerationConfig,
-        lora_rank: int | None,
-        run_path: pathlib.Path,
-        policy_engine: PolicyEngine,
-    ) -> Generator:
-        """The generator serving `model` (with LoRA adapters of `lora_rank` loaded on top, where given); what it
-        writes goes into the run directory `run_path`; a reward that generates with the engine gets it through
-        `policy_engine`."""
+    def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
+        """The generator serving `engine.model` (with LoRA adapters of `engine.lora_rank` loaded on top, where
+        given), sampling as `generation` says; what it writes goes into the run directory `run`."""
         ...
 
     def close(self) -> None:
@@ -59,10 +51,13 @@ class GenerationBackend(Protocol):
 
 
 class InProcessEngine:
-    """A vLLM engine in the job's process."""
+    """A vLLM engine in the job's process; a reward that generates with it gets it through `policy_engine`."""
 
     in_process = True
     sends_policy_first = False
+
+    def __init__(self, policy_engine: PolicyEngine | None = None) -> None:
+        self.policy_engine = policy_engine if policy_engine is not None else PolicyEngine()
 
     def check(self, processes: int, reward_ports: Sequence[int] = ()) -> None:
         if processes > 1:  # vLLM joins a torch.distributed group it finds in its process
@@ -72,19 +67,11 @@ class InProcessEngine:
                 "generate on a vLLM server: generation.backend=server (onpolicy starts it; docs/scaling.md)"
             )
 
-    def start(
-        self,
-        model: str,
-        tokenizer: Any,
-        generation: GenerationConfig,
-        lora_rank: int | None,
-        run_path: pathlib.Path,
-        policy_engine: PolicyEngine,
-    ) -> Generator:
+    def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
         from onpolicy.generation.engine import VLLMGenerator
 
-        generator = VLLMGenerator(model, tokenizer, generation, lora_rank)
-        policy_engine.attach(generator.llm)
+        generator = VLLMGenerator(engine.model, tokenizer, generation, engine.lora_rank)
+        self.policy_engine.attach(generator.llm)
         return generator
 
     def close(self) -> None:
@@ -111,25 +98,17 @@ class StartedServers:
                     "another port"
                 )
 
-    def start(
-        self,
-        model: str,
-        tokenizer: Any,
-        generation: GenerationConfig,
-        lora_rank: int | None,
-        run_path: pathlib.Path,
-        policy_engine: PolicyEngine,
-    ) -> Generator:
+    def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
         import torch
 
         from onpolicy.generation.serving import cli_flags, engine_arguments, start_servers
 
         server = self.server
         # the sampled token's own log-prob is all onpolicy asks a server for
-        arguments = {**engine_arguments(generation, torch.cuda.is_available(), lora_rank), "max_logprobs": 1}
+        arguments = {**engine_arguments(generation, torch.cuda.is_available(), engine.lora_rank), "max_logprobs": 1}
         api_key = secrets.token_urlsafe(32)  # the job's own, for every route of its servers
         servers = start_servers(
-            model, server.launch, server.port, run_path, [*cli_flags(arguments), *server.extra_args],
+            engine.model, server.launch, server.port, run, [*cli_flags(arguments), *server.extra_args],
             server.startup_timeout_s, api_key,
         )  # fmt: skip
         self._closers = [started.stop for started in servers]
@@ -138,7 +117,7 @@ class StartedServers:
             for started in servers:
                 started.check_alive()
 
-        generator = _server_generator([s.url for s in servers], tokenizer, generation, run_path, api_key, check_alive)
+        generator = _server_generator([s.url for s in servers], tokenizer, generation, run, api_key, check_alive)
         self._closers.insert(0, generator.close)
         return generator
 
@@ -163,19 +142,11 @@ class GivenServers:
 
         external_api_key(self.server)  # a variable named but not set: said before anything starts
 
-    def start(
-        self,
-        model: str,
-        tokenizer: Any,
-        generation: GenerationConfig,
-        lora_rank: int | None,
-        run_path: pathlib.Path,
-        policy_engine: PolicyEngine,
-    ) -> Generator:
+    def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
         from onpolicy.generation.server import external_api_key
 
         api_key = external_api_key(self.server)
-        self._generator = _server_generator(self.server.urls, tokenizer, generation, run_path, api_key)
+        self._generator = _server_generator(self.server.urls, tokenizer, generation, run, api_key)
         return self._generator
 
     def close(self) -> None:
@@ -184,10 +155,11 @@ class GivenServers:
             generator.close()
 
 
-def generation_backend(generation: GenerationConfig) -> GenerationBackend:
-    """The kind `generation.backend` (and, for servers, `generation.server.urls`) names."""
+def generation_backend(generation: GenerationConfig, policy_engine: PolicyEngine | None = None) -> GenerationBackend:
+    """The kind `generation.backend` (and, for servers, `generation.server.urls`) names; `policy_engine`: where a
+    reward that generates with the in-process engine finds it."""
     if generation.backend == "engine":
-        return InProcessEngine()
+        return InProcessEngine(policy_engine)
     if generation.server.urls:
         return GivenServers(generation.server)
     return StartedServers(generation.server)
@@ -197,7 +169,7 @@ def _server_generator(
     urls: Sequence[str],
     tokenizer: Any,
     generation: GenerationConfig,
-    run_path: pathlib.Path,
+    run: pathlib.Path,
     api_key: str | None,
     check_alive: Callable[[], None] = lambda: None,
 ) -> Generator:
@@ -205,7 +177,7 @@ def _server_generator(
     default the run directory's weights-sync/, emptied first: whatever is there, a killed job left)."""
     from onpolicy.generation.server import ServerGenerator
 
-    sync_dir = pathlib.Path(generation.server.sync_dir) if generation.server.sync_dir else run_path / "weights-sync"
+    sync_dir = pathlib.Path(generation.server.sync_dir) if generation.server.sync_dir else run / "weights-sync"
     if not generation.server.sync_dir:
         shutil.rmtree(sync_dir, ignore_errors=True)
     return ServerGenerator(urls, tokenizer, generation, sync_dir, check_alive, api_key)

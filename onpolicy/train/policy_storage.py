@@ -26,19 +26,11 @@ import torch
 
 from onpolicy.train import lora, sharding
 from onpolicy.train.snapshots import AdapterState, BaseModel, FullCopy, ShardedState, Snapshot, save_gathered
+from onpolicy.types import EngineStart
 
 if TYPE_CHECKING:
     from onpolicy.config import TrainConfig
     from onpolicy.interfaces import Generator
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineStart:
-    """What the generator starts from, for a run that starts at the initial model or continues a checkpoint."""
-
-    model: str  # the model folder it loads
-    lora_rank: int | None = None  # it serves LoRA adapters of this rank on top of that model
-    send_policy: bool = False  # the model is not the policy: send the policy before the first round
 
 
 class PolicyStorage(Protocol):
