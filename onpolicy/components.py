@@ -90,13 +90,14 @@ class Components:
 def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
-    check_reward_terms(config.reward, "reward", prompts, config.generation)
+    policy_engine = PolicyEngine()
+    backend = generation_backend(config.generation, policy_engine)
+    check_reward_terms(config.reward, "reward", prompts, config.generation, backend.in_process)
     try:
         check_dpo_config_values(config.train)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     check_model_folder(config.model.path)
-    policy_engine = PolicyEngine()
     model_servers = ModelServers()
     reward = build_reward_from_terms(config.reward, policy_engine, model_servers=model_servers)
     shown_only = next((i for i, term in enumerate(reward.terms) if term.needs.shown_only), None)
@@ -111,9 +112,8 @@ def check_inputs(config: Config) -> Inputs:
     if eval_prompts is not None:
         eval_reward = None
         if config.eval.reward is not None:
-            eval_reward = _eval_reward(config, reward, policy_engine, model_servers, eval_prompts)
+            eval_reward = _eval_reward(config, reward, policy_engine, backend.in_process, model_servers, eval_prompts)
         evaluator = build_evaluator(config.eval, eval_prompts, eval_reward)
-    backend = generation_backend(config.generation, policy_engine)
     backend.check(launched_processes(), [request.port for request in model_servers.requests])
     return Inputs(
         prompts=prompts,
@@ -130,6 +130,7 @@ def _eval_reward(
     config: Config,
     job_reward: WeightedSum,
     policy_engine: PolicyEngine,
+    engine_in_process: bool,
     model_servers: ModelServers,
     eval_prompts: Sequence[PromptRecord],
 ) -> WeightedSum:
@@ -144,7 +145,7 @@ def _eval_reward(
     assert config.eval.reward is not None
     if any(term_needs(term, f"eval.reward[{i}]").people for i, term in enumerate(config.eval.reward)):
         raise ConfigError("eval.reward: people do not judge eval answers; give a judge, a reward model or rules")
-    check_reward_terms(config.eval.reward, "eval.reward", eval_prompts, config.generation)
+    check_reward_terms(config.eval.reward, "eval.reward", eval_prompts, config.generation, engine_in_process)
     return build_reward_from_terms(config.eval.reward, policy_engine, "eval.reward", model_servers)
 
 

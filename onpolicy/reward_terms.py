@@ -21,11 +21,16 @@ from reward.servers import ModelServers
 
 
 def check_reward_terms(
-    terms: Sequence[RewardTerm], where: str, prompts: Sequence[PromptRecord], generation: GenerationConfig
+    terms: Sequence[RewardTerm],
+    where: str,
+    prompts: Sequence[PromptRecord],
+    generation: GenerationConfig,
+    engine_in_process: bool,
 ) -> None:
     """Refuse reward terms that could never score (a `when` no prompt matches) or that need what this job does not
     have (the policy engine in this process, a GPU), the reward terms among their arguments included; `where`
-    names the terms' list in messages."""
+    names the terms' list in messages; `engine_in_process`: the job's generation backend runs its engine in this
+    process (`onpolicy.generation.backends`)."""
     for i, term in enumerate(terms):
         if term.when is not None and not any(matches(record.reward_view(), term.when) for record in prompts):
             raise ConfigError(
@@ -36,7 +41,7 @@ def check_reward_terms(
         at = f"{where}[{i}]"
         needs = term_needs(term, at)
         if needs.policy_engine:
-            _check_policy_engine(f"{at} ({term.name})", needs, generation)
+            _check_policy_engine(f"{at} ({term.name})", needs, generation, engine_in_process)
         if needs.gpu:
             import torch
 
@@ -44,13 +49,15 @@ def check_reward_terms(
                 raise ConfigError(f"{at} ({term.name}): it runs on a CUDA device, and torch sees no GPU here")
         for arg in needs.rewards:
             if term.args.get(arg) is not None:
-                check_reward_terms(_sub_terms(term, arg, at), f"{at}.args.{arg}", prompts, generation)
+                check_reward_terms(
+                    _sub_terms(term, arg, at), f"{at}.args.{arg}", prompts, generation, engine_in_process
+                )
 
 
-def _check_policy_engine(at: str, needs: Needs, generation: GenerationConfig) -> None:
+def _check_policy_engine(at: str, needs: Needs, generation: GenerationConfig, engine_in_process: bool) -> None:
     """Refuse a reward that generates with the policy engine where the job's engine is not in this process, or
     serves the base model rather than the policy."""
-    if generation.backend == "server":
+    if not engine_in_process:
         raise ConfigError(
             f"{at}: it generates with the in-process policy engine, and with generation.backend: server there is "
             "none" + (f"; {needs.engine_alternative}" if needs.engine_alternative else "")
