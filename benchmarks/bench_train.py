@@ -59,7 +59,7 @@ def sample_pairs(prompt_repeats: int) -> list:
     from onpolicy.generation.engine import VLLMGenerator
     from onpolicy.pairing import build_pairs
     from onpolicy.prompts import load_prompts
-    from onpolicy.scoring import score_groups
+    from onpolicy.scoring import score_sample_groups
 
     config = load_config(ROOT / "configs" / "default.yaml")
     path = embedded_model()
@@ -67,7 +67,7 @@ def sample_pairs(prompt_repeats: int) -> list:
     engine = config.generation.model_copy(update={"dtype": "float32"})
     generator = VLLMGenerator(path, AutoTokenizer.from_pretrained(path), engine)
     groups, _ = generator.generate(load_prompts(config.prompts) * prompt_repeats)
-    scored, _, _ = score_groups(build_reward_from_terms(config.reward), groups)
+    scored, _, _ = score_sample_groups(build_reward_from_terms(config.reward), groups)
     return list(build_pairs(scored, config.pairs.min_margin).pairs)
 
 
