@@ -35,12 +35,7 @@ from onpolicy.run.model_store import check_model_folder
 from onpolicy.run.resume import CheckpointLayout, Start
 from onpolicy.run.tracking import start_logger
 from onpolicy.tokens import check_prompts_leave_room_to_train
-from onpolicy.train.distributed import (
-    MirroredUpdater,
-    Team,
-    TrainerStart,
-    join,
-)
+from onpolicy.train.distributed import MirroredUpdater, Team, TrainerStart, join
 from onpolicy.train.policy_storage import PolicyStorage, policy_storage
 from onpolicy.train.reference import reference_kind, reference_round, restore_source
 from onpolicy.train.trl_compat import check_dpo_config_values
@@ -61,7 +56,7 @@ class Inputs:
     reward: Reward
     correction: Correction | None
     evaluator: Evaluation | None
-    policy_engine: PolicyEngine  # attached by `build_components` once the engine runs
+    policy_engine: PolicyEngine  # attached to the engine once the in-process backend starts it
     backend: GenerationBackend  # where the policy's samples come from, started by `build_components`
     model_servers: ModelServers = dataclasses.field(default_factory=ModelServers)  # started by `build_components`
 
@@ -92,6 +87,7 @@ def check_inputs(config: Config) -> Inputs:
     prompts = load_prompts(config.prompts, seed=config.seed)
     policy_engine = PolicyEngine()
     backend = generation_backend(config.generation, policy_engine)
+    backend.check(launched_processes())
     check_reward_terms(config.reward, "reward", prompts, config.generation, backend.in_process)
     try:
         check_dpo_config_values(config.train)
@@ -114,7 +110,7 @@ def check_inputs(config: Config) -> Inputs:
         if config.eval.reward is not None:
             eval_reward = _eval_reward(config, reward, policy_engine, backend.in_process, model_servers, eval_prompts)
         evaluator = build_evaluator(config.eval, eval_prompts, eval_reward)
-    backend.check(launched_processes(), [request.port for request in model_servers.requests])
+    backend.check_reward_ports([request.port for request in model_servers.requests])
     return Inputs(
         prompts=prompts,
         reward=reward,
@@ -153,13 +149,13 @@ def checkpoint_layout(config: Config, team: Team | None = None) -> CheckpointLay
     """What the round checkpoints of a job of `config` hold, as its policy's storage and its reference kind say."""
     return CheckpointLayout(
         reference_round=functools.partial(reference_round, ref=config.ref),
-        adapters=_storage(config, team).checkpoint_parts,
+        adapters=storage_kind(config, team).checkpoint_adapters,
         reference_folder=reference_kind(config.ref).checkpoint_folder,
     )
 
 
-def _storage(config: Config, team: Team | None) -> PolicyStorage:
-    """How the policy is held: the kind `train` asks for, sharded where the job's team shards it."""
+def storage_kind(config: Config, team: Team | None = None) -> PolicyStorage:
+    """How the policy is held: the kind `train` asks for, sharded where the job's `team` shards it."""
     return policy_storage(config.train, config.generation.lora_sync, sharded=team is not None and team.sharded)
 
 
@@ -187,7 +183,7 @@ def build_components(
         config.generation.dtype, engine_may_be_reference(config.ref, config.train), config.model.train_dtype
     )
     generation = config.generation.model_copy(update={"dtype": dtype})
-    storage = _storage(config, team)
+    storage = storage_kind(config, team)
     engine_start = storage.engine_start(model_path, checkpoint)
     on_close: list[Callable[[], None]] = []
     try:
@@ -212,19 +208,17 @@ def build_components(
             updater.send_policy(generator, str(max(start.last_complete, 0)))
         run_config = redaction.redact(config.model_dump(mode="json"))
         logger = start_logger(config.wandb, start.run.path, run_config, start.wandb_run_id)
+        if logger.run_id:
+            start.run.write_state(wandb_run_id=logger.run_id)
     except BaseException:
         for release in on_close:
             release()
         raise
-    if logger.run_id:
-        start.run.write_state(wandb_run_id=logger.run_id)
     echo(
         f"setup took {time.perf_counter() - started:.1f}s; engine: {dtype}; W&B: {logger.mode}; "
         f"run dir: {start.run.path}"
     )
-    return Components(
-        inputs=inputs, generator=generator, updater=updater, logger=logger, on_close=tuple(on_close)
-    )
+    return Components(inputs=inputs, generator=generator, updater=updater, logger=logger, on_close=tuple(on_close))
 
 
 def _updater(

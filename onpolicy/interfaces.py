@@ -1,9 +1,11 @@
 """The roles a job's rounds use, as small Protocols: the loop calls nothing else on its components.
 
 A new backend (a generation server, several trainer processes, a W&B stand-in) is a new class that meets one of
-these, built in `onpolicy.components`; the loop does not change. The parts: the `Generator` serves the policy, the
-`Reward` scores the round's groups, the `Correction` makes corrected pairs (from a user's corrector function), the
-`Updater` trains the policy, the `Evaluation` answers held-out prompts, and the `RoundLogger` logs each round.
+these, chosen and built in `onpolicy.components`; the loop does not change. The parts: the `Generator` serves the
+policy, the `Reward` scores the round's groups, the `Correction` makes corrected pairs (from a user's corrector
+function), the `Updater` trains the policy and sends it to the generator, the `Evaluation` answers held-out
+prompts, the `RoundLogger` logs each round, the `TrainingTeam` is the processes of a launched job, and a
+`PhaseProgress` counts a long phase's work.
 """
 
 from __future__ import annotations

@@ -19,10 +19,9 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from onpolicy.components import build_updater, join_team  # noqa: E402
+from onpolicy.components import build_updater, join_team, storage_kind  # noqa: E402
 from onpolicy.config import load_config  # noqa: E402
 from onpolicy.train import distributed  # noqa: E402
-from onpolicy.train.policy_storage import policy_storage  # noqa: E402
 from tests.helpers import PAIRS  # noqa: E402
 from tests.test_update import _sample_groups  # noqa: E402
 
@@ -35,8 +34,7 @@ def main(config_path: str, out: str) -> None:
     team = join_team(config)
     start = distributed.TrainerStart(
         initial_path=config.model.path, checkpoint=None, tokenizer_path=config.model.path,
-        storage=policy_storage(config.train, sharded=team is not None and team.sharded), reference=None,
-        engine_dtype=None,
+        storage=storage_kind(config, team), reference=None, engine_dtype=None,
     )  # fmt: skip
     if team is not None and not team.is_main:
         team.follow_main(lambda: False)
@@ -60,7 +58,8 @@ def main(config_path: str, out: str) -> None:
     if team is not None:
         updater.close()
         team.leave()
-    pathlib.Path(f"{out}.json").write_text(json.dumps({"losses": losses, "device": received.device, "kl": kl, "reference": reference}))
+    summary = {"losses": losses, "device": received.device, "kl": kl, "reference": reference}
+    pathlib.Path(f"{out}.json").write_text(json.dumps(summary))
     save_file(received.weights, f"{out}.safetensors")
 
 

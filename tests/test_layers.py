@@ -132,9 +132,8 @@ def test_no_module_imports_itself_through_others():
 
 def _arrows(wrong) -> list[str]:
     """Every import `module -> imported` of the project for which `wrong(module, imported)` holds."""
-    return sorted(
-        f"{module} -> {imported}" for module in MODULES for imported in _project_imports(module) if wrong(module, imported)
-    )
+    arrows = ((module, imported) for module in MODULES for imported in _project_imports(module))
+    return sorted(f"{module} -> {imported}" for module, imported in arrows if wrong(module, imported))
 
 
 def test_no_module_imports_a_higher_layer():
@@ -178,9 +177,8 @@ sys.exit(min(failed, 1))
 
 
 def test_every_module_imports_first_in_a_fresh_interpreter():
-    done = subprocess.run(
-        [sys.executable, "-c", IMPORT_EACH_FIRST, *sorted(MODULES)], cwd=ROOT, capture_output=True, text=True, timeout=600
-    )
+    command = [sys.executable, "-c", IMPORT_EACH_FIRST, *sorted(MODULES)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr[-6000:]
 
 

@@ -35,9 +35,13 @@ class GenerationBackend(Protocol):
     in_process: bool  # the engine runs in the job's process (a reward may generate with it)
     sends_policy_first: bool  # it serves what it was started with: send the policy before the first round
 
-    def check(self, processes: int, reward_ports: Sequence[int] = ()) -> None:
-        """Refuse, with a `ConfigError`, what cannot work: beside `processes` training processes, with rewards
-        whose servers take `reward_ports`, with the API key it needs. Nothing starts."""
+    def check(self, processes: int) -> None:
+        """Refuse, with a `ConfigError`, what cannot work beside `processes` training processes, or without the
+        API key it needs. Nothing starts."""
+        ...
+
+    def check_reward_ports(self, ports: Sequence[int]) -> None:
+        """Refuse servers of the job's rewards on `ports` where this backend's own take them."""
         ...
 
     def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
@@ -59,13 +63,16 @@ class InProcessEngine:
     def __init__(self, policy_engine: PolicyEngine | None = None) -> None:
         self.policy_engine = policy_engine if policy_engine is not None else PolicyEngine()
 
-    def check(self, processes: int, reward_ports: Sequence[int] = ()) -> None:
+    def check(self, processes: int) -> None:
         if processes > 1:  # vLLM joins a torch.distributed group it finds in its process
             raise ConfigError(
                 f"generation.backend: engine runs vLLM inside the main training process, where it would join the "
                 f"{processes} training processes' torch.distributed group; with several training processes, "
                 "generate on a vLLM server: generation.backend=server (onpolicy starts it; docs/scaling.md)"
             )
+
+    def check_reward_ports(self, ports: Sequence[int]) -> None:
+        pass  # it takes no port
 
     def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
         from onpolicy.generation.engine import VLLMGenerator
@@ -88,9 +95,12 @@ class StartedServers:
         self.server = server
         self._closers: list[Callable[[], None]] = []  # what close() runs: the generator's folder, then the servers
 
-    def check(self, processes: int, reward_ports: Sequence[int] = ()) -> None:
+    def check(self, processes: int) -> None:
+        pass  # its servers are processes of their own, beside any number of training processes
+
+    def check_reward_ports(self, ports: Sequence[int]) -> None:
         taken = range(self.server.port, self.server.port + self.server.launch)
-        for port in reward_ports:
+        for port in ports:
             if port in taken:
                 raise ConfigError(
                     f"a reward's vLLM server asks for port {port}, which a generation server takes "
@@ -137,10 +147,13 @@ class GivenServers:
         self.server = server
         self._generator: Any = None
 
-    def check(self, processes: int, reward_ports: Sequence[int] = ()) -> None:
+    def check(self, processes: int) -> None:
         from onpolicy.generation.server import external_api_key
 
         external_api_key(self.server)  # a variable named but not set: said before anything starts
+
+    def check_reward_ports(self, ports: Sequence[int]) -> None:
+        pass  # its servers run elsewhere, on ports of their own
 
     def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
         from onpolicy.generation.server import external_api_key

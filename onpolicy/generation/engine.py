@@ -73,7 +73,8 @@ class VLLMGenerator(GroupSampling):
         fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=refuse_long)
         if not fitting:
             return [], too_long
-        outputs = self._run(fitting, SamplingParams(**vllm_sampling(self.config, num_samples, max_new_tokens)), progress)
+        params = SamplingParams(**vllm_sampling(self.config, num_samples, max_new_tokens))
+        outputs = self._run(fitting, params, progress)
         groups = [
             SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(_sample(c) for c in out.outputs))
             for (record, ids), out in zip(fitting, outputs)

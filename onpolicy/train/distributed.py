@@ -205,7 +205,7 @@ class MirroredUpdater:
         return self.updater.train(rows, round_number, self.team.anyone(should_stop), progress)
 
     def send_policy(self, generator: Generator, version: str) -> None:
-        self._with_the_others("named_weights")  # a sharded policy is gathered by all: the others drain theirs
+        self._with_the_others("send_policy")  # a sharded policy is gathered by all of them
         self.updater.send_policy(generator, version)
 
     def save(self, folder: pathlib.Path) -> None:
@@ -223,7 +223,7 @@ class MirroredUpdater:
     def _with_the_others(self, step: str, *args: Any) -> None:
         """A sharded policy is read whole by every process together: have the others run `step` beside this one
         (with DDP the main process's copy is whole, and the others have nothing to do)."""
-        if self.team.sharded:
+        if self.updater.storage.sharded:
             self.team.broadcast((step, args))
 
     def close(self) -> None:
@@ -244,8 +244,8 @@ def follow_main(
         step, args = command
         if step == "train":
             updater.train(*args, should_stop=team.anyone(stop_asked))
-        elif step == "named_weights":  # gathered one weight at a time: every process goes through all of them
-            for _ in updater.named_weights():
+        elif step == "send_policy":  # gathered one weight at a time for the main process's generator: every
+            for _ in updater.named_weights():  # process goes through all of them (the others get nothing)
                 pass
         else:
             getattr(updater, step)(*args)

@@ -6,7 +6,7 @@
   as a no-op), or the reference adapter holding the snapshot taken when the reference was last refreshed
   (`every: N`).
 - The engine gets merged weights (base + scale·B·A per adapted layer), computed without touching the trained
-  model, so the engine and every consumer of `named_weights` see an ordinary checkpoint.
+  model, so the engine and whatever reads the policy's weights see an ordinary checkpoint.
 - Checkpoints are ordinary merged HF folders (final/ loads anywhere), written without a second copy of the
   model, with the adapter beside them in `adapter/`, from which a resumed run continues it on the base model.
 """

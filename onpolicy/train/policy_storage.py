@@ -9,7 +9,7 @@
 
 A kind is a frozen description, no model in it: the composition root asks it, before anything loads, what the
 generator starts from (`engine_start`) and what a round checkpoint holds for a resumed run to be whole
-(`checkpoint_parts`); the main process sends it to the other training processes, and each updater `load`s the
+(`checkpoint_adapters`); the main process sends it to the other training processes, and each updater `load`s the
 policy with it. Its other methods work on that policy; `onpolicy.train.policy_weights.PolicyWeights` holds the
 policy with its kind, and the snapshots the reference and the KL estimate take of it.
 """
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
 class PolicyStorage(Protocol):
     """One way of holding the policy's weights (see the module docstring)."""
 
-    # what a round checkpoint holds beside the HF model folder, and a resumed run loads (LoRA: the adapter alone)
-    checkpoint_parts: tuple[str, ...]
+    # the PEFT adapter subfolders a round checkpoint holds beside the HF model folder, which a resumed run loads
+    checkpoint_adapters: tuple[str, ...]
     sharded: bool  # the policy reaches the trainer sharded (`onpolicy.train.trl_compat` takes it as it is)
 
     def engine_start(self, initial: str, checkpoint: str | None) -> EngineStart:
@@ -57,7 +57,7 @@ class PolicyStorage(Protocol):
         ...
 
     def save(self, policy: torch.nn.Module, folder: pathlib.Path) -> None:
-        """The policy as an ordinary HF model folder, with what `checkpoint_parts` names."""
+        """The policy as an ordinary HF model folder, with the adapters `checkpoint_adapters` names."""
         ...
 
     def after_training(self, policy: torch.nn.Module) -> None:
@@ -82,7 +82,7 @@ class PolicyStorage(Protocol):
 class FullWeights:
     """Every weight, trained, in this process."""
 
-    checkpoint_parts: tuple[str, ...] = ()
+    checkpoint_adapters: tuple[str, ...] = ()
     sharded: bool = False
 
     def engine_start(self, initial: str, checkpoint: str | None) -> EngineStart:
@@ -120,7 +120,7 @@ class LoraAdapter:
 
     settings: Mapping[str, Any]
     sends_adapter: bool = False
-    checkpoint_parts: tuple[str, ...] = (lora.ADAPTER_FOLDER,)  # the adapter a resumed run continues
+    checkpoint_adapters: tuple[str, ...] = (lora.ADAPTER_FOLDER,)  # the adapter a resumed run continues
     sharded: bool = False
 
     def engine_start(self, initial: str, checkpoint: str | None) -> EngineStart:
@@ -170,7 +170,7 @@ class ShardedWeights:
     or "no"). Every method that reads the policy is collective: each process calls it, on its own shard."""
 
     mixed_precision: str = "no"
-    checkpoint_parts: tuple[str, ...] = ()
+    checkpoint_adapters: tuple[str, ...] = ()
     sharded: bool = True
 
     def engine_start(self, initial: str, checkpoint: str | None) -> EngineStart:

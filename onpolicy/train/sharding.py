@@ -115,12 +115,6 @@ def shard(model: torch.nn.Module, mixed_precision: str = "no") -> torch.nn.Modul
     return fsdp2_prepare_model(_accelerator(mixed_precision), model)
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def reshard(model: torch.nn.Module) -> None:
     """Every FSDP unit of `model` back to its shards. A unit that does not reshard after a forward pass
     (accelerate's tail unit: embedding, final norm and head) keeps its gathered weights registered on the module

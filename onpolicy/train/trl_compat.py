@@ -61,8 +61,6 @@ _TRL_METRICS = {
 }
 
 
-
-
 def dpo_config(
     train: Any,
     output_dir: str,
