@@ -131,7 +131,7 @@ def _worker(model_path: str, out: str, sharding: str) -> None:
     register_optimizer_step_post_hook(measure)
     start = distributed.TrainerStart(
         initial_path=model_path, checkpoint=None, tokenizer_path=model_path,
-        storage=policy_storage(train, sharded=team is not None and team.sharded), reference=None, engine_dtype=None,
+        storage=policy_storage(train, team=team), reference=None, engine_dtype=None,
     )  # fmt: skip
 
     def build(start: distributed.TrainerStart) -> DPOUpdater:

@@ -156,7 +156,7 @@ def checkpoint_layout(config: Config, team: Team | None = None) -> CheckpointLay
 
 def storage_kind(config: Config, team: Team | None = None) -> PolicyStorage:
     """How the policy is held: the kind `train` asks for, sharded where the job's `team` shards it."""
-    return policy_storage(config.train, config.generation.lora_sync, sharded=team is not None and team.sharded)
+    return policy_storage(config.train, config.generation.lora_sync, team)
 
 
 def build_components(

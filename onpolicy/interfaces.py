@@ -191,6 +191,11 @@ class TrainingTeam(Protocol):
     @property
     def is_main(self) -> bool: ...
 
+    @property
+    def sharded(self) -> bool:
+        """The policy is sharded over the processes (FSDP2): reading it whole takes all of them."""
+        ...
+
     def follow_main(self, stop_asked: Callable[[], bool]) -> None:
         """On a process other than the main one: train as the main process says until it dismisses the team."""
         ...

@@ -30,7 +30,7 @@ from onpolicy.types import EngineStart
 
 if TYPE_CHECKING:
     from onpolicy.config import TrainConfig
-    from onpolicy.interfaces import Generator
+    from onpolicy.interfaces import Generator, TrainingTeam
 
 
 class PolicyStorage(Protocol):
@@ -204,10 +204,10 @@ class ShardedWeights:
         return mine
 
 
-def policy_storage(train: TrainConfig, lora_sync: str = "merged", sharded: bool = False) -> PolicyStorage:
-    """The kind `train` asks for (`lora_sync`: `generation.lora_sync`; `sharded`: the job's training processes
-    shard the policy, by `train.sharding` or an FSDP2 launch)."""
-    if sharded:
+def policy_storage(train: TrainConfig, lora_sync: str = "merged", team: TrainingTeam | None = None) -> PolicyStorage:
+    """The kind `train` asks for (`lora_sync`: `generation.lora_sync`), sharded where the job's `team` of training
+    processes shards the policy (by `train.sharding`, or an FSDP2 launch)."""
+    if team is not None and team.sharded:
         return ShardedWeights("bf16" if train.bf16 else "no")
     if train.lora is not None:
         return LoraAdapter(dict(train.lora), sends_adapter=lora_sync == "adapter")
