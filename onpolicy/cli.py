@@ -80,6 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     config.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
     config.add_argument("--docs", action="store_true", help="list every config key, its default and meaning")
 
+    layout = sub.add_parser(
+        "layout",
+        help="print where a job's parts would run: each trainer's and server's GPUs, each engine's vLLM arguments",
+        description="Plan CONFIG's layout on a node, loading nothing: which GPUs each training process and each "
+        "vLLM server takes, each server's CUDA_VISIBLE_DEVICES and `vllm serve` flags, the in-process engine's "
+        "arguments and sleep level, how weights reach the servers. Refuses an impossible plan with what fits.",
+    )
+    layout.add_argument("config", metavar="CONFIG", help="YAML config file")
+    layout.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    layout.add_argument("--gpus", type=int, metavar="N", help="plan for N GPUs (default: those this machine shows)")
+    layout.add_argument(
+        "--gpu-memory-gib", type=float, metavar="GIB", help="each GPU's memory (default: this machine's; else unchecked)"
+    )
+    layout.add_argument(
+        "--processes", type=int, default=1, metavar="N", help="training processes on the node (default 1)"
+    )
+    layout.add_argument("--json", action="store_true", help="print the plan as JSON")
+
     prepare = sub.add_parser(
         "prepare-model",
         help="convert the embedded SmolLM2-135M-Instruct into an HF folder (runs do this on first use)",
@@ -172,6 +190,8 @@ def _main(argv: list[str] | None) -> int:
             return _run(args)
         if args.command == "config":
             return _config(args)
+        if args.command == "layout":
+            return _layout(args)
         if args.command == "train-reward-model":
             return _train_reward_model(args)
         if args.command == "report":
@@ -246,8 +266,10 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    from onpolicy.components import plan_job_layout
     from onpolicy.config import load_config
     from onpolicy.generation.backends import generation_backend
+    from onpolicy.generation.placement import this_machine
     from onpolicy.run.launch import launched_processes
     from onpolicy.train.distributed import check_batch_size
 
@@ -257,7 +279,7 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
     if launched_processes() > 1:
         raise OnpolicyError("--processes: this command already runs under a launcher (torchrun, accelerate launch)")
     config = load_config(args.config, args.overrides)
-    generation_backend(config.generation).check(processes)
+    generation_backend(config.generation, plan_job_layout(config, processes, this_machine())).check(processes)
     check_batch_size(config.train.batch_size, processes)
     rest = [a for i, a in enumerate(argv) if a != "--processes" and not (i and argv[i - 1] == "--processes")]
     rest = [a for a in rest if not a.startswith("--processes=")]
@@ -300,6 +322,28 @@ def _config(args: argparse.Namespace) -> int:
     with masking(config.secrets()):
         check_inputs(config)  # a dry run: everything `run` checks before it loads a model
     print(config.to_yaml(), end="")
+    return 0
+
+
+def _layout(args: argparse.Namespace) -> int:
+    from onpolicy.components import plan_job_layout
+    from onpolicy.config import load_config
+    from onpolicy.config.redaction import redact, redact_text
+    from onpolicy.generation.backends import generation_backend
+    from onpolicy.generation.placement import Machine, this_machine
+
+    if args.processes < 1 or (args.gpus is not None and args.gpus < 0):
+        raise OnpolicyError("--processes must be 1 or more and --gpus 0 or more")
+    config = load_config(args.config, args.overrides)
+    machine = this_machine() if args.gpus is None else Machine(tuple(range(args.gpus)))
+    if args.gpu_memory_gib is not None:
+        machine = Machine(machine.gpus, args.gpu_memory_gib if machine.gpus else None)
+    layout = plan_job_layout(config, args.processes, machine)
+    generation_backend(config.generation, layout).check(args.processes)
+    if args.json:
+        print(json.dumps(redact(layout.as_json()), indent=2))
+    else:
+        print("\n".join(redact_text(line, config.secrets()) for line in layout.describe()))
     return 0
 
 

@@ -3,7 +3,8 @@
 Two steps, because a user's mistakes must surface before minutes of model loading:
 
 1. `check_inputs`: what the user gave (prompts, rewards, the corrector, the evaluation) is loaded and checked,
-   and the generation backend is chosen and checked, no model touched;
+   the node's layout is planned (`plan_job_layout`: which GPUs each part takes, each engine's arguments) and the
+   generation backend is chosen and checked, no model touched;
 2. `build_components`: the generation backend, the policy (held as its storage kind says) and its updater, and
    the W&B logger start, continuing from where the run directory says (`resume.Start`).
 
@@ -23,15 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 from onpolicy.config import Config, redaction
 from onpolicy.correction import build_correction
-from onpolicy.devices import engine_dtype, engine_may_be_reference
 from onpolicy.errors import ConfigError
 from onpolicy.evaluation import build_evaluator, load_eval_prompts
 from onpolicy.generation.backends import GenerationBackend, generation_backend
+from onpolicy.generation.placement import Layout, Machine, plan_layout, this_machine
 from onpolicy.interfaces import Correction, Evaluation, Generator, Reward, RoundLogger, Updater
 from onpolicy.prompts import load_prompts
 from onpolicy.reward_terms import build_reward_from_terms, check_reward_terms, term_needs
-from onpolicy.run.launch import launched_processes
-from onpolicy.run.model_store import check_model_folder
+from onpolicy.run.launch import launched_processes, local_processes
+from onpolicy.run.model_store import check_model_folder, known_model_folder
 from onpolicy.run.resume import CheckpointLayout, Start
 from onpolicy.run.tracking import start_logger
 from onpolicy.tokens import check_prompts_leave_room_to_train
@@ -58,6 +59,7 @@ class Inputs:
     evaluator: Evaluation | None
     policy_engine: PolicyEngine  # attached to the engine once the in-process backend starts it
     backend: GenerationBackend  # where the policy's samples come from, started by `build_components`
+    layout: Layout  # where each part runs on this node, with each engine's arguments
     model_servers: ModelServers = dataclasses.field(default_factory=ModelServers)  # started by `build_components`
 
 
@@ -86,14 +88,15 @@ def check_inputs(config: Config) -> Inputs:
     """Load and check the prompts, rewards, corrector and evaluation of `config`; raises `ConfigError`."""
     prompts = load_prompts(config.prompts, seed=config.seed)
     policy_engine = PolicyEngine()
-    backend = generation_backend(config.generation, policy_engine)
+    check_model_folder(config.model.path)
+    layout = plan_job_layout(config, local_processes(), this_machine())
+    backend = generation_backend(config.generation, layout, policy_engine)
     backend.check(launched_processes())
     check_reward_terms(config.reward, "reward", prompts, config.generation, backend.in_process)
     try:
         check_dpo_config_values(config.train)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    check_model_folder(config.model.path)
     model_servers = ModelServers()
     reward = build_reward_from_terms(config.reward, policy_engine, model_servers=model_servers)
     shown_only = next((i for i, term in enumerate(reward.terms) if term.needs.shown_only), None)
@@ -119,7 +122,15 @@ def check_inputs(config: Config) -> Inputs:
         policy_engine=policy_engine,
         model_servers=model_servers,
         backend=backend,
+        layout=layout,
     )
+
+
+def plan_job_layout(config: Config, processes: int, machine: Machine) -> Layout:
+    """The layout of a job of `config` with `processes` training processes on this node of `machine`, its engines
+    serving what the policy's storage sends them."""
+    lora_rank = storage_kind(config).served_adapter_rank
+    return plan_layout(config, processes, machine, lora_rank, known_model_folder(config.model))
 
 
 def _eval_reward(
@@ -179,9 +190,9 @@ def build_components(
     )
     tokenizer = AutoTokenizer.from_pretrained(policy_path)
     check_prompts_leave_room_to_train(inputs.prompts, tokenizer, config.train.max_length)
-    dtype = engine_dtype(
-        config.generation.dtype, engine_may_be_reference(config.ref, config.train), config.model.train_dtype
-    )
+    for line in inputs.layout.describe():
+        echo(line)
+    dtype = inputs.layout.engine_dtype
     generation = config.generation.model_copy(update={"dtype": dtype})
     storage = storage_kind(config, team)
     engine_start = storage.engine_start(model_path, checkpoint)
@@ -206,7 +217,7 @@ def build_components(
             # servers given by URL serve whatever they were started with, and an engine sent adapters starts on the
             # base model: send the policy this run continues from
             updater.send_policy(generator, str(max(start.last_complete, 0)))
-        run_config = redaction.redact(config.model_dump(mode="json"))
+        run_config = redaction.redact({**config.model_dump(mode="json"), "layout": inputs.layout.as_json()})
         logger = start_logger(config.wandb, start.run.path, run_config, start.wandb_run_id)
         if logger.run_id:
             start.run.write_state(wandb_run_id=logger.run_id)
@@ -267,7 +278,8 @@ def reward_server_starter(log_folder: pathlib.Path, on_close: list[Callable[[], 
     """How the job starts the vLLM servers its rewards ask for (`reward.servers`): each a `vllm serve` process
     (`onpolicy.generation.serving`) on 127.0.0.1 with a key of its own on every route, its log in `log_folder`,
     ready on return, and stopped when the job ends (`on_close`)."""
-    from onpolicy.generation.serving import ManagedServer, cli_flags
+    from onpolicy.generation.placement import cli_flags
+    from onpolicy.generation.serving import ManagedServer
 
     def start(request: ServerRequest) -> Server:
         server = ManagedServer(

@@ -67,6 +67,15 @@ class Generator(Protocol):
         """Serve the base model with the LoRA adapter that `save_adapter(folder)` writes, from now on."""
         ...
 
+    def rest(self) -> bool:
+        """Free the device it shares with the trainer while the update runs (the in-process engine's sleep mode on
+        a GPU), until `wake`; True when its weights were dropped: the policy must be sent before it samples."""
+        ...
+
+    def wake(self) -> None:
+        """Take back what `rest` freed (nothing, if it did not rest)."""
+        ...
+
 
 class Updater(Protocol):
     """Holds the policy and its reference, and runs each round's DPO update."""

@@ -56,8 +56,9 @@ def run_round(n: int, job: Job) -> RoundRecord:
        round's groups first (people labelling them in a page) is shown them all before scoring starts;
     3. pair: best vs worst per group (groups without a usable gap are dropped and counted), or a corrected pair
        where no sample is good enough and a correction is configured;
-    4. update: a DPO step on the pairs against this round's reference (skipped when there are no pairs);
-    5. sync: the updated weights into the generator, in place;
+    4. update: a DPO step on the pairs against this round's reference (skipped when there are no pairs), the
+       in-process engine asleep meanwhile where it shares its GPU with the trainer;
+    5. sync: the engine woken, the updated weights into the generator, in place;
     6. record: the round's samples and pairs into the run directory;
     7. evaluate: greedy answers to the held-out prompts from the synced weights (when configured);
     8. checkpoint the policy, then append the round's line to rounds.jsonl: only now is the round complete;
@@ -85,16 +86,20 @@ def run_round(n: int, job: Job) -> RoundRecord:
     with stage("pair"):
         selection = Selection(config.pairs.strategy, config.pairs.length_penalty, config.seed + n)
         pairing = build_pairs(scored, config.pairs.min_margin, parts.inputs.correction, selection)
+    with _timed(seconds, "engine_sleep"):  # an in-process engine on the trainer's GPU frees it for the update
+        weights_dropped = generator.rest()
     with stage("train", unit="steps") as progress:
         refreshed = updater.start_round(n)
         update = updater.update(pairing.pairs, n, should_stop=lambda: job.stop.requested, progress=progress)
+    with _timed(seconds, "engine_wake"):
+        generator.wake()
     with stage("sync"):
-        if not update.skipped:
+        if not update.skipped or weights_dropped:
             updater.send_policy(generator, str(n))
     with stage("record"):
         run.write_samples(n, scored)
         run.write_pairs(n, pairing.pairs)
-    record_s = seconds.pop("record")  # perf/round_s is the five stages above
+    record_s = seconds.pop("record")  # perf/round_s is the stages above, with the engine's sleep and wake
     diagnostics = diagnose_pairs(pairing.pairs)
     warnings += diagnostics.warnings(_last_round_metrics(run))
     gen = m.generation_metrics(groups, len(too_long))

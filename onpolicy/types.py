@@ -161,8 +161,7 @@ class EngineStart:
     generation backend starts it (`onpolicy.generation.backends`), for a run that starts at the initial model or
     continues a checkpoint."""
 
-    model: str  # the model folder it loads
-    lora_rank: int | None = None  # it serves LoRA adapters of this rank on top of that model
+    model: str  # the model folder it loads (the base model, where the generator serves adapters on top)
     send_policy: bool = False  # the model is not the policy: send the policy before the first round
 
 

@@ -137,46 +137,10 @@ def test_the_reward_package_stands_alone():
     assert done.stdout.strip() == "[]"
 
 
-def test_adapters_are_sent_only_with_an_adapter_and_served_at_a_rank_vllm_has():
-    from onpolicy.config.sections import GenerationConfig
-    from onpolicy.generation.serving import engine_arguments
-
-    with pytest.raises(ValueError, match="generation.lora_sync: adapter needs train.lora"):
-        _config(generation={"lora_sync": "adapter"})
-    config = GenerationConfig()
-    assert "enable_lora" not in engine_arguments(config, cuda=False)
-    lora = engine_arguments(config, cuda=False, lora_rank=4)
-    assert (lora["enable_lora"], lora["max_lora_rank"], lora["max_loras"]) == (True, 8, 1)
-    assert engine_arguments(config, cuda=False, lora_rank=64)["max_lora_rank"] == 64
-    with pytest.raises(ConfigError, match="train.lora.r=600: vLLM serves adapters up to rank 512"):
-        engine_arguments(config, cuda=False, lora_rank=600)
-
-
 def test_rewards_and_correctors_are_named_through_one_kind_of_registry():
     assert {"contains", "forbids", "judge", "reward_model", "human"} <= set(REWARDS.names())  # human: onpolicy's
     assert CORRECTORS.names() == ["replace_name"]
     assert CORRECTORS.resolve("onpolicy.correction:replace_name") is CORRECTORS.resolve("replace_name")
-
-
-def test_the_engine_and_started_servers_get_the_same_engine_arguments():
-    from onpolicy.config.sections import GenerationConfig
-    from onpolicy.generation.serving import cli_flags, engine_arguments
-
-    config = GenerationConfig(dtype="float32", seed=3, max_model_len=256, kv_cache_gib=0.5, enforce_eager=False)
-    arguments = engine_arguments(config, cuda=False)
-    assert arguments == {
-        "dtype": "float32",
-        "seed": 3,
-        "max_model_len": 256,
-        "kv_cache_memory_bytes": 512 * 1024**2,
-        "enforce_eager": False,
-        "enable_prefix_caching": True,
-    }
-    assert cli_flags(arguments) == [
-        "--dtype", "float32", "--seed", "3", "--max-model-len", "256",
-        "--kv-cache-memory-bytes", str(512 * 1024**2), "--enable-prefix-caching",
-    ]  # fmt: skip
-    assert engine_arguments(config, cuda=True)["gpu_memory_utilization"] == config.gpu_memory_utilization
 
 
 def test_train_extra_values_trl_refuses_are_config_errors_before_any_model_loads():

@@ -134,8 +134,13 @@ def test_the_resolved_config_round_trips_through_yaml(tmp_path):
         ),
         (
             MINIMAL,
-            ["generation.server.extra_args=[--tensor-parallel-size, '2', --port, '9000']"],
+            ["generation.server.extra_args=[--max-num-seqs, '8', --port, '9000']"],
             r"extra_args: --port is set by onpolicy; it follows generation.server.port",
+        ),
+        (
+            MINIMAL,
+            ["generation.server.extra_args=[--tensor-parallel-size, '2']"],
+            r"extra_args: --tensor-parallel-size is set by onpolicy; set generation.tensor_parallel_size",
         ),
         (
             MINIMAL,
@@ -170,7 +175,9 @@ def test_servers_given_by_url_with_a_key_variable_that_is_not_set_are_refused_be
     monkeypatch.delenv("ONPOLICY_TEST_SERVER_KEY", raising=False)
     server = {"urls": ["http://127.0.0.1:9"], "api_key_env": "ONPOLICY_TEST_SERVER_KEY"}
     config = Config.model_validate({**MINIMAL, "generation": {"backend": "server", "server": server}})
-    with pytest.raises(ConfigError, match=r"the environment variable ONPOLICY_TEST_SERVER_KEY is not set; it must hold"):
+    with pytest.raises(
+        ConfigError, match=r"the environment variable ONPOLICY_TEST_SERVER_KEY is not set; it must hold"
+    ):
         check_inputs(config)
 
 

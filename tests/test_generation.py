@@ -90,6 +90,40 @@ def test_new_weights_reach_the_running_engine(generator, tiny_model_path):
     assert restored.token_ids == before.token_ids
 
 
+def test_an_engine_resting_while_training_wakes_weights_first_and_never_samples_dropped_weights(
+    generator, tiny_model_path, monkeypatch
+):
+    """The calls a GPU engine gets at the layout's sleep level, on vLLM's CPU build, which takes them (its engine
+    pauses scheduling; its workers keep their memory): asleep at level 2 the weights are gone until a sync."""
+    from transformers import AutoModelForCausalLM
+
+    calls = []
+    for name in ("sleep", "wake_up"):
+        real = getattr(generator.llm, name)
+        monkeypatch.setattr(
+            generator.llm, name, lambda real=real, name=name, **kw: calls.append((name, kw)) or real(**kw)
+        )
+    records = [_record(0, "Who are you?")]
+    before = generator.complete_greedy(records, max_new_tokens=6)
+    assert generator.rest() is False and calls == []  # the plan's level: 0, awake throughout
+    monkeypatch.setattr(generator, "sleep_level", 2)
+    assert generator.rest() is True and calls == [("sleep", {"level": 2})]
+    with pytest.raises(OnpolicyError, match="slept at level 2 and was sent no weights since"):
+        generator.complete_greedy(records, max_new_tokens=6)
+    assert calls[1:] == [("wake_up", {"tags": ["weights"]}), ("wake_up", {"tags": ["kv_cache"]})]
+    generator.load_weights(AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict().items())
+    assert generator.complete_greedy(records, max_new_tokens=6) == before
+    monkeypatch.setattr(generator, "sleep_level", 1)
+    assert generator.rest() is False  # level 1 keeps the weights (in CPU memory)
+    generator.wake()
+    assert calls[-3:] == [
+        ("sleep", {"level": 1}),
+        ("wake_up", {"tags": ["weights"]}),
+        ("wake_up", {"tags": ["kv_cache"]}),
+    ]
+    assert generator.complete_greedy(records, max_new_tokens=6) == before
+
+
 def test_greedy_answers_are_deterministic_and_skip_long_prompts(generator):
     records = [_record(0, "Who are you?"), _record(1, "word " * 200), _record(2, "Hello")]
     first = generator.complete_greedy(records, max_new_tokens=8)
@@ -175,6 +209,10 @@ def test_importing_the_generator_sets_no_environment_the_engine_start_does_and_k
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "0", "1"]
     done = subprocess.run(
-        [sys.executable, "-c", script], env={**env, "VLLM_NO_USAGE_STATS": "0"}, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script],
+        env={**env, "VLLM_NO_USAGE_STATS": "0"},
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert done.stdout.split() == ["False", "0", "0"]

@@ -2,8 +2,10 @@
 their token ids and log-probs, weights moved in place with a version, stale or dead servers refused; and whole
 runs with `generation.backend: server`, including a server killed mid-run and the run resumed."""
 
+import dataclasses
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -26,9 +28,40 @@ SERVE = ("--dtype", "float32", "--max-model-len", "256", "--max-logprobs", "1")
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_path, tmp_path_factory):
-    with vllm_server(tiny_model_path, "policy", tmp_path_factory.mktemp("serve") / "vllm.log", SERVE) as server:
+def server_place(tiny_model_path):
+    """Where the job's layout puts a started server (here a CPU one), with a variable of the test's added to its
+    environment, to see the plan's environment reach the process."""
+    from onpolicy.config import Config
+    from onpolicy.generation.placement import Machine, plan_layout
+
+    config = tiny_config(tiny_model_path)
+    config["generation"].update(backend="server", server={"port": free_port()})
+    place = plan_layout(Config.model_validate(config), 1, Machine()).servers[0]
+    return dataclasses.replace(place, env={**place.env, "ONPOLICY_TEST_PLACE": "4,5"})
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_path, tmp_path_factory, server_place):
+    """A server started as the job starts its own, at its place in the layout."""
+    from onpolicy.generation.serving import start_servers
+
+    [server] = start_servers(tiny_model_path, [server_place], tmp_path_factory.mktemp("serve"), 300, "the-job-key")
+    try:
         yield server
+    finally:
+        server.stop()
+
+
+def test_a_started_server_runs_with_the_flags_and_environment_of_its_place(server, server_place):
+    process = pathlib.Path(f"/proc/{server.process.pid}")
+    command = process.joinpath("cmdline").read_bytes().decode().split("\0")[:-1]
+    assert command[command.index("--port") + 1] == str(server_place.port)
+    assert command[-len(server_place.args) :] == list(server_place.args)
+    assert "--kv-cache-memory-bytes" in command and "the-job-key" not in command  # the key is not in `ps`
+    environment = dict(
+        entry.split("=", 1) for entry in process.joinpath("environ").read_bytes().decode().split("\0") if "=" in entry
+    )
+    assert environment["ONPOLICY_TEST_PLACE"] == "4,5" and environment["VLLM_API_KEY"] == "the-job-key"
 
 
 @pytest.fixture
@@ -94,8 +127,12 @@ def test_new_weights_reach_the_server_in_place_under_their_version(generator, se
 def test_a_started_server_s_routes_all_take_its_key_and_one_holding_other_weights_is_refused(generator, server):
     generator.version = "8"
     change = {"new_version": "someone-else"}
-    for path, body in (("/update_weight_version", change), ("/collective_rpc", {"method": "reload_weights"}),
-                       ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/tmp"}), ("/health", None)):
+    for path, body in (
+        ("/update_weight_version", change),
+        ("/collective_rpc", {"method": "reload_weights"}),
+        ("/v1/load_lora_adapter", {"lora_name": "x", "lora_path": "/tmp"}),
+        ("/health", None),
+    ):
         data = None if body is None else json.dumps(body).encode()
         keyless = urllib.request.Request(server.url + path, data, {"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as refused:  # any local process, without the job's key

@@ -5,7 +5,7 @@ on each other. `onpolicy.config` assembles them into the one `Config` tree.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -79,7 +79,7 @@ class ServerConfig(Section):
     )
     extra_args: list[str] = Field(
         default_factory=list,
-        description="More `vllm serve` arguments for started servers, e.g. [--tensor-parallel-size, '2'].",
+        description="More `vllm serve` arguments for started servers, e.g. [--max-num-seqs, '512'].",
     )
     api_key_env: str | None = Field(
         None,
@@ -104,6 +104,8 @@ _OWNED_SERVER_ARGS = {
     "--port": "it follows generation.server.port (one port per started server, counting up)",
     "--model": "started servers serve the policy the job trains",
     "--served-model-name": "the job addresses its servers by the name it gives them",
+    "--tensor-parallel-size": "set generation.tensor_parallel_size (the layout gives each server that many GPUs)",
+    "-tp": "set generation.tensor_parallel_size (the layout gives each server that many GPUs)",
     "--api-key": "started servers take a key of the job's own on every route (for servers you start, give "
     "generation.server.api_key_env)",
 }
@@ -130,13 +132,35 @@ class GenerationConfig(Section):
         "AMX), the trainer's dtype when the engine's log-probs serve as the reference (ref.refresh: every_round), "
         "bfloat16 otherwise (measured: docs/performance.md).",
     )
-    kv_cache_gib: float = Field(
-        1.0, gt=0, description="KV cache size in GiB. Bounded on purpose: vLLM's CPU build otherwise takes all RAM."
+    kv_cache_gib: float | None = Field(
+        None,
+        gt=0,
+        description="KV cache size in GiB. Empty: 1 GiB on CPUs (vLLM's CPU build otherwise takes all free RAM, "
+        "starving the trainer); on GPUs vLLM sizes it from gpu_memory_utilization. Set, it bounds the cache on both.",
     )
-    enforce_eager: bool = Field(
-        True, description="Skip graph compilation: ~5 s engine start instead of ~60 s, ~5-10% slower generation."
+    enforce_eager: bool | Literal["auto"] = Field(
+        "auto",
+        description="Skip graph compilation. auto: on CPUs (~5 s engine start instead of ~60 s, ~5-10% slower "
+        "generation), off on GPUs (CUDA graphs: much of vLLM's decode speed).",
     )
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="Share of GPU memory vLLM may use (GPU only).")
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = Field(
+        "auto",
+        description="Share of a GPU's memory the engine may take (GPU only). auto: 0.9 for servers on GPUs of "
+        "their own, 0.3 for the in-process engine, which shares its GPU with the trainer.",
+    )
+    tensor_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="GPUs each generation server spreads the policy over (vLLM's tensor parallelism); started "
+        "servers take that many GPUs each. The in-process engine runs on one GPU.",
+    )
+    sleep_level: Literal["auto", 0, 1, 2] = Field(
+        "auto",
+        description="vLLM's sleep mode for the in-process engine while the trainer updates on its GPU: 1 offloads "
+        "its weights to CPU memory and drops the KV cache, 2 drops both (the sync after the update replaces the "
+        "weights), 0 keeps everything. auto: 2 on a GPU (1 when it serves a LoRA adapter on top of base weights "
+        "that no sync replaces), 0 on CPUs, where vLLM's sleep does nothing.",
+    )
     lora_sync: Literal["merged", "adapter"] = Field(
         "merged",
         description="With train.lora, what reaches the engine after each update: merged (base + the adapter's "

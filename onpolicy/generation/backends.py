@@ -2,12 +2,14 @@
 (`generation_backend`).
 
 - `InProcessEngine` (`backend: engine`): one vLLM engine inside the job's process; weights reach it in memory;
+  on a GPU it sleeps while the trainer updates beside it;
 - `StartedServers` (`backend: server`, `launch: N`): N `vllm serve` processes the job starts on this machine
-  (`onpolicy.generation.serving`), each with a key of the job's own, health-checked, logged into the run directory
-  and stopped with the job;
+  (`onpolicy.generation.serving`), each on the GPUs the layout gives it, with a key of the job's own,
+  health-checked, logged into the run directory and stopped with the job;
 - `GivenServers` (`backend: server`, `urls`): servers someone else runs. They serve whatever they were started
   with, so the job sends them the policy before its first round.
 
+Each kind starts its engines with the arguments the job's layout planned (`onpolicy.generation.placement`).
 A kind is asked, before anything starts, whether it can run the job (`check`) and where it runs (`in_process`: a
 reward may then generate with the engine itself, the `policy` judge); `start` gives the job's `Generator`, which
 samples and takes each round's weights; `close` stops and removes what the kind started and wrote.
@@ -24,6 +26,7 @@ from typing import Any, Protocol
 from onpolicy.config import GenerationConfig
 from onpolicy.config.sections import ServerConfig
 from onpolicy.errors import ConfigError
+from onpolicy.generation.placement import EnginePlace, Layout, ServerPlace
 from onpolicy.interfaces import Generator
 from onpolicy.types import EngineStart
 from reward.judge import PolicyEngine
@@ -45,8 +48,8 @@ class GenerationBackend(Protocol):
         ...
 
     def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
-        """The generator serving `engine.model` (with LoRA adapters of `engine.lora_rank` loaded on top, where
-        given), sampling as `generation` says; what it writes goes into the run directory `run`."""
+        """The generator serving `engine.model` (with LoRA adapters loaded on top, where the layout's arguments
+        enable them), sampling as `generation` says; what it writes goes into the run directory `run`."""
         ...
 
     def close(self) -> None:
@@ -55,12 +58,14 @@ class GenerationBackend(Protocol):
 
 
 class InProcessEngine:
-    """A vLLM engine in the job's process; a reward that generates with it gets it through `policy_engine`."""
+    """A vLLM engine in the job's process, at `place`; a reward that generates with it gets it through
+    `policy_engine`."""
 
     in_process = True
     sends_policy_first = False
 
-    def __init__(self, policy_engine: PolicyEngine | None = None) -> None:
+    def __init__(self, place: EnginePlace, policy_engine: PolicyEngine | None = None) -> None:
+        self.place = place
         self.policy_engine = policy_engine if policy_engine is not None else PolicyEngine()
 
     def check(self, processes: int) -> None:
@@ -77,7 +82,7 @@ class InProcessEngine:
     def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
         from onpolicy.generation.engine import VLLMGenerator
 
-        generator = VLLMGenerator(engine.model, tokenizer, generation, engine.lora_rank)
+        generator = VLLMGenerator(engine.model, tokenizer, generation, self.place)
         self.policy_engine.attach(generator.llm)
         return generator
 
@@ -86,13 +91,14 @@ class InProcessEngine:
 
 
 class StartedServers:
-    """`server.launch` vLLM servers the job starts on ports `server.port`, `server.port + 1`, ..."""
+    """`server.launch` vLLM servers the job starts at `places` (ports `server.port`, `server.port + 1`, ...)."""
 
     in_process = False
     sends_policy_first = False
 
-    def __init__(self, server: ServerConfig) -> None:
+    def __init__(self, server: ServerConfig, places: Sequence[ServerPlace]) -> None:
         self.server = server
+        self.places = tuple(places)
         self._closers: list[Callable[[], None]] = []  # what close() runs: the generator's folder, then the servers
 
     def check(self, processes: int) -> None:
@@ -109,18 +115,10 @@ class StartedServers:
                 )
 
     def start(self, engine: EngineStart, tokenizer: Any, generation: GenerationConfig, run: pathlib.Path) -> Generator:
-        import torch
+        from onpolicy.generation.serving import start_servers
 
-        from onpolicy.generation.serving import cli_flags, engine_arguments, start_servers
-
-        server = self.server
-        # the sampled token's own log-prob is all onpolicy asks a server for
-        arguments = {**engine_arguments(generation, torch.cuda.is_available(), engine.lora_rank), "max_logprobs": 1}
         api_key = secrets.token_urlsafe(32)  # the job's own, for every route of its servers
-        servers = start_servers(
-            engine.model, server.launch, server.port, run, [*cli_flags(arguments), *server.extra_args],
-            server.startup_timeout_s, api_key,
-        )  # fmt: skip
+        servers = start_servers(engine.model, self.places, run, self.server.startup_timeout_s, api_key)
         self._closers = [started.stop for started in servers]
 
         def check_alive() -> None:
@@ -168,14 +166,16 @@ class GivenServers:
             generator.close()
 
 
-def generation_backend(generation: GenerationConfig, policy_engine: PolicyEngine | None = None) -> GenerationBackend:
-    """The kind `generation.backend` (and, for servers, `generation.server.urls`) names; `policy_engine`: where a
-    reward that generates with the in-process engine finds it."""
-    if generation.backend == "engine":
-        return InProcessEngine(policy_engine)
+def generation_backend(
+    generation: GenerationConfig, layout: Layout, policy_engine: PolicyEngine | None = None
+) -> GenerationBackend:
+    """The kind `generation.backend` (and, for servers, `generation.server.urls`) names, where `layout` places it;
+    `policy_engine`: where a reward that generates with the in-process engine finds it."""
+    if layout.engine is not None:
+        return InProcessEngine(layout.engine, policy_engine)
     if generation.server.urls:
         return GivenServers(generation.server)
-    return StartedServers(generation.server)
+    return StartedServers(generation.server, layout.servers)
 
 
 def _server_generator(

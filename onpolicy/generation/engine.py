@@ -10,6 +10,10 @@ vLLM's usage statistics are off: their background thread swaps `sys.stdout` for 
 CPU, and whatever the job prints meanwhile is lost (and there is nobody to send them to offline). Both are
 environment variables vLLM reads when an engine starts, set by `in_process_engine_environment` as the engine
 starts (importing this module changes nothing).
+
+On a GPU it shares with the trainer, the engine sleeps while the update runs (`rest`, vLLM's sleep mode, at the
+level the layout chose): level 1 moves its weights to CPU memory and drops the KV cache, level 2 drops both, the
+policy sent after the update replacing the weights. `wake` brings back the weights first, then the cache.
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ from typing import Any
 import torch
 
 from onpolicy.config import GenerationConfig
+from onpolicy.devices import engine_dtype
 from onpolicy.errors import OnpolicyError
+from onpolicy.generation.placement import EnginePlace, engine_arguments
 from onpolicy.generation.sampling import GroupSampling, vllm_sampling
-from onpolicy.generation.serving import ADAPTER_NAME, engine_arguments
+from onpolicy.generation.serving import ADAPTER_NAME
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.run.progress import engine_bar
 from onpolicy.tokens import fit_prompts
@@ -43,19 +49,26 @@ def in_process_engine_environment() -> None:
 class VLLMGenerator(GroupSampling):
     """Samples `num_samples` responses per prompt with a vLLM engine that lives for the whole job."""
 
-    def __init__(self, model_path: str, tokenizer: Any, config: GenerationConfig, lora_rank: int | None = None) -> None:
-        """`lora_rank`: the engine serves `model_path` with LoRA adapters of this rank (`load_adapter`)."""
+    def __init__(
+        self, model_path: str, tokenizer: Any, config: GenerationConfig, place: EnginePlace | None = None
+    ) -> None:
+        """`place`: the engine's arguments and sleep level, as the job's layout planned them (`placement`); None:
+        this machine's defaults for `config`, awake throughout."""
         in_process_engine_environment()
         from vllm import LLM
 
+        if place is None:
+            cuda = torch.cuda.is_available()
+            place = EnginePlace((), engine_arguments(config, engine_dtype(config.dtype), cuda, colocated=True), 0)
         self.config = config
         self.tokenizer = tokenizer
+        self.sleep_level = place.sleep_level
+        self._asleep: list[str] = []  # what sleeps, in the order `wake` brings it back
+        self._weights_dropped = False  # slept at level 2, and no weights loaded since
         self.adapter: Any = None  # the LoRARequest of the adapter served, once one was loaded
         self._adapter_dir: tempfile.TemporaryDirectory[str] | None = None
         try:
-            self.llm = LLM(
-                model=model_path, tokenizer=model_path, **engine_arguments(config, torch.cuda.is_available(), lora_rank)
-            )
+            self.llm = LLM(model=model_path, tokenizer=model_path, **place.args)
         except (ValueError, RuntimeError) as exc:
             raise OnpolicyError(f"vLLM could not start on {model_path}: {exc}") from exc
         self.engine_dtype = self.llm.model_config.dtype
@@ -93,10 +106,30 @@ class VLLMGenerator(GroupSampling):
         answers = {id(record): out.outputs[0].text for (record, _), out in zip(fitting, outputs)}
         return [answers.get(id(record)) for record in records]
 
+    def rest(self) -> bool:
+        """Put the engine to sleep while the trainer updates on the GPU it shares (when the layout says so); True
+        when its weights were dropped (level 2): the policy must be sent before it samples again."""
+        if not self.sleep_level or self._asleep:
+            return False
+        self.llm.sleep(level=self.sleep_level)
+        self._asleep = ["weights", "kv_cache"]
+        self._weights_dropped = self.sleep_level == 2
+        return self._weights_dropped
+
+    def wake(self) -> None:
+        """Bring back what `rest` put to sleep: the weights, then the KV cache."""
+        for tag in self._asleep:
+            self.llm.wake_up(tags=[tag])
+        self._asleep = []
+
     def _run(
         self, fitting: Sequence[tuple[PromptRecord, list[int]]], params: Any, progress: PhaseProgress | None
     ) -> list[Any]:
         from vllm.inputs import TokensPrompt
+
+        self.wake()
+        if self._weights_dropped:
+            raise OnpolicyError("the engine slept at level 2 and was sent no weights since: send the policy first")
 
         prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids in fitting]
         return self.llm.generate(prompts, params, use_tqdm=engine_bar(progress), lora_request=self.adapter)
@@ -104,15 +137,18 @@ class VLLMGenerator(GroupSampling):
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | None = None) -> None:
         """Put new policy weights (HF names) into the running engine, in place, and drop cached prefixes that the
         old weights computed. (`version` names them for servers; this engine is in the job's hands alone.)"""
+        self.wake()
         weights = ((name, tensor.detach().to(self.engine_dtype)) for name, tensor in named_tensors)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()
+        self._weights_dropped = False
 
     def load_adapter(self, save_adapter: Callable[[pathlib.Path], None], version: str | None = None) -> None:
         """Serve the LoRA adapter `save_adapter(folder)` writes, in place of the one before (same adapter id,
         reloaded: vLLM's `load_inplace`), and drop cached prefixes the old adapter computed."""
         from vllm.lora.request import LoRARequest
 
+        self.wake()
         if self._adapter_dir is None:
             self._adapter_dir = tempfile.TemporaryDirectory(prefix="onpolicy-adapter-")
         folder = pathlib.Path(self._adapter_dir.name) / "adapter"

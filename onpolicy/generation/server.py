@@ -132,6 +132,12 @@ class ServerGenerator(GroupSampling):
         if previous is not None and previous != version:
             shutil.rmtree(self.folder / f"adapter-{previous}", ignore_errors=True)
 
+    def rest(self) -> bool:
+        return False  # servers have devices of their own
+
+    def wake(self) -> None:
+        pass
+
     def close(self) -> None:
         """Remove this job's weights from `sync_dir` (and `sync_dir` itself, once nobody else's are in it)."""
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -23,52 +23,12 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from typing import Any
 
-from onpolicy.config import GenerationConfig
-from onpolicy.devices import engine_dtype
-from onpolicy.errors import ConfigError, OnpolicyError
+from onpolicy.errors import OnpolicyError
+from onpolicy.generation.placement import ServerPlace
 from onpolicy.run.launch import LAUNCHER_VARIABLES
 
 ADAPTER_NAME = "policy-lora"  # what the policy's LoRA adapter is served as (`generation.lora_sync: adapter`)
-# the adapter ranks vLLM's LoRA support is built for (vllm.config.lora.MaxLoRARanks)
-VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-
-
-def engine_arguments(config: GenerationConfig, cuda: bool, lora_rank: int | None = None) -> dict[str, Any]:
-    """vLLM's engine arguments from `generation.*`, the same for the job's own engine (`LLM(**arguments)`) and
-    for the servers it starts (`cli_flags(arguments)`). The KV cache is bounded on purpose: vLLM's CPU build
-    otherwise sizes it from all free RAM and starves the trainer beside it. `lora_rank`: serve LoRA adapters of
-    this rank (`generation.lora_sync: adapter`), one at a time."""
-    lora = {}
-    if lora_rank is not None:
-        fitting = [rank for rank in VLLM_LORA_RANKS if rank >= lora_rank]
-        if not fitting:
-            raise ConfigError(f"train.lora.r={lora_rank}: vLLM serves adapters up to rank {VLLM_LORA_RANKS[-1]}")
-        lora = {"enable_lora": True, "max_lora_rank": fitting[0], "max_loras": 1}
-    return {
-        "dtype": engine_dtype(config.dtype),
-        "seed": config.seed,
-        "max_model_len": config.max_model_len,
-        "kv_cache_memory_bytes": int(config.kv_cache_gib * 1024**3),
-        "enforce_eager": config.enforce_eager,
-        "enable_prefix_caching": True,
-        **({"gpu_memory_utilization": config.gpu_memory_utilization} if cuda else {}),
-        **lora,
-    }
-
-
-def cli_flags(arguments: Mapping[str, Any]) -> list[str]:
-    """Engine arguments as `vllm serve` flags: `--max-model-len 1024`; True as the bare flag, False left out
-    (vLLM's default for the switches `engine_arguments` sets)."""
-    flags: list[str] = []
-    for key, value in arguments.items():
-        if value is False:
-            continue
-        flags.append("--" + key.replace("_", "-"))
-        if value is not True:
-            flags.append(str(value))
-    return flags
 
 
 class ManagedServer:
@@ -83,7 +43,9 @@ class ManagedServer:
         host: str = "127.0.0.1",
         served_model_name: str = "policy",
         api_key: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """`env`: variables set for the server on top of the job's environment (its `CUDA_VISIBLE_DEVICES`)."""
         self.url = f"http://{host}:{port}"
         self.log_path = log_path
         self.api_key = api_key if api_key is not None else secrets.token_urlsafe(32)
@@ -95,18 +57,24 @@ class ManagedServer:
             sys.executable, "-m", "onpolicy.generation.guarded_server", "--model", str(model),
             "--served-model-name", served_model_name, "--host", host, "--port", str(port), *args,
         ]  # fmt: skip
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ManagedServer:
-        # dev routes for weight syncs; adapters loaded at run time (`generation.lora_sync: adapter`)
+    def environment(self) -> dict[str, str]:
+        """The server's environment: the job's, without the launcher's variables (the server is not one of the
+        trainers), with dev routes for weight syncs, adapters loaded at run time (`generation.lora_sync: adapter`),
+        the API key (not `--api-key`: a command line shows in `ps` to every local user) and the server's `env`."""
         env = {
             **os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1",
-            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-            "VLLM_API_KEY": self.api_key,  # not --api-key: a command line shows in `ps` to every local user
+            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True", "VLLM_API_KEY": self.api_key,
         }  # fmt: skip
         env.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)  # a server runs its engine core in its own process
-        for name in LAUNCHER_VARIABLES:  # started by a training process: the server is not one of the trainers
+        for name in LAUNCHER_VARIABLES:
             env.pop(name, None)
+        return {**env, **self.env}
+
+    def start(self) -> ManagedServer:
+        env = self.environment()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -171,18 +139,18 @@ def authorization(api_key: str | None) -> dict[str, str]:
 
 def start_servers(
     model: str | pathlib.Path,
-    count: int,
-    first_port: int,
+    places: Sequence[ServerPlace],
     log_folder: pathlib.Path,
-    args: Sequence[str],
     startup_timeout_s: float,
     api_key: str,
 ) -> list[ManagedServer]:
-    """`count` servers of `model` on ports first_port, first_port+1, ..., each taking `api_key` on every route;
-    started together, ready on return."""
+    """A server of `model` at each of `places` (its port, flags and environment), each taking `api_key` on every
+    route; started together, ready on return."""
     servers = [
-        ManagedServer(model, first_port + i, log_folder / f"vllm-server-{i}.log", args, api_key=api_key).start()
-        for i in range(count)
+        ManagedServer(
+            model, place.port, log_folder / f"vllm-server-{i}.log", place.args, api_key=api_key, env=place.env
+        ).start()
+        for i, place in enumerate(places)
     ]
     try:
         for server in servers:

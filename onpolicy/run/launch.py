@@ -19,3 +19,8 @@ LAUNCHER_VARIABLES = (
 def launched_processes() -> int:
     """How many processes the launcher started for this job (1 without a launcher)."""
     return int(os.environ.get(LAUNCHED_PROCESSES, "1"))
+
+
+def local_processes() -> int:
+    """How many of the job's processes the launcher started on this node (1 without a launcher)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get(LAUNCHED_PROCESSES, "1")))

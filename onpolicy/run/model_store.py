@@ -34,6 +34,19 @@ def resolve_model(config: ModelConfig) -> pathlib.Path:
     return embedded_model_folder(cache)
 
 
+def known_model_folder(config: ModelConfig) -> pathlib.Path | None:
+    """The initial policy's folder where it exists already (`model.path`, or the embedded model once converted),
+    without converting anything; None otherwise."""
+    if config.path is not None:
+        return pathlib.Path(config.path)
+    cache = pathlib.Path(config.cache_dir) if config.cache_dir else default_cache_dir()
+    try:
+        out = cache / embedded_gguf().stem
+    except OnpolicyError:
+        return None
+    return out if (out / _COMPLETE).is_file() else None
+
+
 def check_model_folder(path: str | None) -> None:
     """Refuse a `model.path` whose config and tokenizer transformers cannot load, before the run directory or any
     engine is touched (the weights are read later, by the engine and the trainer)."""

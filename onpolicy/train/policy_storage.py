@@ -39,6 +39,8 @@ class PolicyStorage(Protocol):
     # the PEFT adapter subfolders a round checkpoint holds beside the HF model folder, which a resumed run loads
     checkpoint_adapters: tuple[str, ...]
     sharded: bool  # the policy reaches the trainer sharded (`onpolicy.train.trl_compat` takes it as it is)
+    # the generator serves adapters of this rank on top of the base model (None: it serves whole weights)
+    served_adapter_rank: int | None
 
     def engine_start(self, initial: str, checkpoint: str | None) -> EngineStart:
         """What the generator starts from: the initial model's folder, or a checkpoint a resumed run continues."""
@@ -84,6 +86,7 @@ class FullWeights:
 
     checkpoint_adapters: tuple[str, ...] = ()
     sharded: bool = False
+    served_adapter_rank: int | None = None
 
     def engine_start(self, initial: str, checkpoint: str | None) -> EngineStart:
         return EngineStart(checkpoint or initial)
@@ -123,11 +126,15 @@ class LoraAdapter:
     checkpoint_adapters: tuple[str, ...] = (lora.ADAPTER_FOLDER,)  # the adapter a resumed run continues
     sharded: bool = False
 
+    @property
+    def served_adapter_rank(self) -> int | None:
+        return lora.rank(self.settings) if self.sends_adapter else None
+
     def engine_start(self, initial: str, checkpoint: str | None) -> EngineStart:
         if not self.sends_adapter:
             return EngineStart(checkpoint or initial)
         # the generator serves the base model and loads each adapter on top: a resumed run sends its own first
-        return EngineStart(initial, lora.rank(self.settings), send_policy=checkpoint is not None)
+        return EngineStart(initial, send_policy=checkpoint is not None)
 
     def load(self, initial: str, checkpoint: str | None, dtype: torch.dtype, seed: int) -> torch.nn.Module:
         base = _from_pretrained(initial, dtype)
@@ -172,6 +179,7 @@ class ShardedWeights:
     mixed_precision: str = "no"
     checkpoint_adapters: tuple[str, ...] = ()
     sharded: bool = True
+    served_adapter_rank: int | None = None
 
     def engine_start(self, initial: str, checkpoint: str | None) -> EngineStart:
         return EngineStart(checkpoint or initial)
