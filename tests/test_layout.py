@@ -59,7 +59,9 @@ def test_without_gpus_the_plan_is_the_cpu_one():
     assert list(servers.servers[0].args) == [
         "--dtype", "float32", "--seed", "0", "--max-model-len", "256", "--enforce-eager", "--enable-prefix-caching",
         "--tensor-parallel-size", "1", "--kv-cache-memory-bytes", str(512 * 1024**2), "--max-logprobs", "1",
+        "--weight-transfer-config", '{"backend": "onpolicy_gloo"}',
     ]  # fmt: skip
+    assert servers.servers[0].sync == servers.server_sync == "onpolicy_gloo"  # weights through vLLM's transfer API
     assert [t.gpus for t in servers.trainers] == [(), ()] and servers.engine is None
 
 
@@ -137,6 +139,24 @@ def test_an_impossible_plan_says_what_fits_in_one_line(generation, processes, ma
     with pytest.raises(ConfigError, match=message) as refused:
         plan_layout(_config(generation), processes, machine)
     assert "\n" not in str(refused.value)
+
+
+def test_weights_reach_servers_through_vllm_s_transfer_engine_where_both_ends_can_join_it():
+    started = plan_layout(_config(SERVERS), 4, EIGHT_GPUS)
+    assert {server.sync for server in started.servers} == {"nccl"}  # between GPUs
+    args = list(started.servers[0].args)
+    assert json.loads(args[args.index("--weight-transfer-config") + 1]) == {"backend": "nccl"}
+    given = {"backend": "server", "server": {"urls": ["http://gen-node:8000"]}}
+    assert plan_layout(_config(given), 8, EIGHT_GPUS).server_sync == "disk"  # auto: they may not be started for it
+    given["server"]["sync"] = "transfer"
+    assert plan_layout(_config(given), 8, EIGHT_GPUS).server_sync == "nccl"
+    assert plan_layout(_config(given), 1, CPU).server_sync == "onpolicy_gloo"
+    disk = plan_layout(_config({"backend": "server", "server": {"sync": "disk"}}), 1, CPU).servers[0]
+    assert disk.sync == "disk" and "--weight-transfer-config" not in disk.args
+    adapter = plan_layout(_config({"backend": "server"}), 1, CPU, lora_rank=8).servers[0]
+    assert adapter.sync == "disk"  # vLLM loads an adapter from a folder
+    with pytest.raises(ConfigError, match=r"sync=transfer: an adapter .* reaches the servers as a folder"):
+        plan_layout(_config({"backend": "server", "server": {"sync": "transfer"}}), 1, CPU, lora_rank=8)
 
 
 def test_an_adapter_served_on_base_weights_is_never_dropped_by_sleep():

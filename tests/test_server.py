@@ -65,16 +65,23 @@ def test_a_started_server_runs_with_the_flags_and_environment_of_its_place(serve
 
 
 @pytest.fixture
-def generator(server, tiny_model_path, tmp_path):
+def generator(server, server_place, tiny_model_path, tmp_path, request):
+    """A generator on the server, its weights sent the way the layout says (through vLLM's transfer API), or by
+    disk where a test asks for it."""
     from transformers import AutoTokenizer
 
     from onpolicy.generation.server import ServerGenerator
 
     config = GenerationConfig(num_samples=3, max_new_tokens=10, max_model_len=256, dtype="float32")
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
-    generator = ServerGenerator([server.url], tokenizer, config, tmp_path / "sync", server.check_alive, server.api_key)
+    assert server_place.sync == "onpolicy_gloo"
+    sync = getattr(request, "param", server_place.sync)
+    generator = ServerGenerator(
+        [server.url], tokenizer, config, tmp_path / "sync", server.check_alive, server.api_key, sync
+    )
     assert generator.engine_dtype == torch.float32
-    return generator
+    yield generator
+    generator.close()
 
 
 def _teacher_forced(model, prompt_ids, token_ids) -> torch.Tensor:
@@ -98,8 +105,11 @@ def test_samples_carry_the_sampled_tokens_and_the_policy_s_log_probs(generator, 
             assert (torch.tensor(sample.logprobs) - expected).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("generator", ["onpolicy_gloo", "disk"], indirect=True)
 def test_new_weights_reach_the_server_in_place_under_their_version(generator, server, tiny_model_path):
     from transformers import AutoModelForCausalLM
+
+    by_disk = generator.transfer is None
 
     before = generator.complete_greedy(RECORDS, 8)
     moved = AutoModelForCausalLM.from_pretrained(tiny_model_path)
@@ -114,14 +124,34 @@ def test_new_weights_reach_the_server_in_place_under_their_version(generator, se
         torch.tensor(sample.logprobs) - _teacher_forced(moved, group.prompt_token_ids, sample.token_ids)
     ).abs().max() < 1e-4
     assert generator.complete_greedy(RECORDS, 8) != before
-    assert sorted(p.name for p in generator.folder.iterdir()) == ["weights-7"]
+    assert sorted(p.name for p in generator.folder.glob("*")) == (["weights-7"] if by_disk else [])
 
     original = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     generator.load_weights(original.state_dict().items(), version="8")
     assert generator.complete_greedy(RECORDS, 8) == before
-    assert sorted(p.name for p in generator.folder.iterdir()) == ["weights-8"]  # the older folder is gone
+    assert generator._get(server.url, "/weight_info") == {"weight_version": "8"}
+    assert sorted(p.name for p in generator.folder.glob("*")) == (["weights-8"] if by_disk else [])  # older gone
     generator.close()
     assert not generator.sync_dir.exists()
+
+
+def test_the_sync_check_catches_a_server_that_does_not_hold_the_weights_it_was_sent(generator, server, tiny_model_path):
+    from transformers import AutoModelForCausalLM
+
+    moved = AutoModelForCausalLM.from_pretrained(tiny_model_path)
+    with torch.no_grad():
+        for param in moved.parameters():
+            param.add_(torch.randn_like(param) * 0.5)
+    generator.load_weights(moved.state_dict().items(), version="9")  # the first sync is checked, and holds
+    assert generator.syncs == 1 and "model.norm.weight" in generator.sent_digests
+    # the server back on the initial weights behind the job's back: as if the sync had never reached it
+    reload = {"method": "reload_weights", "kwargs": {"weights_path": str(tiny_model_path)}}
+    generator._post(server.url, "/collective_rpc", reload)
+    stale = r"does not hold the weights of version '9' it was sent: \d+ parameter\(s\) differ, e.g. model\.\S*norm"
+    with pytest.raises(OnpolicyError, match=stale):
+        generator.check_weights()
+    generator.load_weights(moved.state_dict().items(), version="10")  # sent again, it holds them
+    generator.check_weights()
 
 
 def test_a_started_server_s_routes_all_take_its_key_and_one_holding_other_weights_is_refused(generator, server):

@@ -72,6 +72,20 @@ class ServerConfig(Section):
     request_timeout_s: float = Field(
         900.0, gt=0, description="Seconds any one request may take (a round's sampling, a weight reload)."
     )
+    sync: Literal["auto", "disk", "transfer"] = Field(
+        "auto",
+        description="How each round's weights reach the servers. transfer: through vLLM's weight-transfer API "
+        "(NCCL between GPUs; on CPUs onpolicy's gloo engine), no disk; the servers must be started for it "
+        "(started servers are; `onpolicy serve` starts one). disk: written as safetensors into sync_dir and "
+        "reloaded by each server. auto: transfer for started servers, disk for servers given by URL.",
+    )
+    check_every: int = Field(
+        10,
+        ge=0,
+        description="Check that the servers hold the weights sent (vLLM's /weight_checker digests of the "
+        "parameters they hold as sent, and the servers against each other) after the first sync and every N-th "
+        "after it; 0: never. A check reads every weight on each server (seconds for an 8B policy).",
+    )
     sync_dir: str | None = Field(
         None,
         description="Folder every server can read, where each round's weights are written for the servers to "
@@ -106,6 +120,7 @@ _OWNED_SERVER_ARGS = {
     "--served-model-name": "the job addresses its servers by the name it gives them",
     "--tensor-parallel-size": "set generation.tensor_parallel_size (the layout gives each server that many GPUs)",
     "-tp": "set generation.tensor_parallel_size (the layout gives each server that many GPUs)",
+    "--weight-transfer-config": "it follows generation.server.sync",
     "--api-key": "started servers take a key of the job's own on every route (for servers you start, give "
     "generation.server.api_key_env)",
 }

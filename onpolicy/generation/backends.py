@@ -125,7 +125,8 @@ class StartedServers:
             for started in servers:
                 started.check_alive()
 
-        generator = _server_generator([s.url for s in servers], tokenizer, generation, run, api_key, check_alive)
+        urls = [s.url for s in servers]
+        generator = _server_generator(urls, tokenizer, generation, run, api_key, self.places[0].sync, check_alive)
         self._closers.insert(0, generator.close)
         return generator
 
@@ -136,13 +137,15 @@ class StartedServers:
 
 
 class GivenServers:
-    """The vLLM servers at `server.urls`, run by someone else (with the key in `server.api_key_env`, if any)."""
+    """The vLLM servers at `server.urls`, run by someone else (with the key in `server.api_key_env`, if any); weights
+    reach them as `sync` says ("disk", or the transfer engine they were started with)."""
 
     in_process = False
     sends_policy_first = True  # they serve what they were started with
 
-    def __init__(self, server: ServerConfig) -> None:
+    def __init__(self, server: ServerConfig, sync: str) -> None:
         self.server = server
+        self.sync = sync
         self._generator: Any = None
 
     def check(self, processes: int) -> None:
@@ -157,7 +160,7 @@ class GivenServers:
         from onpolicy.generation.server import external_api_key
 
         api_key = external_api_key(self.server)
-        self._generator = _server_generator(self.server.urls, tokenizer, generation, run, api_key)
+        self._generator = _server_generator(self.server.urls, tokenizer, generation, run, api_key, self.sync)
         return self._generator
 
     def close(self) -> None:
@@ -174,7 +177,7 @@ def generation_backend(
     if layout.engine is not None:
         return InProcessEngine(layout.engine, policy_engine)
     if generation.server.urls:
-        return GivenServers(generation.server)
+        return GivenServers(generation.server, layout.server_sync or "disk")
     return StartedServers(generation.server, layout.servers)
 
 
@@ -184,13 +187,15 @@ def _server_generator(
     generation: GenerationConfig,
     run: pathlib.Path,
     api_key: str | None,
+    sync: str,
     check_alive: Callable[[], None] = lambda: None,
 ) -> Generator:
-    """A generator on the servers at `urls`, each round's weights written into `generation.server.sync_dir` (by
-    default the run directory's weights-sync/, emptied first: whatever is there, a killed job left)."""
+    """A generator on the servers at `urls`, each round's weights sent as `sync` says: through vLLM's transfer
+    engine of that name, or written into `generation.server.sync_dir` (by default the run directory's
+    weights-sync/, emptied first: whatever is there, a killed job left; adapters always go this way)."""
     from onpolicy.generation.server import ServerGenerator
 
     sync_dir = pathlib.Path(generation.server.sync_dir) if generation.server.sync_dir else run / "weights-sync"
     if not generation.server.sync_dir:
         shutil.rmtree(sync_dir, ignore_errors=True)
-    return ServerGenerator(urls, tokenizer, generation, sync_dir, check_alive, api_key)
+    return ServerGenerator(urls, tokenizer, generation, sync_dir, check_alive, api_key, sync)

@@ -40,6 +40,8 @@ VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 COLOCATED_GPU_SHARE = 0.3  # the in-process engine's share of the GPU it shares with the trainer (TRL's colocate)
 OWN_GPU_SHARE = 0.9  # a server's share of GPUs of its own (vLLM's default)
 CPU_KV_CACHE_GIB = 1.0
+# the vLLM weight-transfer engine between the job and its servers: NCCL between GPUs, onpolicy's gloo engine on CPUs
+TRANSFER_ENGINES = {True: "nccl", False: "onpolicy_gloo"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,7 +90,7 @@ class ServerPlace:
     gpus: tuple[GpuId, ...]
     env: Mapping[str, str]  # set for the server on top of the job's environment
     args: tuple[str, ...]  # its `vllm serve` flags after the model, name, host and port
-    sync: str  # how each round's weights reach it
+    sync: str  # how each round's weights reach it: "disk", or the name of its vLLM transfer engine
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,6 +112,7 @@ class Layout:
     servers: tuple[ServerPlace, ...]  # the servers the job starts
     given_servers: tuple[str, ...]  # URLs of servers run by someone else
     engine: EnginePlace | None  # None on the server backend
+    server_sync: str | None = None  # how weights reach the servers, started or given (None: no servers)
     memory_note: str | None = None  # what the memory check found (or why it could not run)
 
     @property
@@ -125,7 +128,9 @@ class Layout:
         servers = [
             {"port": s.port, "gpus": list(s.gpus), "env": dict(s.env), "args": list(s.args), "sync": s.sync}
             for s in self.servers
-        ] + [{"url": url, "gpus": None, "env": None, "args": None, "sync": "disk"} for url in self.given_servers]
+        ] + [
+            {"url": url, "gpus": None, "env": None, "args": None, "sync": self.server_sync} for url in self.given_servers
+        ]
         engine = self.engine
         return {
             "gpus": len(self.machine.gpus),
@@ -154,7 +159,7 @@ class Layout:
                 f"{env} vllm serve {' '.join(server.args)}"
             )
         for url in self.given_servers:
-            lines.append(f"  server at {url} (run elsewhere): weights by disk")
+            lines.append(f"  server at {url} (run elsewhere): weights by {self.server_sync}")
         if self.engine is not None:
             engine = self.engine
             sleeps = f"sleeps at level {engine.sleep_level} while training" if engine.sleep_level else "stays awake"
@@ -251,15 +256,18 @@ def plan_layout(
     trainers = tuple(TrainerPlace(rank, (machine.gpus[rank],) if cuda else ()) for rank in range(processes))
     if generation.backend == "engine":
         engine, note = _engine_place(config, machine, dtype, lora_rank, model_folder)
-        return Layout(machine, dtype, trainers, (), (), engine, note)
+        return Layout(machine, dtype, trainers, (), (), engine, memory_note=note)
     if generation.sleep_level not in ("auto", 0):
         raise ConfigError(
             f"generation.sleep_level={generation.sleep_level}: generation servers run on GPUs of their own and do "
             "not sleep; sleep mode is for the in-process engine (generation.backend=engine)"
         )
+    sync = _server_sync(generation.server.sync, bool(generation.server.urls), cuda, lora_rank)
     if generation.server.urls:
-        return Layout(machine, dtype, trainers, (), tuple(generation.server.urls), None)
+        return Layout(machine, dtype, trainers, (), tuple(generation.server.urls), None, server_sync=sync)
     flags = cli_flags(server_arguments(engine_arguments(generation, dtype, cuda, colocated=False, lora_rank=lora_rank)))
+    if sync != "disk":
+        flags += ["--weight-transfer-config", json.dumps({"backend": sync})]
     args = (*flags, *generation.server.extra_args)
     blocks = _server_gpus(machine, processes, generation.server.launch, generation.tensor_parallel_size)
     servers = tuple(
@@ -268,11 +276,25 @@ def plan_layout(
             gpus=gpus,
             env={"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus))} if cuda else {},
             args=args,
-            sync="disk",
+            sync=sync,
         )
         for i, gpus in enumerate(blocks)
     )
-    return Layout(machine, dtype, trainers, servers, (), None)
+    return Layout(machine, dtype, trainers, servers, (), None, server_sync=sync)
+
+
+def _server_sync(setting: str, given: bool, cuda: bool, lora_rank: int | None) -> str:
+    """How weights reach the servers: "disk", or the vLLM transfer engine both ends use (NCCL between GPUs)."""
+    if lora_rank is not None:  # vLLM loads an adapter from a folder
+        if setting == "transfer":
+            raise ConfigError(
+                "generation.server.sync=transfer: an adapter (generation.lora_sync: adapter) reaches the servers as a "
+                "folder they load it from; use sync: disk or auto, or lora_sync: merged"
+            )
+        return "disk"
+    if setting == "disk" or (setting == "auto" and given):
+        return "disk"
+    return TRANSFER_ENGINES[cuda]
 
 
 def _server_gpus(machine: Machine, processes: int, launch: int, tp: int) -> list[tuple[GpuId, ...]]:

@@ -6,13 +6,16 @@ each sample's token ids and log-probs (`return_token_ids`, `logprobs: 0`), so tr
 sampled tokens, and the engine's log-probs can stand in for the reference's. A round's prompts are spread over
 the servers, one batched request each, in parallel.
 
-Weights reach the servers after each update without a restart: the policy is written as safetensors into a
-folder every server can read (a folder of this job's own in `generation.server.sync_dir`), and each server reloads it in place through vLLM's
-own `reload_weights` (`/collective_rpc`, dev mode), drops its prefix cache and takes the round as its weight
-version. Before sampling, every server's `/weight_info` must show the version last synced: a round never samples
-from stale weights (say, a server restarted in between). vLLM's NCCL weight-transfer engines need GPUs on both
-sides; the shared folder works on any machine and across nodes with shared storage, at the cost of one write
-and one read of the weights per round (docs/scaling.md).
+Weights reach the servers after each update without a restart, by one of two routes (`generation.server.sync`):
+- transfer: through vLLM's weight-transfer API, broadcast from the job's process to every server's workers
+  (`onpolicy.generation.transfer`: NCCL between GPUs, onpolicy's gloo engine on CPUs), no disk touched;
+- disk: the policy is written as safetensors into a folder every server can read (a folder of this job's own in
+  `generation.server.sync_dir`), and each server reloads it in place through vLLM's own `reload_weights`
+  (`/collective_rpc`, dev mode): any machine, across nodes with shared storage, at the cost of one write and one
+  read of the weights per round (docs/scaling.md).
+Either way each server drops its prefix cache and takes the round as its weight version. Before sampling, every
+server's `/weight_info` must show the version last synced: a round never samples from stale weights (say, a
+server restarted in between).
 
 Every request has a bounded timeout; a server that fails or does not answer fails the round with an error that
 names it, and the run resumes from its last complete round.
@@ -29,7 +32,7 @@ import shutil
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -40,6 +43,8 @@ from onpolicy.devices import engine_dtype
 from onpolicy.errors import ConfigError, OnpolicyError
 from onpolicy.generation.sampling import GroupSampling, vllm_sampling
 from onpolicy.generation.serving import ADAPTER_NAME, authorization
+from onpolicy.generation.transfer import WeightTransfer
+from onpolicy.generation.weight_check import check_servers, comparable, digest
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.tokens import fit_prompts
 from onpolicy.types import PromptRecord, Sample, SampleGroup
@@ -59,7 +64,9 @@ class ServerGenerator(GroupSampling):
         sync_dir: pathlib.Path,
         check_alive: Callable[[], None] = lambda: None,
         api_key: str | None = None,
+        sync: str = "disk",
     ) -> None:
+        """`sync`: "disk", or the vLLM transfer engine the servers were started with (`--weight-transfer-config`)."""
         self.urls = [url.rstrip("/").removesuffix("/v1") for url in urls]
         self._headers = authorization(api_key)  # sent on every request
         self.tokenizer = tokenizer
@@ -71,6 +78,9 @@ class ServerGenerator(GroupSampling):
         self.timeout = config.server.request_timeout_s
         self.version: str | None = None  # the weight version last synced (None: the servers' own start-up weights)
         self.model_name = self._served_name(self.urls[0])
+        self.transfer = None if sync == "disk" else WeightTransfer(self.urls, sync, self._post, self._get, self.timeout)
+        self.syncs = 0  # whole-weight syncs so far
+        self.sent_digests: dict[str, str] = {}  # of the last sync's weights a server holds exactly as sent
 
     def _groups(
         self,
@@ -100,11 +110,32 @@ class ServerGenerator(GroupSampling):
         return [answers.get(id(record)) for record in records]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | None = None) -> None:
-        """Write the weights (HF names) into a new folder of `sync_dir`, have every server reload them in place
-        and take `version` as its weight version, then delete the previous folder."""
+        """Send the weights (HF names) to every server, which takes `version` as its weight version: through the
+        transfer group, or written into a new folder of `sync_dir` (the previous one deleted) that every server
+        reloads in place."""
+        version = version if version is not None else str(int(self.version or 0) + 1)
+        self.check_alive()
+        self.sent_digests = {}
+        named = _noting_digests(named_tensors, self.engine_dtype, self.sent_digests)
+        if self.transfer is not None:
+            self.transfer.send(named, self.engine_dtype, version)
+            self._on_every_server(lambda url: self._post(url, "/reset_prefix_cache", None))
+            self.version = version
+        else:
+            self._load_from_disk(named, version)
+        self.syncs += 1
+        every = self.config.server.check_every
+        if every and (self.syncs == 1 or self.syncs % every == 0):
+            self.check_weights()
+
+    def check_weights(self) -> None:
+        """Raise where a server does not hold the weights the job sent last (`onpolicy.generation.weight_check`)."""
+        held = {url: self._post(url, "/weight_checker", {"action": "checksum"})["checksums"] for url in self.urls}
+        check_servers(held, self.sent_digests, str(self.version))
+
+    def _load_from_disk(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str) -> None:
         from safetensors.torch import save_file
 
-        version = version if version is not None else str(int(self.version or 0) + 1)
         folder = self.folder / f"weights-{version}"
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -139,7 +170,10 @@ class ServerGenerator(GroupSampling):
         pass
 
     def close(self) -> None:
-        """Remove this job's weights from `sync_dir` (and `sync_dir` itself, once nobody else's are in it)."""
+        """Leave the transfer group; remove this job's weights from `sync_dir` (and `sync_dir` itself, once nobody
+        else's are in it)."""
+        if self.transfer is not None:
+            self.transfer.close()
         shutil.rmtree(self.folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.sync_dir.rmdir()
@@ -262,6 +296,17 @@ def _sample(choice: dict[str, Any]) -> Sample:
         logprobs=logprobs,
         finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
     )
+
+
+def _noting_digests(
+    named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype, digests: dict[str, str]
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors as they come, noting into `digests` the digest (in the servers' `dtype`) of each one a server
+    holds exactly as sent."""
+    for name, tensor in named_tensors:
+        if comparable(tensor):
+            digests[name] = digest(tensor.detach().to(dtype))
+        yield name, tensor
 
 
 def _unshared(named_tensors: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype) -> dict[str, torch.Tensor]:
