@@ -98,6 +98,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     layout.add_argument("--json", action="store_true", help="print the plan as JSON")
 
+    serve = sub.add_parser(
+        "serve",
+        help="run a generation server for a job on another machine, started as the job starts its own",
+        description="Serve CONFIG's model (model.path, or the embedded model) with vLLM as a job of CONFIG would "
+        "start a server: its engine settings, the first generation.tensor_parallel_size GPUs, vLLM's weight-transfer "
+        "engine, and every route keyed with the variable generation.server.api_key_env names. Runs until "
+        "interrupted; a job reaches it with generation.server.urls.",
+    )
+    serve.add_argument("config", metavar="CONFIG", help="YAML config file")
+    serve.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=OVERRIDES_HELP)
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on (default 0.0.0.0: every interface)")
+    serve.add_argument("--log", type=pathlib.Path, help="the server's log (default: vllm-serve-PORT.log here)")
+
     prepare = sub.add_parser(
         "prepare-model",
         help="convert the embedded SmolLM2-135M-Instruct into an HF folder (runs do this on first use)",
@@ -192,6 +206,8 @@ def _main(argv: list[str] | None) -> int:
             return _config(args)
         if args.command == "layout":
             return _layout(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "train-reward-model":
             return _train_reward_model(args)
         if args.command == "report":
@@ -344,6 +360,20 @@ def _layout(args: argparse.Namespace) -> int:
         print(json.dumps(redact(layout.as_json()), indent=2))
     else:
         print("\n".join(redact_text(line, config.secrets()) for line in layout.describe()))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from onpolicy.components import storage_kind
+    from onpolicy.config import load_config
+    from onpolicy.generation.placement import this_machine
+    from onpolicy.generation.serve import serve, served_place
+    from onpolicy.run.model_store import resolve_model
+
+    config = load_config(args.config, args.overrides)
+    place = served_place(config, this_machine(), args.port, storage_kind(config).served_adapter_rank)
+    log = args.log or pathlib.Path(f"vllm-serve-{args.port}.log")
+    serve(config, resolve_model(config.model), place, args.host, log, echo=lambda line: print(line, flush=True))
     return 0
 
 

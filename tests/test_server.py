@@ -19,7 +19,7 @@ import torch
 from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
 from onpolicy.types import PromptRecord
-from tests.helpers import ROOT, free_port, is_up, read_jsonl, run_cli, tiny_config, vllm_server
+from tests.helpers import ROOT, free_port, is_up, read_jsonl, run_cli, tiny_config
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Who are you?", "What is your name?", "Tell me a story."]
@@ -216,7 +216,13 @@ def test_a_run_on_a_started_server_samples_round_two_from_the_updated_weights(ti
     assert not is_up(f"http://127.0.0.1:{config['generation']['server']['port']}")  # gone with the job
 
 
-def test_a_server_killed_mid_run_fails_the_round_cleanly_and_the_run_resumes(tiny_model_path, tmp_path):
+def test_a_server_of_onpolicy_serve_takes_weights_by_transfer_and_when_killed_mid_run_the_run_resumes(
+    tiny_model_path, tmp_path
+):
+    """A job on a server another machine would run (`onpolicy serve`, keyed), its weights sent through vLLM's
+    transfer API; the server dies mid-run, the round fails cleanly, and the run resumes on a new one."""
+    import psutil
+
     port = free_port()
     # a reward that holds round 1 in its score phase until the test has killed the server
     (tmp_path / "held.py").write_text(
@@ -230,21 +236,36 @@ def test_a_server_killed_mid_run_fails_the_round_cleanly_and_the_run_resumes(tin
     config = tiny_config(tiny_model_path, rounds=2, reward=[{"name": f"{tmp_path / 'held.py'}:score"}])
     config["generation"]["backend"] = "server"
     config["generation"]["server"] = {
-        "urls": [f"http://127.0.0.1:{port}"], "request_timeout_s": 60, "api_key_env": "ONPOLICY_TEST_SERVER_KEY"
+        "urls": [f"http://127.0.0.1:{port}"], "request_timeout_s": 60, "api_key_env": "ONPOLICY_TEST_SERVER_KEY",
+        "sync": "transfer", "check_every": 1,
     }  # fmt: skip
     environment = {**os.environ, "ONPOLICY_TEST_SERVER_KEY": "the-servers-key"}
     (tmp_path / "run.yaml").write_text(json.dumps(config))
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "onpolicy.cli", "run", str(tmp_path / "run.yaml"), "--run-dir", str(run_dir)]
-    with vllm_server(tiny_model_path, "policy", tmp_path / "first.log", SERVE, port, "the-servers-key") as server:
-        job = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
-        )
-        _wait_for(lambda: _phase(run_dir) == (1, "score"), job)
-        killed = server.process.pid
-        server.process.send_signal(signal.SIGKILL)  # the server dies after round 1 sampled, before its sync
-        (tmp_path / "go").touch()
-        _, stderr = job.communicate(timeout=300)
+
+    def serve(log: str) -> subprocess.Popen:
+        serving = [sys.executable, "-m", "onpolicy.cli", "serve", str(tmp_path / "run.yaml"), "--port", str(port)]
+        started = subprocess.Popen(
+            [*serving, "--host", "127.0.0.1", "--log", str(tmp_path / log)],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment,
+        )  # fmt: skip
+        _wait_for(lambda: is_up(f"http://127.0.0.1:{port}"), started)
+        return started
+
+    served = serve("first.log")
+    [vllm] = psutil.Process(served.pid).children()  # the server onpolicy serve started (and ends with it)
+    assert "--weight-transfer-config" in vllm.cmdline() and "the-servers-key" not in vllm.cmdline()
+    job = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment
+    )
+    _wait_for(lambda: _phase(run_dir) == (1, "score"), job)
+    killed = vllm.pid
+    vllm.send_signal(signal.SIGKILL)  # the server dies after round 1 sampled, before its sync
+    (tmp_path / "go").touch()
+    _, stderr = job.communicate(timeout=300)
+    _, served_err = served.communicate(timeout=60)
+    assert served.returncode == 2 and "the vLLM server exited with code" in served_err, served_err[-2000:]
     deadline = time.monotonic() + 30  # its engine core, orphaned by the kill, goes with the server's stop
     while _running_in_group(killed) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -252,10 +273,21 @@ def test_a_server_killed_mid_run_fails_the_round_cleanly_and_the_run_resumes(tin
     assert job.returncode == 2, stderr
     assert f"the vLLM server at http://127.0.0.1:{port} failed on" in stderr
     assert not (run_dir / "rounds.jsonl").exists() or read_jsonl(run_dir / "rounds.jsonl") == []
-    with vllm_server(tiny_model_path, "policy", tmp_path / "second.log", SERVE, port, "the-servers-key"):
+    served = serve("second.log")
+    try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=environment)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [1, 2]
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [1, 2]
+        weight_info = urllib.request.Request(
+            f"http://127.0.0.1:{port}/weight_info", headers={"Authorization": "Bearer the-servers-key"}
+        )
+        with urllib.request.urlopen(weight_info, timeout=30) as answer:
+            assert json.load(answer) == {"weight_version": "2"}  # round 2's weights, sent by transfer
+        assert "/update_weights" in (tmp_path / "second.log").read_text()
+    finally:
+        served.send_signal(signal.SIGINT)
+        served.communicate(timeout=60)
+    assert served.returncode == 0 and not is_up(f"http://127.0.0.1:{port}")
 
 
 def _running_in_group(group):
