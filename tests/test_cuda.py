@@ -168,3 +168,25 @@ def test_fsdp2_sharding_trains_on_the_gpu_as_unsharded_training_does(tiny_model_
     initial = load_file(tiny_model_path / "model.safetensors")
     assert all(not sharded[k].equal(initial[k]) for k in initial)  # every weight trained, the head's unit too
     assert max((sharded[k] - plain[k]).abs().max().item() for k in plain) < 1e-4
+
+
+def test_the_layout_places_the_job_on_the_gpus_torch_sees(tiny_model_path):
+    """The plan a job on this machine follows: trainer 0 and the sleeping engine on the first GPU; servers on the
+    GPUs a trainer leaves, each with its own CUDA_VISIBLE_DEVICES; the memory check against the GPU's real size."""
+    from onpolicy.config import Config
+    from onpolicy.generation.placement import plan_layout, this_machine
+
+    machine = this_machine()
+    count = torch.cuda.device_count()
+    assert len(machine.gpus) == count and machine.gpu_memory_gib is not None and machine.gpu_memory_gib > 1
+    base = {"prompts": {"items": ["hi"]}, "reward": [{"name": "length", "args": {"target": 3}}]}
+    engine = Config.model_validate({**base, "model": {"path": str(tiny_model_path)}})
+    layout = plan_layout(engine, 1, machine, model_folder=tiny_model_path)
+    assert layout.engine is not None and layout.engine.gpus == machine.gpus[:1] and layout.engine.sleep_level == 2
+    assert layout.engine.args["enable_sleep_mode"] and "kv_cache_memory_bytes" not in layout.engine.args
+    assert layout.memory_note is not None and "leaving" in layout.memory_note
+    if count > 1:
+        servers = Config.model_validate({**base, "generation": {"backend": "server", "server": {"launch": count - 1}}})
+        placed = plan_layout(servers, 1, machine)
+        assert [dict(s.env) for s in placed.servers] == [{"CUDA_VISIBLE_DEVICES": str(g)} for g in machine.gpus[1:]]
+        assert {s.sync for s in placed.servers} == {"nccl"}

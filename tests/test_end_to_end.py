@@ -1,5 +1,6 @@
 """Two real rounds through the CLI on a tiny random Llama: vLLM engine, TRL update, W&B offline, run directory."""
 
+import json
 import re
 
 import pytest
@@ -174,6 +175,29 @@ def test_round_two_was_sampled_from_the_updated_weights(run, request, tiny_model
     mean = {name: sum(v) / len(v) for name, v in errors.items()}
     assert mean["after_round_1"] < 0.05, mean
     assert mean["initial"] > 5 * mean["after_round_1"], mean
+
+
+def test_the_layout_is_printed_at_start_and_logged_in_w_and_b_s_config(finished_run):
+    from wandb.proto import wandb_internal_pb2
+
+    from onpolicy.run.wandb_offline import _records
+
+    run_dir, stdout = finished_run
+    assert re.search(r"^layout: CPU only \(no GPU visible\); engine dtype float32$", stdout, re.M), stdout
+    engine_line = r"^  engine in process: CPU, stays awake; LLM\(dtype='float32', .*kv_cache_memory_bytes=268435456\)$"
+    assert re.search(engine_line, stdout, re.M), stdout
+    logged = []
+    for segment in run_dir.glob("wandb/offline-run-*/run-*.wandb"):
+        for raw in _records(segment):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            kind = record.WhichOneof("record_type")
+            items = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
+            logged += [json.loads(item.value_json) for item in items if item.key == "layout"]
+    assert logged, "no layout in the W&B run's config"
+    layout = logged[0].get("value", logged[0])
+    assert layout["trainers"] == [{"rank": 0, "gpus": []}] and layout["servers"] == []
+    assert layout["engine"]["sleep_level"] == 0 and layout["engine"]["args"]["enforce_eager"] is True
 
 
 def test_wandb_offline_record_holds_one_step_per_round(finished_run):
