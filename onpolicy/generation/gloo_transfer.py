@@ -9,6 +9,7 @@ pyproject.toml); a server selects it with `--weight-transfer-config '{"backend":
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 
@@ -27,7 +28,7 @@ def register() -> None:
     server asks for it)."""
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-    if BACKEND not in WeightTransferEngineFactory._registry:
+    with contextlib.suppress(ValueError):  # registered already: vLLM refuses a name twice
         WeightTransferEngineFactory.register_engine(BACKEND, __name__, "GlooWeightTransferEngine")
 
 
