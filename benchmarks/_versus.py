@@ -91,7 +91,7 @@ def run_trl(
     from benchmarks._common import embedded_model
     from onpolicy.components import check_inputs
     from onpolicy.config import load_config
-    from onpolicy.scoring import guarded_scores
+    from reward.guarded import guarded_scores
 
     config = load_config(ROOT / "configs" / config_name, ["wandb.mode=offline"])
     inputs = check_inputs(config)  # the prompts, reward and evaluation (with its eval.reward) an onpolicy job uses

@@ -25,9 +25,9 @@ from typing import Any
 
 from onpolicy.config.sections import CorrectionConfig
 from onpolicy.errors import ConfigError
-from onpolicy.scoring import guarded_scores
 from onpolicy.types import Pair, PairTokens, Sample, ScoredGroup
 from reward import Failed, GroupReward, Registry, RewardConfigError, matches
+from reward.guarded import guarded_scores
 
 Corrector = Callable[..., "str | None"]
 

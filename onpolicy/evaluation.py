@@ -22,9 +22,9 @@ from onpolicy.config import EvalConfig
 from onpolicy.errors import ConfigError
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.prompts import load_prompts
-from onpolicy.scoring import guarded_scores
 from onpolicy.types import PromptRecord, SampleGroup
 from reward import Failed, GroupReward, RewardConfigError, build_reward, matches
+from reward.guarded import guarded_scores
 
 if TYPE_CHECKING:
     from onpolicy.interfaces import Generator, Reward

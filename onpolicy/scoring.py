@@ -14,56 +14,10 @@ from typing import Any
 
 from onpolicy.interfaces import PhaseProgress, Reward
 from onpolicy.types import Sample, SampleGroup, ScoredGroup
-from reward import Failed, Group, GroupReward, Response, RoundGroups
-from reward.base import score_groups as scores_of_groups
-from reward.registry import check_score
-
-
-def guarded_scores(
-    reward: GroupReward, prompt: Mapping[str, Any], responses: Sequence[Response | str]
-) -> list[float | Failed]:
-    """`reward`'s checked score of each response, where a reward that raises or returns the wrong number of
-    scores fails them all (kind "error") instead of stopping the job. Every scoring of samples, corrections and
-    eval answers goes through here."""
-    try:
-        scores = list(reward.score_group(prompt, responses))
-        if len(scores) != len(responses):
-            raise ValueError(f"returned {len(scores)} scores for {len(responses)} responses")
-    except Exception as exc:
-        scores = [Failed(f"raised {type(exc).__name__}: {bounded(str(exc))}", "error")] * len(responses)
-    return [_bounded_failure(check_score(score)) for score in scores]
-
-
-MAX_REASON_CHARS = 500  # of why a sample has no reward: it is written once per sample
-
-
-def bounded(text: str, limit: int = MAX_REASON_CHARS) -> str:
-    """`text`, cut to `limit` characters with a note of how long it was."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
-
-
-def _bounded_failure(score: float | Failed) -> float | Failed:
-    if isinstance(score, Failed) and len(score.reason) > MAX_REASON_CHARS:
-        return Failed(bounded(score.reason), score.kind)
-    return score
-
+from reward import Failed, GroupReward, Response, RoundGroups
+from reward.guarded import guarded_batch
 
 SCORING_CHUNK_GROUPS = 64  # groups a reward that batches across groups gets at once; progress moves per chunk
-
-
-def guarded_batch(reward: GroupReward, groups: Sequence[Group]) -> list[list[float | Failed]]:
-    """`guarded_scores` of each group, in one call where `reward` scores many groups at once (`score_groups`).
-    When that call raises or answers in the wrong shape, each group is scored on its own, so that a failure
-    stays with the group it belongs to."""
-    if not callable(getattr(reward, "score_groups", None)) or len(groups) < 2:
-        return [guarded_scores(reward, prompt, responses) for prompt, responses in groups]
-    try:
-        batch = scores_of_groups(reward, groups)
-        if any(len(scores) != len(responses) for scores, (_, responses) in zip(batch, groups)):
-            raise ValueError("a group's scores do not match its responses")
-    except Exception:
-        return [guarded_scores(reward, prompt, responses) for prompt, responses in groups]
-    return [[_bounded_failure(check_score(score)) for score in scores] for scores in batch]
 
 
 def response_of(sample: Sample) -> Response:

@@ -27,10 +27,9 @@ from reward.base import (
     RewardConfigError,
     RoundGroups,
     Score,
-    score_groups,
     take_stats,
 )
-from reward.registry import check_score
+from reward.guarded import guarded_batch
 
 Normalize = Literal["none", "zscore", "rank"]
 
@@ -80,17 +79,14 @@ class WeightedSum:
         return [self._combine([scores[n] for scores in by_term], len(group[1])) for n, group in enumerate(groups)]
 
     def _term_scores(self, term: Term, groups: Sequence[Group]) -> list[list[Score] | None]:
-        """`term`'s checked scores of each group (None where its `when` does not match: it is not called)."""
+        """`term`'s checked scores of each group (None where its `when` does not match: it is not called). A term
+        that raises fails its own scores (`guarded_batch`): the sum does not raise, so nobody asks the other terms
+        again (a human term's labels are given once)."""
         applies = [n for n, (prompt, _) in enumerate(groups) if matches(prompt, term.when)]
-        scored = score_groups(term.reward, [groups[n] for n in applies]) if applies else []
+        scored = guarded_batch(term.reward, [groups[n] for n in applies]) if applies else []
         found: list[list[Score] | None] = [None] * len(groups)
         for n, scores in zip(applies, scored):
-            responses = groups[n][1]
-            if len(scores) != len(responses):
-                raise ValueError(
-                    f"reward {term.label!r} returned {len(scores)} scores for {len(responses)} responses"
-                )
-            found[n] = [check_score(s) for s in scores]
+            found[n] = scores
         return found
 
     def _combine(self, by_term: Sequence[list[Score] | None], size: int) -> list[Score]:

@@ -22,6 +22,7 @@ from onpolicy.human.label_studio import EQUAL, export_tasks, import_annotations,
 from onpolicy.human.labels import Label, LabelBook, answers_digest
 from onpolicy.human.page import PageServer
 from onpolicy.human.reward import HumanReward
+from reward.guarded import guarded_batch
 from reward import (
     Failed,
     Needs,
@@ -263,6 +264,40 @@ def test_a_prompt_twice_in_a_round_with_the_same_answers_is_labelled_twice(tmp_p
         assert reward.desk.state()["round"] is None  # the page offers nothing once scoring is over
     finally:
         reward.close()
+
+
+def test_people_s_labels_survive_a_scoring_retried_because_another_term_failed(tmp_path):
+    """A term that raises on the chunk fails only its own scores; the labels stay people's, given and counted once."""
+
+    class FlakyInBatches:
+        name = "flaky"
+
+        def score_group(self, prompt, responses):
+            if prompt["id"] == "q2":
+                raise RuntimeError("q2 is out of reach")
+            return [1.0] * len(responses)
+
+        def score_groups(self, groups):
+            raise RuntimeError("the batch endpoint is down")
+
+    human = build_reward("human", {"port": 0})
+    total = WeightedSum([Term(human, needs=reward_needs("human", {})), Term(FlakyInBatches(), 0.5)])
+    round_groups = groups()
+    total.prepare(RoundGroups(1, tmp_path, round_groups, echo=lambda line: None))
+    try:
+        picks = {"q1": (0, 1), "q2": (2, 1), "q3": (1, 0)}
+        while (task := human.desk.claim("ana")) is not None:
+            human.desk.submit("ana", task.group, task.digest, *picks[task.group])
+        scored = guarded_batch(total, round_groups)  # as the job scores a chunk: at once, then one by one on a raise
+        again = [total.score_group(*group) for group in round_groups]  # and as a retry would ask once more
+        total.finish()
+        stats = total.take_stats()
+    finally:
+        total.close()
+    assert scored[0] == again[0] == [1.5, 0.5, 1.0] and scored[2] == again[2] == [0.5, 1.5, 1.0]
+    assert [score.kind for score in scored[1]] == ["error"] * 3
+    assert "flaky: raised RuntimeError: q2 is out of reach" in scored[1][0].reason
+    assert (stats["human/labelled"], stats["human/unlabelled"]) == (3, 0)
 
 
 # ---- the page, in a real browser ----

@@ -362,7 +362,8 @@ def test_a_sum_of_terms_that_batch_scores_each_term_across_groups_as_it_would_on
 
 
 def test_the_loop_scores_a_round_in_chunks_and_a_batch_that_raises_is_scored_group_by_group(tmp_path):
-    from onpolicy.scoring import SCORING_CHUNK_GROUPS, guarded_batch
+    from onpolicy.scoring import SCORING_CHUNK_GROUPS
+    from reward.guarded import guarded_batch
 
     class Picky:
         name = "picky"

@@ -17,17 +17,18 @@ from __future__ import annotations
 import ipaddress
 import math
 import random
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onpolicy.errors import OnpolicyError
 from onpolicy.human.desk import LabelDesk, Task
 from onpolicy.human.label_studio import GROUPS_FILE
-from onpolicy.human.labels import LabelBook, answers_digest
+from onpolicy.human.labels import Label, LabelBook, answers_digest
 from onpolicy.human.page import PageServer, check_free
 from onpolicy.run.rundir import LABELS_FILE, RunDirectory
-from onpolicy.scoring import guarded_scores
 from reward import Failed, Meter, Needs, RewardConfigError, RoundGroups, Score, WeightedSum, register
+from reward.guarded import guarded_scores
 
 
 def _needs(args: Mapping[str, Any]) -> Needs:
@@ -78,8 +79,11 @@ class HumanReward:
         self.desk = LabelDesk(lease_s)
         self._page: PageServer | None = None
         # this round's groups for people, by (prompt id, answers digest): their keys, in order (a prompt twice in a
-        # round can have the same answers twice)
+        # round can have the same answers twice), and how often each was asked for (a scoring retried after another
+        # reward failed asks again: it gets the same labels, in the same order)
         self._people: dict[tuple[str, str], list[str]] = {}
+        self._asked: Counter[tuple[str, str]] = Counter()
+        self._counted: set[str] = set()  # groups whose label (or its absence) is in the counters
         self._should_stop: Any = lambda: False
         self._meter = Meter()
 
@@ -88,7 +92,7 @@ class HumanReward:
         if self.fallback is not None:
             self.fallback.prepare(round_groups)
         tasks = self._tasks_for_people(round_groups)
-        self._people = {}
+        self._people, self._asked, self._counted = {}, Counter(), set()
         for task in tasks:
             self._people.setdefault((str(task.prompt.get("id")), task.digest), []).append(task.group)
         self._should_stop = round_groups.should_stop
@@ -113,18 +117,22 @@ class HumanReward:
         )
 
     def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
-        waiting = self._people.get((str(prompt.get("id")), answers_digest(responses)))
-        if not waiting:  # not one of the round's groups for people: the fallback's
+        key = (str(prompt.get("id")), answers_digest(responses))
+        groups = self._people.get(key)
+        if not groups:  # not one of the round's groups for people: the fallback's
             if self.fallback is None:
                 return [Failed("the human reward scores only the round's groups shown to people", "unlabelled")] * len(
                     responses
                 )
             return self.fallback.score_group(prompt, responses)
-        group = waiting.pop(0)
+        group = groups[self._asked[key] % len(groups)]
+        self._asked[key] += 1
         with self._meter.timed("wait_s"):
             label = self.desk.wait(group, self._should_stop)
+        if group not in self._counted:  # asked again (a retried scoring): same answer, counted once
+            self._counted.add(group)
+            self._count(label, prompt, responses)
         if label is None:
-            self._meter.add(unlabelled=1)
             reason = (
                 "the job was asked to stop"
                 if self._should_stop()
@@ -133,17 +141,23 @@ class HumanReward:
                 else "labelling closed"
             )
             return [Failed(f"group {group}: {reason}", "unlabelled")] * len(responses)
+        return list(label.scores())
+
+    def _count(self, label: Label | None, prompt: Mapping[str, Any], responses: Sequence[str]) -> None:
+        """A group's label in the counters, and whether the fallback ranks people's pick the same way."""
+        if label is None:
+            self._meter.add(unlabelled=1)
+            return
         self._meter.add(labelled=1, ties=float(label.tie))
-        if self.fallback is not None and not label.tie:  # does the fallback rank people's pick the same way?
+        if self.fallback is not None and not label.tie:
             agree = _agreement(guarded_scores(self.fallback, prompt, responses), label.best, label.worst)
             if agree is not None:
                 self._meter.add(compared=1, agree=agree)
-        return list(label.scores())
 
     def finish(self) -> None:
         """The round's scoring is over: the page stops offering its groups."""
         self.desk.close_round()
-        self._people = {}
+        self._people, self._asked, self._counted = {}, Counter(), set()
         if self.fallback is not None:
             self.fallback.finish()
 
