@@ -180,22 +180,17 @@ def test_round_two_was_sampled_from_the_updated_weights(run, request, tiny_model
 
 
 def test_the_layout_is_printed_at_start_and_logged_in_w_and_b_s_config(finished_run):
-    from wandb.proto import wandb_internal_pb2
-
-    from onpolicy.run.wandb_offline import _records
+    from onpolicy.run.wandb_offline import offline_records
 
     run_dir, stdout = finished_run
     assert re.search(r"^layout: .*; engine dtype float32$", stdout, re.M), stdout
     engine_line = r"^  engine in process: .*; LLM\(dtype='float32', .*kv_cache_memory_bytes=268435456.*\)$"
     assert re.search(engine_line, stdout, re.M), stdout
     logged = []
-    for segment in run_dir.glob("wandb/offline-run-*/run-*.wandb"):
-        for raw in _records(segment):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(raw)
-            kind = record.WhichOneof("record_type")
-            items = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
-            logged += [json.loads(item.value_json) for item in items if item.key == "layout"]
+    for record in offline_records(run_dir):
+        kind = record.WhichOneof("record_type")
+        items = record.run.config.update if kind == "run" else record.config.update if kind == "config" else []
+        logged += [json.loads(item.value_json) for item in items if item.key == "layout"]
     assert logged, "no layout in the W&B run's config"
     layout = logged[0].get("value", logged[0])
     cpu = layout["gpus"] == 0  # what this machine shows: the plan follows it

@@ -22,7 +22,6 @@ from onpolicy.human.label_studio import EQUAL, export_tasks, import_annotations,
 from onpolicy.human.labels import Label, LabelBook, answers_digest
 from onpolicy.human.page import PageServer
 from onpolicy.human.reward import HumanReward
-from reward.guarded import guarded_batch
 from reward import (
     Failed,
     Needs,
@@ -34,6 +33,7 @@ from reward import (
     build_reward,
     reward_needs,
 )
+from reward.guarded import guarded_batch
 
 DATA = pathlib.Path(__file__).parent / "data"
 ANSWERS = {

@@ -147,11 +147,19 @@ def test_sigkill_in_generation_then_in_training_loses_only_the_round_in_flight(t
     job.kill()
     job.wait()
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1, 2]
+    _tear_the_newest_wandb_segment(run_dir)  # as a wandb-core killed mid-flush leaves it
     last = _run(config_file, run_dir)
     assert last.returncode == 0, last.stderr[-3000:]
     assert "resuming after round 2" in last.stdout
     _assert_every_round_once(run_dir, 3)
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["round-0002", "round-0003"]
+
+
+def _tear_the_newest_wandb_segment(run_dir):
+    """Cut the last bytes off the newest W&B segment and add a chunk header promising more than follows."""
+    newest = max(run_dir.glob("wandb/offline-run-*/run-*.wandb"), key=lambda path: path.stat().st_mtime_ns)
+    data = newest.read_bytes()
+    newest.write_bytes(data[:-5] + b"\x00\x00\x00\x00\xff\x7f\x01")
 
 
 def _ignore_file_size_signal():

@@ -42,6 +42,28 @@ def test_offline_run_logs_one_step_per_round(clean_env, tmp_path):
     assert [(row["_step"], row["reward/mean"], row["pairs/kept"]) for row in history] == [(1, 0.25, 3), (2, 0.5, 4)]
 
 
+def test_a_torn_or_damaged_offline_record_ends_the_history_before_it_instead_of_raising(clean_env, tmp_path):
+    """wandb-core killed mid-flush leaves a record shorter than its stated length, or bytes that fail the chunk's
+    CRC-32: the history ends at the last record that checks out, so that every resume can still read it."""
+    logger = start_logger(WandbConfig(), tmp_path, {"rounds": 3})
+    for step in (1, 2, 3):
+        logger.log_round(step, {"reward/mean": step / 8, f"marker/step_{step}": float(step)})
+    logger.finish()
+    assert [row["_step"] for row in _history_once_written(tmp_path)] == [1, 2, 3]
+    (segment,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    intact = segment.read_bytes()
+    third = intact.index(b"marker/step_3")  # inside round 3's history record
+    for damaged in (
+        intact[:third],  # torn: cut inside the record
+        intact[:third] + b"\xff" + intact[third + 1 :],  # one byte changed: the checksum fails
+        intact[:third] + bytes(7),  # a chunk header promising more than is there
+    ):
+        segment.write_bytes(damaged)
+        assert [row["_step"] for row in offline_history(tmp_path)] == [1, 2]
+    segment.write_bytes(intact[:7] + b"\x00\x01garbage")  # nothing whole: no rows, no error
+    assert offline_history(tmp_path) == []
+
+
 def _history_once_written(run_dir):
     """The offline history, waiting for it: W&B's service process may still be writing the file when finish()
     returns (seen on a loaded machine, for both an offline run and one that fell back to offline)."""
