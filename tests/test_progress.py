@@ -54,3 +54,34 @@ def test_vllm_s_bar_hook_counts_finished_requests_and_an_interval_of_0_prints_no
     assert phase.done == 1 and bar.n == 8
     assert engine_bar(None) is False
     assert lines == []  # progress_every_s: 0
+
+
+def test_work_finishing_on_several_threads_at_once_is_counted_and_written_without_a_clash(tmp_path, monkeypatch):
+    """One thread per generation server advances the same phase: each advance counts, and status writes that
+    coincide never share a temporary file (a clash aborted the phase)."""
+    import threading
+
+    import onpolicy.run.progress as progress_module
+
+    monkeypatch.setattr(progress_module, "STATUS_EVERY_S", 0.0)  # every advance writes status.json
+    run = RunDirectory.create(tmp_path / "run", "")
+    progress = Progress(run, echo=lambda line: None, interactive=False, every_s=0, stream=io.StringIO())
+    failures = []
+    with progress.phase(1, "generate", total=8 * 50, unit="samples") as counter:
+
+        def server_thread():
+            try:
+                for _ in range(50):
+                    counter.advance()
+            except Exception as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=server_thread) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert failures == [] and counter.done == 400
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert (status["done"], status["total"]) == (400, 400)
+    assert not list((tmp_path / "run").glob(".*.tmp"))

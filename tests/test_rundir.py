@@ -354,6 +354,7 @@ def test_renames_and_new_files_reach_the_disk_with_their_directory_entries(tmp_p
     Watched by recording which descriptors os.fsync gets (a power cut cannot be staged here)."""
     import os
     import stat
+    import threading
 
     synced = []
     real_fsync = os.fsync
@@ -368,7 +369,8 @@ def test_renames_and_new_files_reach_the_disk_with_their_directory_entries(tmp_p
     run = RunDirectory.create(tmp_path / "run", "")
     synced.clear()
     run.write_text("state.json", "{}\n")
-    assert synced == [("file", str(tmp_path / "run" / ".state.json.tmp")), ("dir", str(tmp_path / "run"))]
+    writer = f"{os.getpid()}-{threading.get_ident()}"  # each writer's temporary file is its own
+    assert synced == [("file", str(tmp_path / "run" / f".state.json.{writer}.tmp")), ("dir", str(tmp_path / "run"))]
     synced.clear()
     run.append_round({"round": 1})  # rounds.jsonl is new: its entry too
     assert synced == [("file", str(tmp_path / "run" / "rounds.jsonl")), ("dir", str(tmp_path / "run"))]
@@ -391,7 +393,7 @@ def test_renames_and_new_files_reach_the_disk_with_their_directory_entries(tmp_p
     run.append_round({"round": 2})
     run.set_aside_rounds_after(1)
     [aside] = (tmp_path / "run" / "set-aside").iterdir()
-    assert ("file", str(aside / ".rounds.jsonl.tmp")) in synced and ("dir", str(aside)) in synced
+    assert ("file", str(aside / f".rounds.jsonl.{writer}.tmp")) in synced and ("dir", str(aside)) in synced
 
 
 class Killed(BaseException):

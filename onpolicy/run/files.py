@@ -15,6 +15,7 @@ import errno
 import os
 import pathlib
 import shutil
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -55,7 +56,8 @@ def space_checked(target: pathlib.Path) -> Iterator[None]:
 def write_text(target: pathlib.Path, text: str, durable: bool = True) -> pathlib.Path:
     """Write `target` whole or not at all; `durable` also fsyncs it (and its directory entry)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
+    # a name of this writer's own: two threads (or processes) writing the same file never share one
+    tmp = target.with_name(f".{target.name}.{os.getpid()}-{threading.get_ident()}.tmp")
     with space_checked(target):
         try:
             with open(tmp, "w", encoding="utf-8") as f:

@@ -13,6 +13,7 @@ goes:
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol, TextIO
@@ -37,10 +38,12 @@ class PhaseCounter:
         self.done = 0
         self.started = time.monotonic()
         self._report = report
+        self._lock = threading.Lock()  # work finishes on several threads at once (one per generation server)
 
     def advance(self, n: int = 1) -> None:
-        self.done += n
-        self._report(self)
+        with self._lock:
+            self.done += n
+            self._report(self)
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self.started
