@@ -201,6 +201,19 @@ def test_an_update_that_diverges_stops_the_job_naming_what_is_not_finite(tiny_mo
     assert "forward" not in updater.policy.__dict__  # the trainer was released all the same
 
 
+def test_the_tokenizer_is_saved_by_the_main_process_alone(tiny_model_path, tmp_path, monkeypatch):
+    """Every process of a sharded job saves the policy together (the main one writes it); were the tokenizer saved by
+    each, a slow one could cut tokenizer.json short in a folder already swapped into place."""
+    from onpolicy.train import sharding
+
+    updater = _updater(tiny_model_path)
+    updater.save(tmp_path / "main")
+    assert (tmp_path / "main" / "tokenizer.json").is_file()
+    monkeypatch.setattr(sharding, "is_main", lambda: False)  # as another process of the job
+    updater.save(tmp_path / "other")
+    assert not list((tmp_path / "other").glob("tokenizer*"))
+
+
 def test_a_round_without_pairs_skips_the_update(tiny_model_path):
     updater = _updater(tiny_model_path)
     before = _cpu_state(updater.policy)

@@ -24,7 +24,7 @@ from onpolicy.config import RefConfig, TrainConfig
 from onpolicy.devices import choose_gradient_checkpointing
 from onpolicy.errors import OnpolicyError
 from onpolicy.interfaces import Generator, PhaseProgress
-from onpolicy.train import kl, trl_compat
+from onpolicy.train import kl, sharding, trl_compat
 from onpolicy.train.policy_storage import PolicyStorage, policy_storage
 from onpolicy.train.policy_weights import PolicyWeights
 from onpolicy.train.reference import build_reference
@@ -179,7 +179,8 @@ class DPOUpdater:
         """The policy as an ordinary HF folder (config, safetensors, tokenizer with its chat template); with LoRA
         the merged policy, and the adapter alone in adapter/ (what a resumed run continues)."""
         self.weights.save(folder)
-        self.tokenizer.save_pretrained(folder)
+        if sharding.is_main():  # a sharded policy is saved by every process together, its tokenizer by one
+            self.tokenizer.save_pretrained(folder)
 
     def save_checkpoint(self, folder: pathlib.Path) -> None:
         """What a resumed run continues from: the policy (`save`) and, with `ref.refresh: mix`, the reference of
