@@ -339,6 +339,27 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_newest_whole_round_and_de
     assert not (run_dir / "rounds" / "0003").exists() and not run.checkpoint(3).exists()
 
 
+def test_labels_kept_for_rounds_to_run_again_are_not_set_aside_again_on_the_next_resume(tmp_path):
+    """A fallback past two damaged checkpoints leaves people's labels in rounds 2 and 3 for the reruns: the next
+    resume (the job stopped before round 2 ended) takes them for what they are, not for lost rounds."""
+    run_dir = tmp_path / "run"
+    run = _open(run_dir).run
+    for n in (1, 2, 3):
+        run.write_text(f"rounds/{n:04d}/samples.jsonl", f"{n}\n")
+        run.write_text(f"rounds/{n:04d}/labels.jsonl", f'{{"group": "p{n}"}}\n')
+        _save_checkpoint(run, n)
+        run.append_round({"round": n})
+    for n in (2, 3):
+        (run.checkpoint(n) / "config.json").unlink()
+    first = _open(run_dir)
+    assert first.last_complete == 1 and any("rounds 2-3 are in" in note for note in first.notes)
+    second = _open(run_dir)
+    assert second.last_complete == 1 and second.notes == (), second.notes
+    assert len(list((run_dir / "set-aside").iterdir())) == 1
+    for n in (2, 3):
+        assert (run_dir / f"rounds/{n:04d}/labels.jsonl").read_text() == f'{{"group": "p{n}"}}\n'
+
+
 def test_a_run_that_completed_no_round_starts_anew_with_a_corrected_config(tmp_path):
     run_dir = tmp_path / "run"
     run = _open(run_dir, seed=1).run

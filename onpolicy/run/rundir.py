@@ -186,7 +186,9 @@ class RunDirectory:
         A round checkpoint beyond it, or the folder of a round after the next, is work `rounds.jsonl` lost (a
         crash just after a checkpoint, or a file shortened by hand or a bad copy): all of it is set aside,
         never deleted."""
-        later_rounds = {n: f for n, f in self.round_folders().items() if n > last_complete}
+        later_rounds = {
+            n: f for n, f in self.round_folders().items() if n > last_complete and not _holds_only_labels(f)
+        }  # people's labels kept for rounds to run again (by a crash or a set-aside) are no lost work
         later_checkpoints = {n: f for n, f in self.checkpoint_folders().items() if n > last_complete}
         removed = []
         aside = None
@@ -338,6 +340,10 @@ def _redacted(text: str, secrets: Sequence[str]) -> str:
     from onpolicy.config.redaction import redact_text  # here: onpolicy.config's package imports this module
 
     return redact_text(text, secrets)
+
+
+def _holds_only_labels(folder: pathlib.Path) -> bool:
+    return [part.name for part in folder.iterdir()] == [LABELS_FILE]
 
 
 def _listed(folder: pathlib.Path) -> list[pathlib.Path]:
