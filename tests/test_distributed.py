@@ -116,6 +116,28 @@ def test_a_process_started_through_with_parent_ends_when_its_parent_is_killed():
         time.sleep(0.1)
 
 
+def test_the_trainers_steps_have_their_own_shorter_bound_than_the_wait_for_the_main_process(monkeypatch):
+    """A node lost mid-gather must not hold every GPU for the day the others may wait for a round's generation."""
+    import torch
+    import torch.distributed as dist
+
+    from onpolicy.config import TrainConfig
+    from onpolicy.train import distributed
+
+    environment = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for key, value in {**environment, "MASTER_PORT": str(free_port())}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(distributed, "launched_processes", lambda: 2)  # as one of two launched processes
+    team = distributed.join(TrainConfig(batch_size=2, process_timeout_s=86400, collective_timeout_s=600))
+    try:
+        trainers = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+        commands = team._commands._get_backend(torch.device("cpu"))
+        assert trainers.options._timeout.total_seconds() == 600
+        assert commands.options._timeout.total_seconds() == 86400
+    finally:
+        team.leave()
+
+
 def test_what_sharded_training_does_not_run_is_refused_with_its_reason():
     from onpolicy.errors import ConfigError
     from onpolicy.train.sharding import sharded_job

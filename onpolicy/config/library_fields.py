@@ -43,7 +43,7 @@ DPO_FIELDS_SET_BY_ONPOLICY = {
     "save_strategy": "checkpoint.every",
     "per_device_train_batch_size": "train.batch_size",
     "ddp_backend": "the launcher (torchrun / accelerate launch)",
-    "ddp_timeout": "train.process_timeout_s",
+    "ddp_timeout": "train.collective_timeout_s",
     "logging_steps": "every step is logged, and averaged per round (rounds.jsonl, W&B)",
     "disable_tqdm": "the job's own progress display",
     "use_cpu": "CUDA_VISIBLE_DEVICES (empty: train on the CPU)",

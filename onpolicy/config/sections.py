@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from onpolicy.config.library_fields import check_dpo_config_fields, check_lora_fields
+from onpolicy.config.server_flags import check_extra_args
 
 
 class Section(BaseModel):
@@ -93,7 +94,9 @@ class ServerConfig(Section):
     )
     extra_args: list[str] = Field(
         default_factory=list,
-        description="More `vllm serve` arguments for started servers, e.g. [--max-num-seqs, '512'].",
+        description="More `vllm serve` arguments for started servers, e.g. [--max-num-seqs, '512']. Not the "
+        "flags onpolicy sets (--host, --port, --api-key, ...), in any spelling vLLM accepts, nor a secret "
+        "(--hf-token: set HF_TOKEN; a command line shows in `ps`).",
     )
     api_key_env: str | None = Field(
         None,
@@ -103,27 +106,9 @@ class ServerConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _no_owned_server_args(self) -> ServerConfig:
-        for arg in self.extra_args:
-            name = arg.split("=", 1)[0]
-            if name in _OWNED_SERVER_ARGS:
-                raise ValueError(f"generation.server.extra_args: {name} is set by onpolicy; {_OWNED_SERVER_ARGS[name]}")
+    def _allowed_extra_args(self) -> ServerConfig:
+        check_extra_args(self.extra_args, "generation.server.extra_args")
         return self
-
-
-# `vllm serve` arguments a started server gets from onpolicy, which extra_args (placed after them) would override
-_OWNED_SERVER_ARGS = {
-    "--host": "started servers listen on 127.0.0.1 only (to serve other machines, start servers yourself and "
-    "give generation.server.urls)",
-    "--port": "it follows generation.server.port (one port per started server, counting up)",
-    "--model": "started servers serve the policy the job trains",
-    "--served-model-name": "the job addresses its servers by the name it gives them",
-    "--tensor-parallel-size": "set generation.tensor_parallel_size (the layout gives each server that many GPUs)",
-    "-tp": "set generation.tensor_parallel_size (the layout gives each server that many GPUs)",
-    "--weight-transfer-config": "it follows generation.server.sync",
-    "--api-key": "started servers take a key of the job's own on every route (for servers you start, give "
-    "generation.server.api_key_env)",
-}
 
 
 class GenerationConfig(Section):
@@ -338,8 +323,15 @@ class TrainConfig(Section):
     process_timeout_s: int = Field(
         86400,
         ge=1,
-        description="With several training processes: how long they wait for one another, e.g. the other "
-        "processes for the main one while it generates and scores a round (torch.distributed's timeout).",
+        description="With several training processes: how long the others wait for the main one while it "
+        "generates and scores a round (the timeout of the group that carries its commands).",
+    )
+    collective_timeout_s: int = Field(
+        1800,
+        ge=1,
+        description="With several training processes: how long a step they take together (a gradient all-reduce, "
+        "gathering sharded weights for a sync or a checkpoint) may wait for one of them before the job stops "
+        "(torch.distributed's timeout of the trainers' group); a node lost mid-step holds the others this long.",
     )
     extra: dict[str, Any] = Field(
         default_factory=dict, description="Any other trl.DPOConfig field, passed through as is."

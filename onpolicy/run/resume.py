@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -27,7 +28,9 @@ from onpolicy.run.rundir import RunDirectory
 StartMode = Literal["auto", "resume", "fresh"]
 # what a resume may change: how long the run is, what it keeps and logs, and how its training is spread over
 # processes (an HF checkpoint loads into DDP or FSDP2 alike), none of which changes what a round computes
-CHANGEABLE_ON_RESUME = ("rounds", "checkpoint", "wandb", "train.sharding", "train.process_timeout_s")
+CHANGEABLE_ON_RESUME = (
+    "rounds", "checkpoint", "wandb", "train.sharding", "train.process_timeout_s", "train.collective_timeout_s"
+)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +67,10 @@ def open_run(config: Config, path: pathlib.Path, layout: CheckpointLayout, mode:
     is refused."""
     if mode == "resume" and not RunDirectory.holds_run(path):
         raise OnpolicyError(f"--resume: {path} holds no run to resume")
+    path = pathlib.Path(os.path.abspath(path))  # `.`, `..` and `a/..` as the folder they name, which has a name
     notes: list[str] = []
     if mode == "fresh" and RunDirectory.holds_run(path):
+        _check_movable(path, config)
         with RunLock.take(path):  # a job running there keeps its directory
             aside = path.with_name(f"{path.name}.replaced-{datetime.datetime.now():%Y%m%d-%H%M%S}")
             path.rename(aside)
@@ -76,6 +81,28 @@ def open_run(config: Config, path: pathlib.Path, layout: CheckpointLayout, mode:
     except BaseException:
         lock.release()
         raise
+
+
+def _check_movable(path: pathlib.Path, config: Config) -> None:
+    """Refuse to move `path` aside (`--fresh`) where that would move the folder the user works in, or one above it
+    (`--run-dir .`, `..`), or what the new run reads (its prompts, its model): the new run would start in a folder
+    that moved under it, or without its inputs."""
+    moved = path.resolve()
+    here = pathlib.Path.cwd().resolve()
+    if moved == here or moved in here.parents:
+        raise OnpolicyError(
+            f"--fresh would move {path} aside, and it is the folder you are working in or one above it; give "
+            "--run-dir a folder of its own (e.g. runs/NAME), or move the old run aside yourself"
+        )
+    inputs = {"prompts.path": config.prompts.path, "model.path": config.model.path}
+    if config.eval.prompts is not None:
+        inputs["eval.prompts.path"] = config.eval.prompts.path
+    for key, value in inputs.items():
+        if value is not None and (moved == (read := pathlib.Path(value).resolve()) or moved in read.parents):
+            raise OnpolicyError(
+                f"--fresh would move {path} aside, and with it {key} ({value}), which the new run reads; copy it "
+                "out of the old run first, or give another --run-dir"
+            )
 
 
 def _open_locked(
@@ -179,9 +206,9 @@ def _check_same_experiment(run: RunDirectory, differences: list[tuple[str, Any, 
         raise OnpolicyError(
             f"{run.path} holds a run with another config; changed: {'; '.join(changed[:5])}"
             + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-            + ". Resuming needs the same config (only rounds, checkpoint.*, wandb.*, train.sharding and "
-            "train.process_timeout_s may change): use --fresh to start over in that directory (the old run is kept "
-            "aside), or another --run-dir"
+            + ". Resuming needs the same config (only rounds, checkpoint.*, wandb.*, train.sharding, "
+            "train.process_timeout_s and train.collective_timeout_s may change): use --fresh to start over in that "
+            "directory (the old run is kept aside), or another --run-dir"
         )
     return [f"settings newer than this run take their values: {', '.join(added)}"] if added else []
 

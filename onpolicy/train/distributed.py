@@ -60,19 +60,23 @@ class Team:
     def __init__(
         self,
         timeout_s: int,
+        collective_timeout_s: int,
         sharded: bool = False,
         build_updater: Callable[[TrainerStart, Team], DPOUpdater] | None = None,
     ) -> None:
+        """`timeout_s` bounds the wait for the main process's next command (it may generate and score for hours),
+        `collective_timeout_s` the trainers' own steps (a lost node must not hold every GPU for as long)."""
         import torch.distributed as dist
 
         self._build_updater = build_updater
         self.sharded = sharded  # the policy is sharded over the processes: reading it whole takes all of them
-        timeout = datetime.timedelta(seconds=timeout_s)
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timeout)
+            dist.init_process_group(
+                "nccl" if torch.cuda.is_available() else "gloo", timeout=datetime.timedelta(seconds=collective_timeout_s)
+            )
         self.rank = dist.get_rank()
         self.size = dist.get_world_size()
-        self._commands = dist.new_group(backend="gloo", timeout=timeout)
+        self._commands = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
         self._dismissed = False
 
     @property
@@ -167,7 +171,7 @@ def join(
     elif processes == 1:
         return None
     check_batch_size(train.batch_size, processes)
-    return Team(train.process_timeout_s, sharded, build_updater)
+    return Team(train.process_timeout_s, train.collective_timeout_s, sharded, build_updater)
 
 
 def check_batch_size(batch_size: int, processes: int) -> None:

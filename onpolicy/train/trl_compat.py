@@ -87,7 +87,7 @@ def dpo_config(
         **settings,
         per_device_train_batch_size=train.batch_size // processes,
         ddp_backend=None if processes == 1 or cuda else "gloo",
-        ddp_timeout=train.process_timeout_s,
+        ddp_timeout=train.collective_timeout_s,
         output_dir=output_dir,
         gradient_checkpointing=gradient_checkpointing,
         seed=seed,
