@@ -311,11 +311,22 @@ def test_engine_log_probs_are_used_only_where_they_are_the_reference_s(tiny_mode
 def test_auto_takes_the_engine_log_probs_only_when_engine_and_trainer_compute_alike():
     from onpolicy.train.training_rows import use_engine_logps
 
-    auto = RefConfig()
-    assert use_engine_logps(auto, torch.float32, torch.float32, bf16=False)
-    assert not use_engine_logps(auto, torch.bfloat16, torch.float32, bf16=False)
-    assert not use_engine_logps(auto, torch.float32, torch.float32, bf16=True)  # autocast shifts the trainer's
-    assert use_engine_logps(RefConfig(logps="engine"), torch.bfloat16, torch.float32, bf16=False)
+    auto, plain = RefConfig(), TrainConfig()
+    assert use_engine_logps(auto, plain, torch.float32, torch.float32)
+    assert not use_engine_logps(auto, plain, torch.bfloat16, torch.float32)
+    assert not use_engine_logps(auto, TrainConfig(bf16=True), torch.float32, torch.float32)  # autocast shifts them
+    assert use_engine_logps(RefConfig(logps="engine"), plain, torch.bfloat16, torch.float32)
+    # LD-DPO weighs the tokens past the shorter side in TRL's reference pass; the engine's log-probs are plain sums
+    assert not use_engine_logps(auto, TrainConfig(extra={"ld_alpha": 0.5}), torch.float32, torch.float32)
+
+
+def test_engine_log_probs_are_refused_beside_ld_dpo_whose_reference_pass_they_cannot_stand_for():
+    from onpolicy.config import Config
+
+    base = {"prompts": {"items": ["hi"]}, "reward": [{"name": "length"}], "train": {"extra": {"ld_alpha": 0.5}}}
+    with pytest.raises(ValueError, match="ref.logps: engine gives the reference's log-probs as plain sums"):
+        Config.model_validate({**base, "ref": {"logps": "engine"}})
+    assert Config.model_validate({**base, "ref": {"logps": "auto"}}).ref.logps == "auto"
 
 
 def test_length_grouped_batches_pad_less_than_random_ones(tiny_model_path):

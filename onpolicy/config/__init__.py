@@ -91,6 +91,16 @@ class Config(Section):
         return self
 
     @model_validator(mode="after")
+    def _engine_logps_are_plain_sums(self) -> Config:
+        if self.ref.logps == "engine" and self.train.extra.get("ld_alpha") is not None:
+            raise ValueError(
+                "ref.logps: engine gives the reference's log-probs as plain sums over each response, while "
+                "train.extra.ld_alpha (LD-DPO) weighs the tokens past the shorter side on the policy's side: the "
+                "ratio would compare two different things; use ref.logps: trainer (or auto), or drop ld_alpha"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _eval_needs_prompts(self) -> Config:
         if self.eval.metrics and self.eval.prompts is None:
             raise ValueError("eval.metrics needs eval.prompts (a file or a list of held-out prompts)")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from onpolicy.config import RefConfig
+from onpolicy.config import RefConfig, TrainConfig
 from onpolicy.tokens import prompt_ids, response_ids
 from onpolicy.types import Pair
 
@@ -49,12 +49,16 @@ class TrainingRows:
         return dataclasses.replace(self, dataset=load_from_disk(str(folder)))
 
 
-def use_engine_logps(ref: RefConfig, engine_dtype: torch.dtype, train_dtype: torch.dtype, bf16: bool) -> bool:
+def use_engine_logps(ref: RefConfig, train: TrainConfig, engine_dtype: torch.dtype, train_dtype: torch.dtype) -> bool:
     """Whether the engine's sampling log-probs stand in for the reference's (`ref.logps`; `auto`: when the engine
-    computes in the dtype the trainer does, so that the two agree to rounding)."""
+    computes in the dtype the trainer does, so that the two agree to rounding). Never with LD-DPO
+    (`train.extra.ld_alpha`): TRL's reference pass then weighs each side's tokens past the shorter side, which a
+    sum of sampling log-probs cannot (the config refuses `ref.logps: engine` with it)."""
+    if train.extra.get("ld_alpha") is not None:
+        return False
     if ref.logps != "auto":
         return ref.logps == "engine"
-    return engine_dtype == train_dtype and not bf16
+    return engine_dtype == train_dtype and not train.bf16
 
 
 class RowBuilder:

@@ -71,7 +71,7 @@ class DPOUpdater:
         self.engine_logps = (
             engine_dtype is not None
             and self.reference.sampling_policy
-            and use_engine_logps(ref, engine_dtype, self.policy.dtype, train.bf16)
+            and use_engine_logps(ref, train, engine_dtype, self.policy.dtype)
         )
         self.rows = RowBuilder(tokenizer, train.max_length, self.engine_logps, ref.check_pairs, seed)
 
