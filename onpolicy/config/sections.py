@@ -145,8 +145,10 @@ class GenerationConfig(Section):
     )
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = Field(
         "auto",
-        description="Share of a GPU's memory the engine may take (GPU only). auto: 0.9 for servers on GPUs of "
-        "their own, 0.3 for the in-process engine, which shares its GPU with the trainer.",
+        description="Share of each GPU's total memory one vLLM instance may hold: its weights, activations and "
+        "KV cache together (the cache gets what the others leave); vLLM refuses to start where less is free. GPU "
+        "only. auto: 0.9 for servers on GPUs of their own, 0.3 for the in-process engine, which shares its GPU "
+        "with the trainer.",
     )
     tensor_parallel_size: int = Field(
         1,
