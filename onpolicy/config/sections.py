@@ -140,8 +140,8 @@ class GenerationConfig(Section):
     )
     enforce_eager: bool | Literal["auto"] = Field(
         "auto",
-        description="Skip graph compilation. auto: on CPUs (~5 s engine start instead of ~60 s, ~5-10% slower "
-        "generation), off on GPUs (CUDA graphs: much of vLLM's decode speed).",
+        description="Skip graph compilation. auto: on CPUs (SmolLM2's engine starts in seconds instead of about "
+        "2 minutes compiled: docs/performance.md), off on GPUs (CUDA graphs: much of vLLM's decode speed).",
     )
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | Literal["auto"] = Field(
         "auto",
