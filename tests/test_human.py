@@ -75,11 +75,13 @@ def test_each_group_goes_to_one_labeller_until_its_lease_runs_out(tmp_path):
     assert desk.state("ana")["being_labelled"] == 2
     clock.now += 61  # both walked away: their groups go back to the others
     assert desk.claim("cleo").group == "q1"
-    with pytest.raises(LabelRefused, match="cleo is labelling this group now"):
+    with pytest.raises(LabelRefused, match="^someone else is labelling this group now; take the next one$"):
         desk.submit("ana", "q1", ana.digest, 0, 2)  # ana's lease ran out, and cleo holds the group now
     desk.submit("cleo", "q1", ana.digest, 0, 2)
-    with pytest.raises(LabelRefused, match="cleo has labelled this group already"):
-        desk.submit("ana", "q1", ana.digest, 1, 2)
+    with pytest.raises(LabelRefused, match="^someone else has labelled this group already; take the next one$"):
+        desk.submit("ana", "q1", ana.digest, 1, 2)  # the refusal does not say who
+    with pytest.raises(LabelRefused, match="^you have labelled this group already"):
+        desk.submit("cleo", "q1", ana.digest, 1, 2)
     assert desk.claim("cleo").group == "q2"  # cleo moves on
     desk.release("cleo", "q2")  # skipped: cleo gets the next group, dan the one she gave back
     assert desk.claim("cleo").group == "q3"
@@ -101,7 +103,7 @@ def test_a_group_leased_to_someone_is_theirs_to_label_and_the_skip_list_holds_on
     desk = LabelDesk(lease_s=60, clock=clock)
     desk.open_round(1, LabelBook(tmp_path / "labels.jsonl"), tasks(), timeout_s=None)
     ana = desk.claim("ana")
-    with pytest.raises(LabelRefused, match="ana is labelling this group now"):
+    with pytest.raises(LabelRefused, match="^someone else is labelling this group now"):
         desk.submit("ben", ana.group, ana.digest, 0, 1)
     clock.now += 61  # ana's lease ran out: whoever labels it first counts
     desk.submit("ben", ana.group, ana.digest, 0, 1)
@@ -117,7 +119,7 @@ def test_a_label_imported_while_the_page_is_open_wins_over_a_later_one_and_neith
     ana = desk.claim("ana")
     imported = Label(ana.group, 3, 2, 0, "label-studio", answers=ana.digest)
     assert LabelBook(book).add(imported) is imported  # `onpolicy label import`, in another process
-    with pytest.raises(LabelRefused, match="label-studio has labelled this group already"):
+    with pytest.raises(LabelRefused, match="^someone else has labelled this group already"):
         desk.submit("ana", ana.group, ana.digest, 0, 1)
     assert len(book.read_text().splitlines()) == 1
     assert LabelBook(book).add(Label(ana.group, 3, 0, 1, "again", answers=ana.digest)) == imported
@@ -152,6 +154,46 @@ def test_the_page_reads_no_more_than_its_body_cap_of_a_request_without_its_token
         assert refused.value.code == 422
     finally:
         server.stop()
+
+
+def test_a_labeller_s_name_is_bound_to_their_browser_and_a_refusal_names_no_other_labeller(tmp_path):
+    desk = LabelDesk()
+    desk.open_round(1, LabelBook(tmp_path / "labels.jsonl"), tasks(), timeout_s=None)
+    server = PageServer(desk, "127.0.0.1", 0)
+    server.start()
+
+    def post(path: str, body: dict) -> tuple[int, dict]:
+        headers = {"X-Onpolicy-Token": server.token, "Content-Type": "application/json"}
+        request = urllib.request.Request(f"{server.address}api/{path}", json.dumps(body).encode(), headers)
+        try:
+            with urllib.request.urlopen(request) as answer:
+                return answer.status, json.load(answer)
+        except urllib.error.HTTPError as refused:
+            return refused.code, json.load(refused)
+
+    try:
+        status, ana = post("claim", {"labeller": "ana"})  # a name's first claim binds it to this browser
+        assert status == 200 and ana["task"]["group"] == "q1" and len(ana["key"]) >= 32
+        q1 = {"group": "q1", "digest": ana["task"]["digest"]}
+        taken = "the name 'ana' is in use on this page from another browser; give another name"
+        for path, body in (("claim", {}), ("label", {**q1, "best": 0, "worst": 1}), ("release", {"group": "q1"})):
+            for key in ("", "guess", "é"):  # someone else with the link, as ana
+                status, answer = post(path, {"labeller": "ana", "key": key, **body})
+                assert (status, answer["detail"]) == (403, taken)
+        status, answer = post("label", {"labeller": "cleo", "key": "", **q1, "best": 0, "worst": 1})
+        assert status == 403  # a name labels only after it claimed
+        status, again = post("claim", {"labeller": " ana ", "key": ana["key"]})
+        assert (status, again["task"]["group"], again["key"]) == (200, "q1", ana["key"])  # ana's group, still
+        status, ben = post("claim", {"labeller": "ben"})
+        status, answer = post("label", {"labeller": "ben", "key": ben["key"], **q1, "best": 0, "worst": 1})
+        assert (status, answer["detail"]) == (409, "someone else is labelling this group now; take the next one")
+        assert post("label", {"labeller": "ana", "key": ana["key"], **q1, "best": 2, "worst": 0})[0] == 200
+        status, answer = post("label", {"labeller": "ben", "key": ben["key"], **q1, "best": 0, "worst": 1})
+        assert (status, answer["detail"]) == (409, "someone else has labelled this group already; take the next one")
+    finally:
+        server.stop()
+    labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert [(x["group"], x["best"], x["labeller"]) for x in labels] == [("q1", 2, "ana")]
 
 
 def test_a_resumed_round_opens_with_only_the_groups_unlabelled_for_these_answers(tmp_path):
@@ -363,6 +405,27 @@ def test_two_labellers_at_once_never_get_the_same_group(tmp_path, browser):
         assert reward.desk.state()["labelled"] == 3
     by = {json.loads(line)["labeller"] for line in (tmp_path / "labels.jsonl").read_text().splitlines()}
     assert by == {"ana", "ben"}
+
+
+def test_a_name_in_use_in_another_browser_is_refused_and_the_page_asks_for_another(tmp_path, browser):
+    with labelling(tmp_path) as (_, lines):
+        link = link_in(lines)
+        ana = open_page(browser, link, "ana")
+        ana.wait_for_selector("text=Question q1?")
+        other = open_page(browser, link, "ana")  # another browser profile, giving ana's name
+        other.wait_for_selector("text=the name 'ana' is in use on this page from another browser")
+        assert other.locator(".answer").count() == 0
+        other.fill("#name", "ben")
+        other.click("text=Start")
+        other.wait_for_selector("text=Question q2?")
+        ana.reload()  # ana's browser keeps her name, its key and her group
+        ana.wait_for_selector("text=Question q1?")
+        ana.keyboard.press("1")
+        ana.keyboard.press("2")
+        ana.keyboard.press("Enter")
+        ana.wait_for_selector("text=Question q3?")
+    labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
+    assert [(x["group"], x["labeller"]) for x in labels] == [("q1", "ana")]
 
 
 def test_html_in_a_model_answer_is_shown_as_text_and_never_runs(tmp_path, browser):

@@ -1,11 +1,13 @@
 """Secrets in a config never reach config.yaml, the W&B config or a printed message."""
 
+import re
+
 import pytest
 import yaml
 
 from onpolicy.cli import main
 from onpolicy.config import load_config
-from onpolicy.config.redaction import is_secret_key, masking, redact, redact_text
+from onpolicy.config.redaction import is_secret_key, masking, redact, redact_text, secrets_in
 from onpolicy.errors import ConfigError, OnpolicyError
 
 
@@ -94,3 +96,57 @@ def test_a_run_with_secrets_in_its_config_resumes(tmp_path):
     start = open_run(config, tmp_path / "run", checkpoint_layout(config))  # the saved config masks the password
     start.lock.release()
     assert start.last_complete == 0 and "pa55word" not in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_secrets_under_any_common_spelling_of_their_name_are_masked_whatever_their_shape():
+    secret_names = ("accessToken", "secretKey", "clientSecret", "APIKey", "X-Api-Key", "api_keys", "hfTokens", "sig")
+    assert all(is_secret_key(name) for name in (*secret_names, "Cookie", "set-cookie", "X-Amz-Signature", "passphrase"))
+    assert not any(is_secret_key(name) for name in ("maxNewTokens", "stop_tokens", "tokens", "sigma", "keyfile"))
+    assert not is_secret_key("apiKeyEnv")  # it names a variable
+    data = {
+        "accessToken": "at-0123", "api_keys": ["k-0001", "k-0002"], "auth": {"user": "ana", "pin": 98765},
+        "password": 123456, "hf_token": True, "maxNewTokens": 64, "clientSecret": "",
+    }  # fmt: skip
+    assert redact(data) == {
+        "accessToken": "***", "api_keys": ["***", "***"], "auth": {"user": "***", "pin": "***"},
+        "password": "***", "hf_token": True, "maxNewTokens": 64, "clientSecret": "",
+    }  # fmt: skip
+    assert sorted(secrets_in(data)) == sorted(["at-0123", "k-0001", "k-0002", "ana", "98765", "123456"])
+
+
+SIGNED = "https://b.s3.amazonaws.com/m.bin?X-Amz-Credential=AKIA0123&X-Amz-Signature=f00dcafe&x-id=GetObject"
+
+
+def test_signed_urls_cookies_and_authorization_headers_are_masked_in_any_string():
+    assert redact_text(SIGNED) == SIGNED.replace("AKIA0123", "***").replace("f00dcafe", "***")
+    assert redact_text("https://acct.blob.core.windows.net/c/m?sv=2022-11-02&sig=c2lnbmF0dXJl%3D&se=2026") == (
+        "https://acct.blob.core.windows.net/c/m?sv=2022-11-02&sig=***&se=2026"
+    )
+    assert redact_text("https://app.example/cb#access_token=ya29.tok&expires_in=3600") == (
+        "https://app.example/cb#access_token=***&expires_in=3600"
+    )
+    assert redact_text("http://rm:8000/v1?token=t0k3n") == "http://rm:8000/v1?token=***"
+    assert redact_text("Cookie: session=s3ss10n; theme=dark") == "Cookie: ***"
+    assert redact_text("the endpoint said {'Authorization': 'Basic dXNlcjpwYXNz', 'Accept': '*/*'}") == (
+        "the endpoint said {'Authorization': '***', 'Accept': '*/*'}"
+    )
+    assert redact_text("401 for Bearer sk-live-0123456789") == "401 for Bearer ***"
+    ordinary = "unexpected token: '}' in a basic answer; the bearer instruments; a chip cookie: sweet; &tokens=3"
+    assert redact_text(ordinary) == ordinary
+
+
+def test_secrets_named_in_any_spelling_stay_out_of_config_yaml_and_of_messages(tmp_path):
+    (tmp_path / "r.py").write_text("def score(completion, prompt, **options):\n    return 1.0\n")
+    options = {
+        "accessToken": "at-live-0123", "api_keys": ["k-live-0001", "k-live-0002"], "url": SIGNED,
+        "headers": ["Cookie: session=c-live-0123", "Authorization: Bearer b-live-0123456789"],
+    }  # fmt: skip
+    (tmp_path / "run.yaml").write_text(
+        yaml.safe_dump({"prompts": {"items": ["hi"]}, "reward": [{"name": "r.py:score", "args": options}]})
+    )
+    config = load_config(tmp_path / "run.yaml")
+    saved = config.to_yaml()
+    assert not re.search(r"live|AKIA|f00dcafe", saved), saved
+    assert "X-Amz-Signature=***" in saved and "Cookie: ***" in saved
+    message = f"refused k-live-0002, {options['url']}, session=c-live-0123 and the token b-live-0123456789"
+    assert not re.search(r"live|AKIA|f00dcafe", redact_text(message, config.secrets()))

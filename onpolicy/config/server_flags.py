@@ -45,15 +45,15 @@ def check_extra_args(args: Sequence[str], where: str) -> None:
     for index, arg in enumerate(args):
         name = flag_name(arg)
         refused = None if name is None else _refused_flag(name)
-        written = arg.split("=", 1)[0]
-        flag = written if written == refused else f"{written} (vLLM may read it as {refused})"
-        if refused in OWNED_FLAGS:
-            raise ValueError(f"{where}: {flag} is set by onpolicy; {OWNED_FLAGS[refused]}")
-        if refused in SECRET_FLAGS:
+        if refused is not None:
+            written = arg.split("=", 1)[0]
+            flag = written if written == refused else f"{written} (vLLM may read it as {refused})"
+            if refused in OWNED_FLAGS:
+                raise ValueError(f"{where}: {flag} is set by onpolicy; {OWNED_FLAGS[refused]}")
             raise ValueError(
-                f"{where}: {flag} would show its secret on the server's command line (`ps` shows it to "
-                f"every user of the machine); set the environment variable {SECRET_FLAGS[refused]} for the job "
-                "instead: the servers it starts inherit it"
+                f"{where}: {flag} would show its secret on the server's command line (`ps` shows it to every "
+                f"user of the machine); set the environment variable {SECRET_FLAGS[refused]} for the job instead: "
+                "the servers it starts inherit it"
             )
         if _holds_secret(arg, name):
             raise ValueError(

@@ -111,7 +111,7 @@ class LabelDesk:
 
     def claim(self, labeller: str) -> Task | None:
         """The group `labeller` holds, or the next one no one holds (leased to them); None when none is left."""
-        labeller = _checked_name(labeller)
+        labeller = checked_name(labeller)
         with self._changed:
             self._take_labels_added_elsewhere()
             if self._past_deadline():
@@ -137,7 +137,7 @@ class LabelDesk:
     def release(self, labeller: str, group: str) -> None:
         """`labeller` gives `group` back (skipped it) for others to take; they get it again only when nothing
         else is left."""
-        labeller = _checked_name(labeller)
+        labeller = checked_name(labeller)
         with self._changed:
             if group not in self._tasks:  # the skip list holds the round's groups only
                 return
@@ -148,19 +148,20 @@ class LabelDesk:
     def submit(self, labeller: str, group: str, digest: str, best: int | None, worst: int | None) -> Label:
         """Record `labeller`'s label of `group` (best and worst answer, or both None for a tie); on disk before this
         returns. While someone else holds the group's lease, only they may label it; a label given after one's
-        own lease ran out counts, unless another labeller has taken the group since."""
-        labeller = _checked_name(labeller)
+        own lease ran out counts, unless another labeller has taken the group since. A refusal names no other
+        labeller."""
+        labeller = checked_name(labeller)
         with self._changed:
             task = self._tasks.get(group)
             if task is None or task.digest != digest:
                 raise LabelRefused("this group is no longer open for labelling (the round moved on)")
             holder, expiry = self._leases.get(group, ("", 0.0))
             if holder and holder != labeller and expiry > self._clock() and group not in self._labels:
-                raise LabelRefused(f"{holder} is labelling this group now; take the next one")
+                raise LabelRefused("someone else is labelling this group now; take the next one")
             if self._past_deadline():
                 raise LabelRefused("the round's deadline has passed; its unlabelled groups were left out")
             if group in self._labels:  # a lease ran out and two people labelled it: the first label stands
-                raise LabelRefused(f"{self._labels[group].labeller} has labelled this group already")
+                raise _labelled_already(self._labels[group], labeller)
             try:
                 label = Label(group, len(task.answers), best, worst, labeller, answers=digest)
             except ValueError as exc:
@@ -169,7 +170,7 @@ class LabelDesk:
             counted = self._book.add(label)
             self._labels[group] = counted
             if counted is not label:  # `onpolicy label import` added one meanwhile
-                raise LabelRefused(f"{counted.labeller} has labelled this group already")
+                raise _labelled_already(counted, labeller)
             self._leases.pop(group, None)
             self._changed.notify_all()
             return label
@@ -205,7 +206,15 @@ class LabelDesk:
         return self._deadline is not None and self._clock() >= self._deadline
 
 
-def _checked_name(labeller: str) -> str:
+def _labelled_already(label: Label, labeller: str) -> LabelRefused:
+    """The refusal of a second label of a group; it names no one else (a refusal is no way to learn who labels
+    what)."""
+    who = "you have" if label.labeller == labeller else "someone else has"
+    return LabelRefused(f"{who} labelled this group already; take the next one")
+
+
+def checked_name(labeller: str) -> str:
+    """`labeller` as the desk keeps it (stripped); LabelRefused (400) when empty or over 80 characters."""
     labeller = labeller.strip()
     if not labeller or len(labeller) > 80:
         raise LabelRefused("give your name (1 to 80 characters) before labelling", status=400)

@@ -3,6 +3,9 @@
 Every API call must carry the page's token (header `X-Onpolicy-Token`), printed once, in the page's link, when
 the page starts: the link holds it after `#`, which browsers never send to a server, and the page never logs
 it. The page itself (`page.html`, static, no build step) holds no data and loads without it.
+
+Everyone with the link is trusted to label, under a name they give; a name is bound to the browser that first
+claimed a group under it (`Names`), so no one labels, skips or claims as someone else.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from onpolicy.errors import OnpolicyError
-from onpolicy.human.desk import LabelDesk, LabelRefused
+from onpolicy.human.desk import LabelDesk, LabelRefused, checked_name
 from onpolicy.run.files import NoSpace
 
 PAGE = pathlib.Path(__file__).with_name("page.html")
@@ -29,10 +32,12 @@ PAGE = pathlib.Path(__file__).with_name("page.html")
 
 MAX_BODY_BYTES = 64 * 1024  # a request body: a label is a few hundred bytes
 MAX_GROUP_CHARS = 4096  # a group's key (its prompt's id)
+MAX_NAMES = 10_000  # names one page binds to a browser (a few hundred bytes each)
 
 
 class Who(BaseModel):
     labeller: str = Field(max_length=200)
+    key: str = Field("", max_length=64)  # the labeller's key on this page (`Names`); none before the first claim
 
 
 class Given(Who):
@@ -44,6 +49,33 @@ class Given(Who):
 
 class Skipped(Who):
     group: str = Field(max_length=MAX_GROUP_CHARS)
+
+
+class Names:
+    """Labellers' names, each bound to the browser that first claimed a group under it: the page hands that
+    browser a key of its own (it keeps it in its localStorage), and every later claim, label or skip under the
+    name must carry it. The binding lasts as long as the page: a restarted job binds names afresh."""
+
+    def __init__(self) -> None:
+        self._keys: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def check(self, labeller: str, key: str, claiming: bool = False) -> str:
+        """The key of `labeller`, when `key` is it; for a name no one has used yet, a new key if `claiming` (a
+        label or a skip comes after a claim). LabelRefused (403) otherwise, naming only the name given."""
+        name = checked_name(labeller)
+        with self._lock:
+            known = self._keys.get(name)
+            if known is None and claiming:
+                if len(self._keys) >= MAX_NAMES:
+                    raise LabelRefused(f"this page has given out {MAX_NAMES} names; label under one of yours", 403)
+                known = self._keys[name] = secrets.token_urlsafe(24)
+                return known
+        if known is None or not secrets.compare_digest(known.encode(), key.encode()):
+            raise LabelRefused(
+                f"the name {name!r} is in use on this page from another browser; give another name", status=403
+            )
+        return known
 
 
 def build_app(desk: LabelDesk, token: str) -> Any:
@@ -58,6 +90,7 @@ def build_app(desk: LabelDesk, token: str) -> Any:
     app = FastAPI(title="onpolicy labels", docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(BodyCap, limit=MAX_BODY_BYTES)  # outermost: before the token check reads anything
     guarded = [Depends(check_token)]
+    names = Names()
     html = PAGE.read_text(encoding="utf-8")
     headers = _security_headers(html)
 
@@ -81,14 +114,16 @@ def build_app(desk: LabelDesk, token: str) -> Any:
     @app.post("/api/claim", dependencies=guarded)
     def claim(who: Who) -> dict[str, Any]:
         try:
+            key = names.check(who.labeller, who.key, claiming=True)
             task = desk.claim(who.labeller)
         except LabelRefused as exc:
             raise refused(exc) from None
-        return {"task": None if task is None else task.view(), "state": desk.state(who.labeller)}
+        return {"task": None if task is None else task.view(), "state": desk.state(who.labeller), "key": key}
 
     @app.post("/api/label", dependencies=guarded)
     def label(given: Given) -> dict[str, Any]:
         try:
+            names.check(given.labeller, given.key)
             desk.submit(given.labeller, given.group, given.digest, given.best, given.worst)
         except LabelRefused as exc:
             raise refused(exc) from None
@@ -98,7 +133,11 @@ def build_app(desk: LabelDesk, token: str) -> Any:
 
     @app.post("/api/release", dependencies=guarded)
     def release(skipped: Skipped) -> dict[str, Any]:
-        desk.release(skipped.labeller, skipped.group)
+        try:
+            names.check(skipped.labeller, skipped.key)
+            desk.release(skipped.labeller, skipped.group)
+        except LabelRefused as exc:
+            raise refused(exc) from None
         return {"state": desk.state(skipped.labeller)}
 
     return app
