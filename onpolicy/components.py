@@ -288,7 +288,7 @@ def reward_server_starter(log_folder: pathlib.Path, on_close: list[Callable[[], 
             log_folder / f"reward-server-{request.port}.log",
             cli_flags(request.arguments),
             served_model_name=request.served_name,
-        ).start()
+        ).start("the reward's port")
         on_close.append(server.stop)
         server.wait_until_ready(request.startup_timeout_s, "the reward's startup_timeout_s")
         return Server(server.url, server.api_key, server.check_alive)

@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from reward.base import Meter
+from reward.keyed_http import HTTPStatusError, fetch
 from reward.servers import Server
 
 SERVED_NAME = "reward-model"  # what a started server serves the reward model as
@@ -133,10 +132,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         from vllm import LLM
 
-        try:
-            self._llm = LLM(model=self.path, **self.arguments)
-        except (ValueError, RuntimeError) as exc:
-            raise RuntimeError(f"vLLM could not start the reward model {self.path}: {exc}") from exc
+        self._llm = LLM(model=self.path, **self.arguments)  # a failure names the model: `RewardModel` says which
 
     def logits(self, conversations: Sequence[Sequence[int]], meter: Meter) -> list[list[float]]:
         from vllm import PoolingParams
@@ -153,22 +149,22 @@ class VLLMEngine:
 
 class ServerEngine:
     """A vLLM pooling server's `/classify`: requests of `batch_size` conversations, `concurrency` of them in
-    flight (the server batches what is in flight), each bounded by `timeout_s`."""
+    flight (the server batches what is in flight), each within `timeout_s` in all and MAX_ANSWER_BYTES
+    (`reward.keyed_http`: no redirect followed, no proxy to this machine)."""
 
     def __init__(self, server: Callable[[], Server], batch_size: int, concurrency: int, timeout_s: float) -> None:
         self.server = server  # the running server, checked for life at each call
         self.batch_size = batch_size
         self.concurrency = concurrency
         self.timeout_s = timeout_s
-        self._model = SERVED_NAME
+        self._model: str | None = None  # what the server serves, asked at the first call
 
     def start(self, tokenizer: Any) -> None:
-        served = self._get("/v1/models")["data"]
-        if not served:
-            raise RuntimeError(f"the vLLM server at {self.server().url} serves no model")
-        self._model = served[0]["id"]
+        pass  # nothing loads here: a server that does not answer yet is asked again at the next call
 
     def logits(self, conversations: Sequence[Sequence[int]], meter: Meter) -> list[list[float]]:
+        if self._model is None:
+            self._model = self._served_model()
         chunks = [list(conversations[i : i + self.batch_size]) for i in range(0, len(conversations), self.batch_size)]
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             answers = list(pool.map(self._classify, chunks))
@@ -182,6 +178,14 @@ class ServerEngine:
             raise RuntimeError(f"the reward model server answered {len(data)} scores for {len(chunk)} inputs")
         return [list(map(float, item["probs"])) for item in data]
 
+    def _served_model(self) -> str:
+        served = self._get("/v1/models")
+        models = served.get("data") if isinstance(served, dict) else None
+        model = models[0] if isinstance(models, list) and models else None
+        if not isinstance(model, dict) or not isinstance(model.get("id"), str):
+            raise RuntimeError(f"the vLLM server at {self.server().url} names no model it serves in /v1/models")
+        return model["id"]
+
     def _get(self, route: str) -> Any:
         return self._request(route, None)
 
@@ -190,22 +194,18 @@ class ServerEngine:
 
     def _request(self, route: str, body: bytes | None) -> Any:
         server = self.server()
-        headers = {"Content-Type": "application/json"}
-        if server.api_key is not None:
-            headers["Authorization"] = f"Bearer {server.api_key}"
-        request = urllib.request.Request(server.url + route, body, headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                answer = response.read(MAX_ANSWER_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            detail = exc.read(2000).decode(errors="replace")
+            answer = fetch(
+                server.url + route, body, server.api_key, deadline_s=self.timeout_s, max_bytes=MAX_ANSWER_BYTES
+            )
+        except HTTPStatusError as exc:
             raise RuntimeError(
-                f"the reward model server at {server.url} refused {route} ({exc.code}): {detail}"
+                f"the reward model server at {server.url} refused {route} ({exc.code}): {exc.detail}"
             ) from None
         except OSError as exc:
-            raise RuntimeError(f"the reward model server at {server.url} did not answer {route}: {exc}") from None
-        if len(answer) > MAX_ANSWER_BYTES:
-            raise RuntimeError(f"the reward model server at {server.url} answered {route} with over 16 MiB")
+            raise RuntimeError(
+                f"the reward model server at {server.url} did not answer {route}: {exc} (timeout_s: {self.timeout_s:g})"
+            ) from None
         try:
             return json.loads(answer)
         except ValueError:

@@ -2,6 +2,8 @@
 port (with a proxy in front to inject bad answers, delays and key checks) and an in-process vLLM engine."""
 
 import contextlib
+import gzip
+import json
 import random
 import re
 import time
@@ -131,8 +133,24 @@ def canned_endpoint(reply):
         server.server_close()
 
 
-def _headers(length, kind="application/json"):
-    return f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n\r\n".encode()
+def _headers(length, kind="application/json", more=""):
+    return f"HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {length}\r\n{more}\r\n".encode()
+
+
+def _gzipped(text):
+    data = gzip.compress(text.encode())
+    return lambda write: write(_headers(len(data), more="Content-Encoding: gzip\r\n") + data)
+
+
+def _completion_with(**changes):
+    """COMPLETION with its fields changed: `choices` (whole), or the first choice's `content`."""
+    completion = json.loads(COMPLETION)
+    if "choices" in changes:
+        completion["choices"] = changes["choices"]
+    if "content" in changes:
+        completion["choices"][0]["message"]["content"] = changes["content"]
+    data = json.dumps(completion).encode()
+    return lambda write: write(_headers(len(data)) + data)
 
 
 def _trickle(data, every_s=0.1):
@@ -154,8 +172,17 @@ def _trickle(data, every_s=0.1):
         (lambda write: write(_headers(15, "text/html") + b"<html>hi</html>"), "the endpoint answered with no chat "
          "completion: '<html>hi</html>'"),
         (lambda write: write(_headers(9) + b"not json!"), "the endpoint answered with no chat completion"),
+        (_gzipped(COMPLETION + " " * 9 * 2**20), "the answer came compressed (Content-Encoding: gzip), which was "
+         "not asked for"),
+        (_completion_with(choices=5), "the endpoint answered with no chat completion (choices is int, not a list)"),
+        (_completion_with(choices=["Score: 4"]), "(choices[0].message.content is missing or null, not text)"),
+        (_completion_with(content=4), "(choices[0].message.content is int, not text)"),
+        (_completion_with(content={"score": 4}), "(choices[0].message.content is dict, not text)"),
+        (_completion_with(content=None), "(choices[0].message.content is missing or null, not text)"),
     ],
-    ids=["headers a byte at a time", "body a byte at a time", "a 9 MiB answer", "a 200 of HTML", "a 200 not JSON"],
+    ids=["headers a byte at a time", "body a byte at a time", "a 9 MiB answer", "a 200 of HTML", "a 200 not JSON",
+         "9 MiB gzipped", "choices not a list", "a choice not an object", "content a number", "content an object",
+         "content null"],
 )  # fmt: skip
 def test_an_endpoint_that_trickles_floods_or_answers_no_json_fails_those_samples_with_the_reason(reply, reason):
     with canned_endpoint(reply) as url:
@@ -380,3 +407,25 @@ def test_a_round_s_groups_share_one_pool_of_judge_requests():
         scores = score_groups(pairwise, [({**PROMPT, "id": f"q{n}"}, RESPONSES[:3]) for n in range(2)])
         assert state["seen"] == 2 * 3 * 2 and state["most"] == 8  # 3 pairs a group, both orders
         assert all(isinstance(s, Failed) for group in scores for s in group)  # "Score: 4" is no A/B verdict
+
+
+def test_a_judge_engine_that_cannot_start_is_not_started_again_for_each_group(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from reward.guarded import guarded_batch
+
+    tries = []
+
+    def no_engine(**kwargs):
+        tries.append(kwargs)
+        raise ValueError("not enough memory for the KV cache")
+
+    monkeypatch.setitem(sys.modules, "vllm", types.SimpleNamespace(LLM=no_engine))  # vLLM's LLM, failing
+    judge = build_reward("judge", {"backend": "vllm", "model": str(tmp_path)})
+    scores = [guarded_batch(judge, [(PROMPT, RESPONSES[:2])] * 3) for _ in range(2)]
+    assert len(tries) == 1
+    assert {s.reason for round_ in scores for group in round_ for s in group} == {
+        f"raised RuntimeError: the judge engine for {tmp_path} did not start, and is not started again in this run "
+        "(resume it once fixed): ValueError: not enough memory for the KV cache"
+    }

@@ -187,18 +187,22 @@ def test_a_server_that_does_not_come_up_says_why(tmp_path):
     server.stop()
 
 
-def test_a_run_on_a_started_server_samples_round_two_from_the_updated_weights(tiny_model_path, tmp_path):
+def test_a_run_on_two_started_servers_samples_round_two_from_the_updated_weights(tiny_model_path, tmp_path):
+    """`launch: 2`: both servers sample each round (progress advancing from a thread per server) and both take
+    the new weights, by transfer in one group."""
     from transformers import AutoModelForCausalLM
 
     config = tiny_config(tiny_model_path, rounds=2, checkpoint={"every": 1})
     config["generation"]["backend"] = "server"
-    config["generation"]["server"] = {"port": free_port()}
+    config["generation"]["server"] = {"port": free_port(), "launch": 2}
     run_dir, stdout = run_cli(config, tmp_path)
     rounds = read_jsonl(run_dir / "rounds.jsonl")
     assert [r["round"] for r in rounds] == [1, 2] and all(r["train/skipped"] == 0 for r in rounds)
-    assert all(r["perf/ref_from_engine"] == 1.0 for r in rounds)  # the server's log-probs are the reference
-    assert "Application startup complete" in (run_dir / "vllm-server-0.log").read_text()
-    assert not (run_dir / "weights-sync").exists()  # removed with the server at the end
+    assert all(r["perf/ref_from_engine"] == 1.0 for r in rounds)  # the servers' log-probs are the reference
+    for n in (0, 1):
+        log = (run_dir / f"vllm-server-{n}.log").read_text()
+        assert "Application startup complete" in log and "/v1/completions" in log and "/update_weights" in log
+    assert not (run_dir / "weights-sync").exists()  # removed with the servers at the end
     after_round_1 = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints/round-0001")
     initial = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     prompts = {str(i): [{"role": "user", "content": q}] for i, q in enumerate(config["prompts"]["items"])}
@@ -206,14 +210,15 @@ def test_a_run_on_a_started_server_samples_round_two_from_the_updated_weights(ti
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_path)
     errors = {"initial": [], "after_round_1": []}
-    for sample in read_jsonl(run_dir / "rounds/0002/samples.jsonl")[:6]:
+    for sample in read_jsonl(run_dir / "rounds/0002/samples.jsonl"):  # from both servers
         prompt_ids = tokenizer.apply_chat_template(prompts[sample["prompt_id"]], add_generation_prompt=True)
         prompt_ids = list(prompt_ids["input_ids"] if hasattr(prompt_ids, "keys") else prompt_ids)
         for name, model in (("initial", initial), ("after_round_1", after_round_1)):
             gap = torch.tensor(sample["logprobs"]) - _teacher_forced(model, prompt_ids, sample["token_ids"])
             errors[name].append(gap.abs().mean().item())
     assert max(errors["after_round_1"]) < 1e-3 < min(errors["initial"]), errors
-    assert not is_up(f"http://127.0.0.1:{config['generation']['server']['port']}")  # gone with the job
+    port = config["generation"]["server"]["port"]
+    assert not is_up(f"http://127.0.0.1:{port}") and not is_up(f"http://127.0.0.1:{port + 1}")  # gone with the job
 
 
 def test_a_server_of_onpolicy_serve_takes_weights_by_transfer_and_when_killed_mid_run_the_run_resumes(

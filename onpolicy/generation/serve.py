@@ -46,7 +46,7 @@ def serve(
     server = ManagedServer(model, place.port, log_path, place.args, host=host, api_key=key, env=dict(place.env))
     gpus = ",".join(map(str, place.gpus)) or "CPU"
     echo(f"starting a vLLM server of {model} on {gpus} (log: {log_path}); weights by {place.sync}")
-    server.start()
+    server.start("--port")
     try:
         server.wait_until_ready(config.generation.server.startup_timeout_s)
         echo(f"serving at {server.url} (key from ${config.generation.server.api_key_env}); Ctrl-C stops it")

@@ -17,8 +17,10 @@ Either way each server drops its prefix cache and takes the round as its weight 
 server's `/weight_info` must show the version last synced: a round never samples from stale weights (say, a
 server restarted in between).
 
-Every request has a bounded timeout; a server that fails or does not answer fails the round with an error that
-names it, and the run resumes from its last complete round.
+Every request has a total deadline (`generation.server.request_timeout_s`) and a cap on its answer (a sampling
+answer's grows with the tokens asked for), follows no redirect and goes through no proxy to this machine
+(`reward.keyed_http`); a server that fails or does not answer fails the round with an error that names it, and
+the run resumes from its last complete round.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ import json
 import os
 import pathlib
 import shutil
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -42,14 +42,21 @@ from onpolicy.config.sections import ServerConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.errors import ConfigError, OnpolicyError
 from onpolicy.generation.sampling import GroupSampling, vllm_sampling
-from onpolicy.generation.serving import ADAPTER_NAME, authorization
+from onpolicy.generation.serving import ADAPTER_NAME
 from onpolicy.generation.transfer import WeightTransfer
 from onpolicy.generation.weight_check import check_servers, comparable, digest
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.tokens import fit_prompts
 from onpolicy.types import PromptRecord, Sample, SampleGroup
+from reward.keyed_http import HTTPStatusError, fetch
 
 SERVED_NAME = "policy"  # the model name onpolicy's servers serve under (any name does for a server given by URL)
+ROUTE_ANSWER_BYTES = 16 * 1024**2  # of an answer to any route but sampling (a weight version, a list of checksums)
+# A sampled token's JSON (its text, id, log-prob, its `token_id:N` and offset in the log-probs) is under 200 bytes;
+# a prompt token's (its id in `prompt_token_ids`, repeated in each choice) under 10: a sampling answer may take
+# this much per token of each choice, prompt and `max_tokens`, plus ANSWER_BYTES_SLACK.
+ANSWER_BYTES_PER_TOKEN = 1024
+ANSWER_BYTES_SLACK = 1024**2
 
 
 class ServerGenerator(GroupSampling):
@@ -68,7 +75,7 @@ class ServerGenerator(GroupSampling):
     ) -> None:
         """`sync`: "disk", or the vLLM transfer engine the servers were started with (`--weight-transfer-config`)."""
         self.urls = [url.rstrip("/").removesuffix("/v1") for url in urls]
-        self._headers = authorization(api_key)  # sent on every request
+        self.api_key = api_key  # sent on every request
         self.tokenizer = tokenizer
         self.config = config
         self.sync_dir = sync_dir
@@ -203,10 +210,12 @@ class ServerGenerator(GroupSampling):
         def ask(url: str, indices: list[int]) -> list[dict[str, Any]]:
             if not indices:
                 return []
-            answer = self._post(url, "/v1/completions", {**request, "prompt": [prompts[i] for i in indices]})
+            tokens = sum(len(prompts[i]) + body["max_tokens"] for i in indices) * body["n"]
+            cap = tokens * ANSWER_BYTES_PER_TOKEN + ANSWER_BYTES_SLACK
+            answer = self._post(url, "/v1/completions", {**request, "prompt": [prompts[i] for i in indices]}, cap)
             if progress is not None:
                 progress.advance(len(indices))
-            return sorted(answer["choices"], key=lambda choice: choice["index"])
+            return _choices(answer, len(indices) * body["n"], url)
 
         with concurrent.futures.ThreadPoolExecutor(len(self.urls)) as pool:
             answers = list(pool.map(ask, self.urls, shares))
@@ -232,24 +241,24 @@ class ServerGenerator(GroupSampling):
             list(pool.map(action, self.urls))
 
     def _served_name(self, url: str) -> str:
-        models = self._get(url, "/v1/models").get("data") or [{"id": SERVED_NAME}]
-        return models[0]["id"]
+        models = self._get(url, "/v1/models").get("data")
+        first = models[0] if isinstance(models, list) and models else None
+        return first["id"] if isinstance(first, dict) and isinstance(first.get("id"), str) else SERVED_NAME
 
     def _get(self, url: str, path: str) -> dict[str, Any]:
-        return self._send(urllib.request.Request(url + path, headers=self._headers), url, path)
+        return self._send(url, path, None, ROUTE_ANSWER_BYTES)
 
-    def _post(self, url: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else b""
-        headers = {"Content-Type": "application/json", **self._headers}
-        request = urllib.request.Request(url + path, data=data, headers=headers)
-        return self._send(request, url, path)
+    def _post(
+        self, url: str, path: str, body: dict[str, Any] | None, max_bytes: int = ROUTE_ANSWER_BYTES
+    ) -> dict[str, Any]:
+        return self._send(url, path, json.dumps(body).encode() if body is not None else b"", max_bytes)
 
-    def _send(self, request: urllib.request.Request, url: str, path: str) -> dict[str, Any]:
+    def _send(self, url: str, path: str, data: bytes | None, max_bytes: int) -> dict[str, Any]:
+        """The JSON answer of the server at `url` to `path` (a GET without `data`), within the request deadline
+        and `max_bytes`."""
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                body = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:500]
+            body = fetch(url + path, data, self.api_key, deadline_s=self.timeout, max_bytes=max_bytes)
+        except HTTPStatusError as exc:
             hint = ""
             if exc.code == 404 and path == "/v1/load_lora_adapter":
                 hint = " (is it running with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True?)"
@@ -258,18 +267,19 @@ class ServerGenerator(GroupSampling):
             elif exc.code == 401:
                 hint = " (its API key: generation.server.api_key_env names the variable that holds it)"
             raise OnpolicyError(
-                f"the vLLM server at {url} answered {path} with HTTP {exc.code}{hint}: {detail}"
+                f"the vLLM server at {url} answered {path} with HTTP {exc.code}{hint}: {exc.detail}"
             ) from None
-        except (OSError, urllib.error.URLError, TimeoutError) as exc:
+        except OSError as exc:
             self.check_alive()  # a started server that died says so, with its log
             raise OnpolicyError(
                 f"the vLLM server at {url} failed on {path}: {exc} (timeout: generation.server.request_timeout_s = "
                 f"{self.timeout:.0f} s)"
             ) from None
         try:
-            return json.loads(body or b"{}")
+            answer = json.loads(body or b"{}")
         except ValueError:  # some routes answer in plain text
-            return {"text": body.decode(errors="replace")}
+            answer = None
+        return answer if isinstance(answer, dict) else {"text": body.decode(errors="replace")}
 
 
 def external_api_key(server: ServerConfig) -> str | None:
@@ -284,6 +294,28 @@ def external_api_key(server: ServerConfig) -> str | None:
             "the API key of the servers at generation.server.urls"
         )
     return key
+
+
+def _choices(answer: dict[str, Any], expected: int, url: str) -> list[dict[str, Any]]:
+    """A sampling answer's `expected` choices in prompt order (prompt-major, n per prompt); an answer without them
+    fails the round, naming the server."""
+    choices = answer.get("choices")
+    if not (
+        isinstance(choices, list)
+        and len(choices) == expected
+        and all(
+            isinstance(c, dict)
+            and isinstance(c.get("index"), int)
+            and isinstance(c.get("text"), str)
+            and isinstance(c.get("token_ids"), list)
+            for c in choices
+        )
+    ):
+        raise OnpolicyError(
+            f"the vLLM server at {url} answered /v1/completions without the {expected} choices asked for (each "
+            f"with its text and token_ids): {json.dumps(answer)[:200]}"
+        )
+    return sorted(choices, key=lambda choice: choice["index"])
 
 
 def _sample(choice: dict[str, Any]) -> Sample:

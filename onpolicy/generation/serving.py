@@ -6,7 +6,8 @@ the job (normal end, error, SIGINT/SIGTERM, and the interpreter's exit). It runs
 onpolicy moves weights in through the dev routes (`/collective_rpc`, `/update_weight_version`). Those routes
 would let any local process load other weights into the policy's server, so every route of a started server,
 dev routes included, takes an API key of the job's own (`onpolicy.generation.guarded_server`), which onpolicy
-sends on each request.
+sends on each request (through `reward.keyed_http`: no proxy, no redirect). A server starts only on a port where
+nothing answers yet: whatever answered there would be sent the key and taken for the job's server.
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ import os
 import pathlib
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 
 from onpolicy.errors import OnpolicyError
 from onpolicy.generation.placement import ServerPlace
 from onpolicy.run.launch import LAUNCHER_VARIABLES
+from reward.keyed_http import HTTPStatusError, fetch
 
 ADAPTER_NAME = "policy-lora"  # what the policy's LoRA adapter is served as (`generation.lora_sync: adapter`)
 
@@ -47,6 +48,7 @@ class ManagedServer:
     ) -> None:
         """`env`: variables set for the server on top of the job's environment (its `CUDA_VISIBLE_DEVICES`)."""
         self.url = f"http://{host}:{port}"
+        self.host, self.port = host, port
         self.log_path = log_path
         self.api_key = api_key if api_key is not None else secrets.token_urlsafe(32)
         # `guarded_server` is `vllm serve` (vLLM's CPU build installs no working `vllm` script) with the API key
@@ -73,7 +75,9 @@ class ManagedServer:
             env.pop(name, None)
         return {**env, **self.env}
 
-    def start(self) -> ManagedServer:
+    def start(self, port_setting: str = "generation.server.port") -> ManagedServer:
+        """Start the server, where its port is free (`port_setting`: the config's name for the port)."""
+        check_port_free(self.host, self.port, port_setting)
         env = self.environment()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
@@ -89,11 +93,11 @@ class ManagedServer:
         deadline = time.monotonic() + timeout_s
         while True:
             self.check_alive()
-            health = urllib.request.Request(f"{self.url}/health", headers=authorization(self.api_key))
             try:
-                with urllib.request.urlopen(health, timeout=5):
-                    return
-            except (OSError, urllib.error.URLError):
+                fetch(f"{self.url}/health", api_key=self.api_key, deadline_s=5, max_bytes=HEALTH_BYTES)
+                self.check_alive()  # still running: not one that failed to listen while something else answered
+                return
+            except (OSError, HTTPStatusError):
                 if time.monotonic() > deadline:
                     self.stop()
                     raise OnpolicyError(
@@ -132,9 +136,22 @@ class ManagedServer:
         process.wait(timeout=30)
 
 
-def authorization(api_key: str | None) -> dict[str, str]:
-    """The header that carries `api_key` to a vLLM server (none without a key)."""
-    return {} if api_key is None else {"Authorization": f"Bearer {api_key}"}
+HEALTH_BYTES = 64 * 1024  # of an answer to /health (vLLM's is empty)
+
+
+def check_port_free(host: str, port: int, setting: str) -> None:
+    """Refuse a port where something already answers: a server the job started there would fail to listen,
+    while what answers would be sent the job's key and taken for the job's server (`setting`: the config's name
+    for the port)."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            pass
+    except OSError:
+        return  # nothing listens there
+    raise OnpolicyError(
+        f"port {port} on {host} is taken: something answers there already, and a server the job starts must be its "
+        f"own; stop what listens there or choose another port ({setting})"
+    )
 
 
 def start_servers(
@@ -149,10 +166,12 @@ def start_servers(
     servers = [
         ManagedServer(
             model, place.port, log_folder / f"vllm-server-{i}.log", place.args, api_key=api_key, env=place.env
-        ).start()
+        )
         for i, place in enumerate(places)
     ]
     try:
+        for server in servers:
+            server.start()
         for server in servers:
             server.wait_until_ready(startup_timeout_s)
     except BaseException:

@@ -66,7 +66,7 @@ def judge(
     `answer_prefix` starts the judge's answer (vLLM engines and `vllm serve` only). Backend `openai`: `timeout`
     bounds each read, connect and write, `max_retries` the retries of a failed request, and `deadline` (default
     each try's `timeout` plus 8 s of backoff between tries) one request in all, retries included; an answer over
-    8 MiB fails.
+    8 MiB, compressed, or not a chat completion (a field of the wrong type) fails its samples as `judge_error`.
     `policy_engine` is not a config argument: the job hands it over (see `PolicyEngine`).
     """
     if mode not in ("pointwise", "pairwise"):

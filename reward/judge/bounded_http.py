@@ -6,6 +6,9 @@ an answer may be. Here each logical request (all its retries included) runs insi
 max_bytes)`, and the connections' sockets honour it: every read waits at most until the deadline, and the bytes
 received (headers and body) count against the cap. Past either, the read fails as a timeout or a read error,
 which the OpenAI client turns into its own errors, and `limits` says which limit it was (`Limits.exceeded`).
+The cap counts the bytes as they come over the wire, and httpx would decompress an answer only after them (a
+few kilobytes of gzip are gigabytes of JSON): so answers are asked for uncompressed (`Accept-Encoding:
+identity`), and one compressed anyway is refused.
 
 The limits live in a thread-local: a sync request, its retries and the reading of its body all run in the
 thread that asked, and a connection serves one request at a time.
@@ -28,12 +31,17 @@ _current = threading.local()
 
 @dataclasses.dataclass
 class Limits:
-    """One request's deadline (time.monotonic) and byte cap, and which of them it ran past (None: neither)."""
+    """One request's deadline (time.monotonic) and byte cap, and which of them it ran past (None: neither);
+    `final`: what it ran past, a retry would too (an answer too large or compressed)."""
 
     deadline: float
     max_bytes: int
     received: int = 0
     exceeded: str | None = None
+    final: bool = False
+
+    def refuse(self, why: str) -> None:
+        self.exceeded, self.final = why, True
 
 
 @contextmanager
@@ -46,14 +54,37 @@ def limits(deadline_s: float, max_bytes: int) -> Iterator[Limits]:
         _current.limits = None
 
 
-def bounded_transport(connections: int) -> httpx.HTTPTransport:
+def bounded_transport(connections: int) -> httpx.BaseTransport:
     """An httpx transport (for `httpx.Client(transport=...)`) of up to `connections` connections whose sockets
-    honour `limits`."""
+    honour `limits`, for answers that come uncompressed."""
     room = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     transport = httpx.HTTPTransport(limits=room)
     pool = transport._pool  # httpx builds its httpcore pool with the default backend: every socket passes ours
     pool._network_backend = _BoundedBackend(pool._network_backend)
-    return transport
+    return _Uncompressed(transport)
+
+
+class _Uncompressed(httpx.BaseTransport):
+    """Asks for each answer uncompressed, and refuses one that comes compressed all the same."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self._inner = inner
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.headers["Accept-Encoding"] = "identity"
+        response = self._inner.handle_request(request)
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            return response
+        response.close()
+        why = f"the answer came compressed (Content-Encoding: {encoding}), which was not asked for"
+        current: Limits | None = getattr(_current, "limits", None)
+        if current is not None:
+            current.refuse(why)
+        raise httpx.DecodingError(why, request=request)
+
+    def close(self) -> None:
+        self._inner.close()
 
 
 class _BoundedBackend(httpcore.NetworkBackend):
@@ -90,7 +121,7 @@ class _BoundedStream(httpcore.NetworkStream):
         if current is not None:
             current.received += len(data)
             if current.received > current.max_bytes:
-                current.exceeded = f"the answer ran over {current.max_bytes} bytes"
+                current.refuse(f"the answer ran over {current.max_bytes} bytes")
                 raise httpcore.ReadError(current.exceeded)
         return data
 
@@ -112,8 +143,8 @@ def _bounded(timeout: float | None) -> float | None:
     current: Limits | None = getattr(_current, "limits", None)
     if current is None:
         return timeout
-    if current.exceeded is not None and "bytes" in current.exceeded:
-        raise httpcore.ReadError(current.exceeded)  # a retry of a request too large: it would be again
+    if current.final:
+        raise httpcore.ReadError(current.exceeded)  # a retry of a request refused: it would be again
     left = current.deadline - time.monotonic()
     if left <= 0:
         current.exceeded = "no complete answer before the request's deadline"

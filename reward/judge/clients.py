@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from reward.base import RewardConfigError
 from reward.servers import api_key_from_environment
+from reward.start_once import StartOnce
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,22 +127,20 @@ class VLLMChat:
             "seed": seed,
             "enforce_eager": True,
         }
-        self._engine: Any = None
+        self._engine = StartOnce(f"the judge engine for {model}", self._start)  # a failed start is not retried
 
     @property
     def engine(self) -> Any:
         if self.model is None:
             return self.policy_engine.get()
-        if self._engine is None:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # its thread swaps sys.stdout while probing the CPU
-            from vllm import LLM
+        return self._engine.get()
 
-            try:
-                self._engine = LLM(model=self.model, **self.engine_args)
-            except (ValueError, RuntimeError) as exc:
-                raise RuntimeError(f"the judge engine for {self.model} could not start: {exc}") from exc
-        return self._engine
+    def _start(self) -> Any:
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")  # its thread swaps sys.stdout while probing the CPU
+        from vllm import LLM
+
+        return LLM(model=self.model, **self.engine_args)
 
     def complete(self, requests: Sequence[ChatRequest]) -> list[ChatAnswer]:
         if not requests:
@@ -233,7 +232,6 @@ class OpenAIChat:
 
     def _one(self, request: ChatRequest) -> ChatAnswer:
         import openai
-        from openai.types.chat import ChatCompletion
 
         from reward.judge.bounded_http import limits
 
@@ -244,26 +242,20 @@ class OpenAIChat:
             extra.update(continue_final_message=True, add_generation_prompt=False)
         with limits(self.requests.total_s, MAX_ANSWER_BYTES) as bound:
             try:
-                response = self.client.chat.completions.create(
+                body = self.client.chat.completions.with_raw_response.create(
                     model=self.model,
                     messages=_messages(request),
                     n=request.n,
                     temperature=self.sampling.temperature,
                     max_tokens=self.sampling.max_tokens,
                     extra_body=extra or None,
-                )
+                ).content  # parsed here: the client's own parsing checks no field's type
             except openai.APIError as exc:
                 return self._failed(f"{type(exc).__name__}: {bound.exceeded or _first_line(exc)}")
-            except json.JSONDecodeError as exc:  # a 200 that says it is JSON and is not
-                return self._failed(f"the endpoint answered with no chat completion (not JSON: {exc})")
-        if not isinstance(response, ChatCompletion):  # a 200 whose body is not a chat completion's JSON
-            return self._failed(f"the endpoint answered with no chat completion: {_first_line(response)!r}")
-        usage = response.usage
-        return ChatAnswer(
-            texts=[request.answer_prefix + (choice.message.content or "") for choice in response.choices],
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else 0,
-        )
+        try:
+            return _chat_answer(body, request.answer_prefix)
+        except ValueError as exc:  # a 200 that is no chat completion
+            return self._failed(str(exc))
 
 
     def _failed(self, error: str) -> ChatAnswer:
@@ -271,6 +263,40 @@ class OpenAIChat:
         return ChatAnswer([], error=error.replace(self._api_key, "***") if self._api_key else error)
 
 
+def _chat_answer(body: bytes, prefix: str) -> ChatAnswer:
+    """The answers (each after `prefix`) and token counts of the chat completion in the JSON `body`; a body that
+    is none (not JSON, or a field of the wrong type) raises ValueError, saying which field and quoting it."""
+    quoted = f": {_first_line(body.decode(errors='replace'))!r}"
+    try:
+        completion = json.loads(body)
+    except ValueError:
+        raise ValueError(f"{NO_COMPLETION}{quoted}") from None
+    choices = completion.get("choices") if isinstance(completion, dict) else None
+    if not isinstance(choices, list):
+        raise ValueError(f"{NO_COMPLETION} (choices is {_json_kind(choices)}, not a list){quoted}")
+    texts = []
+    for n, choice in enumerate(choices):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, str):
+            kind = _json_kind(content)
+            raise ValueError(f"{NO_COMPLETION} (choices[{n}].message.content is {kind}, not text){quoted}")
+        texts.append(prefix + content)
+    usage = completion.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    return ChatAnswer(texts, None, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+
+
+def _json_kind(value: object) -> str:
+    return "missing or null" if value is None else type(value).__name__
+
+
+def _count(value: object) -> int:
+    """A token count as an endpoint reports it; 0 where it reports none (or not a whole number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+NO_COMPLETION = "the endpoint answered with no chat completion"
 LONGEST_BACKOFF_S = 8.0  # the OpenAI client's longest wait between two tries of a request
 MAX_ANSWER_BYTES = 8 * 1024 * 1024  # of one judge answer, headers and JSON body: a verdict is a few kilobytes
 
