@@ -316,8 +316,14 @@ def _launch(args: argparse.Namespace, argv: list[str]) -> int:
 
 
 def _process_name() -> str:
-    """' (training process RANK)' in a process other than the main one of a job launched as several, else ''."""
-    rank = int(os.environ.get("RANK", "0"))
+    """' (training process RANK)' in a process other than the main one of a job launched as several, else ''
+    (also where the launcher's variables are wrong: the error being printed then says so)."""
+    from onpolicy.run.launch import launch
+
+    try:
+        rank = launch().rank
+    except OnpolicyError:
+        return ""
     return f" (training process {rank})" if rank else ""
 
 
@@ -423,11 +429,13 @@ def _label(args: argparse.Namespace) -> int:
             f"onpolicy label import {args.run_dir} EXPORT.json"
         )
         return 0
+    from onpolicy.untrusted import parse_json
+
     try:
-        exported = json.loads(args.file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise OnpolicyError(f"{args.file} not found") from None
-    except json.JSONDecodeError as exc:
+        exported = parse_json(args.file.read_text(encoding="utf-8"), str(args.file))
+    except OSError as exc:
+        raise OnpolicyError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise OnpolicyError(f"{args.file} is not JSON ({exc}); export the project from Label Studio as JSON") from None
     if not isinstance(exported, list):
         raise OnpolicyError(f"{args.file}: expected Label Studio's JSON export, a list of tasks")

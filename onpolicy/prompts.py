@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from onpolicy.config import PromptsConfig
-from onpolicy.config.loading import lone_surrogate
 from onpolicy.errors import OnpolicyError
 from onpolicy.jsonable import jsonable
 from onpolicy.types import PromptRecord
+from onpolicy.untrusted import parse_json
 
 
 def load_prompts(config: PromptsConfig, seed: int = 0) -> list[PromptRecord]:
@@ -54,7 +54,7 @@ def _read_file(path: pathlib.Path) -> list[Any]:
             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
                 if line.strip():
                     try:
-                        rows.append(json.loads(line))
+                        rows.append(parse_json(line, f"{path}, line {n}"))
                     except json.JSONDecodeError as exc:
                         raise OnpolicyError(f"{path}, line {n}: not valid JSON ({exc.msg})") from None
             return rows
@@ -98,34 +98,48 @@ def _read_parquet(path: pathlib.Path) -> list[Any]:
 
 
 def _to_record(item: Any, index: int, config: PromptsConfig, source: str) -> PromptRecord:
+    """The record of `item`, with everything of it that reaches the run directory's files in the form they hold
+    (`jsonable`: no value JSON cannot hold, no lone surrogate) before round 1, not at the end of a round."""
     where = f"{source}, prompt {index + 1}"
     if isinstance(item, str):
         item = {config.field: item}
     if not isinstance(item, Mapping):
         raise OnpolicyError(f"{where}: expected a string or a record, got {type(item).__name__}")
+    if "id" in item:
+        shown = repr(item["id"])
+        where += f" (id {shown[:40]}{'...' if len(shown) > 40 else ''})"
     fields = {k: v for k, v in item.items() if k not in {config.field, "messages", "id"}}
-    metadata = {str(k): jsonable(v, f"{where}, field {k!r}") for k, v in fields.items()}  # as eval.jsonl holds them
+    metadata = {
+        str(jsonable(k, f"{where}, a field's name")): jsonable(v, f"{where}, field {k!r}") for k, v in fields.items()
+    }
     if isinstance(item.get("messages"), list):
-        messages = [dict(m) for m in item["messages"]]
-        if not messages or not all(isinstance(m, Mapping) and {"role", "content"} <= set(m) for m in messages):
-            raise OnpolicyError(f"{where}: 'messages' must be a list of {{role, content}} turns")
+        messages = [_turn(m, f"{where}, message {i + 1}") for i, m in enumerate(item["messages"])]
+        if not messages:
+            raise OnpolicyError(f"{where}: 'messages' is empty; give the chat turns, ending with the user's")
         if messages[-1]["role"] != "user":
             raise OnpolicyError(f"{where}: the last message must be the user's turn")
     elif isinstance(item.get(config.field), str) and item[config.field].strip():
-        messages = [{"role": "user", "content": item[config.field]}]
+        messages = [{"role": "user", "content": jsonable(item[config.field], f"{where}, field {config.field!r}")}]
     else:
         raise OnpolicyError(
             f"{where}: no prompt text: expected a non-empty string field '{config.field}' or a 'messages' list "
             f"(fields present: {', '.join(map(str, item)) or 'none'}); set prompts.field to the right column"
         )
-    for message in messages:
-        text = str(message["content"])
-        if (at := lone_surrogate(text)) is not None:
-            raise OnpolicyError(
-                f"{where}: holds {text[at]!r} at character {at}, half of a UTF-16 pair (a lone surrogate), which is "
-                "not text; fix the prompt"
-            )
     if config.system_prompt is not None and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": config.system_prompt})
-    prompt_id = str(item.get("id", index))
+    prompt_id = str(jsonable(item.get("id", index), f"{where}, field 'id'"))
     return PromptRecord(id=prompt_id, messages=tuple(messages), metadata=metadata)
+
+
+def _turn(message: Any, where: str) -> dict[str, Any]:
+    """A chat turn as a dict with a text `role` and `content` (and whatever else it carries), in its JSON form."""
+    if not isinstance(message, Mapping):
+        raise OnpolicyError(
+            f"{where}: 'messages' must be a list of {{role, content}} turns, not of {type(message).__name__} "
+            f"({message!r:.40})"
+        )
+    for key in ("role", "content"):
+        if not isinstance(message.get(key), str):
+            got = "none" if key not in message else type(message[key]).__name__
+            raise OnpolicyError(f"{where}: a turn's {key!r} must be text (got {got}); give {{role, content}} turns")
+    return jsonable(dict(message), where)

@@ -1,5 +1,6 @@
-"""Reward models: a sequence-classification checkpoint (Skywork-Reward, ArmoRM-style, or one trained with TRL's
-`RewardTrainer`) scores prompt + response, as the built-in reward `reward_model`.
+"""Reward models: a sequence-classification checkpoint of a transformers architecture (Skywork-Reward, or one
+trained with TRL's `RewardTrainer`) scores prompt + response, as the built-in reward `reward_model`. Checkpoints
+that bring their own code (ArmoRM) are refused: a model folder's code is never run.
 
 The conversation is rendered with the reward model's *own* tokenizer and chat template, never the policy's:
 a reward model read through another template scores text it was not trained on. Long conversations keep their
@@ -28,6 +29,7 @@ from reward.reward_model_engines import (
     vllm_arguments,
 )
 from reward.servers import ModelServers, Server, api_key_from_environment
+from reward.start_once import StartOnce
 
 
 class RewardModel:
@@ -42,15 +44,17 @@ class RewardModel:
         self.label = label
         self.meter = Meter()
         self._tokenizer: Any = None
+        self._started = StartOnce(f"the reward model {path}", self._start)  # a failed start is not retried
 
-    def _start(self) -> None:
+    def _start(self) -> Any:
+        """The reward model's tokenizer, once its engine has started."""
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(self.path)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         self.engine.start(tokenizer)
-        self._tokenizer = tokenizer
+        return tokenizer
 
     def score_group(self, prompt: Mapping[str, Any], responses: Sequence[str]) -> list[Score]:
         return self.score_groups([(prompt, responses)])[0]
@@ -59,7 +63,7 @@ class RewardModel:
         """Every response of `groups` at once: the engine batches them across groups."""
         if self._tokenizer is None:
             with self.meter.timed("load_seconds"):
-                self._start()
+                self._tokenizer = self._started.get()
         conversations = [self.token_ids(prompt, r) for prompt, responses in groups for r in responses]
         with self.meter.timed():
             rows = self.engine.logits(conversations, self.meter)
@@ -131,10 +135,7 @@ def reward_model(
     Whatever the engine, the conversation is rendered here, with the reward model's own tokenizer and chat
     template, and sent as token ids: `path` is needed for those even with a `url`."""
     folder = pathlib.Path(path)
-    config_file = folder / "config.json"
-    if not config_file.is_file():
-        raise RewardConfigError(f"reward_model: no model folder at {folder} (config.json not found)")
-    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    architectures = _architectures(folder)
     if not any(a.endswith("ForSequenceClassification") for a in architectures):
         raise RewardConfigError(
             f"reward_model: {folder} holds {architectures or 'an unknown architecture'}, not a "
@@ -150,6 +151,35 @@ def reward_model(
         concurrency=concurrency, timeout_s=timeout_s, startup_timeout_s=startup_timeout_s,
     )  # fmt: skip
     return RewardModel(folder, _engine(folder, engine, url, options, model_servers), max_length, label)
+
+
+def _architectures(folder: pathlib.Path) -> list[str]:
+    """The architectures a model folder's config.json names; a config.json that is not a Hugging Face model's
+    (not JSON, not an object, too deep) is refused here, before transformers or vLLM trip over it."""
+    config_file = folder / "config.json"
+    if not config_file.is_file():
+        raise RewardConfigError(f"reward_model: no model folder at {folder} (config.json not found)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as exc:  # ValueError: not JSON, or not UTF-8
+        reason = "nested too deep" if isinstance(exc, RecursionError) else " ".join(str(exc).split())
+        raise RewardConfigError(f"reward_model: {config_file} is not a model's config.json ({reason})") from None
+    if not isinstance(config, dict):
+        raise RewardConfigError(
+            f"reward_model: {config_file} holds a JSON {type(config).__name__}, not a model's config (an object)"
+        )
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
+        raise RewardConfigError(f"reward_model: {config_file}: 'architectures' is not a list of names")
+    import transformers
+
+    custom = [a for a in architectures if not hasattr(transformers, a)]
+    if custom and config.get("auto_map"):
+        raise RewardConfigError(
+            f"reward_model: {folder} holds {custom[0]}, whose code comes with the checkpoint (auto_map; ArmoRM is "
+            "one): onpolicy never runs a model folder's own code; use a checkpoint of a transformers architecture"
+        )
+    return architectures
 
 
 @dataclasses.dataclass(frozen=True)

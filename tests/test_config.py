@@ -168,6 +168,109 @@ def test_bad_config_gives_one_clear_error(tmp_path, data, overrides, message):
         load_config(_write(tmp_path, data), overrides)
 
 
+DEEP = "[" * 2000 + "]" * 2000
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "message"),
+    [
+        ("a: &a [*a]\n", [], r"run.yaml: holds itself \(a YAML alias inside its own anchor\)"),
+        ("prompts: &p {items: [x], more: *p}\n", [], r"run.yaml: holds itself"),
+        (f"prompts: {DEEP}\n", [], r"run.yaml: nested deeper than 100 levels"),
+        ("a:\n" + "".join(" " * i + "b:\n" for i in range(1, 400)), [], r"run.yaml: nested deeper than 100 levels"),
+        (  # an alias bomb: nine levels of ten repeats, a billion strings once expanded
+            "a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n"
+            + "".join(f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]\n" for i in range(1, 10)),
+            [],
+            r"run.yaml: its YAML aliases repeat the same values over 100000 times",
+        ),
+        (yaml.safe_dump(MINIMAL), [f"train.extra={{x: {DEEP}}}"], r"the value of override 'train.extra': nested deep"),
+        (yaml.safe_dump(MINIMAL), ['train.extra={"\\ud800": 1}'], r"key 'train.extra.\\ud800' in command-line over"),
+        ('prompts: {items: [x]}\nreward: [{name: length, args: {"\\udc80": 1}}]\n', [], r"key 'reward\[0\].args.\\u"),
+        ('prompts: {path: "\\ud800.jsonl"}\n', [], r"'prompts.path' in .*run.yaml: holds '\\ud800'"),
+        (yaml.safe_dump(MINIMAL), ['model.path="\\ud800"'], r"'model.path' in command-line override .*lone surrogate"),
+    ],
+    ids=[
+        "alias-in-itself", "alias-in-itself-mapping", "deep-flow", "deep-block", "alias-bomb", "deep-override",
+        "surrogate-override-key", "surrogate-file-key", "surrogate-file-path", "surrogate-override-path",
+    ],  # fmt: skip
+)
+def test_yaml_no_parser_or_walker_survives_is_refused_in_one_line_naming_the_file(tmp_path, text, overrides, message):
+    """Recursive, deep or exploding YAML, and keys or paths no file (or file system) can hold."""
+    from onpolicy.errors import OnpolicyError
+
+    with pytest.raises(OnpolicyError, match=message):
+        load_config(_write(tmp_path, text), overrides)
+
+
+OWNED_BY = r"\(vLLM may read it as {}\) is set by onpolicy"
+SHOWN_IN_PS = r"--hf-token\)? would show its secret on the server's command line .*the environment variable HF_TOKEN"
+
+
+@pytest.mark.parametrize(
+    ("extra_args", "message"),
+    [
+        (["--hos", "0.0.0.0"], r"extra_args: --hos " + OWNED_BY.format("--host") + "; started servers listen on 127"),
+        (["--api_key=k"], r"extra_args: --api_key " + OWNED_BY.format("--api-key")),
+        (["--api-k", "k"], r"extra_args: --api-k " + OWNED_BY.format("--api-key")),
+        (["--served_model", "x"], OWNED_BY.format("--served-model-name")),
+        (["-t", "2"], r"extra_args: -t " + OWNED_BY.format("-tp") + "; set generation.tensor_parallel_size"),
+        (["-tp=2"], r"extra_args: -tp is set by onpolicy"),
+        (["--weight-transfer-config.backend", "nccl"], OWNED_BY.format("--weight-transfer-config")),
+        (["--max-num-seqs", "8", "--hf-token", "hf_live_0123"], r"extra_args: " + SHOWN_IN_PS),
+        (["--hf_tok=hf_live_0123"], r"extra_args: --hf_tok \(vLLM may read it as " + SHOWN_IN_PS),
+        (["--model-loader-extra-config", '{"s3": {"secretKey": "hf_live_0123"}}'], r"extra_args\[1\] holds a secret"),
+        (["--model-loader-extra-config.aws_secret_access_key", "hf_live_0123"], r"extra_args\[0\] holds a secret"),
+        (["--tokenizer", "https://me:hf_live_0123@hub.internal/tok"], r"extra_args\[1\] holds a secret, which would"),
+    ],
+)
+def test_server_extra_args_are_read_as_vllm_reads_them_and_may_not_set_onpolicy_s_flags_or_a_secret(
+    tmp_path, extra_args, message
+):
+    with pytest.raises(ConfigError, match=message) as refused:
+        load_config(_write(tmp_path, {**MINIMAL, "generation": {"server": {"extra_args": extra_args}}}))
+    assert "hf_live" not in str(refused.value)
+
+
+def test_server_extra_args_that_only_look_like_onpolicy_s_flags_or_a_secret_pass():
+    from onpolicy.config import Config
+
+    extra_args = [
+        "--max-num-seqs", "512", "--enforce-eager", "--model-impl", "vllm", "--max-logprobs", "-1",
+        "--long-prefill-token-threshold", "32", "--hf-overrides", '{"rope_theta": 1e6}', "--tokenizer-mode=auto",
+    ]  # fmt: skip
+    server = Config.model_validate({**MINIMAL, "generation": {"server": {"extra_args": extra_args}}}).generation.server
+    assert server.extra_args == extra_args
+
+
+def test_each_flag_extra_args_may_not_set_is_read_by_vllm_s_server_in_the_spellings_refused_and_abbreviates_none():
+    """vLLM's own parser (its server's): the refused flags are its options, no option of its is a prefix of one (so
+    refusing abbreviations refuses no real option), and it reads each refused spelling as the flag refused."""
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    from onpolicy.config.server_flags import OWNED_FLAGS, SECRET_FLAGS, check_extra_args
+
+    parser = make_arg_parser(FlexibleArgumentParser())
+    options = {option for action in parser._actions for option in action.option_strings}
+    refused = {*OWNED_FLAGS, *SECRET_FLAGS}
+    assert refused <= options
+    assert not [(option, flag) for option in options for flag in refused if flag.startswith(option) and option != flag]
+    spellings = {
+        ("--hos", "0.0.0.0"): ("host", "0.0.0.0"),
+        ("--api_key", "k"): ("api_key", ["k"]),
+        ("--hf-tok=t",): ("hf_token", "t"),
+        ("-t", "2"): ("tensor_parallel_size", 2),
+        ("--served_model", "x"): ("served_model_name", ["x"]),
+        ("--weight-transfer-config.backend", "nccl"): ("weight_transfer_config", "nccl"),
+    }
+    for args, (dest, value) in spellings.items():
+        parsed = getattr(parser.parse_args(list(args)), dest)
+        assert (parsed.backend if dest == "weight_transfer_config" else parsed) == value
+        with pytest.raises(ValueError, match="is set by onpolicy|would show its secret"):
+            check_extra_args(args, "extra_args")
+
+
 def test_servers_given_by_url_with_a_key_variable_that_is_not_set_are_refused_before_anything_starts(monkeypatch):
     from onpolicy.components import check_inputs
     from onpolicy.config import Config

@@ -250,3 +250,54 @@ def test_onpolicy_layout_refuses_an_impossible_plan_with_one_line(tmp_path, caps
     assert main(["layout", str(config), *overrides, "--gpus", "8", "--processes", "4"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "2 server(s) of tensor_parallel_size 2 fit" in err
+
+
+@pytest.mark.parametrize(
+    "header",
+    [b"[1, 2]", b'{"w": {"shape": "ab"}}', b'{"w": {}}', b'{"w": 3}', b"[" * 5000, b"\xff\xfe"],
+    ids=["list", "shape-text", "no-shape", "entry-number", "deep", "not-utf8"],
+)
+def test_a_safetensors_file_whose_header_is_not_one_leaves_the_memory_unchecked(tmp_path, header):
+    import struct
+
+    (tmp_path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header)
+    assert parameter_count(tmp_path) is None
+
+
+@pytest.mark.parametrize(
+    ("environment", "message"),
+    [
+        ({"WORLD_SIZE": "2", "RANK": "abc"}, r"RANK='abc' is not a whole number of 0 or more"),
+        ({"WORLD_SIZE": "0"}, r"WORLD_SIZE=0 and LOCAL_WORLD_SIZE=0 count no process"),
+        ({"WORLD_SIZE": "two"}, r"WORLD_SIZE='two' is not a whole number"),
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "-1"}, r"LOCAL_WORLD_SIZE='-1' is not a whole number of 0 or more"),
+        ({"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "4"}, r"LOCAL_WORLD_SIZE=4 count .*more on this node than in the"),
+        ({"WORLD_SIZE": "2", "RANK": "2"}, r"RANK=2 is not below the 2 processes it counts among \(0 to 1\)"),
+        ({"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "3"}, r"LOCAL_RANK=3 is not below the 2 proc"),
+        ({"LOCAL_RANK": "x"}, r"LOCAL_RANK='x' is not a whole number"),
+        ({"WORLD_SIZE": "2", "MASTER_PORT": "70000"}, r"MASTER_PORT=70000 is no port"),
+    ],
+)
+def test_malformed_launcher_variables_are_refused_in_one_line(tmp_path, capsys, monkeypatch, environment, message):
+    from onpolicy.errors import OnpolicyError
+    from onpolicy.run.launch import LAUNCHER_VARIABLES, launch
+
+    with pytest.raises(OnpolicyError, match=message):
+        launch(environment)
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    config = tmp_path / "job.yaml"
+    config.write_text(json.dumps(JOB))
+    assert main(["config", str(config)]) == 2  # what `run` checks first, printed without a traceback
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("onpolicy: error: the launcher's variable")
+
+
+def test_a_lone_process_is_the_main_one_whatever_rank_is_left_in_its_environment():
+    from onpolicy.run.launch import Launch, launch
+
+    assert launch({}) == Launch(processes=1, local_processes=1, rank=0)
+    assert launch({"RANK": "3"}).rank == 0  # no launcher started it: a stray RANK does not make it another process
+    assert launch({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_WORLD_SIZE": "2", "LOCAL_RANK": "1"}) == Launch(4, 2, 3)

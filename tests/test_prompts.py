@@ -97,7 +97,24 @@ def test_per_round_takes_the_next_prompts_and_wraps_around():
         ("p.txt", "\n\n", "holds no prompts"),
         ("p.txt", b"caf\xe9\n", r"p.txt is not UTF-8 text \(byte 3: b'\\xe9\\n'\); save it as UTF-8"),
         ("p.parquet", b"PAR1 not really parquet PAR1", r"p.parquet is not a readable Parquet file: "),
-        ("p.jsonl", '{"prompt": "half \\ud800 pair"}\n', r"prompt 1: holds '\\ud800' at character 5, .*lone surrogate"),
+        ("p.jsonl", '{"prompt": "half \\ud800 pair"}\n', r"prompt 1, field 'prompt' holds '\\ud800' at character 5, "),
+        # what reaches samples.jsonl and pairs.jsonl besides the prompt text: ids, metadata names and values, turns
+        ("p.jsonl", '{"id": "q\\ud800", "prompt": "x"}\n', r"prompt 1 \(id 'q\\ud800'\), field 'id' holds '\\ud800'"),
+        ("p.jsonl", '{"prompt": "x", "tags": ["\\udfff"]}\n', r"prompt 1, field 'tags'\[0\] holds '\\udfff' at char"),
+        ("p.jsonl", '{"prompt": "x", "n\\ud800": 1}\n', r"prompt 1, a field's name holds '\\ud800' at character 1"),
+        ("p.jsonl", '{"prompt": "x", "m": {"k\\ud800": 1}}\n', r"prompt 1, field 'm', key 'k\\ud800' holds '\\ud800'"),
+        ("p.jsonl", '{"messages": [{"role": "user\\ud800", "content": "x"}]}\n', r"message 1.role holds '\\ud800'"),
+        ("p.jsonl", '{"messages": [{"role": "user", "content": "x", "name": "\\ud800"}]}\n', r"message 1.name holds"),
+        # turns that are not {role, content} with text in both
+        ("p.jsonl", '{"messages": ["hi", "there"]}\n', r"prompt 1, message 1: 'messages' must be a list of \{role, "),
+        ("p.jsonl", '{"messages": [{"role": "user"}]}\n', r"message 1: a turn's 'content' must be text \(got none\)"),
+        ("p.jsonl", '{"messages": [{"content": "x"}]}\n', r"message 1: a turn's 'role' must be text \(got none\)"),
+        ("p.jsonl", '{"messages": [{"role": "user", "content": ["x"]}]}\n', r"'content' must be text \(got list\)"),
+        ("p.jsonl", '{"messages": [{"role": 1, "content": "x"}]}\n', r"a turn's 'role' must be text \(got int\)"),
+        ("p.jsonl", '{"messages": []}\n', r"prompt 1: 'messages' is empty"),
+        # nesting no parser or walker survives
+        ("p.jsonl", "[" * 5000 + "]" * 5000 + "\n", r"p.jsonl, line 1: nested deeper than 100 levels"),
+        ("p.jsonl", '{"prompt": "x", "m": ' + "[" * 150 + "]" * 150 + "}\n", r"line 1: nested deeper than 100"),
     ],
 )
 def test_bad_prompt_files_say_where(tmp_path, name, content, message):
@@ -138,3 +155,15 @@ def test_a_dataset_saved_by_datasets_is_a_prompt_source_with_the_same_field_mapp
     (tmp_path / "empty").mkdir()
     with pytest.raises(OnpolicyError, match="is not a dataset saved by datasets' save_to_disk"):
         load_prompts(PromptsConfig(path=str(tmp_path / "empty")))
+
+
+def test_a_prompt_id_no_run_file_can_hold_stops_the_job_before_round_1_in_one_line(tmp_path, capsys):
+    """It used to pass every check and stop round 1 with UnicodeEncodeError writing samples.jsonl, after the
+    generation, scoring, training and sync, and again on every resume."""
+    from onpolicy.cli import main
+
+    (tmp_path / "p.jsonl").write_text('{"id": "q1", "prompt": "a"}\n{"id": "q\\ud800", "prompt": "b"}\n')
+    (tmp_path / "run.yaml").write_text("prompts: {path: p.jsonl}\nreward: [{name: length, args: {target: 3}}]\n")
+    assert main(["config", str(tmp_path / "run.yaml")]) == 2  # what `onpolicy run` checks before any model loads
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "p.jsonl, prompt 2 (id 'q\\ud800'), field 'id' holds '\\ud800'" in err

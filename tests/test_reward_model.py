@@ -99,6 +99,28 @@ def test_a_causal_lm_folder_is_refused_as_a_reward_model(tiny_model_path, tmp_pa
 
 
 @pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[1, 2]", r"config.json holds a JSON list, not a model's config \(an object\)"),
+        (b'"LlamaForSequenceClassification"', r"config.json holds a JSON str, not a model's config"),
+        (b"{not json", r"config.json is not a model's config.json \(Expecting property name"),
+        (b"\xff\xfe{}", r"config.json is not a model's config.json \('utf-8' codec can't decode"),
+        (b"[" * 3000 + b"]" * 3000, r"config.json is not a model's config.json \(nested too deep\)"),
+        (b'{"architectures": "LlamaForSequenceClassification"}', r"'architectures' is not a list of names"),
+        (b'{"architectures": [1]}', r"'architectures' is not a list of names"),
+        (
+            b'{"architectures": ["LlamaForRewardModelWithGating"], "auto_map": {"AutoModel": "modeling.Gated"}}',
+            r"holds LlamaForRewardModelWithGating, whose code comes with the checkpoint .*never runs",
+        ),  # ArmoRM's layout
+    ],
+)
+def test_a_config_json_that_is_not_a_model_s_is_refused_in_one_line(tmp_path, content, message):
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(RewardConfigError, match=message):
+        build_reward("reward_model", {"path": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
     ("args", "message"),
     [
         ({"engine": "onnx"}, "engine must be one of transformers, vllm, server"),
@@ -122,3 +144,27 @@ def test_two_servers_on_one_port_are_refused(tiny_reward_model_path):
     build_reward("reward_model", args, model_servers=servers)
     with pytest.raises(RewardConfigError, match="port 8311 is asked for by another reward's server"):
         build_reward("reward_model", args, model_servers=servers)
+
+
+def test_a_reward_model_that_cannot_start_is_not_started_again_for_each_group(tmp_path, monkeypatch):
+    """A round's chunk that raises is asked again group by group: a start that failed is kept, and each later
+    group (of this round and the next) fails with its one line at once."""
+    from reward.guarded import guarded_batch
+    from reward.reward_model import RewardModel
+
+    tries = []
+
+    def no_tokenizer(*args, **kwargs):
+        tries.append(args)
+        raise OSError("no tokenizer\nin this folder")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", no_tokenizer)
+    reward = RewardModel(tmp_path, engine=None, max_length=64, label=0)
+    groups = [(PROMPT, RESPONSES[:2])] * 3
+    rounds = [guarded_batch(reward, groups) for _ in range(2)]
+    assert len(tries) == 1
+    failures = [score for scores in rounds for group in scores for score in group]
+    assert {(f.kind, f.reason) for f in failures} == {
+        ("error", f"raised RuntimeError: the reward model {tmp_path} did not start, and is not started again in this "
+         "run (resume it once fixed): OSError: no tokenizer in this folder")
+    }  # fmt: skip

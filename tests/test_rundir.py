@@ -236,6 +236,99 @@ def _open(path, mode="auto", **changes):
     return start
 
 
+@pytest.mark.parametrize("given", [".", "..", "./", "sub/..", "sub/../..", "../run"])
+def test_fresh_never_moves_the_folder_it_is_run_from_nor_one_above_it(tmp_path, monkeypatch, given):
+    """`--run-dir . --fresh` (and `..`) ended in a traceback (`Path('.').with_name`); moving them would pull the
+    working folder from under the user and the new run."""
+    (tmp_path / "run" / "sub").mkdir(parents=True)
+    RunDirectory.create(tmp_path, "rounds: 1\n")  # a run in the folder above and one in the working folder
+    RunDirectory.create(tmp_path / "run", "rounds: 1\n")
+    monkeypatch.chdir(tmp_path / "run")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(OnpolicyError, match=r"--fresh would move .* the folder you are working in or one above it"):
+        _open(pathlib.Path(given), "fresh")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_fresh_moves_a_run_named_with_dots_aside_by_its_own_name(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    _open(pathlib.Path("../run"))
+    start = _open(pathlib.Path("../run/."), "fresh")
+    (aside,) = tmp_path.glob("run.replaced-*")
+    assert (aside / "config.yaml").is_file() and start.run.path == tmp_path / "run"
+    assert RunDirectory.holds_run(tmp_path / "run") and f"is now in {aside}" in start.notes[0]
+
+
+def test_fresh_never_moves_what_the_new_run_reads(tmp_path):
+    _open(tmp_path / "run")
+    (tmp_path / "run" / "prompts.txt").write_text("x\n")
+    with pytest.raises(OnpolicyError, match=r"with it prompts.path \(.*prompts.txt\), which the new run reads"):
+        _open(tmp_path / "run", "fresh", prompts={"path": str(tmp_path / "run" / "prompts.txt")})
+    assert not list(tmp_path.glob("run.replaced-*"))
+
+
+def test_text_a_round_made_with_a_lone_surrogate_is_written_and_read_back_as_it_was(tmp_path):
+    """Inputs with one are refused before round 1; a judge's answer quoted in a failure can still hold one (a JSON
+    "\\ud800" escape), and writing the round's files must not fail once its work is done."""
+    from onpolicy.types import PromptRecord, Sample, SampleGroup, ScoredGroup
+
+    run = RunDirectory.create(tmp_path / "run", "")
+    record = PromptRecord("q1", ({"role": "user", "content": "hi"},))
+    group = SampleGroup(record, (1,), (Sample("answer", (2,), (-0.5,), "stop"),))
+    run.write_samples(1, [ScoredGroup(group, (None,), ("the judge answered 'half \ud800 pair', no verdict",))])
+    (row,) = run.read_jsonl("rounds/0001/samples.jsonl")
+    assert row["failure"] == "the judge answered 'half \ud800 pair', no verdict"
+    run.append_round({"round": 1, "reward/\udcff": 1.0})
+    assert run.read_rounds() == [{"round": 1, "reward/\udcff": 1.0}]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("state.json", "{not json", r"state.json: not valid JSON \(Expecting property name.*delete it: the run then"),
+        ("state.json", "[1, 2]", r"state.json: holds a JSON list, not the object onpolicy wrote"),
+        ("state.json", "[" * 3000 + "]" * 3000, r"state.json: nested deeper than 100 levels"),
+        ("state.json", b'{"a": "\xff"}', r"state.json is not UTF-8 text \(byte 7\)"),
+        ("config.yaml", "a: [b", r"config.yaml is not YAML \(.*\); it is the run's saved config: restore it, or"),
+        ("config.yaml", "a: &a [*a]", r"config.yaml: holds itself"),
+        ("config.yaml", "- 1\n", r"config.yaml holds a list, not a config"),
+        ("rounds/0000/eval.jsonl", '{"a": 1}\n[2]\n', r"eval.jsonl, line 2: holds a JSON list, not the object"),
+        ("rounds/0000/eval.jsonl", '{"a": 1\n', r"eval.jsonl, line 1: not valid JSON"),
+    ],
+)
+def test_a_run_s_own_file_edited_into_something_else_stops_with_one_line_naming_it(tmp_path, name, content, message):
+    """The files a resume (and `onpolicy report`) reads besides rounds.jsonl: hand-edited, they ended in a
+    traceback."""
+    from onpolicy.run.report import load_run
+
+    run = RunDirectory.create(tmp_path / "run", "rounds: 1\n")
+    (run.path / name).parent.mkdir(parents=True, exist_ok=True)
+    (run.path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    reads = {"state.json": run.read_state, "config.yaml": run.read_config}
+    with pytest.raises(OnpolicyError, match=message):
+        reads.get(name, lambda: run.read_jsonl(name))()
+    if name == "config.yaml":
+        with pytest.raises(OnpolicyError, match=message):
+            load_run(run.path)
+        with pytest.raises(OnpolicyError, match=message):
+            _open(run.path)  # a resume compares it with the config given
+
+
+def test_a_lock_file_holding_anything_but_its_holder_names_no_holder(tmp_path):
+    import os
+
+    from onpolicy.run.lock import _read_holder
+
+    for content in ("[1]", "[" * 3000, '"text"', '{"pid": 1'):
+        (tmp_path / "job.lock").write_text(content)
+        descriptor = os.open(tmp_path / "job.lock", os.O_RDONLY)
+        try:
+            assert _read_holder(descriptor) == {}
+        finally:
+            os.close(descriptor)
+
+
 HOLD_THE_LOCK = """
 import pathlib, sys, time
 from onpolicy.run.lock import RunLock

@@ -125,7 +125,6 @@ def load_config(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) 
         source = str(path)
         data = loading.read_yaml(path)
     override_keys = loading.apply_overrides(data, overrides)
-    loading.check_text(data, source)
     try:
         config = Config.model_validate(data)
     except ValidationError as exc:

@@ -18,6 +18,8 @@ import yaml
 from pydantic import ValidationError
 
 from onpolicy.errors import ConfigError
+from onpolicy.jsonable import lone_surrogate
+from onpolicy.untrusted import parse_yaml
 from reward import Needs, RewardConfigError, reward_needs
 
 # Keys whose relative paths are resolved against the YAML file's folder (or the working directory).
@@ -35,7 +37,7 @@ def read_yaml(path: pathlib.Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        loaded = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
@@ -43,27 +45,24 @@ def read_yaml(path: pathlib.Path) -> dict[str, Any]:
     if loaded is not None and not isinstance(loaded, dict):
         raise ConfigError(f"{path} must hold a mapping of config keys, not a {type(loaded).__name__}")
     data = loaded or {}
+    check_text(data, str(path))  # before a path is resolved: the file system takes no lone surrogate either
     resolve_paths(data, path.parent.resolve())
     resolve_reward_files(data, path.parent.resolve())
     return data
 
 
-def lone_surrogate(text: str) -> int | None:
-    """Where `text` holds half of a UTF-16 pair (a lone surrogate, from an escape like "\\ud800"), which no
-    UTF-8 file can hold; None when it is text throughout."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return exc.start
-    return None
-
-
 def check_text(data: Any, source: str, key: str = "") -> None:
-    """Refuse a string no file can hold as UTF-8 (a lone surrogate, from an escape like "\\ud800"), naming its key:
-    it would otherwise fail when the run directory's files are written."""
+    """Refuse a string no file can hold as UTF-8 (a lone surrogate, from an escape like "\\ud800"), in a value or
+    a key, naming its key: it would otherwise fail when the run directory's files are written."""
     if isinstance(data, dict):
         for name, value in data.items():
-            check_text(value, source, f"{key}.{name}" if key else str(name))
+            dotted = f"{key}.{name}" if key else str(name)
+            if isinstance(name, str) and (at := lone_surrogate(name)) is not None:
+                raise ConfigError(
+                    f"key {dotted!r} in {source}: holds {name[at]!r}, half of a UTF-16 pair (a lone surrogate), "
+                    "which is not text"
+                )
+            check_text(value, source, dotted)
     elif isinstance(data, list):
         for i, value in enumerate(data):
             check_text(value, source, f"{key}[{i}]")
@@ -78,6 +77,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
     override_keys: dict[str, str] = {}
     for item in overrides:
         key, value = parse_override(item)
+        check_text({key: value}, f"command-line override {item!r}")
         override_keys[key] = item
         set_dotted(data, key, value, item)
         if key in {".".join(k) for k in PATH_KEYS}:
@@ -91,7 +91,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"override {item!r} is not of the form key.path=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = parse_yaml(raw, f"the value of override {key.strip()!r}") if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value

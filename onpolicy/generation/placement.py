@@ -389,7 +389,8 @@ def _check_colocated_memory(
 
 
 def parameter_count(folder: pathlib.Path) -> int | None:
-    """The parameters in a model folder's safetensors files, from their headers alone (None: no such files)."""
+    """The parameters in a model folder's safetensors files, from their headers alone (None: no such files, or
+    one whose header is not a safetensors header)."""
     files = sorted(pathlib.Path(folder).glob("*.safetensors"))
     if not files:
         return None
@@ -399,9 +400,7 @@ def parameter_count(folder: pathlib.Path) -> int | None:
             with open(path, "rb") as f:
                 (length,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(length))
-        except (OSError, ValueError, struct.error):
-            return None
-        for name, entry in header.items():
-            if name != "__metadata__":
-                total += math.prod(entry["shape"])
+            total += sum(math.prod(entry["shape"]) for name, entry in header.items() if name != "__metadata__")
+        except (OSError, ValueError, struct.error, RecursionError, TypeError, KeyError, AttributeError):
+            return None  # not a safetensors header (a damaged or hand-made file): the memory check is skipped
     return total

@@ -20,6 +20,7 @@ from xml.sax.saxutils import quoteattr
 from onpolicy.errors import OnpolicyError
 from onpolicy.human.labels import Label, LabelBook
 from onpolicy.run.rundir import LABELS_FILE
+from onpolicy.untrusted import parse_json
 
 GROUPS_FILE = "label_groups.jsonl"  # in a round's folder: the groups put up for people, as the page shows them
 EQUAL = "All equally good or bad"
@@ -66,7 +67,31 @@ def read_groups(run_dir: pathlib.Path, round_number: int) -> list[dict[str, Any]
     file = run_dir / f"rounds/{round_number:04d}" / GROUPS_FILE
     if not file.is_file():
         raise OnpolicyError(f"{file} not found: round {round_number} has no groups for people to label")
-    return [json.loads(line) for line in file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        lines = file.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise OnpolicyError(f"{file} is not UTF-8 text (byte {exc.start}); {_WRITTEN_BY_THE_JOB}") from None
+    return [_group(line, f"{file}, line {n}") for n, line in enumerate(lines, start=1) if line.strip()]
+
+
+_WRITTEN_BY_THE_JOB = "the job writes it as it puts the round up for people: restore it, or resume the job"
+
+
+def _group(line: str, where: str) -> dict[str, Any]:
+    """A line of a round's groups file: the group's key, the digest of its answers, its messages and answers."""
+    try:
+        group = parse_json(line, where)
+    except json.JSONDecodeError as exc:
+        raise OnpolicyError(f"{where}: not valid JSON ({exc.msg}); {_WRITTEN_BY_THE_JOB}") from None
+    if not (
+        isinstance(group, dict)
+        and isinstance(group.get("group"), str)
+        and isinstance(group.get("digest"), str)
+        and isinstance(group.get("answers"), list)
+        and all(isinstance(answer, dict) and isinstance(answer.get("text"), str) for answer in group["answers"])
+    ):
+        raise OnpolicyError(f"{where}: not a group (its group, digest and answers' text); {_WRITTEN_BY_THE_JOB}")
+    return group
 
 
 def export_tasks(run_dir: pathlib.Path, round_number: int | None = None, everything: bool = False) -> tuple[list, str]:
@@ -101,11 +126,12 @@ def import_annotations(run_dir: pathlib.Path, exported: Sequence[Mapping[str, An
     labelled_of: dict[int, dict[str, Label]] = {}
     for number, task in enumerate(exported, start=1):
         data = task.get("data", {}) if isinstance(task, Mapping) else {}
-        where = f"task {task.get('id', number) if isinstance(task, Mapping) else number}"
+        ident = task.get("id") if isinstance(task, Mapping) else None
+        where = f"task {ident}" if type(ident) is int else f"task {number} of the file"
         try:
             round_number = int(data["round"])
             group_key, digest = str(data["group"]), str(data["digest"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # OverflowError: a round of Infinity
             skipped.append(f"{where}: not a task `onpolicy label export` wrote (no round, group or digest)")
             continue
         if round_number not in groups_of:
@@ -123,11 +149,11 @@ def import_annotations(run_dir: pathlib.Path, exported: Sequence[Mapping[str, An
         if group_key in labelled_of[round_number]:
             skipped.append(f"{where}: group {group_key!r} of round {round_number} is labelled already")
             continue
-        annotation = _last_submitted(task.get("annotations") or [])
-        if annotation is None:
-            skipped.append(f"{where}: no submitted annotation")
-            continue
         try:
+            annotation = _last_submitted(task.get("annotations") or [])
+            if annotation is None:
+                skipped.append(f"{where}: no submitted annotation")
+                continue
             label = _label(annotation, group_key, len(group["answers"]), digest)
         except ValueError as exc:
             skipped.append(f"{where}: {exc}")
@@ -147,17 +173,33 @@ def _book(run_dir: pathlib.Path, round_number: int) -> LabelBook:
     return LabelBook(run_dir / f"rounds/{round_number:04d}" / LABELS_FILE)
 
 
-def _last_submitted(annotations: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+def _last_submitted(annotations: Any) -> Mapping[str, Any] | None:
+    if not isinstance(annotations, list) or not all(isinstance(a, Mapping) for a in annotations):
+        raise ValueError("its annotations are not a list of Label Studio annotations")
     submitted = [a for a in annotations if not a.get("was_cancelled") and a.get("result")]
     return submitted[-1] if submitted else None
 
 
+def _choices(result: Any) -> dict[str, list[str]]:
+    """What an annotation's `result` picked in each Choices control (by its name); other regions are ignored."""
+    if not isinstance(result, list) or not all(isinstance(region, Mapping) for region in result):
+        raise ValueError("its annotation's result is not a list of Label Studio regions")
+    choices = {}
+    for region in result:
+        if region.get("type") != "choices":
+            continue
+        value = region.get("value")
+        picked = value.get("choices") if isinstance(value, Mapping) else None
+        if not isinstance(region.get("from_name"), str) or not (
+            isinstance(picked, list) and all(isinstance(choice, str) for choice in picked)
+        ):
+            raise ValueError("a choices region of its annotation has no control name or no list of choices")
+        choices[region["from_name"]] = picked
+    return choices
+
+
 def _label(annotation: Mapping[str, Any], group: str, size: int, digest: str) -> Label:
-    choices = {
-        item.get("from_name"): item.get("value", {}).get("choices", [])
-        for item in annotation["result"]
-        if item.get("type") == "choices"
-    }
+    choices = _choices(annotation["result"])
     names = [answer_name(i) for i in range(size)]
     if EQUAL in choices.get("equal", []):
         best = worst = None

@@ -18,8 +18,10 @@ import time
 from collections.abc import Mapping, Sequence
 
 from onpolicy.errors import OnpolicyError
+from onpolicy.jsonable import lone_surrogate
 from onpolicy.run.files import append_line
 from onpolicy.run.lock import lock_file
+from onpolicy.untrusted import UnreadableData, parse_json
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,12 +39,18 @@ class Label:
     answers: str = ""
 
     def __post_init__(self) -> None:
+        if not (isinstance(self.group, str) and type(self.size) is int and isinstance(self.answers, str)):
+            raise ValueError(
+                f"group {self.group!r:.40}: a label names its group and answers by text, its size by number"
+            )
         if (self.best is None) != (self.worst is None):
             raise ValueError(f"group {self.group}: give both the best and the worst answer, or neither (a tie)")
         if self.best is not None and not (0 <= self.best < self.size and 0 <= self.worst < self.size):
             raise ValueError(f"group {self.group}: answers are numbered 0 to {self.size - 1}")
         if self.best is not None and self.best == self.worst:
             raise ValueError(f"group {self.group}: the best and the worst answer must differ")
+        if not isinstance(self.labeller, str) or lone_surrogate(self.labeller) is not None:
+            raise ValueError(f"group {self.group}: the labeller's name is not text ({self.labeller!r:.40})")
 
     @property
     def tie(self) -> bool:
@@ -92,13 +100,16 @@ class LabelBook:
         if not self.path.is_file():
             return {}
         found: dict[str, Label] = {}
-        lines = self.path.read_text(encoding="utf-8").split("\n")
+        try:
+            lines = self.path.read_text(encoding="utf-8").split("\n")
+        except UnicodeDecodeError as exc:
+            raise OnpolicyError(f"{self.path} is not UTF-8 text (byte {exc.start}): restore it as it was") from None
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                label = Label(**json.loads(line))
-            except (ValueError, TypeError) as exc:
+                label = Label(**parse_json(line, "the line"))
+            except (ValueError, TypeError, UnreadableData) as exc:
                 if number == len(lines):  # no newline after it: torn by a crash while it was written
                     break
                 raise OnpolicyError(f"{self.path}, line {number}: not a label ({exc})") from None

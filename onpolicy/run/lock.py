@@ -24,6 +24,7 @@ import socket
 from types import TracebackType
 
 from onpolicy.errors import OnpolicyError
+from onpolicy.untrusted import parse_json
 
 LOCK_FILE = "job.lock"
 
@@ -137,10 +138,12 @@ def _write(descriptor: int, text: str) -> None:
 
 
 def _read_holder(descriptor: int) -> dict[str, object]:
+    """Who holds the lock, as it wrote it; {} for anything else (a lock file cut short, or edited)."""
     try:
-        return json.loads(os.pread(descriptor, 4096, 0).decode("utf-8") or "{}")
-    except (OSError, ValueError):
+        holder = parse_json(os.pread(descriptor, 4096, 0).decode("utf-8") or "{}", LOCK_FILE)
+    except (OSError, ValueError, OnpolicyError):
         return {}
+    return holder if isinstance(holder, dict) else {}
 
 
 def _describe(holder: dict[str, object]) -> str:

@@ -47,7 +47,7 @@ def _weight_files(folder: pathlib.Path) -> list[str]:
         return [WEIGHTS]
     try:
         return [WEIGHTS_INDEX, *sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))]
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return [f"{WEIGHTS_INDEX} (unreadable)"]
 
 

@@ -20,8 +20,6 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import yaml
-
 from onpolicy.errors import OnpolicyError
 from onpolicy.run.rundir import RunDirectory
 
@@ -69,8 +67,8 @@ class Curve:
 def load_run(path: pathlib.Path) -> Run:
     if not RunDirectory.holds_run(path):
         raise OnpolicyError(f"{path} holds no run (no config.yaml)")
-    config = yaml.safe_load((path / "config.yaml").read_text(encoding="utf-8")) or {}
-    return Run(path, dict(_flatten(config)), RunDirectory(path).read_rounds(repair=False))
+    run = RunDirectory(path)
+    return Run(path, dict(_flatten(run.read_config())), run.read_rounds(repair=False))
 
 
 def variants(runs: Sequence[Run]) -> dict[str, list[Run]]:

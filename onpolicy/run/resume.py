@@ -17,8 +17,6 @@ import pathlib
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-import yaml
-
 from onpolicy.config import CheckpointConfig, Config, redaction
 from onpolicy.errors import OnpolicyError
 from onpolicy.run.lock import RunLock
@@ -193,8 +191,7 @@ def _changed_settings(differences: list[tuple[str, Any, Any]]) -> list[str]:
 
 
 def _saved_differences(run: RunDirectory, config: Config) -> list[tuple[str, Any, Any]]:
-    saved = yaml.safe_load((run.path / "config.yaml").read_text(encoding="utf-8")) or {}
-    return _differences(saved, redaction.redact(config.model_dump(mode="json")))  # saved with secrets masked
+    return _differences(run.read_config(), redaction.redact(config.model_dump(mode="json")))  # saved masked
 
 
 def _check_same_experiment(run: RunDirectory, differences: list[tuple[str, Any, Any]]) -> list[str]:

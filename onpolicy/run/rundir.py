@@ -34,11 +34,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import yaml
+
 from onpolicy.errors import OnpolicyError
 from onpolicy.run import files
 from onpolicy.run.files import append_line, cut_torn_tail
 from onpolicy.run.model_folders import is_whole_model_folder
 from onpolicy.types import Pair, ScoredGroup, to_json
+from onpolicy.untrusted import parse_json, parse_yaml
 
 LABELS_FILE = "labels.jsonl"  # people's labels of a round's groups (onpolicy.human), kept through a crash
 REFERENCE_FOLDER = "reference"  # in a round checkpoint: the mixed reference (`ref.refresh: mix`)
@@ -93,14 +96,27 @@ class RunDirectory:
         return files.write_text(self.path / name, text, durable)
 
     def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
-        return self.write_text(name, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+        return self.write_text(name, "".join(map(_json_line, rows)))
 
     def read_jsonl(self, name: str) -> list[dict[str, Any]]:
         """The rows of a JSONL file this directory holds; none when it is missing."""
         path = self.path / name
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = _text(path).splitlines()
+        fix = "restore the line (one JSON object per line, as onpolicy wrote it) or move the run aside"
+        return [_json_object(line, f"{path}, line {n}", fix) for n, line in enumerate(lines, start=1) if line.strip()]
+
+    def read_config(self) -> dict[str, Any]:
+        """The config the run saved (config.yaml), as plain data."""
+        file = self.path / "config.yaml"
+        try:
+            saved = parse_yaml(_text(file), str(file))
+        except yaml.YAMLError as exc:
+            raise OnpolicyError(f"{file} is not YAML ({_one_line(exc)}); {_SAVED_CONFIG}") from None
+        if saved is not None and not isinstance(saved, dict):
+            raise OnpolicyError(f"{file} holds a {type(saved).__name__}, not a config; {_SAVED_CONFIG}")
+        return saved or {}
 
     def round_folder(self, round_number: int) -> str:
         return f"rounds/{round_number:04d}"
@@ -169,7 +185,13 @@ class RunDirectory:
 
     def read_state(self) -> dict[str, Any]:
         file = self.path / "state.json"
-        return json.loads(file.read_text(encoding="utf-8")) if file.exists() else {}
+        if not file.exists():
+            return {}
+        fix = (
+            "restore it, or delete it: the run then continues in a new W&B run and rebuilds final/ from its last "
+            "checkpoint"
+        )
+        return _json_object(_text(file), str(file), fix)
 
     def write_state(self, **updates: Any) -> None:
         self.write_text("state.json", json.dumps({**self.read_state(), **updates}, indent=1) + "\n")
@@ -336,6 +358,35 @@ def _round_record(line: bytes) -> dict[str, Any] | None:
     return record
 
 
+_SAVED_CONFIG = "it is the run's saved config: restore it, or start over with --fresh (which keeps the run aside)"
+
+
+def _text(file: pathlib.Path) -> str:
+    """A file of the run directory as text (one onpolicy wrote: UTF-8, unless something else changed it)."""
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise OnpolicyError(
+            f"{file} is not UTF-8 text (byte {exc.start}): it was changed since onpolicy wrote it; restore it or move "
+            "the run aside"
+        ) from None
+
+
+def _json_object(text: str, where: str, fix: str) -> dict[str, Any]:
+    """`text` as the JSON object onpolicy wrote there, or one line naming `where` and what to do (`fix`)."""
+    try:
+        value = parse_json(text, where)
+    except json.JSONDecodeError as exc:
+        raise OnpolicyError(f"{where}: not valid JSON ({exc.msg}); {fix}") from None
+    if not isinstance(value, dict):
+        raise OnpolicyError(f"{where}: holds a JSON {type(value).__name__}, not the object onpolicy wrote; {fix}")
+    return value
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def _redacted(text: str, secrets: Sequence[str]) -> str:
     from onpolicy.config.redaction import redact_text  # here: onpolicy.config's package imports this module
 
@@ -351,4 +402,12 @@ def _listed(folder: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _json_line(record: Mapping[str, Any]) -> str:
-    return json.dumps(dict(record), ensure_ascii=False) + "\n"
+    """`record` as a line of JSON, its text as it is but for lone surrogates, which no UTF-8 file holds: written
+    as their JSON escapes (which json reads back as they were). The inputs are refused with them before round 1
+    (`onpolicy.jsonable`); what a round makes can still hold one (a judge's answer with a "\\ud800" escape, quoted
+    in a sample's failure), and must not stop the round once its work is done."""
+    text = json.dumps(dict(record), ensure_ascii=False)
+    return _LONE_SURROGATE.sub(lambda found: f"\\u{ord(found.group()):04x}", text) + "\n"
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds a pair as one character: these are halves
