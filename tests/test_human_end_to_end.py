@@ -88,6 +88,8 @@ def test_a_person_labels_two_rounds_in_the_page_through_a_stop_and_resume(tiny_m
     assert job.process.wait(60) == 143, "".join(job.output)[-3000:]
     assert len(read_jsonl(run_dir / "rounds/0001/labels.jsonl")) == 2
     assert not (run_dir / "rounds.jsonl").exists() or not read_jsonl(run_dir / "rounds.jsonl")  # round 1 abandoned
+    with open(run_dir / "rounds/0001/labels.jsonl", "a") as labels:  # a label import killed mid-append
+        labels.write('{"group": "0", "best": 1, "wor')
 
     resumed = Job(config_file, run_dir)
     link = resumed.wait_for(r"http://\S+#token=\S+").group()

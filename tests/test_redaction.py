@@ -122,9 +122,8 @@ def test_signed_urls_cookies_and_authorization_headers_are_masked_in_any_string(
     assert redact_text("https://acct.blob.core.windows.net/c/m?sv=2022-11-02&sig=c2lnbmF0dXJl%3D&se=2026") == (
         "https://acct.blob.core.windows.net/c/m?sv=2022-11-02&sig=***&se=2026"
     )
-    assert redact_text("https://app.example/cb#access_token=ya29.tok&expires_in=3600") == (
-        "https://app.example/cb#access_token=***&expires_in=3600"
-    )
+    page = "http://127.0.0.1:8765/#token=t0k3n"  # the labelling page's link: printed for the people who label
+    assert redact_text(page) == page
     assert redact_text("http://rm:8000/v1?token=t0k3n") == "http://rm:8000/v1?token=***"
     assert redact_text("Cookie: session=s3ss10n; theme=dark") == "Cookie: ***"
     assert redact_text("the endpoint said {'Authorization': 'Basic dXNlcjpwYXNz', 'Accept': '*/*'}") == (

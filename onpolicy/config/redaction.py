@@ -11,8 +11,9 @@ is written down (`config.yaml`, the W&B config) and what is printed (errors, war
   `clientSecret`, `X-Amz-Signature`). `tokens` alone counts tokens (`max_new_tokens`, `stop_tokens`): it is a
   secret only after a word such as `access`, `auth`, `api` or `hf`. `tokenizer` and `monkey` are not secrets,
   and a key ending in `_env` names an environment variable, not a secret;
-- in any string: the password of a URL (`https://user:PASSWORD@host`), the value of a secret-named query or
-  fragment parameter (`?sig=`, `X-Amz-Signature=`, `&token=`, `#access_token=`), the value of an
+- in any string: the password of a URL (`https://user:PASSWORD@host`), the value of a secret-named query
+  parameter (`?sig=`, `X-Amz-Signature=`, `&token=`; not a fragment's: the labelling page's link carries its
+  token after `#`, printed once for the people who label, and browsers never send a fragment on), the value of an
   `Authorization`, `Cookie` or `*-API-Key`-like header that starts a line or is quoted (`"Cookie: session=..."`,
   `{'Authorization': ...}`), and a `Bearer` token.
 
@@ -44,7 +45,7 @@ _WORD_BREAK = re.compile(r"[^A-Za-z0-9]+|(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-
 
 # In text, each with its secret as the group `secret`:
 _URL_PASSWORD = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]+:(?P<secret>[^/\s@]+)@")
-_PARAMETER = re.compile(r"[?&#](?P<name>[A-Za-z0-9_.-]+)=(?P<secret>[^&#\s'\"]+)")  # checked by its name
+_PARAMETER = re.compile(r"[?&](?P<name>[A-Za-z0-9_.-]+)=(?P<secret>[^&#\s'\"]+)")  # checked by its name
 _HEADER = re.compile(  # a header's name starts a line or is quoted: "a chocolate chip cookie: ..." is no header
     r"(?im)(?:^[ \t]*|(?<=['\"]))(?:[a-z]+-)*(?:authorization|cookie|api-key|auth-token)['\"]?[ \t]*:[ \t]*['\"]?"
     r"(?P<secret>[^\r\n'\"]+)"
