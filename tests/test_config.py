@@ -222,6 +222,7 @@ SHOWN_IN_PS = r"--hf-token\)? would show its secret on the server's command line
         (["--model-loader-extra-config", '{"s3": {"secretKey": "hf_live_0123"}}'], r"extra_args\[1\] holds a secret"),
         (["--model-loader-extra-config.aws_secret_access_key", "hf_live_0123"], r"extra_args\[0\] holds a secret"),
         (["--tokenizer", "https://me:hf_live_0123@hub.internal/tok"], r"extra_args\[1\] holds a secret, which would"),
+        (["--config", "flags.yaml"], r"extra_args: --config would have vLLM read more flags from a file"),
     ],
 )
 def test_server_extra_args_are_read_as_vllm_reads_them_and_may_not_set_onpolicy_s_flags_or_a_secret(

@@ -37,6 +37,15 @@ class Job:
         self.output: list[str] = []
         threading.Thread(target=self._read, daemon=True).start()
 
+    def __enter__(self) -> Job:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """A job a failed assertion left waiting for labels is ended, not left running behind the suite."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
     def _read(self) -> None:
         for line in self.process.stdout:
             self.output.append(line)
@@ -76,32 +85,32 @@ def test_a_person_labels_two_rounds_in_the_page_through_a_stop_and_resume(tiny_m
     config_file.write_text(yaml.safe_dump(config))
     run_dir = tmp_path / "run"
 
-    job = Job(config_file, run_dir)
-    link = job.wait_for(r"http://\S+#token=\S+").group()
-    job.wait_for(r"round 1: 4 of 4 group\(s\) to label")
-    page = browser.new_context().new_page()
-    page.goto(link)
-    page.fill("#name", "ana")
-    page.click("text=Start")
-    label(page, 2)
-    job.process.send_signal(signal.SIGTERM)  # stopped with half the round labelled: the wait ends at once
-    assert job.process.wait(60) == 143, "".join(job.output)[-3000:]
-    assert len(read_jsonl(run_dir / "rounds/0001/labels.jsonl")) == 2
-    assert not (run_dir / "rounds.jsonl").exists() or not read_jsonl(run_dir / "rounds.jsonl")  # round 1 abandoned
-    with open(run_dir / "rounds/0001/labels.jsonl", "a") as labels:  # a label import killed mid-append
-        labels.write('{"group": "0", "best": 1, "wor')
+    with Job(config_file, run_dir) as job:
+        link = job.wait_for(r"http://\S+#token=\S+").group()
+        job.wait_for(r"round 1: 4 of 4 group\(s\) to label")
+        page = browser.new_context().new_page()
+        page.goto(link)
+        page.fill("#name", "ana")
+        page.click("text=Start")
+        label(page, 2)
+        job.process.send_signal(signal.SIGTERM)  # stopped with half the round labelled: the wait ends at once
+        assert job.process.wait(60) == 143, "".join(job.output)[-3000:]
+        assert len(read_jsonl(run_dir / "rounds/0001/labels.jsonl")) == 2
+        assert not (run_dir / "rounds.jsonl").exists() or not read_jsonl(run_dir / "rounds.jsonl")  # round 1 abandoned
+        with open(run_dir / "rounds/0001/labels.jsonl", "a") as labels:  # a label import killed mid-append
+            labels.write('{"group": "0", "best": 1, "wor')
 
-    resumed = Job(config_file, run_dir)
-    link = resumed.wait_for(r"http://\S+#token=\S+").group()
-    resumed.wait_for(r"round 1: 2 of 4 group\(s\) to label")  # the same answers again: only what is left
-    page = browser.new_context().new_page()
-    page.goto(link)  # a new token: the old page's is void
-    page.fill("#name", "ben")
-    page.click("text=Start")
-    label(page, 2)
-    resumed.wait_for(r"round 2: 4 of 4 group\(s\) to label")
-    label(page, 4)
-    assert resumed.process.wait(300) == 0, "".join(resumed.output)[-3000:]
+    with Job(config_file, run_dir) as resumed:
+        link = resumed.wait_for(r"http://\S+#token=\S+").group()
+        resumed.wait_for(r"round 1: 2 of 4 group\(s\) to label")  # the same answers again: only what is left
+        page = browser.new_context().new_page()
+        page.goto(link)  # a new token: the old page's is void
+        page.fill("#name", "ben")
+        page.click("text=Start")
+        label(page, 2)
+        resumed.wait_for(r"round 2: 4 of 4 group\(s\) to label")
+        label(page, 4)
+        assert resumed.process.wait(300) == 0, "".join(resumed.output)[-3000:]
 
     rounds = {r["round"]: r for r in read_jsonl(run_dir / "rounds.jsonl")}
     for n in (1, 2):

@@ -7,7 +7,8 @@ extra_args come after the flags onpolicy sets, so they would override them, and 
 
 Each flag is checked as vLLM's parser reads it, not as written. vLLM's FlexibleArgumentParser
 (vllm/utils/argparse_utils.py) turns underscores in a flag's name into dashes (`--api_key` is `--api-key`), takes
-`--flag=value`, and reads `--flag.field value` as a field of the JSON flag `--flag`; it keeps argparse's
+`--flag=value`, reads `--flag.field value` as a field of the JSON flag `--flag`, and `--config FILE` as the
+flags a YAML file holds (refused: they would escape this check); it keeps argparse's
 allow_abbrev, so any unambiguous prefix of a flag is that flag (`--hos` is `--host`, `-t` is `-tp`). A prefix of
 a refused flag is refused too: no vLLM option is one (tests/test_config.py checks this against vLLM's parser).
 """
@@ -43,6 +44,11 @@ def check_extra_args(args: Sequence[str], where: str) -> None:
     """Raise ValueError, in one line naming `where` (the config key), for the first argument of `args` that sets a
     flag onpolicy owns, a secret flag, or holds a secret; the message never quotes the secret."""
     for index, arg in enumerate(args):
+        if arg.split("=", 1)[0] == "--config":  # vLLM's parser reads flags from the file before anything checks them
+            raise ValueError(
+                f"{where}: --config would have vLLM read more flags from a file, which nothing here checks; give "
+                "them in the list itself"
+            )
         name = flag_name(arg)
         refused = None if name is None else _refused_flag(name)
         if refused is not None:
