@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from reward.base import Meter
 from reward.keyed_http import HTTPStatusError, fetch
-from reward.servers import Server
+from reward.servers import Server, served_model
 
 SERVED_NAME = "reward-model"  # what a started server serves the reward model as
 MAX_ANSWER_BYTES = 16 * 1024**2  # a server's answer to one request (a batch's scores take a few KiB)
@@ -179,12 +179,10 @@ class ServerEngine:
         return [list(map(float, item["probs"])) for item in data]
 
     def _served_model(self) -> str:
-        served = self._get("/v1/models")
-        models = served.get("data") if isinstance(served, dict) else None
-        model = models[0] if isinstance(models, list) and models else None
-        if not isinstance(model, dict) or not isinstance(model.get("id"), str):
+        model = served_model(self._get("/v1/models"))
+        if model is None:
             raise RuntimeError(f"the vLLM server at {self.server().url} names no model it serves in /v1/models")
-        return model["id"]
+        return model
 
     def _get(self, route: str) -> Any:
         return self._request(route, None)

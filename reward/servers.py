@@ -38,6 +38,14 @@ class Server:
     check_alive: Callable[[], None] = lambda: None
 
 
+def served_model(answer: Any) -> str | None:
+    """The first model a vLLM server names in its answer to `/v1/models` (`{"data": [{"id": ...}, ...]}`); None
+    where the answer names none."""
+    models = answer.get("data") if isinstance(answer, dict) else None
+    first = models[0] if isinstance(models, list) and models else None
+    return first["id"] if isinstance(first, dict) and isinstance(first.get("id"), str) else None
+
+
 def api_key_from_environment(variable: str | None, url: str, who: str) -> str | None:
     """The API key for the endpoint at `url`, from the environment variable `variable` (None: no key); a variable
     named but not set is refused, naming `who` (the reward) and the endpoint."""

@@ -49,6 +49,7 @@ from onpolicy.interfaces import PhaseProgress
 from onpolicy.tokens import fit_prompts
 from onpolicy.types import PromptRecord, Sample, SampleGroup
 from reward.keyed_http import HTTPStatusError, fetch
+from reward.servers import served_model
 
 SERVED_NAME = "policy"  # the model name onpolicy's servers serve under (any name does for a server given by URL)
 ROUTE_ANSWER_BYTES = 16 * 1024**2  # of an answer to any route but sampling (a weight version, a list of checksums)
@@ -241,9 +242,7 @@ class ServerGenerator(GroupSampling):
             list(pool.map(action, self.urls))
 
     def _served_name(self, url: str) -> str:
-        models = self._get(url, "/v1/models").get("data")
-        first = models[0] if isinstance(models, list) and models else None
-        return first["id"] if isinstance(first, dict) and isinstance(first.get("id"), str) else SERVED_NAME
+        return served_model(self._get(url, "/v1/models")) or SERVED_NAME
 
     def _get(self, url: str, path: str) -> dict[str, Any]:
         return self._send(url, path, None, ROUTE_ANSWER_BYTES)
