@@ -51,13 +51,15 @@ def run_onpolicy(
 
 
 class GreedyAnswers:
-    """`complete_greedy` (what onpolicy's Evaluator asks of an engine) through transformers' `generate`, on the
-    prompt tokens onpolicy's engine would get."""
+    """`complete` (what onpolicy's Evaluator asks of an engine; greedy, as the benchmarks' eval answers are)
+    through transformers' `generate`, on the prompt tokens onpolicy's engine would get."""
 
     def __init__(self, model: Any, tokenizer: Any) -> None:
         self.model, self.tokenizer = model, tokenizer
 
-    def complete_greedy(self, records: Sequence, max_new_tokens: int, progress: Any = None) -> list[str]:
+    def complete(
+        self, records: Sequence, max_new_tokens: int, progress: Any = None, sampling: Any = None
+    ) -> list[str]:
         from onpolicy.tokens import prompt_ids
 
         ids = [prompt_ids(self.tokenizer, record.messages) for record in records]

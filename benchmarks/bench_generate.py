@@ -34,6 +34,7 @@ def main() -> None:
 
     from onpolicy.config import load_config
     from onpolicy.generation.engine import VLLMGenerator
+    from onpolicy.generation.sampling import vllm_sampling
     from onpolicy.prompts import load_prompts, prompts_for_round
     from onpolicy.tokens import prompt_ids
 
@@ -43,9 +44,7 @@ def main() -> None:
     tokenizer = AutoTokenizer.from_pretrained(path)
     generator = VLLMGenerator(path, tokenizer, config.generation)
     gen = config.generation
-    params = SamplingParams(
-        n=gen.num_samples, temperature=gen.temperature, top_p=gen.top_p, max_tokens=gen.max_new_tokens, logprobs=0
-    )
+    params = SamplingParams(**vllm_sampling(gen.sampling(), gen.num_samples, gen.max_new_tokens))
     requests = [TokensPrompt(prompt_token_ids=prompt_ids(tokenizer, r.messages)) for r in records]
 
     def project() -> int:

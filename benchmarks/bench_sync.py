@@ -57,7 +57,7 @@ def engine_ways(repeats: int) -> None:
     config = GenerationConfig(kv_cache_gib=0.5, max_model_len=512)
     records = [PromptRecord(id=str(i), messages=({"role": "user", "content": p},)) for i, p in enumerate(PROMPTS)]
     engine = VLLMGenerator(path, tokenizer, config)
-    before = engine.complete_greedy(records, 24)
+    before = engine.complete(records, 24)
 
     # "Trained" weights: a visible change to every weight, so a sync that did not happen cannot pass the check.
     policy = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -88,15 +88,15 @@ def engine_ways(repeats: int) -> None:
     compiled = config.model_copy(update={"enforce_eager": False})
 
     def rebuilt_answers() -> list[str | None]:
-        return rebuilt[-1].complete_greedy(records, 24)
+        return rebuilt[-1].complete(records, 24)
 
     in_place()
-    expected = engine.complete_greedy(records, 24)
+    expected = engine.complete(records, 24)
     assert expected != before, "the changed weights did not change the engine's answers"
     results = {}
     for name, action, answers in (
-        ("in place (onpolicy)", in_place, lambda: engine.complete_greedy(records, 24)),
-        ("save + reload from disk", save_and_reload, lambda: engine.complete_greedy(records, 24)),
+        ("in place (onpolicy)", in_place, lambda: engine.complete(records, 24)),
+        ("save + reload from disk", save_and_reload, lambda: engine.complete(records, 24)),
         ("save + rebuild engine (eager)", lambda: save_and_rebuild(config), rebuilt_answers),
         ("save + rebuild engine (compiled)", lambda: save_and_rebuild(compiled), rebuilt_answers),
     ):
@@ -182,7 +182,7 @@ def _routes_to_a_server(path: str, repeats: int) -> list[tuple[str, float, int, 
                     [server.url], tokenizer, config.generation, sync_dir, server.check_alive, server.api_key, route
                 )
                 seconds, _ = median_seconds(lambda c=client: c.load_weights(policy.state_dict().items()), repeats)
-                answers = client.complete_greedy(records, 24)
+                answers = client.complete(records, 24)
                 assert expected is None or answers == expected, f"{route}: answers differ from the other route's"
                 expected = answers
                 started = time.perf_counter()

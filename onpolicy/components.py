@@ -2,9 +2,9 @@
 
 Two steps, because a user's mistakes must surface before minutes of model loading:
 
-1. `check_inputs`: what the user gave (prompts, rewards, the corrector, the evaluation) is loaded and checked,
-   the node's layout is planned (`plan_job_layout`: which GPUs each part takes, each engine's arguments) and the
-   generation backend is chosen and checked, no model touched;
+1. `check_inputs`: what the user gave (prompts and their format, rewards, the corrector, the evaluation) is
+   loaded and checked, the node's layout is planned (`plan_job_layout`: which GPUs each part takes, each
+   engine's arguments) and the generation backend is chosen and checked, no model touched;
 2. `build_components`: the generation backend, the policy (held as its storage kind says) and its updater, and
    the W&B logger start, continuing from where the run directory says (`resume.Start`).
 
@@ -35,7 +35,8 @@ from onpolicy.run.launch import launched_processes, local_processes
 from onpolicy.run.model_store import check_model_folder, known_model_folder
 from onpolicy.run.resume import CheckpointLayout, Start
 from onpolicy.run.tracking import start_logger
-from onpolicy.tokens import check_prompts_leave_room_to_train
+from onpolicy.templates import policy_tokenizer
+from onpolicy.tokens import check_prompts_leave_room_to_train, check_prompts_render
 from onpolicy.train.distributed import MirroredUpdater, Team, TrainerStart, join
 from onpolicy.train.policy_storage import PolicyStorage, policy_storage
 from onpolicy.train.reference import reference_kind, reference_round, restore_source
@@ -89,6 +90,9 @@ def check_inputs(config: Config) -> Inputs:
     prompts = load_prompts(config.prompts, seed=config.seed)
     policy_engine = PolicyEngine()
     check_model_folder(config.model.path)
+    folder = known_model_folder(config.model)
+    if folder is not None:  # else the embedded model, not converted yet: its prompts are rendered as the job starts
+        check_prompts_render(prompts, policy_tokenizer(folder, config.model))
     layout = plan_job_layout(config, local_processes(), this_machine())
     backend = generation_backend(config.generation, layout, policy_engine)
     backend.check(launched_processes())
@@ -112,7 +116,7 @@ def check_inputs(config: Config) -> Inputs:
         eval_reward = None
         if config.eval.reward is not None:
             eval_reward = _eval_reward(config, reward, policy_engine, backend.in_process, model_servers, eval_prompts)
-        evaluator = build_evaluator(config.eval, eval_prompts, eval_reward)
+        evaluator = build_evaluator(config.eval, eval_prompts, eval_reward, config.generation)
     backend.check_reward_ports([request.port for request in model_servers.requests])
     return Inputs(
         prompts=prompts,
@@ -175,8 +179,6 @@ def build_components(
 ) -> Components:
     """Start the engine, the policy and the logger for `config`, continuing the run `start` describes; with a
     `team` (several training processes, this one the main), the policy on each of them."""
-    from transformers import AutoTokenizer
-
     from onpolicy.run.model_store import resolve_model
 
     started = time.perf_counter()
@@ -188,7 +190,7 @@ def build_components(
         if start.resumed
         else f"policy: {policy_path}"
     )
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    tokenizer = policy_tokenizer(policy_path, config.model)
     check_prompts_leave_room_to_train(inputs.prompts, tokenizer, config.train.max_length)
     for line in inputs.layout.describe():
         echo(line)
@@ -252,13 +254,11 @@ def join_team(config: Config) -> Team | None:
 def build_updater(config: Config, start: TrainerStart, processes: int = 1, tokenizer: Any = None) -> DPOUpdater:
     """The policy and its updater as `start` describes, for one of `processes` training processes (`tokenizer`:
     the one the generator uses, where this process has it; else loaded from `start.tokenizer_path`)."""
-    from transformers import AutoTokenizer
-
     from onpolicy.train.update import DPOUpdater
 
     updater = DPOUpdater(
         start.initial_path,
-        tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(start.tokenizer_path),
+        tokenizer if tokenizer is not None else policy_tokenizer(start.tokenizer_path, config.model),
         config.train,
         config.ref,
         seed=config.seed,

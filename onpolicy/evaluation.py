@@ -1,5 +1,7 @@
-"""Evaluation: greedy answers to held-out prompts, scored by pluggable functions, before round 1 and after
-every round, through the same engine that generates (so it sees exactly the policy that was synced).
+"""Evaluation: answers to held-out prompts, scored by pluggable functions, before round 1 and after every round,
+through the same engine that generates (so it sees exactly the policy that was synced). The answers are greedy,
+with generation's other sampling settings, unless `eval.sampling` says otherwise; "greedy answer" below means
+whatever these settings draw.
 
 An eval metric is a reward (built-in or import path) applied to each greedy answer of the prompts matching its
 `when`; `eval/<name>` is the mean over those prompts. Prompts too long for the engine are left out and counted,
@@ -18,7 +20,8 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from onpolicy.config import EvalConfig
+from onpolicy.config import EvalConfig, GenerationConfig
+from onpolicy.config.sections import Sampling, eval_sampling
 from onpolicy.errors import ConfigError
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.prompts import load_prompts
@@ -30,9 +33,13 @@ if TYPE_CHECKING:
     from onpolicy.interfaces import Generator, Reward
 
 
-class GreedyCompleter(Protocol):
-    def complete_greedy(
-        self, records: Sequence[PromptRecord], max_new_tokens: int, progress: PhaseProgress | None = None
+class Completer(Protocol):
+    def complete(
+        self,
+        records: Sequence[PromptRecord],
+        max_new_tokens: int,
+        progress: PhaseProgress | None = None,
+        sampling: Sampling | None = None,
     ) -> list[str | None]: ...
 
 
@@ -53,10 +60,14 @@ class Evaluator:
         metrics: Sequence[_Metric],
         max_new_tokens: int,
         reward: Reward | None = None,
+        sampling: Sampling | None = None,
     ) -> None:
+        """`sampling`: how the answers are drawn (`eval.sampling` over the generation's; None: the generator's
+        greedy default)."""
         self.records = list(records)
         self.metrics = list(metrics)
         self.max_new_tokens = max_new_tokens
+        self.sampling = sampling
         self.reward = reward
         self.initial_answers: dict[str, str] | None = None  # prompt id -> the initial policy's greedy answer
 
@@ -66,13 +77,13 @@ class Evaluator:
         self.initial_answers = {str(row["prompt_id"]): row["answer"] for row in rows if row.get("answer") is not None}
 
     def run(
-        self, engine: GreedyCompleter, progress: PhaseProgress | None = None, initial: bool = False
+        self, engine: Completer, progress: PhaseProgress | None = None, initial: bool = False
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """The eval metrics and one row per prompt (its greedy answer and scores). `initial`: the answers are the
         initial policy's (round 0), remembered for later runs to compare with (and compared with themselves: the
         initial reward, a win rate of 0.5); a later run compares with the answers remembered, if any."""
         started = time.perf_counter()
-        answers = engine.complete_greedy(self.records, self.max_new_tokens, progress)
+        answers = engine.complete(self.records, self.max_new_tokens, progress, self.sampling)
         results: dict[str, float] = {"perf/eval_generate_s": time.perf_counter() - started}
         started = time.perf_counter()
         if initial:
@@ -147,10 +158,16 @@ def load_eval_prompts(config: EvalConfig, seed: int = 0) -> list[PromptRecord] |
     return load_prompts(config.prompts.model_copy(update={"shuffle": False}), seed=seed)
 
 
-def build_evaluator(config: EvalConfig, records: Sequence[PromptRecord], reward: Reward | None = None) -> Evaluator:
+def build_evaluator(
+    config: EvalConfig,
+    records: Sequence[PromptRecord],
+    reward: Reward | None = None,
+    generation: GenerationConfig | None = None,
+) -> Evaluator:
     """The configured evaluation of `records` (`load_eval_prompts`), checked before any model loads; `reward`:
     what compares each answer with the initial policy's (`eval.reward`, built by the caller: it may be the job's
-    own), or None."""
+    own), or None; `generation`: the settings `eval.sampling` falls back on (None: the generator's greedy
+    default)."""
     metrics = []
     for i, metric in enumerate(config.metrics):
         try:
@@ -160,4 +177,5 @@ def build_evaluator(config: EvalConfig, records: Sequence[PromptRecord], reward:
         if not any(matches(r.reward_view(), metric.when) for r in records):
             raise ConfigError(f"eval.metrics[{i}] ({metric.name}): no eval prompt matches when={metric.when}")
         metrics.append(_Metric(metric.name, function, metric.when))
-    return Evaluator(records, metrics, config.max_new_tokens, reward)
+    sampling = eval_sampling(generation, config.sampling) if generation is not None else None
+    return Evaluator(records, metrics, config.max_new_tokens, reward, sampling)

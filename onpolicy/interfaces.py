@@ -20,6 +20,8 @@ from reward import RoundGroups, Score
 if TYPE_CHECKING:  # names in annotations only: the stages that use these roles do not import torch
     import torch
 
+    from onpolicy.config.sections import Sampling
+
 Table = tuple[list[str], list[list[Any]]]  # (columns, rows), as a W&B Table holds them
 
 
@@ -32,7 +34,7 @@ class PhaseProgress(Protocol):
 
 
 class Generator(Protocol):
-    """Serves the current policy: samples groups for training and greedy answers for evaluation."""
+    """Serves the current policy: samples groups for training and answers for evaluation."""
 
     engine_dtype: torch.dtype  # what its sampling log-probs are computed in (the updater compares its own)
 
@@ -43,10 +45,15 @@ class Generator(Protocol):
         one per prompt answered."""
         ...
 
-    def complete_greedy(
-        self, records: Sequence[PromptRecord], max_new_tokens: int, progress: PhaseProgress | None = None
+    def complete(
+        self,
+        records: Sequence[PromptRecord],
+        max_new_tokens: int,
+        progress: PhaseProgress | None = None,
+        sampling: Sampling | None = None,
     ) -> list[str | None]:
-        """The greedy answer to each prompt (None where the prompt does not fit)."""
+        """One answer to each prompt (None where the prompt does not fit), drawn with `sampling` (default: greedy,
+        with the generation's other settings)."""
         ...
 
     def sample(
@@ -56,7 +63,7 @@ class Generator(Protocol):
         max_new_tokens: int,
         progress: PhaseProgress | None = None,
     ) -> list[SampleGroup]:
-        """`num_samples` samples per prompt that fits, at the configured temperature: for evaluation."""
+        """`num_samples` samples per prompt that fits, with the generation's sampling settings: for evaluation."""
         ...
 
     def load_weights(self, named_tensors: Iterator[tuple[str, torch.Tensor]], version: str | None = None) -> None:

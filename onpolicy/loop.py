@@ -27,12 +27,13 @@ from onpolicy.interfaces import PhaseProgress, Table, TrainingTeam
 from onpolicy.jsonable import jsonable
 from onpolicy.pairing import Selection, build_pairs
 from onpolicy.prompts import prompts_for_round
+from onpolicy.replay import replayed_pairs
 from onpolicy.run.progress import Progress
 from onpolicy.run.resume import CheckpointLayout, Start, StartMode, open_run, retention
 from onpolicy.run.rundir import REFERENCE_FOLDER, RunDirectory
 from onpolicy.run.stopping import GracefulStop
 from onpolicy.scoring import score_round
-from onpolicy.types import PairingResult, RoundRecord, UpdateResult
+from onpolicy.types import RoundRecord, UpdateResult
 from reward import RoundGroups
 
 
@@ -56,8 +57,9 @@ def run_round(n: int, job: Job) -> RoundRecord:
        round's groups first (people labelling them in a page) is shown them all before scoring starts;
     3. pair: best vs worst per group (groups without a usable gap are dropped and counted), or a corrected pair
        where no sample is good enough and a correction is configured;
-    4. update: a DPO step on the pairs against this round's reference (skipped when there are no pairs), the
-       in-process engine asleep meanwhile where it shares its GPU with the trainer;
+    4. update: a DPO step on the pairs (and, with `pairs.replay`, a share of earlier rounds' pairs) against this
+       round's reference (skipped when there are none), the in-process engine asleep meanwhile where it shares its
+       GPU with the trainer;
     5. sync: the engine woken, the updated weights into the generator, in place;
     6. record: the round's samples and pairs into the run directory;
     7. evaluate: greedy answers to the held-out prompts from the synced weights (when configured);
@@ -86,11 +88,14 @@ def run_round(n: int, job: Job) -> RoundRecord:
     with stage("pair"):
         selection = Selection(config.pairs.strategy, config.pairs.length_penalty, config.seed + n)
         pairing = build_pairs(scored, config.pairs.min_margin, parts.inputs.correction, selection)
+        replayed = replayed_pairs(run, n, config.pairs.replay, len(pairing.pairs), config.seed)
     with _timed(seconds, "engine_sleep"):  # an in-process engine on the trainer's GPU frees it for the update
         weights_dropped = generator.rest()
     with stage("train", unit="steps") as progress:
         refreshed = updater.start_round(n)
-        update = updater.update(pairing.pairs, n, should_stop=lambda: job.stop.requested, progress=progress)
+        update = updater.update(
+            pairing.pairs + tuple(replayed), n, should_stop=lambda: job.stop.requested, progress=progress
+        )
     with _timed(seconds, "engine_wake"):
         generator.wake()
     with stage("sync"):
@@ -107,6 +112,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
         **gen,
         **m.reward_metrics(scored, excluded),
         **m.pair_metrics(pairing),
+        **({"pairs/replayed": float(len(replayed))} if config.pairs.replay.rounds else {}),
         **diagnostics.metrics,
         **{f"reward/{key}": value for key, value in reward.take_stats().items()},
         **m.update_metrics(update),
@@ -131,7 +137,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
         warnings.append(f"{len(too_long)} prompt(s) too long for the engine were skipped, e.g. {too_long[0].id!r}")
     warnings += pairing.problems
     if update.skipped:
-        warnings.append(_no_update_reason(pairing, update, config.train.max_length))
+        warnings.append(_no_update_reason(len(pairing.pairs) + len(replayed), update, config.train.max_length))
     return RoundRecord(round=n, metrics=metrics, pairs=pairing.pairs, warnings=tuple(warnings))
 
 
@@ -249,9 +255,10 @@ def _last_round_metrics(run: RunDirectory) -> dict[str, Any] | None:
     return next((record for record in reversed(run.read_rounds()) if record["round"] >= 1), None)
 
 
-def _no_update_reason(pairing: PairingResult, update: UpdateResult, max_length: int | None) -> str:
+def _no_update_reason(pairs: int, update: UpdateResult, max_length: int | None) -> str:
+    """Why an update with `pairs` pairs (the round's and those replayed) was skipped."""
     dropped = int(update.metrics.get("train/dropped_long_prompts", 0))
-    if pairing.pairs and dropped == len(pairing.pairs):
+    if pairs and dropped == pairs:
         return (
             f"no pair trained this round: the prompts of all {dropped} pairs fill train.max_length ({max_length} "
             "tokens), leaving no response to learn from; raise train.max_length"

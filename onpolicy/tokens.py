@@ -15,9 +15,26 @@ from onpolicy.types import PromptRecord
 
 
 def prompt_ids(tokenizer: Any, messages: Sequence[Mapping[str, str]]) -> list[int]:
-    """The chat template applied to `messages`, ending where the assistant's answer begins."""
-    text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    """The policy's chat template (`onpolicy.templates`: its own, model.chat_template, or the plain layout)
+    applied to `messages`, ending where the assistant's answer begins: the one way the policy's prompts are built."""
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+    except TemplateError as exc:  # a Jinja error, or the template's own raise_exception (e.g. "no system role")
+        shown = str(messages[-1]["content"])
+        raise OnpolicyError(
+            f"the policy's chat template cannot render the prompt {shown[:40]!r}{'...' if len(shown) > 40 else ''} "
+            f"({type(exc).__name__}: {exc}); fix model.chat_template, or set model.prompt_format: plain"
+        ) from None
     return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def check_prompts_render(records: Sequence[PromptRecord], tokenizer: Any, sample: int = 256) -> None:
+    """Refuse prompts the policy's chat template cannot render (`prompt_ids`' error), judged on up to `sample`
+    of them, before any model loads: a template that refuses a system turn would otherwise stop round 1."""
+    for record in records[:sample]:
+        prompt_ids(tokenizer, record.messages)
 
 
 def check_prompts_leave_room_to_train(

@@ -132,6 +132,16 @@ class Pair:
     def corrected(self) -> bool:
         return self.edited != "none"
 
+    @classmethod
+    def from_json(cls, row: Mapping[str, Any]) -> Pair:
+        """A pair as `to_json` wrote it (a line of pairs.jsonl)."""
+        tokens = row.get("tokens")
+        return cls(
+            **{**row, "messages": tuple(row["messages"]), "tokens": None if tokens is None else PairTokens(
+                **{key: tuple(value) if isinstance(value, list) else value for key, value in tokens.items()}
+            )}
+        )  # fmt: skip
+
     @property
     def margin(self) -> float:
         return self.chosen_reward - self.rejected_reward

@@ -39,7 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from tests.helpers import build_tiny_llama, build_tiny_reward_model  # noqa: E402
 
-MODEL_FIXTURES = {"tiny_model_path", "tiny_reward_model_path", "embedded_model_path"}
+MODEL_FIXTURES = {"tiny_model_path", "tiny_base_model_path", "tiny_reward_model_path", "embedded_model_path"}
 
 
 # The longest files (minutes each), started first: with two workers, a long file taken last would run alone.
@@ -74,6 +74,12 @@ def _unit_tests_load_no_model(request: pytest.FixtureRequest, monkeypatch: pytes
 def tiny_model_path(tmp_path_factory) -> pathlib.Path:
     """A tiny random Llama folder shared by the whole session (read-only for tests)."""
     return build_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model_path(tmp_path_factory) -> pathlib.Path:
+    """A tiny random Llama whose tokenizer has no chat template, as a base model's has none."""
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny-base-llama"), chat_template=None)
 
 
 @pytest.fixture(scope="session")

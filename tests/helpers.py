@@ -65,6 +65,24 @@ def run_cli(
     return run_dir, done.stdout
 
 
+def wait_for_phase(
+    process: subprocess.Popen, run_dir: pathlib.Path, round_number: int, phase: str, timeout: float = 300
+) -> None:
+    """Poll `run_dir`'s status.json until a job is in `phase` of `round_number`; `process` (the job, or what started
+    it) must stay alive meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, process.communicate()
+        try:
+            status = json.loads((run_dir / "status.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            status = {}
+        if status.get("round") == round_number and status.get("phase") == phase:
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"never reached round {round_number} {phase}")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,11 +157,14 @@ _CORPUS = [
 ]
 
 
-def build_tiny_llama(path: pathlib.Path, vocab_size: int = 512, seed: int = 0) -> pathlib.Path:
-    """Save a randomly initialised 2-layer Llama and its tokenizer as an ordinary HF folder at `path`."""
+def build_tiny_llama(
+    path: pathlib.Path, vocab_size: int = 512, seed: int = 0, chat_template: str | None = CHAT_TEMPLATE
+) -> pathlib.Path:
+    """Save a randomly initialised 2-layer Llama and its tokenizer as an ordinary HF folder at `path` (with
+    `chat_template` None, a base model's: a tokenizer without a chat template)."""
     from transformers import LlamaForCausalLM
 
-    return _build(path, LlamaForCausalLM, _tokenizer(vocab_size, CHAT_TEMPLATE), seed)
+    return _build(path, LlamaForCausalLM, _tokenizer(vocab_size, chat_template), seed)
 
 
 # A reward model's own template, different from the policy's: tests check the reward model is read through it.
@@ -160,7 +181,7 @@ def build_tiny_reward_model(path: pathlib.Path, seed: int = 1) -> pathlib.Path:
     return _build(path, LlamaForSequenceClassification, _tokenizer(512, REWARD_CHAT_TEMPLATE), seed, num_labels=1)
 
 
-def _tokenizer(vocab_size: int, chat_template: str):
+def _tokenizer(vocab_size: int, chat_template: str | None):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -280,3 +301,18 @@ class JudgeProxy:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def check_stop_token_ends_greedy_answer(generator: Any, prompt_ids: list[int]) -> None:
+    """A generator's greedy answer, then the same with its third token as `stop_token_ids`: the answer ends at the
+    first place that token comes, and is counted finished: the setting reached vLLM and vLLM obeyed it."""
+    from onpolicy.config.sections import Sampling
+    from onpolicy.generation.sampling import vllm_sampling
+
+    greedy = Sampling(temperature=0.0)
+    [[free]] = generator._sample_ids([prompt_ids], vllm_sampling(greedy, 1, 8), None)
+    stop = free.token_ids[2]
+    stopping = greedy.model_copy(update={"stop_token_ids": [stop]})
+    [[stopped]] = generator._sample_ids([prompt_ids], vllm_sampling(stopping, 1, 8), None)
+    assert stopped.token_ids == free.token_ids[: free.token_ids.index(stop) + 1]
+    assert stopped.finish_reason == "stop"

@@ -54,9 +54,16 @@ EXPECTED_KEYS = {
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_model_path, tmp_path_factory):
-    """Two rounds with a float32 engine: the default on CPUs, and the one whose log-probs are the reference's."""
+    """Two rounds with a float32 engine: the default on CPUs, and the one whose log-probs are the reference's;
+    round 2 replays round 1's pairs."""
     # a progress line at every unit of work (the output is not a terminal)
-    config = tiny_config(tiny_model_path, rounds=2, checkpoint={"every": 1}, progress_every_s=1e-9)
+    config = tiny_config(
+        tiny_model_path,
+        rounds=2,
+        checkpoint={"every": 1},
+        progress_every_s=1e-9,
+        pairs={"replay": {"rounds": 1, "share": 1.0}},
+    )
     return run_cli(config, tmp_path_factory.mktemp("e2e"))
 
 
@@ -78,9 +85,14 @@ def test_one_record_per_round_with_every_metric(finished_run):
         assert record["gen/samples"] == 16 and record["pairs/kept"] >= 1 and record["train/skipped"] == 0
         assert 0.5 < record["perf/peak_rss_gib"] < 16  # engine, policy and trainer in one process
         # the reference is the sampling policy, engine and trainer both in float32: no reference pass needed (the
-        # bound: tests/test_update.py's FP32_NATS_PER_TOKEN, 1e-4, times 16 tokens)
-        assert record["perf/ref_from_engine"] == 1.0 and record["perf/ref_logp_mismatch"] < 16e-4
+        # bound: tests/test_update.py's FP32_NATS_PER_TOKEN, 1e-4, times 16 tokens), but for the replayed pairs,
+        # sampled by an earlier policy: the trainer computes their reference log-probs afresh
+        assert record["perf/ref_logp_mismatch"] < 16e-4
+        trained = record["pairs/kept"] + record["pairs/replayed"]
+        assert record["perf/ref_from_engine"] == pytest.approx(record["pairs/kept"] / trained)
         assert record["perf/round_total_s"] > record["perf/round_s"]
+    assert rounds[0]["pairs/replayed"] == 0  # nothing earlier to replay
+    assert rounds[1]["pairs/replayed"] == min(rounds[1]["pairs/kept"], rounds[0]["pairs/kept"]) >= 1
     assert [line.split(" |")[0] for line in stdout.splitlines() if line.startswith("round ")] == [
         "round 1/2",
         "round 2/2",

@@ -13,7 +13,7 @@ class FixedAnswers:
     def __init__(self, answers):
         self.answers = answers
 
-    def complete_greedy(self, records, max_new_tokens, progress=None):
+    def complete(self, records, max_new_tokens, progress=None, sampling=None):
         return [self.answers[r.prompt] for r in records]
 
 

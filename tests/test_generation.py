@@ -7,6 +7,7 @@ from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
 from onpolicy.tokens import prompt_ids
 from onpolicy.types import PromptRecord
+from tests.helpers import check_stop_token_ends_greedy_answer
 
 
 def _record(i: int, text: str) -> PromptRecord:
@@ -48,6 +49,32 @@ def test_samples_k_responses_per_prompt_with_their_records(generator):
             assert generator.tokenizer.decode(sample.token_ids, skip_special_tokens=True).startswith(sample.text)
     # a random model rarely emits its end token within 12 tokens: most samples are cut
     assert any(s.truncated for g in groups for s in g.samples)
+
+
+def test_every_sampling_setting_reaches_the_engine_s_sampling_params(generator, monkeypatch):
+    settings = dict(top_k=3, min_p=0.05, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.25)
+    settings.update(stop=["zq"], stop_token_ids=[7], temperature=0.8, top_p=0.9)
+    sent = []
+    generate = generator.llm.generate
+    monkeypatch.setattr(
+        generator.llm, "generate", lambda prompts, params, **kw: sent.append(params) or generate(prompts, params, **kw)
+    )
+    monkeypatch.setattr(generator, "config", generator.config.model_copy(update=settings))
+    generator.generate([_record(0, "Hi")])
+    generator.complete([_record(0, "Hi")], 5)
+    (sampled, answered) = sent
+    assert {name: getattr(sampled, name) for name in settings} == settings
+    assert (sampled.n, sampled.max_tokens, sampled.logprobs) == (4, 12, 0)
+    # greedy: vLLM resets the settings that only narrow what is sampled from (top-k, top-p, min-p)
+    assert {name: getattr(answered, name) for name in settings} == {
+        **settings,
+        "temperature": 0.0,
+        "top_k": 0,
+        "top_p": 1.0,
+        "min_p": 0.0,
+    }
+    assert (answered.n, answered.max_tokens, answered.logprobs) == (1, 5, None)
+    check_stop_token_ends_greedy_answer(generator, prompt_ids(generator.tokenizer, _record(0, "Who are you?").messages))
 
 
 def test_prompts_too_long_for_the_engine_are_set_apart(generator):
@@ -104,15 +131,15 @@ def test_an_engine_resting_while_training_wakes_weights_first_and_never_samples_
             generator.llm, name, lambda real=real, name=name, **kw: calls.append((name, kw)) or real(**kw)
         )
     records = [_record(0, "Who are you?")]
-    before = generator.complete_greedy(records, max_new_tokens=6)
+    before = generator.complete(records, max_new_tokens=6)
     assert generator.rest() is False and calls == []  # the plan's level: 0, awake throughout
     monkeypatch.setattr(generator, "sleep_level", 2)
     assert generator.rest() is True and calls == [("sleep", {"level": 2})]
     with pytest.raises(OnpolicyError, match="slept at level 2 and was sent no weights since"):
-        generator.complete_greedy(records, max_new_tokens=6)
+        generator.complete(records, max_new_tokens=6)
     assert calls[1:] == [("wake_up", {"tags": ["weights"]}), ("wake_up", {"tags": ["kv_cache"]})]
     generator.load_weights(AutoModelForCausalLM.from_pretrained(tiny_model_path).state_dict().items())
-    assert generator.complete_greedy(records, max_new_tokens=6) == before
+    assert generator.complete(records, max_new_tokens=6) == before
     monkeypatch.setattr(generator, "sleep_level", 1)
     assert generator.rest() is False  # level 1 keeps the weights (in CPU memory)
     generator.wake()
@@ -121,14 +148,14 @@ def test_an_engine_resting_while_training_wakes_weights_first_and_never_samples_
         ("wake_up", {"tags": ["weights"]}),
         ("wake_up", {"tags": ["kv_cache"]}),
     ]
-    assert generator.complete_greedy(records, max_new_tokens=6) == before
+    assert generator.complete(records, max_new_tokens=6) == before
 
 
 def test_greedy_answers_are_deterministic_and_skip_long_prompts(generator):
     records = [_record(0, "Who are you?"), _record(1, "word " * 200), _record(2, "Hello")]
-    first = generator.complete_greedy(records, max_new_tokens=8)
+    first = generator.complete(records, max_new_tokens=8)
     assert first[1] is None and isinstance(first[0], str) and isinstance(first[2], str)
-    assert generator.complete_greedy(records, max_new_tokens=8) == first
+    assert generator.complete(records, max_new_tokens=8) == first
 
 
 def test_evaluator_scores_greedy_answers_of_matching_prompts(generator):

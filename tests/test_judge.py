@@ -303,7 +303,7 @@ def test_eval_win_rate_against_the_initial_policy_under_a_pairwise_judge(proxy):
         def __init__(self, *answers):
             self.answers = list(answers)
 
-        def complete_greedy(self, records, max_new_tokens, progress=None):
+        def complete(self, records, max_new_tokens, progress=None, sampling=None):
             return self.answers
 
     evaluator.run(Answers("I am a model.", "Hello.", "I am Athene."), initial=True)  # round 0: the initial answers

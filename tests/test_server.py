@@ -18,8 +18,9 @@ import torch
 
 from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
+from onpolicy.tokens import prompt_ids
 from onpolicy.types import PromptRecord
-from tests.helpers import ROOT, free_port, is_up, read_jsonl, run_cli, tiny_config
+from tests.helpers import ROOT, check_stop_token_ends_greedy_answer, free_port, is_up, read_jsonl, run_cli, tiny_config
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Who are you?", "What is your name?", "Tell me a story."]
@@ -105,13 +106,30 @@ def test_samples_carry_the_sampled_tokens_and_the_policy_s_log_probs(generator, 
             assert (torch.tensor(sample.logprobs) - expected).abs().max() < 1e-4
 
 
+def test_every_sampling_setting_reaches_the_server_in_the_request_body(generator, monkeypatch):
+    settings = dict(top_k=3, min_p=0.05, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.25)
+    settings.update(stop=["zq"], stop_token_ids=[7], temperature=0.8, top_p=0.9)
+    sent = []
+    post = generator._post
+    monkeypatch.setattr(generator, "_post", lambda url, path, body, *a: sent.append(body) or post(url, path, body, *a))
+    monkeypatch.setattr(generator, "config", generator.config.model_copy(update=settings))
+    generator.generate(RECORDS[:1])
+    generator.complete(RECORDS[:1], 5)
+    (sampled, answered) = sent
+    assert {name: sampled[name] for name in settings} == settings
+    assert (sampled["n"], sampled["max_tokens"], sampled["logprobs"]) == (3, 10, 0)
+    assert {name: answered[name] for name in settings} == {**settings, "temperature": 0.0}
+    assert (answered["n"], answered["max_tokens"], "logprobs" in answered) == (1, 5, False)
+    check_stop_token_ends_greedy_answer(generator, prompt_ids(generator.tokenizer, RECORDS[0].messages))
+
+
 @pytest.mark.parametrize("generator", ["onpolicy_gloo", "disk"], indirect=True)
 def test_new_weights_reach_the_server_in_place_under_their_version(generator, server, tiny_model_path):
     from transformers import AutoModelForCausalLM
 
     by_disk = generator.transfer is None
 
-    before = generator.complete_greedy(RECORDS, 8)
+    before = generator.complete(RECORDS, 8)
     moved = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     with torch.no_grad():
         for param in moved.parameters():
@@ -123,12 +141,12 @@ def test_new_weights_reach_the_server_in_place_under_their_version(generator, se
     assert (
         torch.tensor(sample.logprobs) - _teacher_forced(moved, group.prompt_token_ids, sample.token_ids)
     ).abs().max() < 1e-4
-    assert generator.complete_greedy(RECORDS, 8) != before
+    assert generator.complete(RECORDS, 8) != before
     assert sorted(p.name for p in generator.folder.glob("*")) == (["weights-7"] if by_disk else [])
 
     original = AutoModelForCausalLM.from_pretrained(tiny_model_path)
     generator.load_weights(original.state_dict().items(), version="8")
-    assert generator.complete_greedy(RECORDS, 8) == before
+    assert generator.complete(RECORDS, 8) == before
     assert generator._get(server.url, "/weight_info") == {"weight_version": "8"}
     assert sorted(p.name for p in generator.folder.glob("*")) == (["weights-8"] if by_disk else [])  # older gone
     generator.close()

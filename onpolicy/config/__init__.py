@@ -38,6 +38,7 @@ from onpolicy.config.sections import (
     WandbConfig,
 )
 from onpolicy.errors import ConfigError
+from onpolicy.templates import is_template_text
 
 
 class Config(Section):
@@ -176,7 +177,7 @@ def describe_fields(model: type[BaseModel] = Config) -> list[tuple[str, str, str
 
 
 def _check_files(config: Config, source: str) -> None:
-    """The files the config names are there (the prompts, the model folder)."""
+    """The files the config names are there (the prompts, the model folder, the chat template)."""
     for key, prompts in (("prompts", config.prompts), ("eval.prompts", config.eval.prompts)):
         if prompts is not None and prompts.path is not None and not pathlib.Path(prompts.path).exists():
             raise ConfigError(f"{key}.path in {source}: prompt file not found: {prompts.path}")
@@ -184,4 +185,10 @@ def _check_files(config: Config, source: str) -> None:
         raise ConfigError(
             f"model.path in {source}: {config.model.path} is not a model folder (no config.json there). "
             "Give a local Hugging Face model folder, or leave model.path empty for the embedded SmolLM2."
+        )
+    template = config.model.chat_template
+    if template is not None and not is_template_text(template) and not pathlib.Path(template).is_file():
+        raise ConfigError(
+            f"model.chat_template in {source}: template file not found: {template} (give a Jinja template file, "
+            "or the template itself)"
         )

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from onpolicy.errors import ConfigError
 from onpolicy.jsonable import lone_surrogate
+from onpolicy.templates import is_template_text
 from onpolicy.untrusted import parse_yaml
 from reward import Needs, RewardConfigError, reward_needs
 
@@ -26,6 +27,7 @@ from reward import Needs, RewardConfigError, reward_needs
 PATH_KEYS = (
     ("model", "path"),
     ("model", "cache_dir"),
+    ("model", "chat_template"),  # unless it holds the template itself
     ("prompts", "path"),
     ("eval", "prompts", "path"),
     ("generation", "server", "sync_dir"),
@@ -125,7 +127,7 @@ def resolve_paths(data: dict[str, Any], base: pathlib.Path, only: str | None = N
         node: Any = data
         for section in sections:
             node = node.get(section) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(key), str):
+        if isinstance(node, dict) and isinstance(node.get(key), str) and not is_template_text(node[key]):
             candidate = pathlib.Path(node[key]).expanduser()
             node[key] = str(candidate if candidate.is_absolute() else (base / candidate).resolve())
 

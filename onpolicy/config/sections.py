@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from onpolicy.config.library_fields import check_dpo_config_fields, check_lora_fields
 from onpolicy.config.server_flags import check_extra_args
@@ -30,6 +30,26 @@ class ModelConfig(Section):
     train_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype of the trained policy's weights (the engine has its own, generation.dtype)."
     )
+    chat_template: str | None = Field(
+        None,
+        description="The policy's chat template, in place of its tokenizer's own wherever its prompts are built "
+        "(samples, training rows, evaluation) and saved with every checkpoint and the final model: a Jinja template "
+        "file (relative to the config file), or the template itself (text holding '{%' or '{{'). Give the one your "
+        "SFT run used: a policy trained in another format than it learnt (or than its reward model reads) can stall.",
+    )
+    prompt_format: Literal["auto", "chat", "plain"] = Field(
+        "auto",
+        description="chat: prompts rendered by the chat template (model.chat_template, else the tokenizer's). "
+        "plain, for base models: the turns' texts joined by blank lines, then a blank line where the answer begins, "
+        "after the tokenizer's BOS where it adds one (saved with the policy as its chat template). auto: chat where "
+        "there is a template, else plain.",
+    )
+
+    @model_validator(mode="after")
+    def _plain_takes_no_template(self) -> ModelConfig:
+        if self.prompt_format == "plain" and self.chat_template is not None:
+            raise ValueError("model.chat_template is a chat format; with model.prompt_format: plain leave it empty")
+        return self
 
 
 class PromptsConfig(Section):
@@ -111,7 +131,45 @@ class ServerConfig(Section):
         return self
 
 
-class GenerationConfig(Section):
+class Sampling(Section):
+    """vLLM's sampling settings (`SamplingParams`' fields of the same names), shared by the round's samples
+    (`generation.*`) and the evaluation's answers (`eval.sampling.*`); `onpolicy.generation.sampling` hands them
+    to the in-process engine and to servers alike."""
+
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature (0: greedy).")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
+    top_k: int = Field(0, ge=0, description="Sample among the k likeliest tokens only (0: all).")
+    min_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="Leave out tokens less likely than min_p times the likeliest (0: none)."
+    )
+    repetition_penalty: float = Field(
+        1.0,
+        gt=0.0,
+        description="Divides the logits of tokens already in the prompt or the response (above 1 discourages "
+        "repeating them; 1: off).",
+    )
+    presence_penalty: float = Field(
+        0.0, ge=-2.0, le=2.0, description="Subtracted from the logits of tokens the response already holds."
+    )
+    frequency_penalty: float = Field(
+        0.0,
+        ge=-2.0,
+        le=2.0,
+        description="Subtracted from each token's logit once per time the response already holds it.",
+    )
+    stop: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="Strings that end a response; the text (what rewards see) stops before the string, the "
+        "sampled tokens (what the update trains on) include the tokens that produced it.",
+    )
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] = Field(
+        default_factory=list,
+        description="Token ids that end a response besides the tokenizer's EOS (e.g. a chat template's "
+        "end-of-turn); the token is the response's last.",
+    )
+
+
+class GenerationConfig(Sampling):
     backend: Literal["engine", "server"] = Field(
         "engine",
         description="engine: one vLLM engine in this process, beside the trainer. server: OpenAI-compatible vLLM "
@@ -120,8 +178,6 @@ class GenerationConfig(Section):
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
     num_samples: int = Field(8, ge=2, description="K: responses sampled per prompt (best vs worst needs 2).")
-    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling threshold.")
     max_new_tokens: int = Field(64, ge=1, description="Longest response; longer ones are cut and count as truncated.")
     seed: int = Field(0, ge=0, description="Seed of the vLLM engine (the CPU build crashes with per-request seeds).")
     max_model_len: int = Field(1024, ge=16, description="Longest prompt + response the engine accepts.")
@@ -173,6 +229,45 @@ class GenerationConfig(Section):
     long_prompts: Literal["skip", "error"] = Field(
         "skip", description="A prompt that leaves no room for max_new_tokens: skip and count it, or stop the run."
     )
+
+    @model_validator(mode="after")
+    def _samples_can_differ(self) -> GenerationConfig:
+        if self.temperature == 0:
+            raise ValueError(
+                "generation.temperature 0 samples the same greedy response num_samples times: every group ties and "
+                "no pair is made; give a temperature above 0"
+            )
+        return self
+
+    def sampling(self) -> Sampling:
+        """The settings the round's samples are drawn with."""
+        return Sampling(**{name: getattr(self, name) for name in Sampling.model_fields})
+
+
+def _eval_override(name: str, field: Any) -> tuple[Any, Any]:
+    """`eval.sampling.NAME`: generation's field, optional (empty: generation's value), but for temperature, which
+    is 0 (greedy answers) unless given."""
+    if name == "temperature":
+        return field.annotation, Field(0.0, ge=0.0, description="Temperature of the eval answers (0: greedy).")
+    bounded = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return (
+        bounded | None,
+        Field(None, description=f"{field.description} Unset: generation.{name}."),
+    )
+
+
+EvalSampling = create_model(
+    "EvalSampling",
+    __base__=Section,
+    __doc__="How the eval answers are drawn: greedy, with generation's other sampling settings, unless set here.",
+    **{name: _eval_override(name, field) for name, field in Sampling.model_fields.items()},
+)
+
+
+def eval_sampling(generation: GenerationConfig, overrides: BaseModel) -> Sampling:
+    """The settings of the eval answers: `overrides` (`eval.sampling`) over generation's."""
+    given = {name: value for name, value in overrides if value is not None}
+    return generation.sampling().model_copy(update=given)
 
 
 class RewardTerm(Section):
@@ -232,6 +327,22 @@ class CorrectionConfig(Section):
     )
 
 
+class ReplayConfig(Section):
+    rounds: int = Field(
+        0,
+        ge=0,
+        description="Mix pairs of the last N complete rounds into each round's update, their reference log-probs "
+        "computed afresh under the round's reference (0: off).",
+    )
+    share: float = Field(
+        0.5,
+        gt=0.0,
+        le=4.0,
+        description="Replayed pairs per pair of the round's own, drawn at random from those rounds' pairs without "
+        "repeats (fewer where they hold fewer): 0.5 adds half as many replayed pairs as the round made.",
+    )
+
+
 class PairsConfig(Section):
     strategy: Literal["max_min", "max_random", "all_above_margin"] = Field(
         "max_min",
@@ -248,6 +359,7 @@ class PairsConfig(Section):
         0.0, ge=0.0, description="Groups whose best-worst reward gap is below this are dropped (ties always are)."
     )
     correction: CorrectionConfig = Field(default_factory=CorrectionConfig)
+    replay: ReplayConfig = Field(default_factory=ReplayConfig)
 
 
 # why train.lora and FSDP2 sharding do not go together (refused when the config is read, and by a launch)
@@ -411,7 +523,12 @@ class EvalConfig(Section):
     prompts: PromptsConfig | None = Field(
         None, description="Held-out prompts (a file or a list, like training prompts); empty: no evaluation."
     )
-    max_new_tokens: int = Field(48, ge=1, description="Longest greedy answer.")
+    max_new_tokens: int = Field(48, ge=1, description="Longest answer.")
+    sampling: EvalSampling = Field(  # type: ignore[valid-type]
+        default_factory=EvalSampling,
+        description="How the answers are drawn: greedy (temperature 0) with generation's other settings (top_k, "
+        "penalties, stop strings...), unless given here. eval.kl_samples are drawn with generation's settings.",
+    )
     metrics: list[EvalMetric] = Field(default_factory=list, description="What to measure on the greedy answers.")
     reward: Literal["job"] | list[RewardTerm] | None = Field(
         "job",

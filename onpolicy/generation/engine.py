@@ -22,7 +22,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -31,12 +31,11 @@ from onpolicy.config import GenerationConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.errors import OnpolicyError
 from onpolicy.generation.placement import EnginePlace, engine_arguments
-from onpolicy.generation.sampling import GroupSampling, vllm_sampling
+from onpolicy.generation.sampling import GroupSampling
 from onpolicy.generation.serving import ADAPTER_NAME
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.run.progress import engine_bar
-from onpolicy.tokens import fit_prompts
-from onpolicy.types import PromptRecord, Sample, SampleGroup
+from onpolicy.types import Sample
 
 
 def in_process_engine_environment() -> None:
@@ -73,38 +72,13 @@ class VLLMGenerator(GroupSampling):
             raise OnpolicyError(f"vLLM could not start on {model_path}: {exc}") from exc
         self.engine_dtype = self.llm.model_config.dtype
 
-    def _groups(
-        self,
-        records: Sequence[PromptRecord],
-        num_samples: int,
-        max_new_tokens: int,
-        refuse_long: bool,
-        progress: PhaseProgress | None,
-    ) -> tuple[list[SampleGroup], list[PromptRecord]]:
+    def _sample_ids(
+        self, prompts: list[list[int]], params: dict[str, Any], progress: PhaseProgress | None
+    ) -> list[list[Sample]]:
         from vllm import SamplingParams
 
-        fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=refuse_long)
-        if not fitting:
-            return [], too_long
-        params = SamplingParams(**vllm_sampling(self.config, num_samples, max_new_tokens))
-        outputs = self._run(fitting, params, progress)
-        groups = [
-            SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(_sample(c) for c in out.outputs))
-            for (record, ids), out in zip(fitting, outputs)
-        ]
-        return groups, too_long
-
-    def complete_greedy(
-        self, records: Sequence[PromptRecord], max_new_tokens: int, progress: PhaseProgress | None = None
-    ) -> list[str | None]:
-        """The greedy answer to each prompt (None for a prompt too long for the engine), for evaluation."""
-        from vllm import SamplingParams
-
-        fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
-        greedy = SamplingParams(**vllm_sampling(self.config, 1, max_new_tokens, greedy=True))
-        outputs = self._run(fitting, greedy, progress) if fitting else []
-        answers = {id(record): out.outputs[0].text for (record, _), out in zip(fitting, outputs)}
-        return [answers.get(id(record)) for record in records]
+        outputs = self._run(prompts, SamplingParams(**params), progress)
+        return [[_sample(completion) for completion in out.outputs] for out in outputs]
 
     def rest(self) -> bool:
         """Put the engine to sleep while the trainer updates on the GPU it shares (when the layout says so); True
@@ -122,17 +96,15 @@ class VLLMGenerator(GroupSampling):
             self.llm.wake_up(tags=[tag])
         self._asleep = []
 
-    def _run(
-        self, fitting: Sequence[tuple[PromptRecord, list[int]]], params: Any, progress: PhaseProgress | None
-    ) -> list[Any]:
+    def _run(self, prompts: list[list[int]], params: Any, progress: PhaseProgress | None) -> list[Any]:
         from vllm.inputs import TokensPrompt
 
         self.wake()
         if self._weights_dropped:
             raise OnpolicyError("the engine slept at level 2 and was sent no weights since: send the policy first")
 
-        prompts = [TokensPrompt(prompt_token_ids=ids) for _, ids in fitting]
-        return self.llm.generate(prompts, params, use_tqdm=engine_bar(progress), lora_request=self.adapter)
+        requests = [TokensPrompt(prompt_token_ids=ids) for ids in prompts]
+        return self.llm.generate(requests, params, use_tqdm=engine_bar(progress), lora_request=self.adapter)
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | None = None) -> None:
         """Put new policy weights (HF names) into the running engine, in place, and drop cached prefixes that the

@@ -1,6 +1,8 @@
-"""What both generators (the in-process engine and vLLM servers) share: a round's training groups and the
-evaluation's samples are one sampling call, with the configured or given counts and lengths, and vLLM's sampling
-parameters come from the generation settings in one place (`vllm_sampling`)."""
+"""What both generators (the in-process engine and vLLM servers) share: a round's training groups, the
+evaluation's answers and samples are one sampling call each, and vLLM's sampling parameters come from the
+configured settings in one place (`vllm_sampling`), so that the engine and servers sample alike.
+
+A generator implements `_sample_ids`: each prompt's samples, given the prompts' token ids and the parameters."""
 
 from __future__ import annotations
 
@@ -8,31 +10,39 @@ from collections.abc import Sequence
 from typing import Any
 
 from onpolicy.config import GenerationConfig
+from onpolicy.config.sections import Sampling
 from onpolicy.interfaces import PhaseProgress
-from onpolicy.types import PromptRecord, SampleGroup
+from onpolicy.tokens import fit_prompts
+from onpolicy.types import PromptRecord, Sample, SampleGroup
 
 
-def vllm_sampling(
-    config: GenerationConfig, num_samples: int, max_new_tokens: int, greedy: bool = False
-) -> dict[str, Any]:
-    """vLLM's sampling parameters (`SamplingParams`' fields, which its completions API takes under the same names):
-    `num_samples` samples of at most `max_new_tokens` at the configured temperature and top-p, each sampled token
-    with its own log-prob; `greedy`: one greedy answer, no log-probs (evaluation)."""
-    if greedy:
-        return {"n": 1, "temperature": 0.0, "max_tokens": max_new_tokens}
-    return {
+def vllm_sampling(sampling: Sampling, num_samples: int, max_new_tokens: int, logprobs: bool = True) -> dict[str, Any]:
+    """vLLM's sampling parameters: `SamplingParams`' fields, which its completions API takes under the same names.
+    `num_samples` samples of at most `max_new_tokens`, with each sampled token's own log-prob unless `logprobs` is
+    False. Every setting is given, defaults included: a server fills the ones a request leaves out from the model's
+    generation_config.json, which the in-process engine does not read."""
+    params: dict[str, Any] = {
         "n": num_samples,
-        "temperature": config.temperature,
-        "top_p": config.top_p,
         "max_tokens": max_new_tokens,
-        "logprobs": 0,  # the sampled token's own log-prob
+        **{name: getattr(sampling, name) for name in Sampling.model_fields},
     }
+    if logprobs:
+        params["logprobs"] = 0  # the sampled token's own log-prob
+    return params
 
 
 class GroupSampling:
-    """`generate` and `sample` on top of a generator's `_groups`."""
+    """`generate`, `sample` and `complete` on top of a generator's `_sample_ids`."""
 
     config: GenerationConfig
+    tokenizer: Any
+
+    def _sample_ids(
+        self, prompts: list[list[int]], params: dict[str, Any], progress: PhaseProgress | None
+    ) -> list[list[Sample]]:
+        """Each prompt's `params["n"]` samples (`vllm_sampling`'s parameters), in the prompts' order; `progress`
+        advances as samples finish."""
+        raise NotImplementedError
 
     def _groups(
         self,
@@ -44,7 +54,16 @@ class GroupSampling:
     ) -> tuple[list[SampleGroup], list[PromptRecord]]:
         """`num_samples` samples of at most `max_new_tokens` per prompt that fits, and the prompts that do not fit
         (refused instead with `refuse_long`)."""
-        raise NotImplementedError
+        fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=refuse_long)
+        if not fitting:
+            return [], too_long
+        params = vllm_sampling(self.config.sampling(), num_samples, max_new_tokens)
+        samples = self._sample_ids([ids for _, ids in fitting], params, progress)
+        groups = [
+            SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(prompt_samples))
+            for (record, ids), prompt_samples in zip(fitting, samples)
+        ]
+        return groups, too_long
 
     def generate(
         self, records: Sequence[PromptRecord], progress: PhaseProgress | None = None
@@ -62,6 +81,22 @@ class GroupSampling:
         max_new_tokens: int,
         progress: PhaseProgress | None = None,
     ) -> list[SampleGroup]:
-        """`num_samples` samples per prompt that fits (prompts too long are left out), at the configured
-        temperature and top-p: for evaluation."""
+        """`num_samples` samples per prompt that fits (prompts too long are left out), with the generation's
+        sampling settings: for evaluation."""
         return self._groups(records, num_samples, max_new_tokens, False, progress)[0]
+
+    def complete(
+        self,
+        records: Sequence[PromptRecord],
+        max_new_tokens: int,
+        progress: PhaseProgress | None = None,
+        sampling: Sampling | None = None,
+    ) -> list[str | None]:
+        """One answer to each prompt (None for a prompt too long for the engine), drawn with `sampling` (default:
+        greedy, with the generation's other settings), for evaluation."""
+        sampling = sampling or self.config.sampling().model_copy(update={"temperature": 0.0})
+        fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
+        params = vllm_sampling(sampling, 1, max_new_tokens, logprobs=False)
+        samples = self._sample_ids([ids for _, ids in fitting], params, progress) if fitting else []
+        answers = {id(record): prompt_samples[0].text for (record, _), prompt_samples in zip(fitting, samples)}
+        return [answers.get(id(record)) for record in records]

@@ -41,13 +41,12 @@ from onpolicy.config import GenerationConfig
 from onpolicy.config.sections import ServerConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.errors import ConfigError, OnpolicyError
-from onpolicy.generation.sampling import GroupSampling, vllm_sampling
+from onpolicy.generation.sampling import GroupSampling
 from onpolicy.generation.serving import ADAPTER_NAME
 from onpolicy.generation.transfer import WeightTransfer
 from onpolicy.generation.weight_check import check_servers, comparable, digest
 from onpolicy.interfaces import PhaseProgress
-from onpolicy.tokens import fit_prompts
-from onpolicy.types import PromptRecord, Sample, SampleGroup
+from onpolicy.types import Sample
 from reward.keyed_http import HTTPStatusError, fetch
 from reward.servers import served_model
 
@@ -90,32 +89,10 @@ class ServerGenerator(GroupSampling):
         self.syncs = 0  # whole-weight syncs so far
         self.sent_digests: dict[str, str] = {}  # of the last sync's weights a server holds exactly as sent
 
-    def _groups(
-        self,
-        records: Sequence[PromptRecord],
-        num_samples: int,
-        max_new_tokens: int,
-        refuse_long: bool,
-        progress: PhaseProgress | None,
-    ) -> tuple[list[SampleGroup], list[PromptRecord]]:
-        fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=refuse_long)
-        body = vllm_sampling(self.config, num_samples, max_new_tokens)
-        choices = self._complete([ids for _, ids in fitting], body, progress)
-        groups = [
-            SampleGroup(record=record, prompt_token_ids=tuple(ids), samples=tuple(map(_sample, prompt_choices)))
-            for (record, ids), prompt_choices in zip(fitting, choices)
-        ]
-        return groups, too_long
-
-    def complete_greedy(
-        self, records: Sequence[PromptRecord], max_new_tokens: int, progress: PhaseProgress | None = None
-    ) -> list[str | None]:
-        """The greedy answer to each prompt (None for a prompt too long for the servers), for evaluation."""
-        fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
-        greedy = vllm_sampling(self.config, 1, max_new_tokens, greedy=True)
-        choices = self._complete([ids for _, ids in fitting], greedy, progress)
-        answers = {id(record): prompt_choices[0]["text"] for (record, _), prompt_choices in zip(fitting, choices)}
-        return [answers.get(id(record)) for record in records]
+    def _sample_ids(
+        self, prompts: list[list[int]], params: dict[str, Any], progress: PhaseProgress | None
+    ) -> list[list[Sample]]:
+        return [list(map(_sample, choices)) for choices in self._complete(prompts, params, progress)]
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | None = None) -> None:
         """Send the weights (HF names) to every server, which takes `version` as its weight version: through the

@@ -148,6 +148,17 @@ class RunDirectory:
     def write_pairs(self, round_number: int, pairs: Sequence[Pair]) -> pathlib.Path:
         return self.write_jsonl(f"{self.round_folder(round_number)}/pairs.jsonl", map(to_json, pairs))
 
+    def read_pairs(self, round_number: int) -> list[Pair]:
+        """The pairs round `round_number` trained on, as `write_pairs` wrote them (none when it has no file)."""
+        name = f"{self.round_folder(round_number)}/pairs.jsonl"
+        try:
+            return [Pair.from_json(row) for row in self.read_jsonl(name)]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise OnpolicyError(
+                f"{self.path / name} holds a line that is not a pair as onpolicy writes it ({exc!r}): restore the "
+                "file or move the run aside"
+            ) from None
+
     def append_round(self, record: Mapping[str, Any]) -> None:
         """Mark a round complete: one line in rounds.jsonl, on disk before this returns."""
         append_line(self.path / "rounds.jsonl", _json_line(record).rstrip("\n"))
