@@ -158,10 +158,14 @@ def test_a_base_model_trains_a_round_in_the_plain_format_and_its_checkpoints_car
         prompts={"items": ["What is your name?", "Tell me a story.", multi_turn], "system_prompt": "Be brief."},
         wandb={"mode": "disabled"},
     )
-    config["generation"]["max_new_tokens"] = 8
+    config["generation"].update(max_new_tokens=8, max_model_len=2048)  # room for the judge's rubric
+    # the policy judging its own samples renders its judge prompts in the policy's format too
+    judge = {"backend": "policy", "constrain": True, "votes": 1, "max_tokens": 8}
+    config["reward"].append({"name": "judge", "weight": 0.0, "args": judge})
     run_dir = tmp_path / "run"
     (record,) = run_job(Config.model_validate(config), run_dir, echo=lambda line: None)
     assert record["pairs/kept"] >= 1
+    assert record["reward/judge/scored"] == 12 and record["reward/judge/request_errors"] == 0
     tokenizer = AutoTokenizer.from_pretrained(tiny_base_model_path)
     assert tokenizer.chat_template is None
     expected = {

@@ -83,7 +83,7 @@ class InProcessEngine:
         from onpolicy.generation.engine import VLLMGenerator
 
         generator = VLLMGenerator(engine.model, tokenizer, generation, self.place)
-        self.policy_engine.attach(generator.llm)
+        self.policy_engine.attach(generator.llm, tokenizer.chat_template)
         return generator
 
     def close(self) -> None:

@@ -91,9 +91,13 @@ class PolicyEngine:
 
     def __init__(self) -> None:
         self._engine: Any = None
+        self.chat_template: str | None = None
 
-    def attach(self, engine: Any) -> None:
+    def attach(self, engine: Any, chat_template: str | None = None) -> None:
+        """`chat_template`: the one the policy's prompts are rendered with (`model.chat_template` or the plain
+        layout of a base model), which its judge prompts then follow too; None: the model folder's own."""
         self._engine = engine
+        self.chat_template = chat_template
 
     def get(self) -> Any:
         if self._engine is None:
@@ -176,6 +180,7 @@ class VLLMChat:
             [_messages(r) for r in requests],
             params,
             use_tqdm=False,
+            chat_template=self.policy_engine.chat_template if self.model is None else None,
             add_generation_prompt=not prefixed,
             continue_final_message=prefixed,
         )
