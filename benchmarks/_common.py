@@ -53,13 +53,18 @@ def run_identity_demo(
 
 
 def run_identity_demo_alone(overrides: Sequence[str], config_name: str = "identity.yaml") -> list[dict]:
-    """`run_identity_demo` in a fresh process, for benchmarks that compare jobs: each job's peak memory
-    (`perf/peak_rss_gib`, the process's high-water mark) is then its own, not the largest of the jobs before it,
-    and no job meets the process-wide state an earlier vLLM engine left (an engine with LoRA support fails to
-    start after another engine in the same process)."""
+    """`run_identity_demo` in a fresh process (`alone`), for benchmarks that compare jobs."""
+    return alone(run_identity_demo, list(overrides), config_name=config_name)
+
+
+def alone(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`function(*args, **kwargs)` in a fresh process: a job's peak memory (`perf/peak_rss_gib`, the process's
+    high-water mark) is then its own, not the largest of the jobs before it, and no job meets the process-wide
+    state an earlier vLLM engine left (an engine with LoRA support fails to start after another engine in the
+    same process). `function` must be importable (a module's top-level function)."""
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
-        return pool.submit(run_identity_demo, list(overrides), config_name=config_name).result()
+        return pool.submit(function, *args, **kwargs).result()
 
 
 def median_seconds(action: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:

@@ -88,7 +88,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
     with stage("pair"):
         selection = Selection(config.pairs.strategy, config.pairs.length_penalty, config.seed + n)
         pairing = build_pairs(scored, config.pairs.min_margin, parts.inputs.correction, selection)
-        replayed = replayed_pairs(run, n, config.pairs.replay, len(pairing.pairs), config.seed)
+        replayed = replayed_pairs(run.read_pairs, n, config.pairs.replay, len(pairing.pairs), config.seed)
     with _timed(seconds, "engine_sleep"):  # an in-process engine on the trainer's GPU frees it for the update
         weights_dropped = generator.rest()
     with stage("train", unit="steps") as progress:

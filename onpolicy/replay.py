@@ -6,7 +6,7 @@ elsewhere, at the cost of pairs that are no longer the current policy's samples.
 as it did (its sampled tokens), against the round's own reference: its sampling log-probs, which were the
 reference's in the round that drew them, are dropped, and the trainer computes the reference's afresh.
 
-The pairs are read back from the run directory (each complete round's pairs.jsonl), and drawn with a seed of
+The pairs are read back from the run directory (each complete round's pairs.jsonl, `RunDirectory.read_pairs`), and drawn with a seed of
 the round's own, so a resumed run replays what it would have without the interruption.
 """
 
@@ -14,20 +14,23 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Callable, Sequence
 
 from onpolicy.config.sections import ReplayConfig
-from onpolicy.run.rundir import RunDirectory
 from onpolicy.types import Pair
 
 
-def replayed_pairs(run: RunDirectory, round_number: int, config: ReplayConfig, fresh: int, seed: int) -> list[Pair]:
+def replayed_pairs(
+    read_pairs: Callable[[int], Sequence[Pair]], round_number: int, config: ReplayConfig, fresh: int, seed: int
+) -> list[Pair]:
     """`config.share` x `fresh` pairs (rounded) drawn without repeats from rounds `round_number - config.rounds` ..
-    `round_number - 1` (fewer where those hold fewer), ready to train against this round's reference."""
+    `round_number - 1` (`read_pairs(round)`: a round's pairs; fewer where those hold fewer), ready to train against
+    this round's reference."""
     wanted = round(config.share * fresh)
     if not config.rounds or not wanted:
         return []
     earlier = range(max(1, round_number - config.rounds), round_number)
-    candidates = [pair for past in earlier for pair in run.read_pairs(past)]
+    candidates = [pair for past in earlier for pair in read_pairs(past)]
     chosen = random.Random(f"replay:{seed}:{round_number}").sample(candidates, min(wanted, len(candidates)))
     return [_against_current_reference(pair) for pair in chosen]
 

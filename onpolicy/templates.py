@@ -18,12 +18,10 @@ is saved with them) carries the template it was trained with.
 from __future__ import annotations
 
 import pathlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from onpolicy.config.sections import ModelConfig, is_template_text
 from onpolicy.errors import ConfigError
-
-if TYPE_CHECKING:
-    from onpolicy.config.sections import ModelConfig
 
 # The turns' texts joined by blank lines; with the generation prompt, one more where the answer begins. (The
 # newlines are Jinja strings: transformers renders templates with trim_blocks, which eats a newline after a tag.)
@@ -31,11 +29,6 @@ PLAIN_TEMPLATE = (
     "{% for message in messages %}{{ message['content'] }}"
     "{% if not loop.last or add_generation_prompt %}{{ '\\n\\n' }}{% endif %}{% endfor %}"
 )
-
-
-def is_template_text(value: str) -> bool:
-    """Whether `model.chat_template` holds the template itself (Jinja tags), not the path of a file holding it."""
-    return "{%" in value or "{{" in value
 
 
 def chat_template_text(value: str) -> str:

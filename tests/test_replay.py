@@ -45,7 +45,7 @@ def test_a_pair_reads_back_as_it_was_written(run):
 
 
 def test_a_round_replays_a_share_of_the_last_rounds_pairs_against_its_own_reference(run):
-    replayed = replayed_pairs(run, 4, ReplayConfig(rounds=2, share=0.75), fresh=4, seed=0)
+    replayed = replayed_pairs(run.read_pairs, 4, ReplayConfig(rounds=2, share=0.75), fresh=4, seed=0)
     assert len(replayed) == 3 and len({p.prompt_id for p in replayed}) == 3  # no pair twice
     assert all(p.prompt_id.startswith(("r2-", "r3-")) for p in replayed)  # round 1 is too old
     originals = {p.prompt_id: p for n in (2, 3) for p in run.read_pairs(n)}
@@ -59,20 +59,20 @@ def test_a_round_replays_a_share_of_the_last_rounds_pairs_against_its_own_refere
 
 def test_the_draw_is_the_round_s_own_so_a_resumed_run_replays_the_same_pairs(run):
     config = ReplayConfig(rounds=3, share=0.5)
-    draw = [p.prompt_id for p in replayed_pairs(run, 4, config, fresh=6, seed=7)]
-    assert draw == [p.prompt_id for p in replayed_pairs(run, 4, config, fresh=6, seed=7)]
-    assert draw != [p.prompt_id for p in replayed_pairs(run, 4, config, fresh=6, seed=8)]
+    draw = [p.prompt_id for p in replayed_pairs(run.read_pairs, 4, config, fresh=6, seed=7)]
+    assert draw == [p.prompt_id for p in replayed_pairs(run.read_pairs, 4, config, fresh=6, seed=7)]
+    assert draw != [p.prompt_id for p in replayed_pairs(run.read_pairs, 4, config, fresh=6, seed=8)]
 
 
 def test_nothing_is_replayed_when_off_before_round_two_or_without_pairs_of_the_round(run):
-    assert replayed_pairs(run, 4, ReplayConfig(rounds=0), fresh=4, seed=0) == []
-    assert replayed_pairs(run, 1, ReplayConfig(rounds=2), fresh=4, seed=0) == []
-    assert replayed_pairs(run, 4, ReplayConfig(rounds=2), fresh=0, seed=0) == []
+    assert replayed_pairs(run.read_pairs, 4, ReplayConfig(rounds=0), fresh=4, seed=0) == []
+    assert replayed_pairs(run.read_pairs, 1, ReplayConfig(rounds=2), fresh=4, seed=0) == []
+    assert replayed_pairs(run.read_pairs, 4, ReplayConfig(rounds=2), fresh=0, seed=0) == []
     # more asked for than the rounds hold: all of them, once each
-    assert len(replayed_pairs(run, 3, ReplayConfig(rounds=1, share=4.0), fresh=4, seed=0)) == 4
+    assert len(replayed_pairs(run.read_pairs, 3, ReplayConfig(rounds=1, share=4.0), fresh=4, seed=0)) == 4
 
 
 def test_a_damaged_pairs_file_stops_with_a_message_naming_it(run):
     (run.path / "rounds/0003/pairs.jsonl").write_text('{"prompt_id": "x"}\n')
     with pytest.raises(OnpolicyError, match=r"rounds/0003/pairs.jsonl holds a line that is not a pair"):
-        replayed_pairs(run, 4, ReplayConfig(rounds=1), fresh=4, seed=0)
+        replayed_pairs(run.read_pairs, 4, ReplayConfig(rounds=1), fresh=4, seed=0)

@@ -36,9 +36,9 @@ from onpolicy.config.sections import (
     Section,
     TrainConfig,
     WandbConfig,
+    is_template_text,
 )
 from onpolicy.errors import ConfigError
-from onpolicy.templates import is_template_text
 
 
 class Config(Section):

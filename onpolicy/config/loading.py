@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from onpolicy.config.sections import is_template_text
 from onpolicy.errors import ConfigError
 from onpolicy.jsonable import lone_surrogate
-from onpolicy.templates import is_template_text
 from onpolicy.untrusted import parse_yaml
 from reward import Needs, RewardConfigError, reward_needs
 

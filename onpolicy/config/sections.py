@@ -18,6 +18,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
+def is_template_text(value: str) -> bool:
+    """Whether `model.chat_template` holds the template itself (Jinja tags), not the path of a file holding it."""
+    return "{%" in value or "{{" in value
+
+
 class ModelConfig(Section):
     path: str | None = Field(
         None,
