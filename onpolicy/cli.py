@@ -5,6 +5,7 @@
     onpolicy config [CONFIG] [key.path=value ...] [--docs]      print the resolved config, or every key's docs
     onpolicy prepare-model [--cache-dir DIR]                   convert the embedded model once, ahead of runs
     onpolicy train-reward-model PREFERENCES OUT [--base DIR]   train a reward model on preference pairs (TRL)
+    onpolicy export pairs|samples RUN_DIR OUT [--rounds A-B]   a run's pairs or samples as a TRL-format dataset
 
 User errors (config, files, rewards) print one line and exit with code 2, without a traceback. A run stopped by
 SIGINT/SIGTERM exits with 128 + the signal's number (130, 143) after saying how to resume it.
@@ -165,6 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--metrics", help="comma-separated metrics to draw (a trailing * takes a namespace, e.g. eval/*)"
     )
 
+    exported = sub.add_parser(
+        "export",
+        help="a run's pairs or scored samples as a dataset for TRL (DPO, reward models) or the HF hub",
+        description="Write the pairs (TRL's conversational preference format: prompt, chosen, rejected, with their "
+        "rewards, round, prompt_id and which side is an edit) or every scored sample (prompt, completion, reward) "
+        "of RUN_DIR's complete rounds to OUT. The run directory is only read: a job may be running in it.",
+    )
+    exported.add_argument("kind", choices=("pairs", "samples"))
+    exported.add_argument("run_dir", type=pathlib.Path, metavar="RUN_DIR")
+    exported.add_argument("out", type=pathlib.Path, metavar="OUT")
+    exported.add_argument(
+        "--rounds", metavar="A-B", help="rounds to export: A-B, A (one round) or A- (from A on); default: all complete"
+    )
+    exported.add_argument(
+        "--format",
+        help="datasets (a folder for datasets.load_from_disk), parquet or jsonl (default: from OUT's suffix, "
+        ".parquet or .jsonl, else datasets)",
+    )
+    exported.add_argument("--overwrite", action="store_true", help="replace OUT, an earlier export")
+
     label = sub.add_parser(
         "label",
         help="label a round's groups in Label Studio: export them as tasks, import the annotations back",
@@ -212,6 +233,8 @@ def _main(argv: list[str] | None) -> int:
             return _train_reward_model(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "export":
+            return _export(args)
         if args.command == "sweep":
             return _sweep(args)
         if args.command == "label":
@@ -384,6 +407,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from onpolicy.run.stopping import Stopped
     from onpolicy.run.sweep import parse_grid, plan, run_sweep, write_wandb_sweep
 
     grid = parse_grid(args.grid)
@@ -397,7 +421,15 @@ def _sweep(args: argparse.Namespace) -> int:
         for run in runs:
             print(f"{run.run_dir}: {' '.join(run.overrides)}")
         return 0
-    failed = run_sweep(args.config, runs, echo=lambda line: print(line, flush=True))
+    try:
+        failed = run_sweep(args.config, runs, echo=lambda line: print(line, flush=True))
+    except Stopped as stop:
+        print(
+            f"onpolicy: sweep stopped by {stop}; run the same command again to resume it: finished runs are skipped, "
+            "the stopped one continues from its last complete round",
+            file=sys.stderr,
+        )
+        return stop.exit_code
     if failed:
         raise OnpolicyError(f"{len(failed)} of {len(runs)} runs failed: {', '.join(str(r.run_dir) for r in failed)}")
     print(f"sweep done: {len(runs)} runs in {out}; draw them with: onpolicy report {out}/* --out {out}-report")
@@ -410,6 +442,13 @@ def _report(args: argparse.Namespace) -> int:
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else DEFAULT_METRICS
     written = report(args.runs, args.out, metrics)
     print(f"{len(args.runs)} run(s) -> {args.out}: {', '.join(written)}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from onpolicy.run.export import export
+
+    print(export(args.kind, args.run_dir, args.out, args.rounds, args.format, args.overwrite).describe())
     return 0
 
 

@@ -142,6 +142,25 @@ def test_samples_and_pairs_of_each_round_are_on_disk(finished_run):
             assert pair["rejected_reward"] == min(by_prompt[pair["prompt_id"]])
 
 
+def test_a_finished_run_exports_as_trl_datasets(finished_run, tmp_path):
+    """`onpolicy export` on the run directory a real job wrote (tests/test_export.py: every case, on hand-written
+    ones, and TRL training on an export)."""
+    import datasets
+
+    from onpolicy.run.export import export
+
+    run_dir, _ = finished_run
+    rounds = read_jsonl(run_dir / "rounds.jsonl")
+    assert export("pairs", run_dir, tmp_path / "pairs").rows == sum(r["pairs/kept"] for r in rounds)
+    pairs = datasets.load_from_disk(str(tmp_path / "pairs"))
+    assert {"prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "round"} <= set(pairs.column_names)
+    assert pairs[0]["prompt"][-1]["role"] == "user" and pairs[0]["chosen"][0]["role"] == "assistant"
+    export("samples", run_dir, tmp_path / "samples.parquet")
+    samples = datasets.Dataset.from_parquet(str(tmp_path / "samples.parquet"))
+    assert len(samples) == 32 and sorted(set(samples["group"])) == [0, 1, 2, 3]
+    assert all(row["prompt"][-1]["role"] == "user" for row in samples)
+
+
 def test_final_policy_is_an_ordinary_hf_folder_and_the_last_checkpoint(finished_run, tiny_model_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

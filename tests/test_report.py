@@ -59,6 +59,19 @@ def test_runs_become_variants_with_seed_bands_plots_and_a_summary(tmp_path, caps
     assert (runs[2] / "rounds.jsonl").read_text().endswith('"reward/me')
 
 
+def test_seeds_of_one_setting_are_one_variant_tabulated_at_the_last_round_all_of_them_have(tmp_path):
+    """A sweep stopped (or reported) midway: its first grid point's seeds, one a round behind the other."""
+    runs = [_run(tmp_path, "s0", 0.1, 0, [0.2, 0.4, 0.6]), _run(tmp_path, "s1", 0.1, 1, [0.4, 0.6])]
+    assert main(["report", *map(str, runs), "--out", str(tmp_path / "report")]) == 0
+    data = json.loads((tmp_path / "report/report.json").read_text())
+    assert data["variants"] == {"all runs": list(map(str, runs))}
+    assert data["metrics"]["reward/mean"]["all runs"]["rounds"] == [1, 2]
+    summary = (tmp_path / "report/summary.md").read_text()
+    assert "| all runs | 2 | 2 | 2.1 | 0.5 ± 0.1 | 0.25 ± 0.05 | 60 ± 0 |" in summary, summary
+    assert main(["report", str(runs[0]), "--out", str(tmp_path / "alone")]) == 0
+    assert list(json.loads((tmp_path / "alone/report.json").read_text())["variants"]) == ["s0"]
+
+
 def test_a_folder_without_a_run_or_metrics_nobody_logged_is_a_clear_error(tmp_path, capsys):
     assert main(["report", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
     assert "holds no run" in capsys.readouterr().err

@@ -16,7 +16,7 @@ import yaml
 
 from onpolicy.cli import main
 from onpolicy.run.wandb_offline import offline_history
-from tests.helpers import ROOT, read_jsonl
+from tests.helpers import ROOT, read_jsonl, wait_for_phase
 
 pytestmark = pytest.mark.slow
 
@@ -65,21 +65,6 @@ def _start(config_file, run_dir, **kwargs):
         cwd=ROOT,
         **kwargs,
     )
-
-
-def _wait_for_phase(process, run_dir, round_number, phase, timeout=300):
-    """Poll status.json until the job is in `phase` of `round_number`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        try:
-            status = json.loads((run_dir / "status.json").read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            status = {}
-        if status.get("round") == round_number and status.get("phase") == phase:
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"never reached round {round_number} {phase}")
 
 
 def _assert_every_round_once(run_dir, rounds):
@@ -138,12 +123,12 @@ def test_sigkill_in_generation_then_in_training_loses_only_the_round_in_flight(t
     )
     config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
     job = _start(config_file, run_dir)
-    _wait_for_phase(job, run_dir, 2, "generate")
+    wait_for_phase(job, run_dir, 2, "generate")
     job.kill()
     job.wait()
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1]
     job = _start(config_file, run_dir)
-    _wait_for_phase(job, run_dir, 3, "train")
+    wait_for_phase(job, run_dir, 3, "train")
     job.kill()
     job.wait()
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0, 1, 2]
@@ -172,7 +157,7 @@ def test_sigint_twice_aborts_sigterm_stops_at_a_safe_point_and_the_run_resumes_a
     config = _config(tiny_model_path, train={"num_epochs": 20, "batch_size": 1, "max_length": 256})
     config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
     job = _start(config_file, run_dir)
-    _wait_for_phase(job, run_dir, 1, "train")
+    wait_for_phase(job, run_dir, 1, "train")
     job.send_signal(signal.SIGINT)
     time.sleep(0.05)
     job.send_signal(signal.SIGINT)
@@ -183,7 +168,7 @@ def test_sigint_twice_aborts_sigterm_stops_at_a_safe_point_and_the_run_resumes_a
     assert [r["round"] for r in read_jsonl(run_dir / "rounds.jsonl")] == [0]
 
     job = _start(config_file, run_dir)  # resumes after round 0
-    _wait_for_phase(job, run_dir, 2, "train")
+    wait_for_phase(job, run_dir, 2, "train")
     # another job on the same run directory while this one trains (in this process: it must start at once)
     assert main(["run", str(config_file), "--run-dir", str(run_dir)]) == 2
     assert f"is in use by another job (pid {job.pid} on this machine, since " in capsys.readouterr().err
@@ -206,7 +191,7 @@ def test_a_disk_that_fills_up_while_checkpointing_stops_cleanly_and_resumes(tiny
     config = _config(tiny_model_path, rounds=2, train={"num_epochs": 10, "batch_size": 1, "max_length": 256})
     config_file, run_dir = _write(config, tmp_path), tmp_path / "run"
     job = _start(config_file, run_dir, preexec_fn=_ignore_file_size_signal)
-    _wait_for_phase(job, run_dir, 1, "train")
+    wait_for_phase(job, run_dir, 1, "train")
     # From now on no file of the job may grow past 1 MB: the ~1.7 MB checkpoint after this round cannot be written.
     resource.prlimit(job.pid, resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))
     _, stderr = job.communicate(timeout=300)

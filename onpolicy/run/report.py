@@ -4,7 +4,8 @@ The runs are grouped into variants by the settings that differ between them (the
 `checkpoint.*`, `rounds` and the run's paths aside): runs that differ only by seed are one variant, drawn as its
 mean with a band from the lowest to the highest seed. For each metric a PNG holds two panels, the metric
 against the round and against wall-clock minutes (the rounds' `perf/round_total_s` added up). `summary.md` and
-`summary.html` hold one row per variant with the last round's values; `report.json` holds every number drawn.
+`summary.html` hold one row per variant with the values of the last round all its seeds have; `report.json`
+holds every number drawn.
 
 Run directories are only read: a job may still be writing one (a torn last line of its `rounds.jsonl` is left
 alone and not drawn).
@@ -72,16 +73,19 @@ def load_run(path: pathlib.Path) -> Run:
 
 
 def variants(runs: Sequence[Run]) -> dict[str, list[Run]]:
-    """The runs grouped by the settings that tell them apart, each group named by those settings."""
+    """The runs grouped by the settings that tell them apart, each group named by those settings. Runs that no
+    such setting tells apart (the seeds of one grid point) are one variant, named by its folder when it is a lone
+    run."""
     differing = sorted(
         key
         for key in {k for run in runs for k in run.settings}
         if not key.startswith(_NOT_A_VARIANT) and len({repr(run.settings.get(key)) for run in runs}) > 1
     )
+    if not differing:
+        return {runs[0].path.name if len(runs) == 1 else "all runs": list(runs)}
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        label = ", ".join(f"{key}={run.settings.get(key)}" for key in differing) or run.path.name
-        groups.setdefault(label, []).append(run)
+        groups.setdefault(", ".join(f"{key}={run.settings.get(key)}" for key in differing), []).append(run)
     return groups
 
 
@@ -175,9 +179,11 @@ def _summary_rows(groups: Mapping[str, Sequence[Run]], metrics: Sequence[str]) -
     header = ["variant", "seeds", "rounds", "minutes", *metrics]
     rows = [header]
     for label, runs in groups.items():
-        last = [run.rounds[-1] for run in runs if run.rounds]
-        minutes = statistics.fmean(sum(map(_minutes, run.rounds)) for run in runs)
-        cells = [label, str(len(runs)), str(max((r["round"] for r in last), default=0)), f"{minutes:.1f}"]
+        # the last round every seed has (as the curves end): seeds of a sweep still running may be rounds apart
+        shared = min((int(run.rounds[-1]["round"]) for run in runs if run.rounds), default=0)
+        last = [record for run in runs for record in run.rounds if record["round"] == shared]
+        minutes = statistics.fmean(sum(_minutes(r) for r in run.rounds if r["round"] <= shared) for run in runs)
+        cells = [label, str(len(runs)), str(shared), f"{minutes:.1f}"]
         for metric in metrics:
             values = [r[metric] for r in last if isinstance(r.get(metric), (int, float))]
             cells.append(_number(statistics.fmean(values), values) if values else "")
@@ -191,7 +197,7 @@ def _number(mean: float, values: Sequence[float]) -> str:
 
 
 def _markdown(rows: Sequence[Sequence[str]], images: Iterable[str]) -> str:
-    lines = ["# Runs", "", "Last round of each variant (mean ± standard deviation over its seeds).", ""]
+    lines = ["# Runs", "", "The last round all seeds of a variant have (mean ± standard deviation over them).", ""]
     lines += ["| " + " | ".join(rows[0]) + " |", "|" + " --- |" * len(rows[0])]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows[1:]]
     lines += ["", *(f"![{image}]({image})" for image in images), ""]

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
+from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
@@ -32,14 +34,11 @@ class GracefulStop:
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> GracefulStop:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
+        self._previous = _take_signals(self._handle)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+        _give_back(self._previous)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.signum = signum
@@ -60,6 +59,65 @@ class GracefulStop:
         """Raise `Stopped` if a stop was asked for: call it at safe points."""
         if self.signum is not None:
             raise Stopped(self.signum)
+
+
+class PassedOn:
+    """Runs commands one at a time (the runs of a sweep), passing each SIGINT and SIGTERM this process gets on to
+    the one in flight: there the first stops it at its next safe point and a second aborts it, as for a job of
+    its own. The command runs in a session of its own, so that a terminal's Ctrl-C reaches it once (through here),
+    not twice. Once a stop was asked for, `check` raises `Stopped`: call it before starting the next command."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._process: subprocess.Popen | None = None
+        self._passed = False  # the stop reached the command in flight
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> PassedOn:
+        self._previous = _take_signals(self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _give_back(self._previous)
+
+    def run(self, command: Sequence[str]) -> int:
+        """Run `command` to its end; its exit code."""
+        self._passed = False
+        self._process = process = subprocess.Popen(command, start_new_session=True)
+        try:
+            if self.signum is not None and not self._passed:  # it came while the command was starting
+                process.send_signal(self.signum)
+            return process.wait()
+        finally:
+            self._process = None
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is None:
+            self.signum = signum
+            _write_now(
+                f"onpolicy: {signal.Signals(signum).name} received: stopping after the run in flight stops at its "
+                "next safe point (send it again to abort that run now; completed rounds are kept either way)"
+            )
+        if self._process is not None:
+            self._process.send_signal(signum)  # nothing when it has ended already
+            self._passed = True
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Stopped(self.signum)
+
+
+def _take_signals(handler: Any) -> dict[int, Any]:
+    """SIGINT and SIGTERM to `handler` (only the main thread may set them; elsewhere they stay); the handlers they
+    had, for `_give_back`."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _give_back(previous: dict[int, Any]) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def _write_now(line: str) -> None:

@@ -17,7 +17,6 @@ import hashlib
 import itertools
 import pathlib
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,6 +26,7 @@ import yaml
 from onpolicy.config import load_config
 from onpolicy.config.loading import parse_override
 from onpolicy.errors import OnpolicyError
+from onpolicy.run.stopping import PassedOn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +69,24 @@ def plan(
 
 
 def run_sweep(config: str, runs: Sequence[SweepRun], echo: Callable[[str], None] = print) -> list[SweepRun]:
-    """Run each planned run in a fresh process, one after another; returns those that failed."""
+    """Run each planned run in a fresh process, one after another; returns those that failed. A SIGINT or SIGTERM
+    goes on to the run in flight, which stops at its next safe point (`onpolicy.run.stopping`); the sweep waits for
+    it and then raises `Stopped`, starting no other run (a sweep that died at once would leave its run going on
+    alone, holding the run directory that resuming the sweep needs)."""
     failed = []
-    for i, run in enumerate(runs, start=1):
-        echo(f"sweep {i}/{len(runs)}: {' '.join(run.overrides)} -> {run.run_dir}")
-        command = [sys.executable, "-m", "onpolicy.cli", "run", config, *run.overrides, "--run-dir", str(run.run_dir)]
-        done = subprocess.run(command)
-        if done.returncode != 0:
-            echo(f"sweep {i}/{len(runs)}: failed (exit code {done.returncode}); the sweep goes on")
-            failed.append(run)
+    with PassedOn() as runner:
+        for i, run in enumerate(runs, start=1):
+            runner.check()
+            echo(f"sweep {i}/{len(runs)}: {' '.join(run.overrides)} -> {run.run_dir}")
+            command = [sys.executable, "-m", "onpolicy.cli", "run", config, *run.overrides, "--run-dir",
+                       str(run.run_dir)]  # fmt: skip
+            returncode = runner.run(command)
+            if runner.signum is not None:
+                echo(f"sweep {i}/{len(runs)}: stopped (exit code {returncode})")
+            elif returncode != 0:
+                echo(f"sweep {i}/{len(runs)}: failed (exit code {returncode}); the sweep goes on")
+                failed.append(run)
+        runner.check()
     return failed
 
 
