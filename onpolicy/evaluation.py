@@ -142,9 +142,11 @@ class Evaluator:
         self.reward.take_stats()
         return results
 
-    def sample(self, generator: Generator, num_samples: int) -> list[SampleGroup]:
+    def sample(
+        self, generator: Generator, num_samples: int, progress: PhaseProgress | None = None
+    ) -> list[SampleGroup]:
         """`num_samples` samples per eval prompt from the generator's current policy, as long as the answers."""
-        return generator.sample(self.records, num_samples, self.max_new_tokens)
+        return generator.sample(self.records, num_samples, self.max_new_tokens, progress)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -178,7 +178,9 @@ class Evaluation(Protocol):
         """The initial policy's answers, from round 0's rows (a resumed job's)."""
         ...
 
-    def sample(self, generator: Generator, num_samples: int) -> list[SampleGroup]:
+    def sample(
+        self, generator: Generator, num_samples: int, progress: PhaseProgress | None = None
+    ) -> list[SampleGroup]:
         """`num_samples` samples per eval prompt from the current policy (for the KL estimate)."""
         ...
 

@@ -81,7 +81,7 @@ def run_round(n: int, job: Job) -> RoundRecord:
             yield progress
 
     prompts = prompts_for_round(parts.inputs.prompts, n - 1, config.prompts.per_round)
-    with stage("generate", len(prompts), "prompts") as progress:
+    with stage("generate", len(prompts) * config.generation.num_samples, "samples") as progress:
         groups, too_long = generator.generate(prompts, progress)
     with stage("score", len(groups), "groups") as progress:
         scored, excluded, warnings = score_round(reward, groups, _round_context(n, job), progress)
@@ -305,15 +305,16 @@ def _evaluate(job: Job, round_number: int) -> tuple[dict[str, float], Table]:
     start = time.perf_counter()
     evaluator = job.parts.inputs.evaluator
     assert evaluator is not None
-    with job.progress.phase(round_number, "evaluate", len(evaluator.records), "prompts") as progress:
+    samples = job.config.eval.kl_samples if round_number >= 1 else 0  # round 0: the policy is the reference
+    total = len(evaluator.records) * (1 + samples)  # each prompt's answer, then its samples for the KL
+    with job.progress.phase(round_number, "evaluate", total, "samples") as progress:
         results, rows = evaluator.run(job.parts.generator, progress, initial=round_number == 0)
-    rows = job.run.write_eval(round_number, rows)
-    samples = job.config.eval.kl_samples
-    if samples and round_number >= 1:  # round 0: the policy is the initial one and the reference
         began = time.perf_counter()
-        groups = evaluator.sample(job.parts.generator, samples)
+        groups = evaluator.sample(job.parts.generator, samples, progress) if samples else []
+    if samples:
         results.update(job.parts.updater.kl_from_samples(groups))
         results["perf/eval_kl_s"] = time.perf_counter() - began
+    rows = job.run.write_eval(round_number, rows)
     return {**results, "perf/eval_s": time.perf_counter() - start}, m.eval_table(rows)
 
 

@@ -10,10 +10,13 @@ urllib's defaults do not fit a request that carries a key in its `Authorization`
   long as it likes, and nothing bounds an answer's size: here a request has a total deadline (connecting,
   sending and reading), and its answer a cap on the bytes that come over the wire, headers included (nothing
   is decompressed: no compression is asked for, and an answer compressed anyway is refused).
+
+An answer read line by line as it comes (`fetch_lines`: a stream of events) keeps to the same deadline and cap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import http.client
@@ -24,6 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -43,6 +47,26 @@ def fetch(
     """The body of the answer to a GET of `url` (a POST of the JSON `body`, when given), sent with `api_key` as
     bearer token, within `deadline_s` seconds in all and `max_bytes` received. A status other than 2xx raises
     `HTTPStatusError`; no connection, and no (HTTP) answer in time, or one too large or compressed, `OSError`."""
+    with _answer(url, body, api_key, deadline_s, max_bytes) as answer:
+        return answer.read()
+
+
+def fetch_lines(
+    url: str, body: bytes | None = None, api_key: str | None = None, *, deadline_s: float, max_bytes: int
+) -> Iterator[bytes]:
+    """The lines of the answer `fetch` would return (newline included), each as soon as it has arrived: for an
+    answer that comes as a stream of events (a vLLM server's `"stream": true`). The deadline and the byte cap
+    hold for the whole stream, and so do `fetch`'s errors, raised where the stream fails."""
+    with _answer(url, body, api_key, deadline_s, max_bytes) as answer:
+        yield from answer
+
+
+@contextlib.contextmanager
+def _answer(
+    url: str, body: bytes | None, api_key: str | None, deadline_s: float, max_bytes: int
+) -> Iterator[http.client.HTTPResponse]:
+    """The answer to `url` (as `fetch` describes), open for reading while the block runs; what goes wrong while
+    it is read there is raised as `fetch` raises it."""
     headers = {"Accept-Encoding": "identity"}
     if body is not None:
         headers["Content-Type"] = "application/json"
@@ -60,7 +84,7 @@ def fetch(
             encoding = answer.headers.get("Content-Encoding", "identity").strip().lower()
             if encoding not in ("", "identity"):
                 raise OSError(f"the answer came compressed (Content-Encoding: {encoding}), which was not asked for")
-            return answer.read()
+            yield answer
     except urllib.error.HTTPError as exc:
         with exc:
             if 300 <= exc.code < 400:

@@ -316,3 +316,32 @@ def check_stop_token_ends_greedy_answer(generator: Any, prompt_ids: list[int]) -
     [[stopped]] = generator._sample_ids([prompt_ids], vllm_sampling(stopping, 1, 8), None)
     assert stopped.token_ids == free.token_ids[: free.token_ids.index(stop) + 1]
     assert stopped.finish_reason == "stop"
+
+
+class SampleCounter:
+    """A phase's counter (`onpolicy.interfaces.PhaseProgress`) that notes each advance."""
+
+    def __init__(self, total: int | None) -> None:
+        self.total = total
+        self.advances: list[int] = []
+
+    def advance(self, n: int = 1) -> None:
+        self.advances.append(n)
+
+
+def check_progress_counts_each_sample(generator: Any, records: Sequence[Any]) -> None:
+    """A generator's progress advances by one as each sample finishes (vLLM's own completion of it), and its phase
+    ends at its total: the round's (K samples per prompt) and the evaluation's (an answer, then 2 samples per
+    prompt), less the samples of a prompt too long to draw any."""
+    from onpolicy.types import PromptRecord
+
+    too_long = PromptRecord(id="long", messages=({"role": "user", "content": "word " * 300},))
+    prompts = [*records, too_long]
+    k = generator.config.num_samples
+    counter = SampleCounter(len(prompts) * k)
+    generator.generate(prompts, counter)
+    assert counter.advances == [1] * (len(records) * k) and counter.total == len(records) * k
+    counter = SampleCounter(len(prompts) * (1 + 2))
+    generator.complete(prompts, 6, counter)
+    generator.sample(prompts, 2, 6, counter)
+    assert counter.advances == [1] * (len(records) * 3) and counter.total == len(records) * 3

@@ -120,7 +120,9 @@ def test_a_bf16_engine_runs_the_rounds_with_the_trainer_s_reference_pass(bf16_en
 def test_long_phases_report_progress_in_lines_when_the_output_is_not_a_terminal(finished_run):
     _, stdout = finished_run
     for n in (1, 2):
-        assert re.search(rf"^  round {n} generate: 4/4 prompts, [\d.e+]+/s$", stdout, re.M), stdout
+        assert re.search(rf"^  round {n} generate: 16/16 samples, [\d.e+]+/s$", stdout, re.M), stdout
+        counts = [int(done) for done in re.findall(rf"^  round {n} generate: (\d+)/16 samples", stdout, re.M)]
+        assert len(counts) > 4 and counts == sorted(counts), stdout  # a line per finished sample, not per prompt
         assert re.search(rf"^  round {n} score: 4/4 groups, ", stdout, re.M), stdout
         assert re.search(rf"^  round {n} train: (\d+)/\1 steps, ", stdout, re.M), stdout
 

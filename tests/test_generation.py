@@ -7,7 +7,7 @@ from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
 from onpolicy.tokens import prompt_ids
 from onpolicy.types import PromptRecord
-from tests.helpers import check_stop_token_ends_greedy_answer
+from tests.helpers import check_progress_counts_each_sample, check_stop_token_ends_greedy_answer
 
 
 def _record(i: int, text: str) -> PromptRecord:
@@ -57,14 +57,17 @@ def test_every_sampling_setting_reaches_the_engine_s_sampling_params(generator, 
     sent = []
     generate = generator.llm.generate
     monkeypatch.setattr(
-        generator.llm, "generate", lambda prompts, params, **kw: sent.append(params) or generate(prompts, params, **kw)
+        generator.llm,
+        "generate",
+        lambda prompts, params, **kw: sent.append((len(prompts), params)) or generate(prompts, params, **kw),
     )
     monkeypatch.setattr(generator, "config", generator.config.model_copy(update=settings))
     generator.generate([_record(0, "Hi")])
     generator.complete([_record(0, "Hi")], 5)
-    (sampled, answered) = sent
+    ((requests, sampled), (_, answered)) = sent
     assert {name: getattr(sampled, name) for name in settings} == settings
-    assert (sampled.n, sampled.max_tokens, sampled.logprobs) == (4, 12, 0)
+    # the prompt's 4 samples as 4 requests of one (each counts as it finishes)
+    assert (requests, sampled.n, sampled.max_tokens, sampled.logprobs) == (4, 1, 12, 0)
     # greedy: vLLM resets the settings that only narrow what is sampled from (top-k, top-p, min-p)
     assert {name: getattr(answered, name) for name in settings} == {
         **settings,
@@ -75,6 +78,10 @@ def test_every_sampling_setting_reaches_the_engine_s_sampling_params(generator, 
     }
     assert (answered.n, answered.max_tokens, answered.logprobs) == (1, 5, None)
     check_stop_token_ends_greedy_answer(generator, prompt_ids(generator.tokenizer, _record(0, "Who are you?").messages))
+
+
+def test_progress_counts_each_sample_as_the_engine_finishes_it(generator):
+    check_progress_counts_each_sample(generator, [_record(0, "Who are you?"), _record(1, "Hi")])
 
 
 def test_prompts_too_long_for_the_engine_are_set_apart(generator):

@@ -10,12 +10,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
 from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
-from reward.keyed_http import HTTPStatusError, fetch
+from onpolicy.types import Sample
+from reward.keyed_http import HTTPStatusError, fetch, fetch_lines
 from reward.reward_model_engines import ServerEngine
 from reward.servers import Server
 
@@ -194,34 +196,90 @@ def test_a_status_error_keeps_its_code_and_the_start_of_its_body():
     assert error.value.code == 503
 
 
-def completions(prompts: int, n: int, padding: int = 0):
-    choice = {"text": "hi", "token_ids": [5], "finish_reason": "stop", "logprobs": {"token_logprobs": [-0.5]}}
-    body = {"choices": [{**choice, "index": i} for i in range(prompts * n)], "padding": " " * padding}
-    return json.dumps(body).encode()
+def stream(*events: dict, padding: int = 0) -> bytes:
+    """A streamed answer (server-sent events, as vLLM sends them) of `events`, a comment of `padding` bytes, and
+    the closing `[DONE]`."""
+    lines = [f"data: {json.dumps(event)}\n\n" for event in events]
+    return ("".join(lines) + (f":{' ' * padding}\n\n" if padding else "") + "data: [DONE]\n\n").encode()
+
+
+def delta(index: int, text: str, token: int, finish: str | None = None) -> dict:
+    choice = {"index": index, "text": text, "token_ids": [token], "logprobs": {"token_logprobs": [-0.5]}}
+    return {"choices": [{**choice, "finish_reason": finish}]}
+
+
+def completions(prompts: int, n: int, padding: int = 0) -> bytes:
+    """Each of the `prompts` x `n` choices in two deltas: "h" (token 5), then "i" (token 6) and its finish."""
+    choices = range(prompts * n)
+    return stream(*(delta(i, "h", 5) for i in choices), *(delta(i, "i", 6, "stop") for i in choices), padding=padding)
 
 
 SAMPLING = {"n": 2, "max_tokens": 4, "temperature": 1.0}
 
 
-def test_a_sampling_answer_is_capped_by_the_tokens_asked_for(tmp_path):
-    """Two prompts of 3 tokens, 2 samples of at most 4 tokens each: 28 tokens, so 28 KiB and 1 MiB of slack."""
+def test_a_streamed_sampling_answer_is_joined_into_samples_and_capped_by_the_tokens_asked_for(tmp_path):
+    """Two prompts of 3 tokens, 2 samples of at most 4 tokens each: 28 tokens, so 28 times 1030 bytes (1024 and
+    the model name's 6) and 1 MiB of slack."""
     with toy_server(models_then(answer(completions(2, 2)))) as (url, _):
-        choices = generator(url, tmp_path)._complete([[1, 2, 3], [4, 5, 6]], SAMPLING)
-        assert [len(c) for c in choices] == [2, 2]
+        samples = generator(url, tmp_path)._sample_ids([[1, 2, 3], [4, 5, 6]], SAMPLING, None)
+    assert samples == [[Sample("hi", (5, 6), (-0.5, -0.5), "stop")] * 2] * 2
     with toy_server(models_then(answer(completions(2, 2, padding=1024**2 + 30 * 1024)))) as (url, _):
-        with pytest.raises(OnpolicyError, match=r"failed on /v1/completions: the answer ran over 1077248 bytes"):
-            generator(url, tmp_path)._complete([[1, 2, 3], [4, 5, 6]], SAMPLING)
+        with pytest.raises(OnpolicyError, match=r"failed on /v1/completions: the answer ran over 1077416 bytes"):
+            generator(url, tmp_path)._sample_ids([[1, 2, 3], [4, 5, 6]], SAMPLING, None)
 
 
 @pytest.mark.parametrize(
-    "body",
-    [b'{"choices": 5}', completions(1, 2), b'{"choices": [{"index": 0}, {"index": 1}, {"index": 2}, {"index": 3}]}'],
-    ids=["choices not a list", "too few choices", "choices without text"],
-)
-def test_a_sampling_answer_without_its_choices_fails_naming_the_server(body, tmp_path):
+    ("body", "reason"),
+    [
+        (b'{"choices": []}', r"ended its stream of /v1/completions before \[DONE\]"),
+        (completions(1, 2), r"ended its stream of /v1/completions with 2 choices unfinished"),
+        (stream({"choices": [{"index": 0}]}), r"streamed /v1/completions without the 4 choices asked for"),
+        (stream(delta(4, "x", 1)), r"streamed /v1/completions without the 4 choices asked for"),
+        (stream({"choices": 5}), r"streamed /v1/completions without the 4 choices asked for"),
+        (stream({"error": {"message": "Internal server error", "code": 500}}), r"failed while streaming.*: Internal"),
+        (stream(delta(0, "x", 1, "abort")), r"aborted a request \(it is shutting down or out of memory\)"),
+    ],
+    ids=["a whole answer", "too few choices", "choices without text", "an index out of range", "choices not a list",
+         "an error event", "an aborted choice"],
+)  # fmt: skip
+def test_a_streamed_sampling_answer_without_its_samples_fails_naming_the_server(body, reason, tmp_path):
     with toy_server(models_then(answer(body))) as (url, _):
-        with pytest.raises(OnpolicyError, match=rf"the vLLM server at {url} answered /v1/completions without the 4"):
-            generator(url, tmp_path)._complete([[1, 2, 3], [4, 5, 6]], SAMPLING)
+        with pytest.raises(OnpolicyError, match=rf"^the vLLM server at {url} {reason}"):
+            generator(url, tmp_path)._sample_ids([[1, 2, 3], [4, 5, 6]], SAMPLING, None)
+
+
+def chunked(*parts: bytes, between: Callable[[int], None]) -> Callable:
+    """An answer in chunked transfer encoding (as vLLM streams), its status line and headers included, that calls
+    `between(i)` before sending part i."""
+
+    def reply(handler):
+        handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for i, part in enumerate(parts):
+            between(i)
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+            handler.wfile.flush()
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.close_connection = True
+
+    return reply
+
+
+def test_each_line_of_a_stream_comes_as_soon_as_it_has_arrived_and_the_stream_keeps_the_deadline():
+    read = threading.Event()
+    lines = []
+    with toy_server(chunked(b"data: 1\n\n", b"data: 2\n", between=lambda i: i and read.wait(5))) as (url, _):
+        for line in fetch_lines(url, b"{}", KEY, deadline_s=10, max_bytes=1000):
+            lines.append(line)
+            read.set()  # the second part is sent only once the first line was read
+    assert lines == [b"data: 1\n", b"\n", b"data: 2\n"]
+    endless = chunked(*[b"data: {}\n\n"] * 100, between=lambda i: time.sleep(0.1))
+    with toy_server(endless) as (url, _):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match=r"no complete answer within 0.5 s"):
+            list(fetch_lines(url, deadline_s=0.5, max_bytes=100_000))
+        assert time.monotonic() - started < 2
+        with pytest.raises(OSError, match=r"the answer ran over 300 bytes"):
+            list(fetch_lines(url, deadline_s=5, max_bytes=300))
 
 
 def test_a_server_is_not_started_on_a_port_where_something_answers(tmp_path, monkeypatch):

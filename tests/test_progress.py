@@ -42,16 +42,17 @@ def test_lines_are_spaced_by_the_interval_and_a_terminal_gets_a_bar_instead(tmp_
     assert json.loads((tmp_path / "status.json").read_text())["done"] == 2
 
 
-def test_vllm_s_bar_hook_counts_finished_requests_and_an_interval_of_0_prints_no_lines(tmp_path):
+def test_vllm_s_bar_hook_counts_the_samples_of_finished_requests_and_an_interval_of_0_prints_no_lines(tmp_path):
     run = RunDirectory.create(tmp_path, "")
     lines = []
-    with Progress(run, lines.append, False, 0, io.StringIO()).phase(1, "generate", 2, "prompts") as phase:
-        bar = engine_bar(phase)(total=2, desc="Processed prompts", dynamic_ncols=True, postfix="")
-        bar.update(8)  # vLLM adds a request's samples (n=8): one prompt answered
+    with Progress(run, lines.append, False, 0, io.StringIO()).phase(1, "generate", 16, "samples") as phase:
+        bar = engine_bar(phase)(total=16, desc="Processed prompts", dynamic_ncols=True, postfix="")
+        bar.update(1)  # vLLM adds a finished request's samples: one
+        bar.update(8)  # (a request of n=8 would count 8)
         assert bar.format_dict["elapsed"] > 0
         bar.close()
         assert engine_bar(phase)([1, 2], desc="Adding requests") == [1, 2]  # passed through, not counted
-    assert phase.done == 1 and bar.n == 8
+    assert phase.done == 9 and bar.n == 9
     assert engine_bar(None) is False
     assert lines == []  # progress_every_s: 0
 

@@ -20,7 +20,16 @@ from onpolicy.config import GenerationConfig
 from onpolicy.errors import OnpolicyError
 from onpolicy.tokens import prompt_ids
 from onpolicy.types import PromptRecord
-from tests.helpers import ROOT, check_stop_token_ends_greedy_answer, free_port, is_up, read_jsonl, run_cli, tiny_config
+from tests.helpers import (
+    ROOT,
+    check_progress_counts_each_sample,
+    check_stop_token_ends_greedy_answer,
+    free_port,
+    is_up,
+    read_jsonl,
+    run_cli,
+    tiny_config,
+)
 
 pytestmark = pytest.mark.slow
 PROMPTS = ["Who are you?", "What is your name?", "Tell me a story."]
@@ -110,8 +119,10 @@ def test_every_sampling_setting_reaches_the_server_in_the_request_body(generator
     settings = dict(top_k=3, min_p=0.05, repetition_penalty=1.3, presence_penalty=0.5, frequency_penalty=0.25)
     settings.update(stop=["zq"], stop_token_ids=[7], temperature=0.8, top_p=0.9)
     sent = []
-    post = generator._post
-    monkeypatch.setattr(generator, "_post", lambda url, path, body, *a: sent.append(body) or post(url, path, body, *a))
+    stream = generator._stream
+    monkeypatch.setattr(
+        generator, "_stream", lambda url, path, body, cap: sent.append(body) or stream(url, path, body, cap)
+    )
     monkeypatch.setattr(generator, "config", generator.config.model_copy(update=settings))
     generator.generate(RECORDS[:1])
     generator.complete(RECORDS[:1], 5)
@@ -121,6 +132,25 @@ def test_every_sampling_setting_reaches_the_server_in_the_request_body(generator
     assert {name: answered[name] for name in settings} == {**settings, "temperature": 0.0}
     assert (answered["n"], answered["max_tokens"], "logprobs" in answered) == (1, 5, False)
     check_stop_token_ends_greedy_answer(generator, prompt_ids(generator.tokenizer, RECORDS[0].messages))
+
+
+def test_each_sample_counts_as_the_server_finishes_it_and_is_the_one_a_whole_answer_holds(generator, server):
+    """Samples are streamed (each counts as its last delta comes); joined from their deltas, they are what the
+    same request answered whole holds (greedy: the same tokens either way)."""
+    from onpolicy.config.sections import Sampling
+    from onpolicy.generation.sampling import vllm_sampling
+    from onpolicy.types import Sample
+
+    check_progress_counts_each_sample(generator, RECORDS)
+    prompts = [prompt_ids(generator.tokenizer, record.messages) for record in RECORDS]
+    params = vllm_sampling(Sampling(temperature=0.0), 1, 10)
+    request = {"model": generator.model_name, "return_token_ids": True, "return_tokens_as_token_ids": True}
+    whole = generator._post(server.url, "/v1/completions", {**request, **params, "prompt": prompts})
+    expected = [
+        [Sample(c["text"], tuple(c["token_ids"]), tuple(c["logprobs"]["token_logprobs"]), c["finish_reason"])]
+        for c in sorted(whole["choices"], key=lambda choice: choice["index"])
+    ]
+    assert generator._sample_ids(prompts, params, None) == expected
 
 
 @pytest.mark.parametrize("generator", ["onpolicy_gloo", "disk"], indirect=True)

@@ -75,10 +75,17 @@ class VLLMGenerator(GroupSampling):
     def _sample_ids(
         self, prompts: list[list[int]], params: dict[str, Any], progress: PhaseProgress | None
     ) -> list[list[Sample]]:
+        """One request per sample (n=1), each prompt's `n` in a row: vLLM reports a request once all its samples are
+        done, so that `progress` advances as each sample finishes. The engine's work is the same: vLLM runs n>1 as
+        one child request per sample, and the prefix cache shares a prompt's prefill among them either way (its
+        full blocks: 128 tokens each on the CPU build)."""
         from vllm import SamplingParams
 
-        outputs = self._run(prompts, SamplingParams(**params), progress)
-        return [[_sample(completion) for completion in out.outputs] for out in outputs]
+        n = params["n"]
+        requests = [ids for ids in prompts for _ in range(n)]
+        outputs = self._run(requests, SamplingParams(**{**params, "n": 1}), progress)
+        samples = [_sample(out.outputs[0]) for out in outputs]
+        return [samples[i : i + n] for i in range(0, len(samples), n)]
 
     def rest(self) -> bool:
         """Put the engine to sleep while the trainer updates on the GPU it shares (when the layout says so); True

@@ -2,7 +2,9 @@
 evaluation's answers and samples are one sampling call each, and vLLM's sampling parameters come from the
 configured settings in one place (`vllm_sampling`), so that the engine and servers sample alike.
 
-A generator implements `_sample_ids`: each prompt's samples, given the prompts' token ids and the parameters."""
+A generator implements `_sample_ids`: each prompt's samples, given the prompts' token ids and the parameters.
+Progress counts samples as they finish; a caller's total counts every prompt's, and the samples of prompts too
+long to draw any are taken off it, so that a phase ends at its total."""
 
 from __future__ import annotations
 
@@ -41,7 +43,7 @@ class GroupSampling:
         self, prompts: list[list[int]], params: dict[str, Any], progress: PhaseProgress | None
     ) -> list[list[Sample]]:
         """Each prompt's `params["n"]` samples (`vllm_sampling`'s parameters), in the prompts' order; `progress`
-        advances as samples finish."""
+        advances by one as each sample finishes."""
         raise NotImplementedError
 
     def _groups(
@@ -55,6 +57,7 @@ class GroupSampling:
         """`num_samples` samples of at most `max_new_tokens` per prompt that fits, and the prompts that do not fit
         (refused instead with `refuse_long`)."""
         fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=refuse_long)
+        _leave_out(progress, len(too_long) * num_samples)
         if not fitting:
             return [], too_long
         params = vllm_sampling(self.config.sampling(), num_samples, max_new_tokens)
@@ -95,8 +98,15 @@ class GroupSampling:
         """One answer to each prompt (None for a prompt too long for the engine), drawn with `sampling` (default:
         greedy, with the generation's other settings), for evaluation."""
         sampling = sampling or self.config.sampling().model_copy(update={"temperature": 0.0})
-        fitting, _ = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
+        fitting, too_long = fit_prompts(records, self.tokenizer, self.config, max_new_tokens, refuse=False)
+        _leave_out(progress, len(too_long))
         params = vllm_sampling(sampling, 1, max_new_tokens, logprobs=False)
         samples = self._sample_ids([ids for _, ids in fitting], params, progress) if fitting else []
         answers = {id(record): prompt_samples[0].text for (record, _), prompt_samples in zip(fitting, samples)}
         return [answers.get(id(record)) for record in records]
+
+
+def _leave_out(progress: PhaseProgress | None, samples: int) -> None:
+    """Take `samples` that will not be drawn (their prompts are too long) off the total of `progress`, if it has one."""
+    if progress is not None and progress.total is not None:
+        progress.total -= samples

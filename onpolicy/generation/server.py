@@ -4,7 +4,8 @@ machine or others, instead of an engine inside the job.
 Requests carry the prompts' token ids (the chat template applied here, as for the in-process engine) and ask for
 each sample's token ids and log-probs (`return_token_ids`, `logprobs: 0`), so training still scores exactly the
 sampled tokens, and the engine's log-probs can stand in for the reference's. A round's prompts are spread over
-the servers, one batched request each, in parallel.
+the servers, one batched request each, in parallel, streamed back so that each sample counts as it finishes
+(`completion_stream`).
 
 Weights reach the servers after each update without a restart, by one of two routes (`generation.server.sync`):
 - transfer: through vLLM's weight-transfer API, broadcast from the job's process to every server's workers
@@ -32,7 +33,7 @@ import os
 import pathlib
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -41,20 +42,22 @@ from onpolicy.config import GenerationConfig
 from onpolicy.config.sections import ServerConfig
 from onpolicy.devices import engine_dtype
 from onpolicy.errors import ConfigError, OnpolicyError
+from onpolicy.generation.completion_stream import streamed_samples
 from onpolicy.generation.sampling import GroupSampling
 from onpolicy.generation.serving import ADAPTER_NAME
 from onpolicy.generation.transfer import WeightTransfer
 from onpolicy.generation.weight_check import check_servers, comparable, digest
 from onpolicy.interfaces import PhaseProgress
 from onpolicy.types import Sample
-from reward.keyed_http import HTTPStatusError, fetch
+from reward.keyed_http import HTTPStatusError, fetch, fetch_lines
 from reward.servers import served_model
 
 SERVED_NAME = "policy"  # the model name onpolicy's servers serve under (any name does for a server given by URL)
 ROUTE_ANSWER_BYTES = 16 * 1024**2  # of an answer to any route but sampling (a weight version, a list of checksums)
-# A sampled token's JSON (its text, id, log-prob, its `token_id:N` and offset in the log-probs) is under 200 bytes;
-# a prompt token's (its id in `prompt_token_ids`, repeated in each choice) under 10: a sampling answer may take
-# this much per token of each choice, prompt and `max_tokens`, plus ANSWER_BYTES_SLACK.
+# A sampling answer streams at worst one event per sampled token (its text, id, log-prob, `token_id:N` and offset,
+# and the event's own id and model name: 380-540 bytes measured with the model name "policy"); a prompt token (its
+# id in `prompt_token_ids`, repeated in each choice) takes under 10: a sampling answer may take this much, plus the
+# model name's length, per token of each choice, prompt and `max_tokens`, plus ANSWER_BYTES_SLACK.
 ANSWER_BYTES_PER_TOKEN = 1024
 ANSWER_BYTES_SLACK = 1024**2
 
@@ -92,7 +95,34 @@ class ServerGenerator(GroupSampling):
     def _sample_ids(
         self, prompts: list[list[int]], params: dict[str, Any], progress: PhaseProgress | None
     ) -> list[list[Sample]]:
-        return [list(map(_sample, choices)) for choices in self._complete(prompts, params, progress)]
+        """The prompts spread over the servers (one streamed request each, in parallel: a server batches all of
+        its share), after checking that every server holds the weights last synced."""
+        if not prompts:
+            return []
+        self.check_alive()
+        self._on_every_server(self._check_version)
+        shares = [list(range(i, len(prompts), len(self.urls))) for i in range(len(self.urls))]
+        n = params["n"]
+        request = {"model": self.model_name, "return_token_ids": True, "return_tokens_as_token_ids": True, **params}
+        per_token = ANSWER_BYTES_PER_TOKEN + len(self.model_name)
+        finished = progress.advance if progress is not None else lambda: None
+
+        def ask(url: str, indices: list[int]) -> list[Sample]:
+            if not indices:
+                return []
+            tokens = sum(len(prompts[i]) + params["max_tokens"] for i in indices) * n
+            body = {**request, "prompt": [prompts[i] for i in indices], "stream": True}
+            stream = self._stream(url, "/v1/completions", body, tokens * per_token + ANSWER_BYTES_SLACK)
+            with contextlib.closing(stream) as lines:  # a stream that fails is hung up at once
+                return streamed_samples(lines, len(indices) * n, finished, f"the vLLM server at {url}")
+
+        with concurrent.futures.ThreadPoolExecutor(len(self.urls)) as pool:
+            answers = list(pool.map(ask, self.urls, shares))
+        samples: list[list[Sample]] = [[] for _ in prompts]
+        for indices, answer in zip(shares, answers):
+            for position, prompt_index in enumerate(indices):  # samples come prompt-major, n per prompt
+                samples[prompt_index] = answer[position * n : (position + 1) * n]
+        return samples
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]], version: str | None = None) -> None:
         """Send the weights (HF names) to every server, which takes `version` as its weight version: through the
@@ -173,37 +203,6 @@ class ServerGenerator(GroupSampling):
         self._post(url, "/reset_prefix_cache", None)
         self._post(url, "/update_weight_version", {"new_version": version})
 
-    def _complete(
-        self, prompts: list[list[int]], body: dict[str, Any], progress: PhaseProgress | None = None
-    ) -> list[list[dict[str, Any]]]:
-        """Each prompt's choices, the prompts spread over the servers (one request each, in parallel), after
-        checking that every server holds the weights last synced; `progress` advances as each server answers."""
-        if not prompts:
-            return []
-        self.check_alive()
-        self._on_every_server(self._check_version)
-        shares = [list(range(i, len(prompts), len(self.urls))) for i in range(len(self.urls))]
-        request = {"model": self.model_name, "return_token_ids": True, "return_tokens_as_token_ids": True, **body}
-
-        def ask(url: str, indices: list[int]) -> list[dict[str, Any]]:
-            if not indices:
-                return []
-            tokens = sum(len(prompts[i]) + body["max_tokens"] for i in indices) * body["n"]
-            cap = tokens * ANSWER_BYTES_PER_TOKEN + ANSWER_BYTES_SLACK
-            answer = self._post(url, "/v1/completions", {**request, "prompt": [prompts[i] for i in indices]}, cap)
-            if progress is not None:
-                progress.advance(len(indices))
-            return _choices(answer, len(indices) * body["n"], url)
-
-        with concurrent.futures.ThreadPoolExecutor(len(self.urls)) as pool:
-            answers = list(pool.map(ask, self.urls, shares))
-        n = body["n"]
-        choices: list[list[dict[str, Any]]] = [[] for _ in prompts]
-        for indices, answer in zip(shares, answers):
-            for position, prompt_index in enumerate(indices):  # choices come prompt-major, n per prompt
-                choices[prompt_index] = answer[position * n : (position + 1) * n]
-        return choices
-
     def _check_version(self, url: str) -> None:
         if self.version is None:
             return
@@ -222,18 +221,34 @@ class ServerGenerator(GroupSampling):
         return served_model(self._get(url, "/v1/models")) or SERVED_NAME
 
     def _get(self, url: str, path: str) -> dict[str, Any]:
-        return self._send(url, path, None, ROUTE_ANSWER_BYTES)
+        return self._send(url, path, None)
 
-    def _post(
-        self, url: str, path: str, body: dict[str, Any] | None, max_bytes: int = ROUTE_ANSWER_BYTES
-    ) -> dict[str, Any]:
-        return self._send(url, path, json.dumps(body).encode() if body is not None else b"", max_bytes)
+    def _post(self, url: str, path: str, body: dict[str, Any] | None) -> dict[str, Any]:
+        return self._send(url, path, json.dumps(body).encode() if body is not None else b"")
 
-    def _send(self, url: str, path: str, data: bytes | None, max_bytes: int) -> dict[str, Any]:
+    def _send(self, url: str, path: str, data: bytes | None) -> dict[str, Any]:
         """The JSON answer of the server at `url` to `path` (a GET without `data`), within the request deadline
-        and `max_bytes`."""
+        and ROUTE_ANSWER_BYTES."""
+        with self._failures(url, path):
+            body = fetch(url + path, data, self.api_key, deadline_s=self.timeout, max_bytes=ROUTE_ANSWER_BYTES)
         try:
-            body = fetch(url + path, data, self.api_key, deadline_s=self.timeout, max_bytes=max_bytes)
+            answer = json.loads(body or b"{}")
+        except ValueError:  # some routes answer in plain text
+            answer = None
+        return answer if isinstance(answer, dict) else {"text": body.decode(errors="replace")}
+
+    def _stream(self, url: str, path: str, body: dict[str, Any], max_bytes: int) -> Generator[bytes, None, None]:
+        """The lines of the server's streamed answer to the POST of `body` to `path`, as they come, within the
+        request deadline and `max_bytes` in all."""
+        with self._failures(url, path):
+            data = json.dumps(body).encode()
+            yield from fetch_lines(url + path, data, self.api_key, deadline_s=self.timeout, max_bytes=max_bytes)
+
+    @contextlib.contextmanager
+    def _failures(self, url: str, path: str) -> Iterator[None]:
+        """A request's failure as the job's error, naming the server, the route and what to check."""
+        try:
+            yield
         except HTTPStatusError as exc:
             hint = ""
             if exc.code == 404 and path == "/v1/load_lora_adapter":
@@ -251,11 +266,6 @@ class ServerGenerator(GroupSampling):
                 f"the vLLM server at {url} failed on {path}: {exc} (timeout: generation.server.request_timeout_s = "
                 f"{self.timeout:.0f} s)"
             ) from None
-        try:
-            answer = json.loads(body or b"{}")
-        except ValueError:  # some routes answer in plain text
-            answer = None
-        return answer if isinstance(answer, dict) else {"text": body.decode(errors="replace")}
 
 
 def external_api_key(server: ServerConfig) -> str | None:
@@ -270,40 +280,6 @@ def external_api_key(server: ServerConfig) -> str | None:
             "the API key of the servers at generation.server.urls"
         )
     return key
-
-
-def _choices(answer: dict[str, Any], expected: int, url: str) -> list[dict[str, Any]]:
-    """A sampling answer's `expected` choices in prompt order (prompt-major, n per prompt); an answer without them
-    fails the round, naming the server."""
-    choices = answer.get("choices")
-    if not (
-        isinstance(choices, list)
-        and len(choices) == expected
-        and all(
-            isinstance(c, dict)
-            and isinstance(c.get("index"), int)
-            and isinstance(c.get("text"), str)
-            and isinstance(c.get("token_ids"), list)
-            for c in choices
-        )
-    ):
-        raise OnpolicyError(
-            f"the vLLM server at {url} answered /v1/completions without the {expected} choices asked for (each "
-            f"with its text and token_ids): {json.dumps(answer)[:200]}"
-        )
-    return sorted(choices, key=lambda choice: choice["index"])
-
-
-def _sample(choice: dict[str, Any]) -> Sample:
-    if choice.get("finish_reason") == "abort":
-        raise OnpolicyError("a vLLM server aborted a request (it is shutting down or out of memory)")
-    logprobs = tuple((choice.get("logprobs") or {}).get("token_logprobs") or ())
-    return Sample(
-        text=choice["text"],
-        token_ids=tuple(choice["token_ids"]),
-        logprobs=logprobs,
-        finish_reason="length" if choice.get("finish_reason") == "length" else "stop",
-    )
 
 
 def _noting_digests(

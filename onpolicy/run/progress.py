@@ -1,8 +1,8 @@
 """How far a long phase of a round is: a bar on a terminal, a plain line now and then otherwise, and status.json.
 
 A phase of a long job can take minutes (thousands of prompts, a slow judge, many training steps). Each phase
-that has units of work (generate: prompts; score: groups; train: steps; evaluate: prompts) reports them as it
-goes:
+that has units of work (generate: samples; score: groups; train: steps; evaluate: samples) reports them as they
+finish (a sample as vLLM finishes it, in process and on servers, so that the rate and time left follow the work):
 
 - on a terminal, a `rich` bar with the count, the rate and the time left, gone when the phase ends;
 - otherwise (a log file, CI), a line every `every_s` seconds: `round 3 train: 40/120 steps, 2.1/s, ~38s left`;
@@ -131,7 +131,7 @@ class _Bar:
 
 class EngineBar:
     """What vLLM's `LLM.generate(use_tqdm=...)` drives (the subset of tqdm it uses), feeding a `PhaseProgress`:
-    one unit per finished request. Built by `engine_bar(progress)`."""
+    one unit per sample of each finished request. Built by `engine_bar(progress)`."""
 
     def __init__(self, progress: PhaseProgress, **_: Any) -> None:
         self._progress = progress
@@ -143,9 +143,9 @@ class EngineBar:
     def format_dict(self) -> dict[str, float]:
         return {"elapsed": max(time.monotonic() - self._started, 1e-9)}
 
-    def update(self, n: int = 1) -> None:  # vLLM adds a request's samples; one request is one unit here
+    def update(self, n: int = 1) -> None:  # vLLM adds a finished request's samples
         self.n += n
-        self._progress.advance(1)
+        self._progress.advance(n)
 
     def refresh(self) -> None:
         pass
