@@ -448,16 +448,16 @@ def test_a_max_length_no_prompt_fits_under_is_refused_before_the_engine_starts(t
 
 def test_a_round_whose_every_pair_has_too_long_a_prompt_says_so():
     from onpolicy.loop import _no_update_reason
-    from onpolicy.types import PairingResult, UpdateResult
+    from onpolicy.types import UpdateResult
 
-    pairing = PairingResult(pairs=tuple(PAIRS), dropped={})
-    skipped = UpdateResult(skipped=True, metrics={"train/dropped_long_prompts": float(len(PAIRS))})
-    assert _no_update_reason(pairing, skipped, 16) == (
-        f"no pair trained this round: the prompts of all {len(PAIRS)} pairs fill train.max_length (16 tokens), "
+    replayed = 2  # the update's pairs: the round's and those replayed, all dropped
+    trained = len(PAIRS) + replayed
+    skipped = UpdateResult(skipped=True, metrics={"train/dropped_long_prompts": float(trained)})
+    assert _no_update_reason(trained, skipped, 16) == (
+        f"no pair trained this round: the prompts of all {trained} pairs fill train.max_length (16 tokens), "
         "leaving no response to learn from; raise train.max_length"
     )
-    nothing = PairingResult(pairs=(), dropped={"tie": 4})
-    assert _no_update_reason(nothing, UpdateResult(skipped=True, metrics={}), 16) == (
+    assert _no_update_reason(0, UpdateResult(skipped=True, metrics={}), 16) == (
         "no pairs this round: the update was skipped"
     )
 
