@@ -43,7 +43,7 @@ MODEL_FIXTURES = {"tiny_model_path", "tiny_base_model_path", "tiny_reward_model_
 
 
 # The longest files (minutes each), started first: with two workers, a long file taken last would run alone.
-LONGEST_FIRST = ("test_identity_demo.py", "test_distributed.py", "test_resume.py", "test_server.py")
+LONGEST_FIRST = ("test_identity_demo.py", "test_distributed.py", "test_resume.py", "test_server.py", "test_sweep.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
