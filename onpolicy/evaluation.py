@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from onpolicy.config import EvalConfig, GenerationConfig
 from onpolicy.config.sections import Sampling, eval_sampling
@@ -31,16 +31,6 @@ from reward.guarded import guarded_scores
 
 if TYPE_CHECKING:
     from onpolicy.interfaces import Generator, Reward
-
-
-class Completer(Protocol):
-    def complete(
-        self,
-        records: Sequence[PromptRecord],
-        max_new_tokens: int,
-        progress: PhaseProgress | None = None,
-        sampling: Sampling | None = None,
-    ) -> list[str | None]: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,7 +67,7 @@ class Evaluator:
         self.initial_answers = {str(row["prompt_id"]): row["answer"] for row in rows if row.get("answer") is not None}
 
     def run(
-        self, engine: Completer, progress: PhaseProgress | None = None, initial: bool = False
+        self, engine: Generator, progress: PhaseProgress | None = None, initial: bool = False
     ) -> tuple[dict[str, float], list[dict[str, Any]]]:
         """The eval metrics and one row per prompt (its greedy answer and scores). `initial`: the answers are the
         initial policy's (round 0), remembered for later runs to compare with (and compared with themselves: the
